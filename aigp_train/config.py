@@ -1,0 +1,208 @@
+"""Recipes: YAML files composed by ``include:``, loaded into typed dataclasses.
+
+A recipe is the only place a hyperparameter lives. Every stage declares one
+dataclass (its ``Recipe``); fields have no defaults unless the value is truly
+structural, so a value the recipe does not show cannot silently steer a run
+("the code never hides a default the recipe does not show").
+
+Composition::
+
+    # recipes/tiny/ltve.yaml
+    include: [../paper/ltve.yaml]      # paths relative to this file, merged in order
+    output_dir: runs/tiny/ltve          # this file's keys override the includes
+    train: {num_steps: 200}
+
+Command-line overrides (``key.sub=value``) are applied last.
+
+Errors name the key, the file it came from and the accepted keys, e.g.::
+
+    RecipeError: unknown key 'trian' in recipes/tiny/ltve.yaml (top level).
+      Accepted keys: include, output_dir, data, train, ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+T = TypeVar("T")
+
+__all__ = ["MISSING", "RecipeError", "load_recipe", "recipe_hash", "recipe_to_dict", "help_field"]
+
+
+class RecipeError(ValueError):
+    """A recipe is malformed: unknown key, wrong type, missing value or bad include."""
+
+
+def help_field(help: str, default: Any = MISSING, **kwargs: Any) -> Any:
+    """A dataclass field with a one-line help string (shown by ``aigp <stage> --help``)."""
+    if isinstance(default, (list, dict)):
+        value = default
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata={"help": help}, **kwargs)
+    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# Loading and composition
+# ---------------------------------------------------------------------------
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}. Check the path (includes are relative to the including file).")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path} must hold a mapping of keys to values at top level, got {type(data).__name__}.")
+    return data
+
+
+def _layers(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[str, dict]]:
+    """The (source name, mapping) layers of a recipe, includes first, in merge order."""
+    path = path.resolve()
+    if path in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path))
+        raise RecipeError(f"include cycle: {chain}. Remove one of the includes.")
+    data = _read_yaml(path)
+    includes = data.pop("include", [])
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise RecipeError(f"'include' in {path} must be a path or a list of paths, got {includes!r}.")
+    layers: list[tuple[str, dict]] = []
+    for inc in includes:
+        layers += _layers(path.parent / inc, (*seen, path))
+    layers.append((_display(path), data))
+    return layers
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _parse_overrides(overrides: list[str]) -> dict:
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"override {item!r} is not of the form key=value (e.g. train.num_steps=100).")
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)), resolve=False)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        raise RecipeError(f"cannot parse overrides {overrides}: {err}") from err
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _source_of(dotted: str, layers: list[tuple[str, dict]]) -> str:
+    """The last layer that sets ``dotted`` (the one whose value won)."""
+    for name, data in reversed(layers):
+        node: Any = data
+        for part in dotted.split("."):
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            else:
+                break
+        else:
+            return name
+    return "the recipe"
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    if typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _check_keys(schema: type, data: dict, prefix: str, layers: list[tuple[str, dict]]) -> None:
+    """Reject unknown keys before OmegaConf sees them, naming file and accepted keys."""
+    hints = typing.get_type_hints(schema)
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            where = prefix.rstrip(".") or "top level"
+            accepted = ", ".join(fields)
+            raise RecipeError(
+                f"unknown key '{dotted}' in {_source_of(dotted, layers)} ({where}). "
+                f"Accepted keys of {schema.__name__}: {accepted}. Fix the spelling or remove the key."
+            )
+        sub = _unwrap_optional(hints[key])
+        if dataclasses.is_dataclass(sub) and isinstance(value, dict):
+            _check_keys(sub, value, f"{dotted}.", layers)
+
+
+def load_recipe(path: str | Path, schema: type[T], overrides: list[str] | tuple[str, ...] = ()) -> T:
+    """Load ``path`` (with its includes and ``overrides``) into an instance of ``schema``."""
+    layers = _layers(Path(path))
+    if overrides:
+        layers.append(("command-line overrides", _parse_overrides(list(overrides))))
+    merged: dict = {}
+    for _, data in layers:
+        merged = _deep_merge(merged, data)
+    _check_keys(schema, merged, "", layers)
+    try:
+        structured = OmegaConf.structured(schema)
+        cfg = OmegaConf.merge(structured, merged)
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise RecipeError(
+                f"{_display(Path(path))} leaves {', '.join(missing)} unset; every value must be in the recipe "
+                f"(or an included one) or given as key=value."
+            )
+        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None) or "?"
+        raise RecipeError(
+            f"bad value for '{key}' (set in {_source_of(str(key), layers)}): {err.msg if hasattr(err, 'msg') else err}. "
+            f"Expected the type declared in {schema.__name__}."
+        ) from None
+
+
+# ---------------------------------------------------------------------------
+# Resolved form and hash
+# ---------------------------------------------------------------------------
+
+
+def recipe_to_dict(recipe: Any) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(recipe), resolve=True)  # type: ignore[return-value]
+
+
+def recipe_hash(recipe: Any) -> str:
+    """sha256 of the canonical JSON of the resolved recipe; stable across key order."""
+    blob = json.dumps(recipe_to_dict(recipe), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def field_help(schema: type, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, type, help) for every field, nested dataclasses flattened."""
+    rows = []
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        tp = _unwrap_optional(hints[f.name])
+        if dataclasses.is_dataclass(tp):
+            rows += field_help(tp, f"{prefix}{f.name}.")
+        else:
+            rows.append((f"{prefix}{f.name}", getattr(tp, "__name__", str(tp)), f.metadata.get("help", "")))
+    return rows
