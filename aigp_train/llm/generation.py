@@ -1,0 +1,177 @@
+"""Sharded, atomic, resumable generation: every request answered exactly once, kill or no kill.
+
+The ordered request list is cut into shards of ``shard_size`` consecutive requests; shard ``i``
+belongs to rank ``i % world_size`` (rank/world from ``RANK``/``WORLD_SIZE`` under torchrun, or
+``SLURM_PROCID``/``SLURM_NTASKS`` under ``srun`` without torchrun). A shard is generated in one
+backend call and written as ``shard-00007.jsonl`` by rename (``atomic_write_jsonl``), so a shard
+file either holds all its rows or does not exist. A restarted run skips the shards it finds,
+which is what makes "killed mid-way, restarted" end with every request answered exactly once.
+
+``plan.json`` pins the request ids (their hash), the shard size and the sampling; a restart with
+a different request list or shard size is an error (mixing two plans would duplicate or lose
+rows), naming the fix (a new output folder, or delete it).
+
+A backend exception in one shard does not lose the others: the runner writes
+``shard-00007.error.txt`` (the traceback), carries on with the remaining shards, then raises
+``GenerationError`` naming every failed shard. A rerun retries exactly the failed shards.
+
+Rows: ``{"request_id", "shard", "completions": [n strings], "backend", "act_only", "adapter"}``
+plus whatever the caller's ``extra(request)`` returns (e.g. ``sku_id``, ``d_prev``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from aigp_train.llm.backends.base import Backend, GenerationRequest, SamplingConfig
+from aigp_train.outputs import atomic_write_json, atomic_write_jsonl, read_jsonl
+
+__all__ = ["GenerationError", "GenerationResult", "rank_and_world", "run_generation", "read_generations",
+           "shard_path"]
+
+PLAN = "plan.json"
+
+
+class GenerationError(RuntimeError):
+    """One or more shards failed; the others are written and a rerun retries only the failed ones."""
+
+
+@dataclass
+class GenerationResult:
+    num_shards: int
+    written: list[int]  # shards this call generated
+    skipped: list[int]  # shards found finished from an earlier run
+    rank: int
+    world_size: int
+    seconds: float
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) from torchrun's env, else SLURM's, else (0, 1)."""
+    for rank_key, world_key in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
+        if rank_key in os.environ and world_key in os.environ:
+            rank, world = int(os.environ[rank_key]), int(os.environ[world_key])
+            if not 0 <= rank < world:
+                raise ValueError(f"{rank_key}={rank} is outside [0, {world_key}={world}); the launcher env is broken.")
+            return rank, world
+    return 0, 1
+
+
+def shard_path(out_dir: str | Path, index: int) -> Path:
+    return Path(out_dir) / f"shard-{index:05d}.jsonl"
+
+
+def _error_path(out_dir: Path, index: int) -> Path:
+    return out_dir / f"shard-{index:05d}.error.txt"
+
+
+def _plan(requests: Sequence[GenerationRequest], shard_size: int, sampling: SamplingConfig, backend: str) -> dict:
+    ids = [r.request_id for r in requests]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        raise ValueError(f"request ids must be unique; repeated: {dup}. Fix the request builder.")
+    digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()
+    return {"num_requests": len(ids), "request_ids_sha256": digest, "shard_size": shard_size,
+            "num_shards": -(-len(ids) // shard_size), "sampling": asdict(sampling), "backend": backend}
+
+
+def _check_plan(out_dir: Path, plan: dict) -> None:
+    """Write the plan on first run; on restart insist it is the same plan."""
+    path = out_dir / PLAN
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = sorted(k for k in plan if old.get(k) != plan[k])
+        if diff:
+            raise ValueError(
+                f"{out_dir} holds shards of a different generation plan (differs in: {', '.join(diff)}). "
+                f"Resuming would mix two plans; use a new output folder or delete {out_dir}.")
+    else:
+        # Several ranks may race to write the same plan: same bytes, atomic rename, harmless.
+        atomic_write_json(path, plan)
+
+
+def run_generation(
+    requests: Sequence[GenerationRequest],
+    backend: Backend,
+    sampling: SamplingConfig,
+    out_dir: str | Path,
+    shard_size: int,
+    extra: Callable[[GenerationRequest], dict] | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> GenerationResult:
+    """Generate this rank's unfinished shards of ``requests`` into ``out_dir``."""
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}.")
+    if rank is None or world_size is None:
+        rank, world_size = rank_and_world()
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = _plan(requests, shard_size, sampling, backend.name)
+    _check_plan(out, plan)
+    start = time.perf_counter()
+    written, skipped, failed = [], [], []
+    for index in range(rank, plan["num_shards"], world_size):
+        path = shard_path(out, index)
+        if path.is_file():
+            skipped.append(index)
+            continue
+        chunk = list(requests[index * shard_size:(index + 1) * shard_size])
+        try:
+            completions = backend.generate(chunk, sampling)
+            if len(completions) != len(chunk) or any(len(c) != sampling.n for c in completions):
+                raise RuntimeError(f"backend {backend.name!r} returned {[len(c) for c in completions]} completions "
+                                   f"for {len(chunk)} requests with n={sampling.n}; expected n per request.")
+        except Exception:  # one bad shard must not lose the others
+            _error_path(out, index).write_text(traceback.format_exc())
+            failed.append(index)
+            log(f"[generation] shard {index} failed on rank {rank}; traceback in {_error_path(out, index)}")
+            continue
+        rows = []
+        for req, outs in zip(chunk, completions):
+            row = {"request_id": req.request_id, "shard": index, "completions": list(outs), "backend": backend.name,
+                   "act_only": req.act_only, "adapter": req.adapter}
+            if extra is not None:
+                row.update(extra(req))
+            rows.append(row)
+        atomic_write_jsonl(path, rows)
+        _error_path(out, index).unlink(missing_ok=True)
+        written.append(index)
+        log(f"[generation] rank {rank}/{world_size}: shard {index + 1}/{plan['num_shards']} written "
+            f"({len(rows)} requests)")
+    if failed:
+        raise GenerationError(
+            f"{len(failed)} shard(s) failed on rank {rank}: {failed} (tracebacks in {out}/shard-*.error.txt); "
+            f"{len(written) + len(skipped)} other shard(s) are written and kept. Fix the cause and rerun: only "
+            f"the failed shards are regenerated.")
+    return GenerationResult(plan["num_shards"], written, skipped, rank, world_size, time.perf_counter() - start)
+
+
+def read_generations(out_dir: str | Path) -> list[dict]:
+    """All rows of a finished generation, in request order; errors if a shard is missing or a row
+    repeats (a rank still running, a failed shard, or two plans mixed)."""
+    out = Path(out_dir)
+    plan_path = out / PLAN
+    if not plan_path.is_file():
+        raise FileNotFoundError(f"{out} has no {PLAN}: no generation was run there.")
+    plan = json.loads(plan_path.read_text())
+    missing = [i for i in range(plan["num_shards"]) if not shard_path(out, i).is_file()]
+    if missing:
+        raise GenerationError(f"{out} is missing {len(missing)} of {plan['num_shards']} shards (first: {missing[:5]}); "
+                              f"another rank may still be running, or a shard failed: rerun the stage.")
+    rows = [row for i in range(plan["num_shards"]) for row in read_jsonl(shard_path(out, i))]
+    ids = [r["request_id"] for r in rows]
+    if len(ids) != plan["num_requests"] or len(set(ids)) != len(ids):
+        raise GenerationError(f"{out} holds {len(ids)} rows ({len(set(ids))} distinct) for {plan['num_requests']} "
+                              f"requests; delete the folder and rerun.")
+    return rows
