@@ -1,0 +1,91 @@
+"""Eq. 8 (DPO) on summed log-probabilities, and which completion tokens are summed.
+
+The paper (§3.4) computes the log-probabilities of eq. 8 "on action tokens": with the
+``[ACT_ONLY]`` control token the completion *is* the structured action
+(``{"discount_change": -0.05}`` and the end-of-turn token), so summing over the completion
+already focuses the loss on the decision. ``scope="action_value"`` restricts it further to the
+tokens that spell the number (``-0.05``): the JSON scaffolding is identical in chosen and
+rejected, so its log-ratio terms carry no preference signal and only add variance.
+
+The FullSeq ablation (Table 1) sums over the whole reasoning response (``scope="completion"`` on
+a response generated without ``[ACT_ONLY]``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+import torch.nn.functional as F
+
+LossScope = Literal["completion", "action_value"]
+
+# The value of the canonical action key; the pricing helper's format_action writes it as
+# {"discount_change": -0.05}. A response with reasoning carries the JSON at its end: take the last.
+_ACTION_VALUE = re.compile(r'"discount_change"\s*:\s*(-?\d+(?:\.\d+)?(?:[eE]-?\d+)?)')
+
+
+@dataclass
+class DPOOutput:
+    loss: torch.Tensor              # scalar, mean over pairs
+    chosen_rewards: torch.Tensor    # beta * (log pi(y+|x) - log ref(y+|x)), per pair, detached
+    rejected_rewards: torch.Tensor  # same for y-
+    margins: torch.Tensor           # chosen_rewards - rejected_rewards
+    accuracy: torch.Tensor          # fraction of pairs with a positive margin
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float) -> DPOOutput:
+    """Eq. 8: -log sigma(beta * ((log pi(y+) - log ref(y+)) - (log pi(y-) - log ref(y-)))), mean over pairs.
+
+    All inputs are per-pair summed log-probabilities (shape ``[num_pairs]``); the reference terms
+    are constants (precomputed once with the adapter disabled and stored with the pairs).
+    """
+    if policy_chosen.shape != policy_rejected.shape or ref_chosen.shape != policy_chosen.shape \
+            or ref_rejected.shape != policy_chosen.shape:
+        raise ValueError(
+            f"dpo_loss needs four tensors of one shape [num_pairs], got {tuple(policy_chosen.shape)}, "
+            f"{tuple(policy_rejected.shape)}, {tuple(ref_chosen.shape)}, {tuple(ref_rejected.shape)}.")
+    if beta <= 0:
+        raise ValueError(f"DPO beta must be > 0 (paper Table 8 uses 0.1), got {beta}.")
+    chosen_logratio = policy_chosen - ref_chosen.to(policy_chosen.dtype)
+    rejected_logratio = policy_rejected - ref_rejected.to(policy_rejected.dtype)
+    logits = beta * (chosen_logratio - rejected_logratio)
+    loss = -F.logsigmoid(logits).mean()
+    chosen_rewards = (beta * chosen_logratio).detach()
+    rejected_rewards = (beta * rejected_logratio).detach()
+    margins = chosen_rewards - rejected_rewards
+    return DPOOutput(loss, chosen_rewards, rejected_rewards, margins, (margins > 0).to(margins.dtype).mean())
+
+
+def action_value_span(completion: str) -> tuple[int, int]:
+    """Character span of the action's number in ``completion`` (the last ``discount_change`` value)."""
+    matches = list(_ACTION_VALUE.finditer(completion))
+    if not matches:
+        raise ValueError(
+            f"completion {completion[:80]!r} has no '\"discount_change\": <number>'; loss scope 'action_value' "
+            f"needs the canonical action JSON (pricing.format_action). Build pairs from parsed candidates, "
+            f"or use scope 'completion'.")
+    return matches[-1].span(1)
+
+
+def scored_token_mask(completion: str, offsets: Sequence[tuple[int, int]], scope: LossScope) -> list[bool]:
+    """Which completion tokens enter the loss, from the tokenizer's character ``offsets``.
+
+    ``scope="completion"``: every token (end-of-turn included; its offsets are empty).
+    ``scope="action_value"``: tokens overlapping the characters of the action's number. A token
+    that straddles the number and JSON punctuation (BPE merges such as ``: -``) is kept: dropping
+    it would drop part of the decision.
+    """
+    if scope == "completion":
+        return [True] * len(offsets)
+    if scope == "action_value":
+        lo, hi = action_value_span(completion)
+        mask = [s < hi and e > lo for s, e in offsets]
+        if not any(mask):
+            raise ValueError(f"no token of {completion!r} overlaps the action value at chars {lo}:{hi}; "
+                             f"the tokenizer offsets do not match the text.")
+        return mask
+    raise ValueError(f"unknown loss scope {scope!r}; expected 'completion' or 'action_value'.")
