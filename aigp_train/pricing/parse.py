@@ -1,0 +1,306 @@
+"""The model's action JSON: the canonical text, and a parser that never raises on model output.
+
+Canonical form (teacher, prompts, [ACT_ONLY] targets, DPO pairs all use it)::
+
+    {"discount_change": -0.05}                          a_t = d_t - d_{t-1}, two decimals
+    {"discount_change": -0.05, "new_discount": 0.85}    the optional absolute d_t may follow
+
+``parse_action(text, d_prev, cfg)`` reads the decision out of free text. Rules, in order:
+
+1. Every balanced ``{...}`` in the text is a candidate (code fences and prose around it do
+   not matter). A candidate is decoded as JSON, then JSON without trailing commas, then as a
+   Python literal (single quotes); a candidate that decodes to none of these is skipped and
+   the scan continues inside it.
+2. Of the decoded objects (and the objects nested in them), the LAST one that holds an
+   action key wins: a chain of thought quotes or weighs options first and ends with the
+   decision, and a model asked for "reasoning, then JSON" puts the answer last.
+3. Keys are matched case-insensitively, with ``-`` or space read as ``_``. ``discount_change``
+   is the action. ``new_discount`` alone gives a = new_discount - d_prev. With both,
+   ``discount_change`` wins and ``conflict`` records whether they disagree.
+4. Values: numbers; numeric strings (``"-0.05"``, ``"+0.05"``, ``"−0.05"`` with a Unicode
+   minus); percentages (``"-5%"`` -> -0.05, ``"85%"`` -> 0.85). A bare number with
+   ``|value| > 1`` is read as percent (``-5`` -> -0.05; ``new_discount: 85`` -> 0.85): a
+   change beyond 1.0 or a discount above list price cannot be meant literally, and models
+   often write percentages. NaN/inf, booleans, null, lists and unreadable strings are failures.
+5. The action is projected by Ψ (``projected`` says whether that moved it).
+
+A failure (no JSON, no action key, bad value) is never an exception: the result holds the
+reason and the hold-price fallback, action = Ψ(0.0) (= 0.0 whenever d_prev is inside the
+band). ``ParseStats`` counts outcomes so each stage can report them.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from aigp_train.pricing.a_safe import TOLERANCE, project_action
+
+if TYPE_CHECKING:
+    from aigp_train.pricing import PricingConfig
+
+# Two decimals is the token format of the canonical JSON (a contract with the prompts and the
+# DPO action tokens), not a tunable: a 0.01 discount change is the platform's price unit here.
+ACTION_DECIMALS = 2
+ACTION_KEY = "discount_change"
+DISCOUNT_KEY = "new_discount"
+
+# Failure reasons (ParsedAction.failure, ParseStats.failures keys).
+NOT_TEXT = "not_text"            # the output is not a string (None from a crashed backend)
+NO_JSON = "no_json"              # no decodable {...} object in the text
+NO_ACTION_KEY = "no_action_key"  # JSON present, but no discount_change / new_discount
+BAD_TYPE = "bad_type"            # value is null, a boolean, a list or an object
+BAD_VALUE = "bad_value"          # a string that is not a number or percentage
+NON_FINITE = "non_finite"        # NaN or +-inf (written as NaN/Infinity, "nan", 1e999, ...)
+FAILURES = (NOT_TEXT, NO_JSON, NO_ACTION_KEY, BAD_TYPE, BAD_VALUE, NON_FINITE)
+
+# Outputs longer than this are cut to their tail before scanning: the decision is at the
+# end, and a runaway generation must not make parsing quadratic.
+MAX_SCAN_CHARS = 200_000
+
+
+@dataclass(frozen=True)
+class ParsedAction:
+    """The decision read from one model output."""
+
+    action: float                   # a_t after Ψ; the hold-price fallback Ψ(0.0) on failure
+    projected: bool                 # Ψ moved the action (it was outside A_safe)
+    failure: str | None             # None, or one of FAILURES
+    source: Literal["discount_change", "new_discount"] | None  # which key gave the action
+    raw_action: float | None        # the action as written (converted to a change), before Ψ
+    discount: float                 # d_t = d_prev + action, the price the platform applies
+    percent: bool = False           # the value was read as a percentage
+    conflict: bool = False          # both keys present and they disagree by >= 0.005
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+@dataclass
+class ParseStats:
+    """Counts of parse outcomes; stages add every ParsedAction and report ``to_dict()``."""
+
+    num_total: int = 0
+    num_parsed: int = 0
+    num_projected: int = 0
+    num_percent: int = 0
+    num_conflict: int = 0
+    failures: Counter = field(default_factory=Counter)
+
+    def add(self, parsed: ParsedAction) -> ParsedAction:
+        self.num_total += 1
+        if parsed.failure is None:
+            self.num_parsed += 1
+        else:
+            self.failures[parsed.failure] += 1
+        self.num_projected += int(parsed.projected)
+        self.num_percent += int(parsed.percent)
+        self.num_conflict += int(parsed.conflict)
+        return parsed
+
+    def merge(self, other: "ParseStats") -> "ParseStats":
+        """Sum of two counters (e.g. across shards or ranks); returns self."""
+        self.num_total += other.num_total
+        self.num_parsed += other.num_parsed
+        self.num_projected += other.num_projected
+        self.num_percent += other.num_percent
+        self.num_conflict += other.num_conflict
+        self.failures.update(other.failures)
+        return self
+
+    @property
+    def num_failed(self) -> int:
+        return sum(self.failures.values())
+
+    @property
+    def failure_rate(self) -> float:
+        return self.num_failed / self.num_total if self.num_total else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "num_total": self.num_total, "num_parsed": self.num_parsed, "num_failed": self.num_failed,
+            "num_projected": self.num_projected, "num_percent": self.num_percent,
+            "num_conflict": self.num_conflict, "failure_rate": self.failure_rate,
+            "failures": {k: self.failures[k] for k in sorted(self.failures)},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ParseStats":
+        return cls(data["num_total"], data["num_parsed"], data["num_projected"], data["num_percent"],
+                   data["num_conflict"], Counter(data["failures"]))
+
+
+def format_action(action: float, new_discount: float | None = None) -> str:
+    """The canonical action JSON, e.g. ``{"discount_change": -0.05}``; always two decimals."""
+    values = {ACTION_KEY: action} if new_discount is None else {ACTION_KEY: action, DISCOUNT_KEY: new_discount}
+    parts = []
+    for key, value in values.items():
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"format_action got {key}={value}; only finite values can be written. "
+                             "Project the action with project_action first.")
+        value = round(value, ACTION_DECIMALS) + 0.0  # + 0.0 turns -0.0 into 0.0
+        parts.append(f'"{key}": {value:.{ACTION_DECIMALS}f}')
+    return "{" + ", ".join(parts) + "}"
+
+
+# ---------------------------------------------------------------------------
+# Finding JSON objects in free text
+# ---------------------------------------------------------------------------
+
+_TRAILING_COMMA = re.compile(r",\s*([}\]])")
+
+
+def _balanced_end(text: str, start: int) -> int:
+    """Index of the ``}`` closing the ``{`` at ``start``, or -1. Skips double-quoted strings
+    (single quotes are not tracked: apostrophes in prose would derail them, and single-quoted
+    keys and numbers hold no braces)."""
+    depth, i, n = 0, start, len(text)
+    while i < n:
+        ch = text[i]
+        if ch == '"':
+            i += 1
+            while i < n and text[i] != '"':
+                i += 2 if text[i] == "\\" else 1
+        elif ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+        i += 1
+    return -1
+
+
+def _decode(candidate: str) -> Any:
+    try:
+        return json.loads(candidate)
+    except ValueError:
+        pass
+    try:
+        return json.loads(_TRAILING_COMMA.sub(r"\1", candidate))
+    except ValueError:
+        pass
+    try:
+        # literal_eval evaluates literals only (no names, no calls): safe on untrusted text.
+        return ast.literal_eval(candidate)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
+
+
+def _objects(text: str) -> list[dict]:
+    """Every decodable top-level ``{...}`` in the text, in order of appearance."""
+    found, i = [], text.find("{")
+    while i != -1:
+        end = _balanced_end(text, i)
+        obj = _decode(text[i:end + 1]) if end != -1 else None
+        if isinstance(obj, dict):
+            found.append(obj)
+            i = text.find("{", end + 1)
+        else:
+            i = text.find("{", i + 1)
+    return found
+
+
+def _norm(key: Any) -> str:
+    return str(key).strip().lower().replace("-", "_").replace(" ", "_")
+
+
+def _with_action_key(obj: dict) -> dict | None:
+    """The last dict (depth-first, this one after its children) holding an action key."""
+    hit = None
+    for value in obj.values():
+        if isinstance(value, dict):
+            hit = _with_action_key(value) or hit
+    keys = {_norm(k) for k in obj}
+    if ACTION_KEY in keys or DISCOUNT_KEY in keys:
+        hit = {_norm(k): v for k, v in obj.items()}
+    return hit
+
+
+_NUMBER = re.compile(r"^([+-]?)\s*(\d+(?:\.\d*)?|\.\d+)(?:[eE]([+-]?\d+))?\s*(%?)$")
+
+
+def _number(value: Any) -> tuple[float | None, bool, str | None]:
+    """(value, read as percent, failure) for one JSON value."""
+    if isinstance(value, bool) or value is None or isinstance(value, (list, dict, tuple)):
+        return None, False, BAD_TYPE
+    if isinstance(value, (int, float)):
+        x = float(value)
+        if not math.isfinite(x):
+            return None, False, NON_FINITE
+        return x, False, None
+    if not isinstance(value, str):
+        return None, False, BAD_TYPE
+    s = value.strip().replace("\u2212", "-").replace("\u2013", "-").replace("％", "%")
+    if s.lower().lstrip("+-") in {"nan", "inf", "infinity"}:
+        return None, False, NON_FINITE
+    m = _NUMBER.match(s)
+    if not m:
+        return None, False, BAD_VALUE
+    sign, digits, exponent, pct = m.groups()
+    x = float(f"{sign}{digits}" + (f"e{exponent}" if exponent else ""))
+    if not math.isfinite(x):
+        return None, False, NON_FINITE
+    return (x / 100.0, True, None) if pct else (x, False, None)
+
+
+def _from_percent(x: float, is_percent: bool) -> tuple[float, bool]:
+    if not is_percent and abs(x) > 1.0:
+        return x / 100.0, True
+    return x, is_percent
+
+
+def _failure(reason: str, d_prev: float, cfg: "PricingConfig") -> ParsedAction:
+    hold = project_action(0.0, d_prev, cfg)
+    return ParsedAction(action=hold, projected=abs(hold) > TOLERANCE, failure=reason, source=None,
+                        raw_action=None, discount=d_prev + hold)
+
+
+def parse_action(text: Any, d_prev: float, cfg: "PricingConfig") -> ParsedAction:
+    """The (projected) action in ``text``; failures return the hold-price fallback, never raise."""
+    d_prev = float(d_prev)
+    if not isinstance(text, str):
+        return _failure(NOT_TEXT, d_prev, cfg)
+    text = text[-MAX_SCAN_CHARS:]
+    objects = _objects(text)
+    if not objects:
+        return _failure(NO_JSON, d_prev, cfg)
+    hit = None
+    for obj in objects:
+        hit = _with_action_key(obj) or hit
+    if hit is None:
+        return _failure(NO_ACTION_KEY, d_prev, cfg)
+
+    change = discount = None
+    change_pct = discount_pct = False
+    if ACTION_KEY in hit:
+        change, change_pct, reason = _number(hit[ACTION_KEY])
+        if reason:
+            return _failure(reason, d_prev, cfg)
+        change, change_pct = _from_percent(change, change_pct)
+    if DISCOUNT_KEY in hit:
+        discount, discount_pct, reason = _number(hit[DISCOUNT_KEY])
+        if reason and change is None:
+            return _failure(reason, d_prev, cfg)
+        if discount is not None:
+            discount, discount_pct = _from_percent(discount, discount_pct)
+
+    if change is not None:
+        raw, source, percent = change, ACTION_KEY, change_pct
+        # Both written: the change is the canonical field; note a disagreement for the judge.
+        conflict = discount is not None and abs(d_prev + change - discount) >= 0.5 * 10 ** -ACTION_DECIMALS
+    else:
+        # Rounded: 0.85 - 0.9 is -0.05, not -0.050000000000000044 (float noise, not intent).
+        raw, source, percent, conflict = round(discount - d_prev, 12), DISCOUNT_KEY, discount_pct, False
+    action = project_action(raw, d_prev, cfg)
+    # A tolerance, not !=: new_discount 0.7 from d_prev 0.9 gives raw -0.20000000000000007,
+    # which Ψ clips by one ulp; that is float noise, not a rule violation.
+    return ParsedAction(action=action, projected=abs(action - raw) > TOLERANCE, failure=None, source=source,
+                        raw_action=raw, discount=d_prev + action, percent=percent, conflict=conflict)

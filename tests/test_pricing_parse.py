@@ -1,0 +1,135 @@
+"""parse_action / format_action: every documented case has a defined result; model text never raises."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aigp_train.pricing import ParseStats, format_action, load_pricing_config, parse_action
+from aigp_train.pricing.a_safe import in_a_safe
+from aigp_train.pricing.parse import FAILURES
+
+CFG = load_pricing_config()
+
+# (text, d_prev, expected action, failure, source, projected)
+CASES = [
+    ('{"discount_change": -0.05}', 0.9, -0.05, None, "discount_change", False),
+    ('```json\n{"discount_change": -0.05}\n```', 0.9, -0.05, None, "discount_change", False),
+    ('Step 1: CTR is low.\nStep 2: cut.\nFinal: {"discount_change": -0.1} as decided.', 0.9, -0.1, None,
+     "discount_change", False),
+    # several objects: the LAST with an action key wins, objects without one are ignored
+    ('Option A {"discount_change": 0.1}; option B {"discount_change": -0.05}. {"note": "done"}', 0.8, -0.05, None,
+     "discount_change", False),
+    # nested decision object
+    ('{"analysis": {"ctr": 0.02}, "decision": {"discount_change": 0.05}}', 0.8, 0.05, None, "discount_change", False),
+    # strings, Unicode minus, percentages, bare percent numbers
+    ('{"discount_change": "-0.05"}', 0.9, -0.05, None, "discount_change", False),
+    ('{"discount_change": "\u22120.05"}', 0.9, -0.05, None, "discount_change", False),
+    ('{"discount_change": "-5%"}', 0.9, -0.05, None, "discount_change", False),
+    ('{"discount_change": -5}', 0.9, -0.05, None, "discount_change", False),
+    ('{"discount_change": "+3 %"}', 0.9, 0.03, None, "discount_change", False),
+    # absolute discount instead of a change: a = d - d_prev
+    ('{"new_discount": 0.85}', 0.9, -0.05, None, "new_discount", False),
+    ('{"new_discount": "85%"}', 0.9, -0.05, None, "new_discount", False),
+    ('{"new_discount": 85}', 0.9, -0.05, None, "new_discount", False),
+    ('{"New-Discount": 0.8}', 0.9, -0.1, None, "new_discount", False),
+    # both keys: the change is canonical
+    ('{"discount_change": -0.05, "new_discount": 0.85}', 0.9, -0.05, None, "discount_change", False),
+    # lenient syntax: trailing comma, single quotes
+    ('{"discount_change": -0.05,}', 0.9, -0.05, None, "discount_change", False),
+    ("{'discount_change': -0.05}", 0.9, -0.05, None, "discount_change", False),
+    # outside A_safe: projected to the nearest feasible point
+    ('{"discount_change": -0.3}', 0.9, -0.2, None, "discount_change", True),
+    ('{"discount_change": 0.15}', 0.9, 0.1, None, "discount_change", True),
+    ('{"new_discount": 0.4}', 0.6, -0.1, None, "new_discount", True),
+    # failures: hold the price (action 0.0)
+    ("I would lower the price a bit.", 0.9, 0.0, "no_json", None, False),
+    ("", 0.9, 0.0, "no_json", None, False),
+    ('{"discount_change": -0.05', 0.9, 0.0, "no_json", None, False),      # truncated generation
+    ('{"price": 10, "reason": "x"}', 0.9, 0.0, "no_action_key", None, False),
+    ('{"discount_change": null}', 0.9, 0.0, "bad_type", None, False),
+    ('{"discount_change": true}', 0.9, 0.0, "bad_type", None, False),
+    ('{"discount_change": [0.1]}', 0.9, 0.0, "bad_type", None, False),
+    ('{"discount_change": "lower"}', 0.9, 0.0, "bad_value", None, False),
+    ('{"discount_change": NaN}', 0.9, 0.0, "non_finite", None, False),
+    ('{"discount_change": Infinity}', 0.9, 0.0, "non_finite", None, False),
+    ('{"discount_change": "nan"}', 0.9, 0.0, "non_finite", None, False),
+    ('{"discount_change": 1e999}', 0.9, 0.0, "non_finite", None, False),
+    (None, 0.9, 0.0, "not_text", None, False),
+    # failure with d_prev outside the band: the hold fallback is projected too
+    ("no json", 0.2, 0.2, "no_json", None, True),
+]
+
+
+@pytest.mark.parametrize("text, d_prev, action, failure, source, projected", CASES)
+def test_parse_cases(text, d_prev, action, failure, source, projected):
+    parsed = parse_action(text, d_prev, CFG)
+    assert parsed.action == pytest.approx(action, abs=1e-12)
+    assert (parsed.failure, parsed.source, parsed.projected) == (failure, source, projected)
+    assert parsed.discount == pytest.approx(d_prev + action, abs=1e-12)
+    assert parsed.ok == (failure is None)
+    if failure is None:
+        assert parsed.raw_action is not None
+
+
+def test_raw_action_percent_and_conflict_flags():
+    p = parse_action('{"discount_change": -0.3}', 0.9, CFG)
+    assert p.raw_action == pytest.approx(-0.3) and p.action == pytest.approx(-0.2)
+    assert parse_action('{"discount_change": "-5%"}', 0.9, CFG).percent
+    assert not parse_action('{"discount_change": -0.05}', 0.9, CFG).percent
+    assert parse_action('{"discount_change": -0.05, "new_discount": 0.7}', 0.9, CFG).conflict
+    assert not parse_action('{"discount_change": -0.05, "new_discount": 0.85}', 0.9, CFG).conflict
+    # a bad new_discount beside a good change does not fail the parse
+    assert parse_action('{"discount_change": -0.05, "new_discount": "?"}', 0.9, CFG).action == pytest.approx(-0.05)
+
+
+def test_braces_in_prose_and_strings_do_not_confuse_the_scan():
+    text = 'Let {x} be the price. The review said "great {deal}!" {"reason": "a } b", "discount_change": 0.02}'
+    assert parse_action(text, 0.8, CFG).action == pytest.approx(0.02)
+    # a non-JSON outer brace that wraps a JSON object: the scan goes inside
+    assert parse_action('{ thinking... {"discount_change": -0.02} }', 0.8, CFG).action == pytest.approx(-0.02)
+
+
+@pytest.mark.parametrize("action, text", [(-0.05, '{"discount_change": -0.05}'), (0.0, '{"discount_change": 0.00}'),
+                                          (-0.0001, '{"discount_change": 0.00}'), (0.2, '{"discount_change": 0.20}'),
+                                          (0.126, '{"discount_change": 0.13}')])
+def test_format_action_is_canonical(action, text):
+    assert format_action(action) == text
+    assert json.loads(text) == {"discount_change": round(action, 2) + 0.0}
+
+
+def test_format_action_round_trips_and_rejects_non_finite():
+    assert format_action(-0.05, 0.85) == '{"discount_change": -0.05, "new_discount": 0.85}'
+    for a in [x / 100 for x in range(-20, 21)]:
+        parsed = parse_action("reasoning...\n" + format_action(a), 0.75, CFG)
+        assert parsed.ok and parsed.action == pytest.approx(a) and not parsed.projected
+    with pytest.raises(ValueError, match="finite"):
+        format_action(float("nan"))
+
+
+def test_parse_stats_counts_and_merges():
+    stats, other = ParseStats(), ParseStats()
+    for text in ['{"discount_change": -0.3}', '{"discount_change": "-5%"}', "none", '{"a": 1}']:
+        stats.add(parse_action(text, 0.9, CFG))
+    other.add(parse_action("none", 0.9, CFG))
+    d = stats.merge(other).to_dict()
+    assert (d["num_total"], d["num_parsed"], d["num_failed"], d["num_projected"], d["num_percent"]) == (5, 2, 3, 1, 1)
+    assert d["failures"] == {"no_action_key": 1, "no_json": 2}
+    assert d["failure_rate"] == pytest.approx(0.6)
+    assert ParseStats.from_dict(json.loads(json.dumps(d))).to_dict() == d
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.one_of(st.text(max_size=200),
+                      st.builds(lambda p, v, s: f'{p}{{"discount_change": {v}}}{s}', st.text(max_size=40),
+                                st.one_of(st.floats(), st.text(max_size=8), st.integers()), st.text(max_size=40))),
+       d_prev=st.floats(min_value=0.0, max_value=1.5))
+def test_never_raises_and_stays_safe(text, d_prev):
+    parsed = parse_action(text, d_prev, CFG)
+    assert parsed.failure is None or parsed.failure in FAILURES
+    assert abs(parsed.action) <= 0.2 + 1e-9
+    if 0.3 <= d_prev <= 1.2:
+        assert in_a_safe(parsed.action, d_prev, CFG)
