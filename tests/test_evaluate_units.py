@@ -58,8 +58,20 @@ def test_relative_lift_recovers_known_lift_and_ci_covers():
 def test_relative_lift_errors_name_the_problem():
     with pytest.raises(ValueError, match="at least 2"):
         relative_lift([1.0], [1.0, 2.0], 1000, 0.95, 0)
-    with pytest.raises(ValueError, match="control group mean is 0"):
+    with pytest.raises(ValueError, match="control group mean is 0.0"):
         relative_lift([1.0, 0.0], [0.0, 0.0], 1000, 0.95, 0)
+
+
+def test_ratio_statistic_is_the_integrated_roi():
+    rng = np.random.default_rng(2)
+    spend = rng.gamma(2.0, 10.0, (3000,))
+    control = np.stack([2.0 * spend, spend], axis=1)  # integrated ROI 2.0
+    treatment = np.stack([2.4 * spend, spend], axis=1)  # 2.4: +20 %
+    lift = relative_lift(treatment, control, 500, 0.9, seed=3, statistic="ratio")
+    assert lift.lift == pytest.approx(0.2) and lift.treatment_mean == pytest.approx(2.4)
+    assert lift.lo <= 0.2 <= lift.hi
+    with pytest.raises(ValueError, match="num_skus, 2"):
+        relative_lift(spend, spend, 500, 0.9, 0, statistic="ratio")
 
 
 def _cfg(**kw) -> ProjectionConfig:

@@ -5,6 +5,11 @@ the group mean (cumulative GMV, ROI, milestone rate). Groups are independent SKU
 (salted-hash partition), so each resample draws SKUs with replacement *within* each group,
 independently, and recomputes lift = mean(treatment*)/mean(control*) − 1. The interval is the
 percentile interval of those lifts. Resampling is vectorised: one index matrix per group.
+
+Two statistics: ``mean`` (per-SKU values: cumulative GMV, milestone reached 0/1) and ``ratio``
+for an integrated ROI, where each SKU gives (GMV, spend) and the group's value is
+sum(GMV) / sum(spend): the group's return on what it spent, not an average of per-SKU ratios
+that a few tiny-spend SKUs would dominate.
 """
 
 from __future__ import annotations
@@ -27,32 +32,50 @@ class Lift:
                 "control_mean": self.control_mean}
 
 
-def _as_sample(x, name: str) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64).ravel()
-    if x.size < 2:
-        raise ValueError(f"{name} group has {x.size} SKU(s); a bootstrap needs at least 2. Enlarge the cohort.")
+def _as_sample(x, name: str, statistic: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    if statistic == "ratio":
+        if x.ndim != 2 or x.shape[1] != 2:
+            raise ValueError(f"{name}: the ratio statistic takes [num_skus, 2] arrays of (numerator, denominator).")
+    else:
+        x = x.ravel()
+    if x.shape[0] < 2:
+        raise ValueError(f"{name} group has {x.shape[0]} SKU(s); a bootstrap needs at least 2. Enlarge the cohort.")
     if not np.all(np.isfinite(x)):
         raise ValueError(f"{name} group has NaN/inf values; check the metric (e.g. ROI with zero spend).")
     return x
 
 
-def relative_lift(treatment, control, num_resamples: int, confidence: float, seed: int) -> Lift:
-    t = _as_sample(treatment, "treatment")
-    c = _as_sample(control, "control")
+def _stat(x: np.ndarray, idx: np.ndarray | None, statistic: str) -> np.ndarray | float:
+    """The statistic of x, or of each resample x[idx] (idx: [num_resamples, n])."""
+    if statistic == "mean":
+        return x.mean() if idx is None else x[idx].mean(axis=1)
+    if statistic == "ratio":
+        if idx is None:
+            return x[:, 0].sum() / x[:, 1].sum()
+        return x[idx, 0].sum(axis=1) / x[idx, 1].sum(axis=1)
+    raise ValueError(f"unknown statistic {statistic!r}; use 'mean' or 'ratio'.")
+
+
+def relative_lift(treatment, control, num_resamples: int, confidence: float, seed: int,
+                  statistic: str = "mean") -> Lift:
+    t = _as_sample(treatment, "treatment", statistic)
+    c = _as_sample(control, "control", statistic)
     if not 0 < confidence < 1:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}.")
     if num_resamples < 100:
         raise ValueError(f"num_resamples={num_resamples} is too few for a percentile interval; use >= 100.")
-    if c.mean() == 0:
-        raise ValueError("control group mean is 0: a relative lift is undefined. Use a metric with a nonzero "
+    t_value, c_value = float(_stat(t, None, statistic)), float(_stat(c, None, statistic))
+    if c_value == 0 or not np.isfinite(c_value):
+        raise ValueError(f"control group {statistic} is {c_value}: a relative lift is undefined. Use a metric with a nonzero "
                          "baseline or a larger cohort.")
     rng = np.random.default_rng(seed)
-    t_means = t[rng.integers(0, t.size, size=(num_resamples, t.size))].mean(axis=1)
-    c_means = c[rng.integers(0, c.size, size=(num_resamples, c.size))].mean(axis=1)
+    t_means = _stat(t, rng.integers(0, t.shape[0], size=(num_resamples, t.shape[0])), statistic)
+    c_means = _stat(c, rng.integers(0, c.shape[0], size=(num_resamples, c.shape[0])), statistic)
     # A resample whose control mean is 0 (possible for a rare binary metric like MAR) has no lift;
     # it is dropped rather than producing inf.
-    ok = c_means != 0
+    ok = (c_means != 0) & np.isfinite(c_means) & np.isfinite(t_means)
     lifts = t_means[ok] / c_means[ok] - 1.0
     alpha = (1.0 - confidence) / 2
     lo, hi = np.quantile(lifts, [alpha, 1 - alpha])
-    return Lift(float(t.mean() / c.mean() - 1.0), float(lo), float(hi), float(t.mean()), float(c.mean()))
+    return Lift(t_value / c_value - 1.0, float(lo), float(hi), t_value, c_value)
