@@ -1,0 +1,86 @@
+"""Behaviour policies that log the market (and continue true-Q rollouts).
+
+All four map a batch of SKU states to raw actions; ``MarketSimulator.step`` sends
+every action through Ψ (``aigp_train.pricing.project_action``), so no policy can
+leave A_safe. Random choices use the counter-based streams (``rng.DAY_POLICY*``),
+so a policy's action for (SKU, day, rollout) is the same in every batch.
+
+* ``myopic``: the production-style price-sales policy (paper A.2 "Price-Sales
+  Model"): on the action grid, the action maximising today's expected eq.-3 terms
+  (lambda1 * GMV / tier + lambda2 * log(1 + ROI)) under the simulator's own demand
+  means (a perfectly calibrated price-sales model) and nothing after today.
+* ``expert``: the long-horizon policy: one step of policy improvement over "hold the
+  price". For each action on a grid of ``expert_grid_step`` it runs the mean model to the
+  end of the horizon holding the new discount (rank, reviews, inventory and reference
+  price evolve) and takes the best sum of eq.-3 terms. It thus sees what the myopic policy
+  cannot: a sale today buys exposure and reviews tomorrow, a price cut today lowers the
+  reference price, stock sold today is not there later. With probability ``expert_noise``
+  it explores +-0.05 (coverage for the logs).
+* ``random_walk``: uniform daily steps in [-step, step] (two decimals).
+* ``conservative``: small steps (<= ``conservative_step``) drifting toward a target discount.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from aigp_train.market import rng
+from aigp_train.market.simulator import POLICIES, MarketSimulator, SkuState
+
+
+def _greedy(sim: MarketSimulator, state: SkuState, step: float, days: int) -> np.ndarray:
+    """The grid action (spacing ``step``) whose hold-for-``days`` mean-model value is highest."""
+    p = sim.pricing
+    k = int(round(p.max_step / step))
+    grid = np.round(np.arange(-k, k + 1) * step, 2)
+    lo = np.maximum(-p.max_step, p.d_min - state.d_prev)
+    hi = np.minimum(p.max_step, p.d_max - state.d_prev)
+    d = np.clip(np.round(state.d_prev[:, None] + grid[None, :], 2), p.d_min, p.d_max)
+    score = sim.lookahead_value(state, d, days)
+    feasible = (grid[None, :] >= lo[:, None] - 1e-9) & (grid[None, :] <= hi[:, None] + 1e-9)
+    return grid[np.argmax(np.where(feasible, score, -np.inf), axis=1)]
+
+
+def myopic(sim: MarketSimulator, state: SkuState, rollout) -> np.ndarray:
+    return _greedy(sim, state, sim.pricing.grid_step, 1)
+
+
+def expert(sim: MarketSimulator, state: SkuState, rollout) -> np.ndarray:
+    p = sim.recipe.policies
+    a = _greedy(sim, state, p.expert_grid_step, sim.horizon)
+    u = rng.uniform(sim.recipe.seed, state.sku_index, state.day, rng.DAY_POLICY_EXPLORE, rollout)
+    explore = np.where(u < p.expert_noise / 2, -0.05, np.where(u > 1 - p.expert_noise / 2, 0.05, 0.0))
+    return np.round(a + explore, 2)
+
+
+def random_walk(sim: MarketSimulator, state: SkuState, rollout) -> np.ndarray:
+    step = sim.recipe.policies.random_walk_step
+    u = rng.uniform(sim.recipe.seed, state.sku_index, state.day, rng.DAY_POLICY, rollout)
+    return np.round((2 * u - 1) * step, 2)
+
+
+def conservative(sim: MarketSimulator, state: SkuState, rollout) -> np.ndarray:
+    p = sim.recipe.policies
+    u = rng.uniform(sim.recipe.seed, state.sku_index, state.day, rng.DAY_POLICY, rollout)
+    toward = np.clip(p.conservative_target - state.d_prev, -p.conservative_step, p.conservative_step)
+    jitter = np.round((2 * u - 1) * p.conservative_step / 2, 2)
+    return np.round(np.clip(toward / 2 + jitter, -p.conservative_step, p.conservative_step), 2)
+
+
+_BY_NAME = {"expert": expert, "myopic": myopic, "random_walk": random_walk, "conservative": conservative}
+assert tuple(_BY_NAME) == POLICIES
+
+
+def act(sim: MarketSimulator, state: SkuState, policy: str | None, rollout=0) -> np.ndarray:
+    """Raw actions for a batch: ``policy`` for all SKUs, or each SKU's own behaviour policy (None)."""
+    if policy is not None:
+        if policy not in _BY_NAME:
+            raise ValueError(f"unknown policy {policy!r}; accepted: {', '.join(POLICIES)}.")
+        return _BY_NAME[policy](sim, state, rollout)
+    out = np.zeros(len(state))
+    rollout = np.broadcast_to(np.asarray(rollout), (len(state),))
+    for i, name in enumerate(POLICIES):
+        sel = np.flatnonzero(state.policy == i)
+        if sel.size:
+            out[sel] = _BY_NAME[name](sim, state.take(sel), rollout[sel])
+    return out
