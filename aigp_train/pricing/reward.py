@@ -158,7 +158,7 @@ def category_references(logs: Any, skus: Any, market_params: Mapping, cfg: "Pric
     sku_cat = _column(skus, "category").astype(str)
     if len(np.unique(sku_ids)) != len(sku_ids):
         raise ValueError("skus table lists a sku_id more than once; it must hold one row per SKU.")
-    unknown = sorted(set(np.unique(sku_cat)) - set(targets))
+    unknown = sorted(str(c) for c in set(np.unique(sku_cat)) - set(targets))
     if unknown:
         raise ValueError(f"categories {unknown} have no gmv_tier/roi_target in the market params; "
                          "use the market.json written with these logs.")
@@ -234,7 +234,7 @@ def rewards_from_arrays(category: Any, day: Any, gmv: Any, marketing_spend: Any,
     cat_index = np.clip(cat_index, 0, len(names) - 1)
     missing = np.asarray(names, dtype=object)[cat_index] != category
     if missing.any():
-        raise ValueError(f"category {category[missing][0]!r} has no references; recompute them "
+        raise ValueError(f"category {str(category[missing][0])!r} has no references; recompute them "
                          "(category_references) with market params that list it.")
     if np.any((day < 0) | (day >= references.horizon_days)):
         raise ValueError(f"day must be in 0..{references.horizon_days - 1} (days since launch), got "
