@@ -45,7 +45,7 @@ def test_references_and_rewards_on_the_simulated_market(tiny_market):
     log_sku = logs.column("sku_id").to_numpy(zero_copy_only=False).astype(str)
     reached_ids = set(skus.column("sku_id").to_numpy(zero_copy_only=False).astype(str)[reached])
     is_ref = np.isin(log_sku, list(reached_ids))
-    assert r[is_ref].mean() > r[~is_ref].mean() + 0.01
+    assert r[is_ref].mean() > r[~is_ref].mean() + 0.1
     # and for a category with its own references, the progress term averages to zero over its
     # reference SKUs on every day (the reference IS their mean)
     log_cat = logs.column("category").to_numpy(zero_copy_only=False).astype(str)
