@@ -14,8 +14,9 @@ from ``weights_path`` (local safetensors folder) when given, else randomly initi
 MoE experts in transformers 5 are fused 3-D parameters (``experts.gate_up_proj`` of shape
 ``[num_experts, 2*moe_intermediate, hidden]``); ``experts_implementation`` picks how they run:
 ``eager`` (a loop over experts hit by the batch), ``batched_mm`` (one bmm over gathered expert
-weights per token), ``grouped_mm`` (``torch._grouped_mm`` grouped GEMM over tokens sorted by
-expert: the fast one on GPU; on CPU transformers falls back to a loop).
+weights per token), ``grouped_mm`` (torch's grouped GEMM over tokens sorted by expert; the
+fastest on GPU, and on this CPU too: see tests/test_llm_models.py, which also checks that all
+three give the same loss).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any, Literal
 
 from aigp_train.config import RecipeError, help_field
 
-__all__ = ["ModelRecipe", "build_model", "hf_config", "param_counts", "is_expert_param", "resolve_path",
+__all__ = ["ModelRecipe", "build_model", "load_model_recipe", "hf_config", "param_counts", "is_expert_param", "resolve_path",
            "REPO_ROOT"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -56,6 +57,20 @@ class ModelRecipe:
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = help_field("attention kernel")
     experts_implementation: Literal["eager", "batched_mm", "grouped_mm"] = help_field(
         "MoE expert kernel: eager loop, batched_mm, or grouped_mm (grouped GEMM, GPU)")
+
+
+@dataclass
+class ModelFile:
+    """What ``recipes/models/*.yaml`` holds: a ``model:`` block (so stage recipes can include it)."""
+
+    model: ModelRecipe = help_field("the model")
+
+
+def load_model_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ModelRecipe:
+    """The model of a model recipe file (overrides as ``model.dtype=float32``)."""
+    from aigp_train.config import load_recipe
+
+    return load_recipe(resolve_path(str(path)), ModelFile, overrides).model
 
 
 def resolve_path(path: str) -> Path:
