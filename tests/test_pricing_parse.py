@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -91,6 +92,24 @@ def test_braces_in_prose_and_strings_do_not_confuse_the_scan():
     assert parse_action(text, 0.8, CFG).action == pytest.approx(0.02)
     # a non-JSON outer brace that wraps a JSON object: the scan goes inside
     assert parse_action('{ thinking... {"discount_change": -0.02} }', 0.8, CFG).action == pytest.approx(-0.02)
+
+
+def test_last_decision_wins_across_strict_and_lenient_json():
+    text = 'Example: {"discount_change": 0.1}. My decision: {\'discount_change\': -0.03,}'
+    assert parse_action(text, 0.8, CFG).action == pytest.approx(-0.03)
+    text = "Draft {'discount_change': -0.03} then final " + '{"discount_change": 0.04}'
+    assert parse_action(text, 0.8, CFG).action == pytest.approx(0.04)
+
+
+@pytest.mark.parametrize("text", ["{" * 20_000, '{"a":' * 30_000, '{"k": [' * 5_000, '{"a": "' * 8_000,
+                                  "{'a': " * 10_000 + "{'discount_change': 0.1,}"],
+                         ids=["open-braces", "deep-objects", "deep-lists", "open-strings", "deep-single-quoted"])
+def test_runaway_generations_parse_in_bounded_time(text):
+    # a degenerate model can emit tens of thousands of braces; parsing must stay near-linear
+    start = time.perf_counter()
+    parsed = parse_action(text, 0.8, CFG)
+    assert time.perf_counter() - start < 3.0
+    assert parsed.failure in (None, "no_json")
 
 
 @pytest.mark.parametrize("action, text", [(-0.05, '{"discount_change": -0.05}'), (0.0, '{"discount_change": 0.00}'),

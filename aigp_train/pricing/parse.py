@@ -7,10 +7,11 @@ Canonical form (teacher, prompts, [ACT_ONLY] targets, DPO pairs all use it)::
 
 ``parse_action(text, d_prev, cfg)`` reads the decision out of free text. Rules, in order:
 
-1. Every balanced ``{...}`` in the text is a candidate (code fences and prose around it do
-   not matter). A candidate is decoded as JSON, then JSON without trailing commas, then as a
-   Python literal (single quotes); a candidate that decodes to none of these is skipped and
-   the scan continues inside it.
+1. Every ``{`` in the text starts a candidate (code fences and prose around it do not
+   matter). A candidate is decoded as JSON; failing that (only for the last few braces, see
+   ``LENIENT_MAX_BRACES``), its balanced ``{...}`` is decoded as JSON without trailing commas,
+   then as a Python literal (single quotes). A candidate that decodes to none of these is
+   skipped and the scan continues inside it.
 2. Of the decoded objects (and the objects nested in them), the LAST one that holds an
    action key wins: a chain of thought quotes or weighs options first and ends with the
    decision, and a model asked for "reasoning, then JSON" puts the answer last.
@@ -61,7 +62,7 @@ FAILURES = (NOT_TEXT, NO_JSON, NO_ACTION_KEY, BAD_TYPE, BAD_VALUE, NON_FINITE)
 
 # Outputs longer than this are cut to their tail before scanning: the decision is at the
 # end, and a runaway generation must not make parsing quadratic.
-MAX_SCAN_CHARS = 200_000
+MAX_SCAN_CHARS = 100_000
 
 
 @dataclass(frozen=True)
@@ -155,13 +156,23 @@ def format_action(action: float, new_discount: float | None = None) -> str:
 # ---------------------------------------------------------------------------
 
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
+_STRICT = json.JSONDecoder()
+
+# Bounds that keep a runaway generation ("{"a":{"a":..." thousands deep) from making parsing
+# quadratic: only the last STRICT_MAX_BRACES opening braces start a strict JSON decode, and the
+# lenient pass (trailing commas, single quotes; pure Python) tries only the last
+# LENIENT_MAX_BRACES, each over at most LENIENT_MAX_CHARS. The decision is a short object at
+# the end, so real outputs are never cut by them.
+STRICT_MAX_BRACES = 2000
+LENIENT_MAX_BRACES = 64
+LENIENT_MAX_CHARS = 4096
 
 
-def _balanced_end(text: str, start: int) -> int:
-    """Index of the ``}`` closing the ``{`` at ``start``, or -1. Skips double-quoted strings
-    (single quotes are not tracked: apostrophes in prose would derail them, and single-quoted
-    keys and numbers hold no braces)."""
-    depth, i, n = 0, start, len(text)
+def _balanced_end(text: str, start: int, limit: int) -> int:
+    """Index of the ``}`` closing the ``{`` at ``start`` within ``limit`` chars, or -1. Skips
+    double-quoted strings (single quotes are not tracked: apostrophes in prose would derail
+    them, and single-quoted keys and numbers hold no braces)."""
+    depth, i, n = 0, start, min(len(text), start + limit)
     while i < n:
         ch = text[i]
         if ch == '"':
@@ -178,14 +189,10 @@ def _balanced_end(text: str, start: int) -> int:
     return -1
 
 
-def _decode(candidate: str) -> Any:
-    try:
-        return json.loads(candidate)
-    except ValueError:
-        pass
+def _decode_lenient(candidate: str) -> Any:
     try:
         return json.loads(_TRAILING_COMMA.sub(r"\1", candidate))
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     try:
         # literal_eval evaluates literals only (no names, no calls): safe on untrusted text.
@@ -195,17 +202,38 @@ def _decode(candidate: str) -> Any:
 
 
 def _objects(text: str) -> list[dict]:
-    """Every decodable top-level ``{...}`` in the text, in order of appearance."""
-    found, i = [], text.find("{")
-    while i != -1:
-        end = _balanced_end(text, i)
-        obj = _decode(text[i:end + 1]) if end != -1 else None
+    """Decodable ``{...}`` objects of the text, in order of their start, none inside another.
+
+    Strict pass: ``json.JSONDecoder.raw_decode`` (C speed) at each ``{`` (the last
+    STRICT_MAX_BRACES), skipping the span of each object found. Lenient pass: the last
+    LENIENT_MAX_BRACES braces outside those spans.
+    """
+    found: list[tuple[int, int, dict]] = []  # (start, end exclusive, object)
+    braces = [m.start() for m in re.finditer(r"\{", text)]
+    skip_until = -1
+    for i in braces[-STRICT_MAX_BRACES:]:
+        if i < skip_until:
+            continue
+        try:
+            obj, end = _STRICT.raw_decode(text, i)
+        except (ValueError, RecursionError):
+            continue
         if isinstance(obj, dict):
-            found.append(obj)
-            i = text.find("{", end + 1)
-        else:
-            i = text.find("{", i + 1)
-    return found
+            found.append((i, end, obj))
+            skip_until = end
+
+    covered_until = -1
+    for i in braces[-LENIENT_MAX_BRACES:]:
+        if i < covered_until or any(a <= i < b for a, b, _ in found):
+            continue
+        end = _balanced_end(text, i, LENIENT_MAX_CHARS)
+        if end == -1:
+            continue
+        obj = _decode_lenient(text[i:end + 1])
+        if isinstance(obj, dict):
+            found.append((i, end + 1, obj))
+            covered_until = end + 1
+    return [obj for _, _, obj in sorted(found, key=lambda f: f[0])]
 
 
 def _norm(key: Any) -> str:
