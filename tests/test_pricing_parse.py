@@ -94,6 +94,20 @@ def test_braces_in_prose_and_strings_do_not_confuse_the_scan():
     assert parse_action('{ thinking... {"discount_change": -0.02} }', 0.8, CFG).action == pytest.approx(-0.02)
 
 
+def test_nested_objects_lists_and_depth():
+    # post-order: children before their parent, so an object's own key wins over a nested one
+    assert parse_action('{"draft": {"discount_change": 0.1}, "discount_change": -0.1}', 0.8, CFG).action == -0.1
+    text = '{"options": [{"discount_change": 0.1}, {"final": {"new_discount": 0.7}}]}'
+    assert parse_action(text, 0.8, CFG).action == pytest.approx(-0.1)
+    deep = '{"a":' * 900 + '{"discount_change": 0.05}' + "}" * 900   # no RecursionError
+    assert parse_action(deep, 0.8, CFG).action == pytest.approx(0.05)
+
+
+def test_non_finite_d_prev_is_our_error_not_the_models():
+    with pytest.raises(ValueError, match="d_prev must be a finite discount"):
+        parse_action('{"discount_change": 0.1}', float("nan"), CFG)
+
+
 def test_last_decision_wins_across_strict_and_lenient_json():
     text = 'Example: {"discount_change": 0.1}. My decision: {\'discount_change\': -0.03,}'
     assert parse_action(text, 0.8, CFG).action == pytest.approx(-0.03)

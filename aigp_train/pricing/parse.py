@@ -241,15 +241,22 @@ def _norm(key: Any) -> str:
 
 
 def _with_action_key(obj: dict) -> dict | None:
-    """The last dict (depth-first, this one after its children) holding an action key."""
-    hit = None
-    for value in obj.values():
-        if isinstance(value, dict):
-            hit = _with_action_key(value) or hit
-    keys = {_norm(k) for k in obj}
-    if ACTION_KEY in keys or DISCOUNT_KEY in keys:
-        hit = {_norm(k): v for k, v in obj.items()}
-    return hit
+    """The last dict holding an action key in post-order (children, in order, before their
+    parent; dicts inside lists included), keys normalised. Iterative: a decoded object can be
+    nested a thousand levels deep."""
+    stack: list[Any] = [obj]
+    while stack:
+        # Visiting a node before its children, children last-first, is post-order reversed,
+        # so the first hit here is the last hit in post-order.
+        node = stack.pop()
+        if isinstance(node, dict):
+            normalised = {_norm(k): v for k, v in node.items()}
+            if ACTION_KEY in normalised or DISCOUNT_KEY in normalised:
+                return normalised
+            stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
+        else:
+            stack.extend(v for v in node if isinstance(v, (dict, list)))
+    return None
 
 
 _NUMBER = re.compile(r"^([+-]?)\s*(\d+(?:\.\d*)?|\.\d+)(?:[eE]([+-]?\d+))?\s*(%?)$")
@@ -292,8 +299,14 @@ def _failure(reason: str, d_prev: float, cfg: "PricingConfig") -> ParsedAction:
 
 
 def parse_action(text: Any, d_prev: float, cfg: "PricingConfig") -> ParsedAction:
-    """The (projected) action in ``text``; failures return the hold-price fallback, never raise."""
+    """The (projected) action in ``text``; failures return the hold-price fallback.
+
+    Never raises on model text; a non-finite ``d_prev`` (our own data, not the model's) is a
+    ValueError.
+    """
     d_prev = float(d_prev)
+    if not math.isfinite(d_prev):
+        raise ValueError(f"d_prev must be a finite discount, got {d_prev}; fix the state (discount_prev column).")
     if not isinstance(text, str):
         return _failure(NOT_TEXT, d_prev, cfg)
     text = text[-MAX_SCAN_CHARS:]
