@@ -1,0 +1,51 @@
+"""The three pieces of Algorithm 1 as pure functions of (parameters, batch).
+
+Kept apart from the trainer so that the gradient-isolation test can call each loss
+on its own and check which parameters it reaches, and so that the CQL baseline
+(``cql.py``) reuses the same critic loss and target.
+
+Batch layout (one row per transition, see ``transitions.TransitionColumns``):
+``sa = [s_t (F, normalised), a_t / max_step]`` is one contiguous slice, so the
+critic input is a view, not a concatenation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from aigp_train.ltve.ensemble import ensemble_forward
+
+__all__ = ["expectile_weights", "value_loss", "nstep_target", "critic_loss"]
+
+
+def expectile_weights(delta: torch.Tensor, tau: float) -> torch.Tensor:
+    """w = |tau - 1(delta < 0)| (Algorithm 1 line 9)."""
+    return torch.where(delta < 0, 1.0 - tau, tau).to(delta.dtype)
+
+
+def value_loss(q_target: dict, v: dict, sa: torch.Tensor, s: torch.Tensor, tau: float) -> torch.Tensor:
+    """E[w * (q_min - V(s))^2] with q_min = min of the two TARGET critics (eq. 4, lines 8-10).
+
+    The target critics are evaluated without a graph: this loss moves only V.
+    """
+    with torch.no_grad():
+        q_min = ensemble_forward(q_target, sa).amin(0)
+    delta = q_min - ensemble_forward(v, s)[0]
+    return (expectile_weights(delta, tau) * delta.square()).mean()
+
+
+@torch.no_grad()
+def nstep_target(v: dict, s_next: torch.Tensor, ret: torch.Tensor, boot: torch.Tensor,
+                 q_min: float, q_max: float) -> torch.Tensor:
+    """y = sum_k gamma^k r_{t+k} + gamma^n V(s_{t+n}), clipped (eq. 6, lines 11-12).
+
+    ``ret`` is the discounted reward sum, precomputed per transition; ``boot`` is
+    gamma^n, or 0 for a transition whose window reached the end of the 14-day
+    trajectory (terminal: the bootstrap term is dropped).
+    """
+    return (ret + boot * ensemble_forward(v, s_next)[0]).clamp_(q_min, q_max)
+
+
+def critic_loss(q: dict, sa: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """sum_i E[(Q_i(s, a) - y)^2] over the twin critics (eq. 5, line 13); moves only Q."""
+    return (ensemble_forward(q, sa) - y).square().mean(1).sum()

@@ -1,0 +1,305 @@
+"""n-step transitions for the LTVE from Parquet SKU-day logs (paper §3.3, Algorithm 1 line 1).
+
+Pipeline (two streaming passes over ``logs/part-*.parquet``, never the whole table in memory):
+
+1. **Time-based split** on ``date`` (paper §4.1.1, no temporal leakage): SKUs are ordered by
+   launch date; the latest ``heldout_fraction`` of launch dates form the held-out set. A
+   training SKU must have its whole trajectory (launch + horizon - 1) strictly before the
+   first held-out launch date; SKUs straddling the cut are used by neither side, so no
+   training reward comes from a day the held-out period covers.
+2. **60/40 mix** (§3.3): all training SKUs flagged ``is_expert`` (top 30 % by 14-day GMV within
+   the category, see skus.parquet) are kept and non-experts are subsampled (seeded) so that
+   experts make ``expert_fraction`` of the SKUs; if experts are too many, experts are subsampled.
+   Trajectories are kept whole, so the transition share follows the SKU share.
+3. **Reward eq. 3** per SKU-day with ``aigp_train.pricing.reward`` against category references
+   computed on the training SKUs only (pass 1).
+4. **n-step windows** (pass 2, chunk by chunk: a chunk holds complete SKU trajectories; rows of a
+   SKU whose trajectory continues in the next Parquet part are carried over):
+   ``R_t = sum_{k<m} gamma^k r_{t+k}`` with ``m = min(n, H - t)``; if ``t + n <= H - 1`` the
+   transition bootstraps from ``s_{t+n}`` with ``boot = gamma^n``, otherwise the window reached
+   the end of the H-day trajectory: it is terminal, ``boot = 0`` and ``s_{t+n}`` is zeros.
+   A trajectory cut short by the end of the logs (not terminal, next state unknown) yields
+   only its complete windows.
+5. **Normalisation** statistics on the training states only, applied to both splits and saved
+   with the model.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from aigp_train.ltve.config import DataConfig
+from aigp_train.ltve.features import READ_COLUMNS, Normalizer, feature_names, state_features
+from aigp_train.ltve.layout import Columns
+from aigp_train.pricing import PricingConfig
+from aigp_train.pricing.reward import References, category_references, rewards
+
+__all__ = ["TransitionSet", "build_transitions", "log_parts", "q_bounds_from_rewards", "split_skus"]
+
+LOG_COLUMNS_NEEDED = tuple(dict.fromkeys((*READ_COLUMNS, "date", "action", "gmv", "marketing_spend")))
+
+
+def log_parts(logs_dir: str | Path) -> list[str]:
+    parts = sorted(glob.glob(str(Path(logs_dir) / "logs" / "part-*.parquet")))
+    if not parts:
+        raise FileNotFoundError(f"no logs/part-*.parquet under {logs_dir}; run `aigp simulate <recipe>` and point "
+                                "data.logs_dir at its output_dir.")
+    return parts
+
+
+def _read_part(path: str, columns: tuple[str, ...]) -> pa.Table:
+    try:  # the simulator's schema check (missing/extra/wrong-typed/user-level columns), where available
+        from aigp_train.market.schema import read_logs
+    except ImportError:
+        read_logs = None
+    table = read_logs(path) if read_logs is not None else pq.read_table(path)
+    missing = [c for c in columns if c not in table.column_names]
+    if missing:
+        raise ValueError(f"{path} lacks columns {missing}; logs must follow docs/log_schema.md.")
+    return table.select(list(columns))
+
+
+def _complete_sku_chunks(parts: list[str], columns: tuple[str, ...], horizon: int) -> Iterator[pa.Table]:
+    """Tables of whole SKU trajectories: a SKU is emitted once its last day (H-1) has been read."""
+    carry: pa.Table | None = None
+    for path in parts:
+        table = _read_part(path, columns)
+        if carry is not None and carry.num_rows:
+            table = pa.concat_tables([carry, table])
+        sku = table.column("sku_id").to_numpy(zero_copy_only=False).astype(str)
+        day = table.column("day").to_numpy()
+        done_skus = np.unique(sku[day >= horizon - 1])
+        is_done = np.isin(sku, done_skus)
+        if is_done.any():
+            yield table.filter(pa.array(is_done))
+        carry = table.filter(pa.array(~is_done))
+    if carry is not None and carry.num_rows:
+        yield carry  # trajectories cut by the end of the logs
+
+
+def split_skus(skus: pa.Table, horizon: int, heldout_fraction: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """(train sku_ids, held-out sku_ids, cutoff date) of the time-based split (module doc, step 1)."""
+    if not 0.0 < heldout_fraction < 1.0:
+        raise ValueError(f"data.heldout_fraction must be in (0, 1), got {heldout_fraction}.")
+    ids = skus.column("sku_id").to_numpy(zero_copy_only=False).astype(str)
+    launch = skus.column("launch_date").to_numpy().astype(np.int64)
+    cutoff = int(np.quantile(launch, 1.0 - heldout_fraction, method="higher"))
+    heldout = ids[launch >= cutoff]
+    train = ids[launch + horizon - 1 < cutoff]
+    if len(train) == 0 or len(heldout) == 0:
+        raise ValueError(
+            f"time-based split at launch date {cutoff} leaves {len(train)} training and {len(heldout)} held-out SKUs "
+            f"(launch dates {launch.min()}..{launch.max()}, horizon {horizon} days). Simulate launches spread over "
+            "more days than the horizon, or change data.heldout_fraction.")
+    return train, heldout, cutoff
+
+
+def _mix(skus: pa.Table, train_ids: np.ndarray, expert_fraction: float, seed: int) -> np.ndarray:
+    """Subsample training SKUs to ``expert_fraction`` experts (module doc, step 2)."""
+    if not 0.0 < expert_fraction < 1.0:
+        raise ValueError(f"data.expert_fraction must be in (0, 1), got {expert_fraction}.")
+    ids = skus.column("sku_id").to_numpy(zero_copy_only=False).astype(str)
+    expert = skus.column("is_expert").to_numpy(zero_copy_only=False).astype(bool)
+    in_train = np.isin(ids, train_ids)
+    experts, others = np.sort(ids[in_train & expert]), np.sort(ids[in_train & ~expert])
+    if len(experts) == 0 or len(others) == 0:
+        raise ValueError(f"the training split has {len(experts)} expert and {len(others)} non-expert SKUs; the "
+                         "60/40 mix needs both. Simulate more SKUs or check skus.parquet's is_expert.")
+    rng = np.random.default_rng(seed)
+    want_others = int(round(len(experts) * (1 - expert_fraction) / expert_fraction))
+    if want_others <= len(others):
+        others = rng.choice(others, size=want_others, replace=False)
+    else:
+        experts = rng.choice(experts, size=int(round(len(others) * expert_fraction / (1 - expert_fraction))),
+                             replace=False)
+    return np.sort(np.concatenate([experts, others]))
+
+
+def q_bounds_from_rewards(r_min: float, r_max: float, gamma: float) -> tuple[float, float]:
+    """[Q_min, Q_max] when the recipe leaves them open: every discounted return of rewards in
+    [r_min, r_max] lies in [min(r_min, r_min/(1-gamma)), max(r_max, r_max/(1-gamma))]
+    (a sum of 1..inf terms gamma^k r; the min/max covers rewards of either sign)."""
+    return min(r_min, r_min / (1 - gamma)), max(r_max, r_max / (1 - gamma))
+
+
+@dataclass
+class TransitionSet:
+    cols: Columns
+    feature_names: list[str]
+    categories: list[str]
+    gmv_tier: dict[str, float]
+    normalizer: Normalizer
+    references: References
+    train: np.ndarray                     # [N, width] float32, states normalised
+    heldout: np.ndarray                   # [M, width] float32, states normalised
+    heldout_meta: dict[str, np.ndarray]   # per held-out transition: sku_id, category, day, is_expert, ...
+    reward_range: tuple[float, float]     # train split
+    cutoff_date: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def _windows(chunk: pa.Table, r: np.ndarray, n: int, gamma: float, horizon: int):
+    """Per row: (usable, R, boot, next_row) of its n-step window within this chunk."""
+    sku = chunk.column("sku_id").to_numpy(zero_copy_only=False).astype(str)
+    day = chunk.column("day").to_numpy().astype(np.int64)
+    _, sku_int = np.unique(sku, return_inverse=True)
+    span = horizon + n + 1
+    key = sku_int.astype(np.int64) * span + day
+    order = np.argsort(key, kind="stable")
+    sorted_key = key[order]
+    if len(np.unique(sorted_key)) != len(sorted_key):
+        raise ValueError("logs hold the same (sku_id, day) twice; one row per SKU-day is required.")
+
+    def row_of(offset: int) -> np.ndarray:
+        want = key + offset
+        j = np.clip(np.searchsorted(sorted_key, want), 0, len(sorted_key) - 1)
+        return np.where(sorted_key[j] == want, order[j], -1)
+
+    usable = np.ones(len(day), dtype=bool)
+    ret = np.zeros(len(day))
+    for k in range(n):
+        inside = day + k <= horizon - 1
+        rk = row_of(k)
+        usable &= ~inside | (rk >= 0)
+        ret += np.where(inside & (rk >= 0), gamma ** k * r[np.maximum(rk, 0)], 0.0)
+    bootstraps = day + n <= horizon - 1
+    nxt = row_of(n)
+    usable &= ~bootstraps | (nxt >= 0)
+    boot = np.where(bootstraps, gamma ** n, 0.0)
+    return usable, ret, boot, np.where(bootstraps, nxt, -1)
+
+
+def build_transitions(cfg: DataConfig, pricing: PricingConfig) -> TransitionSet:
+    logs_dir = Path(cfg.logs_dir)
+    if cfg.n_step < 1:
+        raise ValueError(f"data.n_step must be >= 1, got {cfg.n_step}.")
+    if not 0.0 < cfg.gamma < 1.0:
+        raise ValueError(f"data.gamma must be in (0, 1), got {cfg.gamma}.")
+    horizon = pricing.milestone_horizon_days
+    parts = log_parts(logs_dir)
+    skus = pq.read_table(logs_dir / "skus.parquet")
+    market = json.loads((logs_dir / "market.json").read_text())
+    train_ids, heldout_ids, cutoff = split_skus(skus, horizon, cfg.heldout_fraction)
+    mixed_ids = _mix(skus, train_ids, cfg.expert_fraction, cfg.seed)
+
+    # pass 1: eq.-3 references from the training SKUs only
+    ref_cols = ("sku_id", "day", "gmv", "marketing_spend")
+    pieces = []
+    for path in parts:
+        t = _read_part(path, ref_cols)
+        keep = np.isin(t.column("sku_id").to_numpy(zero_copy_only=False).astype(str), train_ids)
+        pieces.append(t.filter(pa.array(keep)))
+    sku_ids_all = skus.column("sku_id").to_numpy(zero_copy_only=False).astype(str)
+    references = category_references(pa.concat_tables(pieces), skus.filter(pa.array(np.isin(sku_ids_all, train_ids))),
+                                     market, pricing)
+    del pieces
+    categories = sorted(references.categories)
+    gmv_tier = {c: references.categories[c].gmv_tier for c in categories}
+    expert_of = dict(zip(sku_ids_all, skus.column("is_expert").to_numpy(zero_copy_only=False).astype(bool)))
+
+    # pass 2: features, rewards, n-step windows, chunk by chunk
+    F = len(feature_names(categories))
+    cols = Columns(F)
+    out = {"train": [], "heldout": []}
+    meta: dict[str, list] = {k: [] for k in ("sku_id", "category", "day", "is_expert", "gmv_7", "gmv_14",
+                                             "roi_7", "roi_14", "milestone")}
+    r_lo, r_hi = np.inf, -np.inf
+    for chunk in _complete_sku_chunks(parts, LOG_COLUMNS_NEEDED, horizon):
+        sku = chunk.column("sku_id").to_numpy(zero_copy_only=False).astype(str)
+        split = np.where(np.isin(sku, mixed_ids), 0, np.where(np.isin(sku, heldout_ids), 1, -1))
+        chunk = chunk.filter(pa.array(split >= 0))
+        if chunk.num_rows == 0:
+            continue
+        split = split[split >= 0]
+        sku = chunk.column("sku_id").to_numpy(zero_copy_only=False).astype(str)
+        day = chunk.column("day").to_numpy().astype(np.int64)
+        in_h = (day >= 0) & (day < horizon)
+        if not in_h.all():
+            raise ValueError(f"logs hold day {day[~in_h][0]} outside 0..{horizon - 1} (days since launch).")
+        r = rewards(chunk, references, pricing)
+        if (split == 0).any():
+            r_lo, r_hi = min(r_lo, float(r[split == 0].min())), max(r_hi, float(r[split == 0].max()))
+        usable, ret, boot, nxt = _windows(chunk, r, cfg.n_step, cfg.gamma, horizon)
+        feats = state_features(chunk, categories, gmv_tier)
+        action = chunk.column("action").to_numpy().astype(np.float64)
+        d_prev = chunk.column("discount_prev").to_numpy().astype(np.float64)
+        block = np.zeros((chunk.num_rows, cols.width), dtype=np.float32)
+        block[:, cols.s] = feats
+        block[:, cols.a_scaled] = action / pricing.max_step
+        block[:, cols.ret] = ret
+        block[:, cols.boot] = boot
+        has_next = nxt >= 0
+        block[has_next, cols.s_next] = feats[nxt[has_next]]
+        block[:, cols.d_prev_next] = np.where(has_next, d_prev[np.maximum(nxt, 0)], pricing.d_max)
+        block[:, cols.action] = action
+        block[:, cols.d_prev] = d_prev
+        for name, code in (("train", 0), ("heldout", 1)):
+            sel = usable & (split == code)
+            out[name].append(block[sel])
+        sel = usable & (split == 1)
+        outcomes = _sku_outcomes(chunk, market, pricing, horizon)
+        meta["sku_id"].append(sku[sel])
+        meta["category"].append(chunk.column("category").to_numpy(zero_copy_only=False).astype(str)[sel])
+        meta["day"].append(day[sel])
+        meta["is_expert"].append(np.array([expert_of.get(s, False) for s in sku[sel]], dtype=bool))
+        for k in ("gmv_7", "gmv_14", "roi_7", "roi_14", "milestone"):
+            meta[k].append(np.array([outcomes[k].get(s, np.nan) for s in sku[sel]], dtype=np.float64))
+
+    train = np.concatenate(out["train"]) if out["train"] else np.zeros((0, cols.width), np.float32)
+    heldout = np.concatenate(out["heldout"]) if out["heldout"] else np.zeros((0, cols.width), np.float32)
+    if len(train) == 0 or len(heldout) == 0:
+        raise ValueError(f"{len(train)} training and {len(heldout)} held-out transitions from {logs_dir}; both must "
+                         "be non-empty. Simulate more SKUs or launch days.")
+    if cfg.max_transitions is not None and len(train) > cfg.max_transitions:
+        keep = np.sort(np.random.default_rng(cfg.seed).choice(len(train), cfg.max_transitions, replace=False))
+        train = train[keep]
+    normalizer = Normalizer.fit(train[:, cols.s])
+    for arr in (train, heldout):
+        arr[:, cols.s] = normalizer(arr[:, cols.s])
+        has_next = arr[:, cols.boot] > 0
+        arr[has_next, cols.s_next] = normalizer(arr[has_next, cols.s_next])
+    heldout_meta = {k: np.concatenate(v) for k, v in meta.items()}
+    counts = {"train_transitions": int(len(train)), "heldout_transitions": int(len(heldout)),
+              "train_skus": int(len(mixed_ids)), "heldout_skus": int(len(heldout_ids)),
+              "train_terminal": int((train[:, cols.boot] == 0).sum())}
+    return TransitionSet(cols=cols, feature_names=feature_names(categories), categories=categories, gmv_tier=gmv_tier,
+                         normalizer=normalizer, references=references, train=train, heldout=heldout,
+                         heldout_meta=heldout_meta, reward_range=(r_lo, r_hi), cutoff_date=cutoff, counts=counts)
+
+
+def _sku_outcomes(chunk: pa.Table, market: dict, pricing: PricingConfig, horizon: int) -> dict[str, dict]:
+    """Realised 7/14-day cumulative GMV, integrated ROI and milestone per SKU of the chunk (Fig. 3)."""
+    from aigp_train.pricing.reward import milestone_reached, milestone_targets, roi
+
+    sku = chunk.column("sku_id").to_numpy(zero_copy_only=False).astype(str)
+    cat = chunk.column("category").to_numpy(zero_copy_only=False).astype(str)
+    day = chunk.column("day").to_numpy().astype(np.int64)
+    gmv = chunk.column("gmv").to_numpy().astype(np.float64)
+    spend = chunk.column("marketing_spend").to_numpy().astype(np.float64)
+    uniq, inv = np.unique(sku, return_inverse=True)
+    out: dict[str, dict] = {}
+    sums = {}
+    for h in (7, horizon):
+        w = day < h
+        g = np.bincount(inv, weights=np.where(w, gmv, 0.0), minlength=len(uniq))
+        s = np.bincount(inv, weights=np.where(w, spend, 0.0), minlength=len(uniq))
+        complete = np.bincount(inv, weights=w.astype(float), minlength=len(uniq)) == h
+        sums[h] = (np.where(complete, g, np.nan), np.where(complete, roi(g, s, pricing.roi_spend_floor), np.nan))
+    targets = milestone_targets(market)
+    first_cat = dict(zip(sku, cat))
+    tier = np.array([targets[first_cat[s]][0] for s in uniq])
+    roi_target = np.array([targets[first_cat[s]][1] for s in uniq])
+    g14, r14 = sums[horizon]
+    mile = np.where(np.isnan(g14), np.nan, milestone_reached(np.nan_to_num(g14), np.nan_to_num(r14), tier, roi_target))
+    out["gmv_7"], out["roi_7"] = dict(zip(uniq, sums[7][0])), dict(zip(uniq, sums[7][1]))
+    out["gmv_14"], out["roi_14"] = dict(zip(uniq, g14)), dict(zip(uniq, r14))
+    out["milestone"] = dict(zip(uniq, mile.astype(float)))
+    return out

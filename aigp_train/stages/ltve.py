@@ -1,0 +1,138 @@
+"""Train the Long-Term Value Estimator (paper §3.3, Algorithm 1; Table 8).
+
+Reads the simulator's (or real) SKU-day logs, builds n-step transitions with a
+time-based split and the 60/40 expert mix, and trains twin critics Q1, Q2 (n-step
+targets bootstrapped from V, clipped to [Q_min, Q_max]) and V (expectile tau toward
+the min of the target critics) with the fused trainer. Writes:
+
+  transitions.safetensors  train / held-out transition tensors (+ held-out metadata)
+  checkpoint.safetensors   full training state, every train.checkpoint_every updates
+  model.safetensors        Q1, Q2, V and the normaliser: ``aigp_train.ltve.load_ltve``
+  metrics.jsonl            losses every train.log_every updates
+  references.json          eq.-3 category references (training split)
+
+A killed run resumes from checkpoint.safetensors and equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file as np_load_file
+from safetensors.numpy import save as np_save
+
+from aigp_train.config import help_field, recipe_to_dict
+from aigp_train.ltve.checkpoint import load_checkpoint, save_checkpoint, save_model
+from aigp_train.ltve.config import DataConfig, ModelConfig, TrainConfig
+from aigp_train.ltve.features import Normalizer
+from aigp_train.ltve.layout import Columns
+from aigp_train.ltve.trainer import FusedLTVETrainer, resolve_device
+from aigp_train.ltve.transitions import build_transitions, q_bounds_from_rewards
+from aigp_train.outputs import StageOutput, atomic_write_bytes, atomic_write_jsonl, read_jsonl
+from aigp_train.pricing import PricingConfig
+
+META_STRINGS = ("sku_id", "category")
+
+
+@dataclass
+class Recipe:
+    output_dir: str = help_field("folder for transitions, checkpoint, model and metrics")
+    pricing: PricingConfig = help_field("pricing rules (A_safe, reward eq. 3)")
+    data: DataConfig = help_field("logs, n-step horizon, split and expert mix")
+    model: ModelConfig = help_field("network sizes")
+    train: TrainConfig = help_field("Algorithm 1 hyperparameters and the fused trainer")
+
+
+def _save_transitions(path: Path, ts) -> None:
+    arrays = {"train": ts.train, "heldout": ts.heldout, "normalizer.mean": ts.normalizer.mean,
+              "normalizer.std": ts.normalizer.std}
+    for k, v in ts.heldout_meta.items():
+        if k in META_STRINGS:
+            continue
+        arrays[f"meta.{k}"] = np.ascontiguousarray(v.astype(np.float64))
+    header = {"feature_names": ts.feature_names, "categories": ts.categories, "gmv_tier": ts.gmv_tier,
+              "reward_range": list(ts.reward_range), "cutoff_date": ts.cutoff_date, "counts": ts.counts,
+              **{f"meta.{k}": ts.heldout_meta[k].tolist() for k in META_STRINGS}}
+    atomic_write_bytes(path, np_save(arrays, metadata={"header": json.dumps(header)}))
+
+
+def load_transitions(folder: str | Path) -> dict:
+    """The ``transitions.safetensors`` of an ``ltve`` output as plain arrays + header (for ltve-eval)."""
+    path = Path(folder) / "transitions.safetensors"
+    arrays = np_load_file(str(path))
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as fh:
+        header = json.loads(fh.metadata()["header"])
+    meta = {k[5:]: v for k, v in arrays.items() if k.startswith("meta.")}
+    for k in META_STRINGS:
+        meta[k] = np.asarray(header.pop(f"meta.{k}"), dtype=str)
+    return {"train": arrays["train"], "heldout": arrays["heldout"], "heldout_meta": meta,
+            "normalizer": Normalizer(arrays["normalizer.mean"], arrays["normalizer.std"]), **header}
+
+
+def model_meta(recipe: Recipe, ts_header: dict, q_bounds: tuple[float, float]) -> dict:
+    return {"feature_names": ts_header["feature_names"], "categories": ts_header["categories"],
+            "gmv_tier": ts_header["gmv_tier"], "hidden_sizes": list(recipe.model.hidden_sizes),
+            "max_step": recipe.pricing.max_step, "gamma": recipe.data.gamma, "n_step": recipe.data.n_step,
+            "q_min": q_bounds[0], "q_max": q_bounds[1], "expectile": recipe.train.expectile}
+
+
+def resolve_q_bounds(recipe: Recipe, reward_range: tuple[float, float]) -> tuple[float, float]:
+    lo, hi = q_bounds_from_rewards(reward_range[0], reward_range[1], recipe.data.gamma)
+    lo = recipe.train.q_min if recipe.train.q_min is not None else lo
+    hi = recipe.train.q_max if recipe.train.q_max is not None else hi
+    if not lo < hi:
+        raise ValueError(f"train.q_min ({lo}) must be below train.q_max ({hi}).")
+    return lo, hi
+
+
+def run(recipe: Recipe, out: StageOutput) -> dict:
+    tcfg = recipe.train
+    if tcfg.checkpoint_every % tcfg.log_every:
+        raise ValueError(f"train.checkpoint_every ({tcfg.checkpoint_every}) must be a multiple of train.log_every "
+                         f"({tcfg.log_every}): checkpoints are taken where the metrics are read.")
+    trans_path = out.path / "transitions.safetensors"
+    data_key = json.dumps({"data": recipe_to_dict(recipe.data), "pricing": recipe_to_dict(recipe.pricing)}, sort_keys=True)
+    key_path = out.path / "transitions.key"
+    if not (trans_path.is_file() and key_path.is_file() and key_path.read_text() == data_key):
+        ts = build_transitions(recipe.data, recipe.pricing)
+        _save_transitions(trans_path, ts)
+        ts.references.save(out.path / "references.json")
+        atomic_write_bytes(key_path, data_key.encode())
+    td = load_transitions(out.path)
+    q_bounds = resolve_q_bounds(recipe, tuple(td["reward_range"]))
+    meta = model_meta(recipe, td, q_bounds)
+    device = resolve_device(tcfg.device)
+    cols = Columns(len(td["feature_names"]))
+    trainer = FusedLTVETrainer(torch.from_numpy(td["train"]), cols.state_dim, tcfg, recipe.model.hidden_sizes,
+                               q_bounds, device=device)
+    ckpt = out.path / "checkpoint.safetensors"
+    ckpt_meta = {**meta, "train": recipe_to_dict(tcfg), "data_key": data_key}
+    metrics_path = out.path / "metrics.jsonl"
+    history: list[dict] = []
+    if ckpt.is_file():
+        load_checkpoint(ckpt, trainer, expect_meta=ckpt_meta)
+        if metrics_path.is_file():  # drop rows logged after the checkpoint: they will be redone
+            history = [r for r in read_jsonl(metrics_path) if r["step"] <= trainer.step]
+    else:
+        torch.manual_seed(tcfg.seed)
+
+    def on_log(step: int, metrics: dict) -> None:
+        history.append({"step": step, **metrics})
+
+    def on_checkpoint(step: int) -> None:
+        save_checkpoint(ckpt, trainer, td["normalizer"], ckpt_meta)
+        atomic_write_jsonl(metrics_path, history)
+
+    last = trainer.train(tcfg.num_steps, on_log=on_log, on_checkpoint=on_checkpoint)
+    save_model(out.path / "model.safetensors", trainer.q, trainer.v, td["normalizer"], meta)
+    return {"inputs": {"logs": recipe.data.logs_dir},
+            "rows": {k: v for k, v in td["counts"].items()},
+            "summary": {"steps": trainer.step, "q_min": q_bounds[0], "q_max": q_bounds[1],
+                        "device": str(device), **{f"final_{k}": v for k, v in last.items()},
+                        **td["counts"]}}
