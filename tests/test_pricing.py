@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from aigp_train.config import RecipeError
 from aigp_train.pricing import (action_grid, feasible_interval, in_a_safe, load_pricing_config,
-                                project_action)
+                                project_action, safe_grid)
 from aigp_train.pricing.a_safe import TOLERANCE
 
 CFG = load_pricing_config()
@@ -87,6 +87,20 @@ def test_action_grid():
     assert list(action_grid(0.925, CFG, step=0.05)) == pytest.approx([-0.2, -0.15, -0.1, -0.05, 0.0, 0.05])
     with pytest.raises(ValueError, match="step must be > 0"):
         action_grid(0.8, CFG, step=0)
+
+
+def test_safe_grid_matches_action_grid_per_state():
+    d_prev = np.array([0.2, 0.35, 0.5, 0.7, 0.93, 1.0, 1.1, 1.5])
+    grid, feasible = safe_grid(d_prev, CFG)
+    assert grid.shape == (41,) and feasible.shape == (8, 41)
+    assert feasible.any(axis=1).all()
+    for row, d in zip(feasible, d_prev):
+        np.testing.assert_allclose(grid[row], action_grid(float(d), CFG))
+    assert safe_grid(0.8, CFG, step=0.05)[0].shape == (9,)
+    with pytest.raises(ValueError, match="divide max_step"):
+        safe_grid(0.8, CFG, step=0.03)
+    with pytest.raises(RecipeError, match="must divide max_step"):
+        load_pricing_config(overrides=["pricing.grid_step=0.03"])
 
 
 # ---------------------------------------------------------------------------

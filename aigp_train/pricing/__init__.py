@@ -7,7 +7,8 @@ candidates, infer, evaluate, abtest), so a change of a rule is one edit in one f
 Public API (others code against these names; see ``docs/pricing.md``):
 
 * ``PricingConfig``, ``load_pricing_config``
-* ``project_action`` (Ψ), ``feasible_interval``, ``in_a_safe``, ``action_grid``  -- ``a_safe.py``
+* ``project_action`` (Ψ), ``feasible_interval``, ``in_a_safe``, ``action_grid``,
+  ``safe_grid``                                                                   -- ``a_safe.py``
 * ``format_action``, ``parse_action``, ``ParsedAction``, ``ParseStats``           -- ``parse.py``
 * ``roi``, ``milestone_reached``, ``category_references``, ``rewards``,
   ``References``                                                                  -- ``reward.py``
@@ -57,8 +58,9 @@ class PricingConfig:
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 problems.append(f"{name} must be a finite number > 0 (got {value})")
-        if self.grid_step > self.max_step:
-            problems.append(f"grid_step ({self.grid_step}) must not exceed max_step ({self.max_step})")
+        if self.grid_step > 0 and self.max_step > 0 and abs(round(self.max_step / self.grid_step) * self.grid_step - self.max_step) > 1e-9:
+            # so the batched grid holds +-max_step, the only action allowed far outside the band
+            problems.append(f"grid_step ({self.grid_step}) must divide max_step ({self.max_step})")
         if problems:
             raise RecipeError("bad pricing block: " + "; ".join(problems) + ". Fix it in recipes/paper/pricing.yaml or the including recipe.")
 
@@ -76,14 +78,14 @@ def load_pricing_config(path: str | Path = PAPER_PRICING, overrides: list[str] |
     return load_recipe(path, _PricingRecipe, overrides).pricing
 
 
-from aigp_train.pricing.a_safe import action_grid, feasible_interval, in_a_safe, project_action  # noqa: E402
+from aigp_train.pricing.a_safe import action_grid, feasible_interval, in_a_safe, project_action, safe_grid  # noqa: E402
 from aigp_train.pricing.parse import ParsedAction, ParseStats, format_action, parse_action  # noqa: E402
 from aigp_train.pricing.reward import References, category_references, milestone_reached, rewards, roi  # noqa: E402
 from aigp_train.pricing.ab import ABConfig, assign_groups, bucket_of  # noqa: E402
 
 __all__ = [
     "PricingConfig", "load_pricing_config", "PAPER_PRICING",
-    "project_action", "feasible_interval", "in_a_safe", "action_grid",
+    "project_action", "feasible_interval", "in_a_safe", "action_grid", "safe_grid",
     "format_action", "parse_action", "ParsedAction", "ParseStats",
     "roi", "milestone_reached", "category_references", "rewards", "References",
     "assign_groups", "bucket_of", "ABConfig",

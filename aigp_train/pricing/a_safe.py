@@ -128,3 +128,22 @@ def action_grid(d_prev: float, cfg: "PricingConfig", step: float | None = None) 
     # Round so 0.07 is 0.07, not 0.07000000000000001 (grid points are compared and printed).
     grid = np.round(np.arange(k_lo, k_hi + 1) * step, 10)
     return np.clip(grid, lo, hi)
+
+
+def safe_grid(d_prev: Any, cfg: "PricingConfig", step: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The batched twin of ``action_grid``: ``(grid [K], feasible [N, K])``.
+
+    ``grid`` is every multiple of ``step`` in [-max_step, max_step] (41 points at the paper's
+    values), the same for all states, so a batch can be scored as one [N, K] tensor; ``feasible``
+    marks the points inside Ψ's interval of each ``d_prev``. Every row has at least one True:
+    the interval always holds 0 (d_prev in the band) or +-max_step (outside it), and
+    ``PricingConfig`` requires ``step`` to divide ``max_step``.
+    """
+    step = cfg.grid_step if step is None else float(step)
+    k = round(cfg.max_step / step)
+    if not (step > 0) or abs(k * step - cfg.max_step) > TOLERANCE:
+        raise ValueError(f"safe_grid step {step} must be > 0 and divide max_step {cfg.max_step}.")
+    grid = np.round(np.arange(-k, k + 1) * step, 10)
+    lo, hi = feasible_interval(np.atleast_1d(np.asarray(d_prev, dtype=np.float64)), cfg)
+    feasible = (grid[None, :] >= lo[:, None] - TOLERANCE) & (grid[None, :] <= hi[:, None] + TOLERANCE)
+    return grid, feasible
