@@ -88,9 +88,7 @@ def milestone_targets(market_params: Mapping) -> dict[str, tuple[float, float]]:
 def _column(table: Any, name: str) -> np.ndarray:
     try:
         col = table[name] if isinstance(table, Mapping) else table.column(name)
-    except (KeyError, AttributeError):
-        col = None
-    except Exception:  # pyarrow raises KeyError subclasses or ArrowInvalid depending on version
+    except Exception:  # KeyError from a mapping; KeyError or ArrowInvalid from pyarrow, by version
         col = None
     if col is None:
         have = list(table.keys()) if isinstance(table, Mapping) else getattr(table, "column_names", "?")
