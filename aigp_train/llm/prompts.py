@@ -110,7 +110,7 @@ class StateField:
     key: str
     label: str
     kind: Literal["discount", "money", "int", "pct", "ratio", "rating"]
-    section: Literal["state", "goals"]
+    section: Literal["state", "goals", "kb"]
 
 
 STATE_FIELDS: tuple[StateField, ...] = (
@@ -138,6 +138,7 @@ STATE_FIELDS: tuple[StateField, ...] = (
     StateField("milestone_progress", "milestone progress", "pct", "goals"),
     StateField("days_left", "days left", "int", "goals"),
     StateField("required_daily_gmv", "required daily GMV", "money", "goals"),
+    StateField("kb_benchmark_price", "category benchmark price", "money", "kb"),
 )
 FIELD_BY_KEY = {f.key: f for f in STATE_FIELDS}
 
@@ -229,9 +230,9 @@ def sanitize_untrusted(text: str, max_chars: int) -> str:
 
 
 def fence_untrusted(kind: str, items: list[str]) -> str:
-    """Fence sanitised items as data, each in its own labelled block."""
-    blocks = [f'<{UNTRUSTED_TAG} kind="{kind}" note="{UNTRUSTED_NOTE}">\n{item}\n</{UNTRUSTED_TAG}>' for item in items]
-    return "\n".join(blocks)
+    """Fence sanitised items (one per line: sanitising removed their newlines) as one block of data."""
+    body = "\n".join(f"- {item}" for item in items)
+    return f'<{UNTRUSTED_TAG} kind="{kind}" note="{UNTRUSTED_NOTE}">\n{body}\n</{UNTRUSTED_TAG}>'
 
 
 def act_only_marker() -> str:
@@ -367,7 +368,8 @@ def build_messages(state: dict, history: list[dict], ctx: PromptContext, cfg: Pr
     if ctx.diagnosis is not None:
         parts += ["## Diagnosis report", ctx.diagnosis]
     if ctx.kb:
-        parts += ["## Knowledge base (category price benchmarks)", *(f"- {line}" for line in ctx.kb)]
+        parts += ["## Knowledge base (category price benchmarks and rules)", *_field_lines(state, "kb"),
+                  *(f"- {line}" for line in ctx.kb)]
     parts += [f"## Product description ({UNTRUSTED_NOTE})", fence_untrusted("description", [ctx.description])]
     if ctx.reviews:
         parts += [f"## Customer reviews, newest first ({UNTRUSTED_NOTE})", fence_untrusted("review", ctx.reviews)]
@@ -497,28 +499,226 @@ def build_state(today: dict, past: list[dict], sku: dict, milestone: dict, cfg: 
     return state, history
 
 
-def estimate_elasticities(logs: Any, max_date: int | None = None, prior: float = -2.62) -> dict[str, float]:
-    """Per-category price elasticity of sales per impression, from the logs (pandas frame).
+def estimate_elasticities(logs: Any, prior: float = -2.62) -> dict[str, float]:
+    """Per-category price elasticity of sales per impression from the logs (a pandas frame).
 
-    Within-SKU OLS of log((units + 0.5) / (impressions + 1)) on log(discount): demeaning per SKU
-    removes popularity and quality, so the slope is the response to the SKU's own price moves
-    (behaviour policies move prices, which identifies it). Rows after ``max_date`` are left out
-    so evaluation days never inform training prompts. A category with too little price
-    variation gets ``prior`` (meta-analysis mean -2.62, Bijmolt, van Heerde & Pieters 2005).
-    Clipped to [-6, -0.3]: a constant-elasticity extrapolation outside that is not credible.
+    Poisson regression with SKU fixed effects: units ~ Poisson(impressions * c_sku * d ** e).
+    The SKU constants c_sku (popularity, quality, list price) are profiled out, leaving a
+    concave log-likelihood in e, maximised by Newton's method. Unlike OLS on log(units + 0.5)
+    it is not biased towards zero by the many zero-sale days. Only the SKUs' own price moves
+    identify e (behaviour policies move prices). A category without price variation or sales
+    gets ``prior`` (meta-analysis mean -2.62, Bijmolt, van Heerde & Pieters 2005). Clipped to
+    [-6, -0.3]: a constant-elasticity extrapolation outside that is not credible.
     """
     import numpy as np
     import pandas as pd
 
-    df = logs if max_date is None else logs[logs["date"] <= max_date]
     out: dict[str, float] = {}
-    for cat, g in df.groupby("category", sort=True):
-        x = np.log(g["discount"].to_numpy(dtype=float))
-        y = np.log((g["units"].to_numpy(dtype=float) + 0.5) / (g["impressions"].to_numpy(dtype=float) + 1.0))
-        f = pd.DataFrame({"x": x, "y": y, "k": g["sku_id"].to_numpy()})
-        xd = f["x"] - f.groupby("k")["x"].transform("mean")
-        yd = f["y"] - f.groupby("k")["y"].transform("mean")
-        sxx = float((xd * xd).sum())
-        slope = float((xd * yd).sum()) / sxx if sxx > 1e-3 else prior
-        out[str(cat)] = float(np.clip(slope, -6.0, -0.3))
+    for cat, g in logs.groupby("category", sort=True):
+        k = pd.factorize(g["sku_id"])[0]
+        u = g["units"].to_numpy(dtype=float)
+        n = np.maximum(g["impressions"].to_numpy(dtype=float), 1.0)
+        ld = np.log(g["discount"].to_numpy(dtype=float))
+        keep = np.bincount(k, u)[k] > 0  # SKUs that never sold carry no information on e
+        k, u, n, ld = pd.factorize(k[keep])[0], u[keep], n[keep], ld[keep]
+        if k.size == 0 or np.ptp(ld) < 1e-6:
+            out[str(cat)] = prior
+            continue
+        totals = np.bincount(k, u)
+        e = prior
+        for _ in range(50):
+            w = n * np.exp(e * (ld - ld.max()))  # shift: keeps exp() in range, cancels in the ratios
+            sw, swl, swll = np.bincount(k, w), np.bincount(k, w * ld), np.bincount(k, w * ld * ld)
+            mean = swl / sw
+            grad = float((u * ld).sum() - (totals * mean).sum())
+            hess = -float((totals * (swll / sw - mean * mean)).sum())
+            if hess > -1e-12:
+                break
+            step = grad / hess
+            e = float(np.clip(e - step, -10.0, 5.0))
+            if abs(step) < 1e-6:
+                break
+        out[str(cat)] = float(np.clip(e, -6.0, -0.3))
     return out
+
+
+# ---------------------------------------------------------------------------
+# Prompt records from a market folder
+# ---------------------------------------------------------------------------
+
+
+class MarketSource:
+    """A market folder (``aigp simulate`` output, or real logs in the same layout) loaded for prompts.
+
+    ``elasticity_max_date``: only log rows up to this calendar date inform the category
+    elasticities and launch-day units of the price-sales prediction (no look-ahead).
+    """
+
+    def __init__(self, market_dir: str, elasticity_max_date: int | None = None):
+        import json
+        from pathlib import Path
+
+        import pyarrow.parquet as pq
+
+        from aigp_train.market.schema import read_logs, read_skus
+        from aigp_train.pricing.reward import milestone_targets
+
+        root = Path(market_dir)
+        if not (root / "market.json").is_file():
+            raise FileNotFoundError(f"{root}/market.json not found: market_dir must be the output folder of "
+                                    f"`aigp simulate` (or real logs in the same layout, see docs/log_schema.md).")
+        self.params = json.loads((root / "market.json").read_text())
+        self.horizon_days = int(self.params["horizon_days"])
+        self.milestones = {c: {"gmv_tier": t, "roi_target": r} for c, (t, r) in milestone_targets(self.params).items()}
+        self.logs = read_logs(root).to_pandas()
+        self.skus = {r["sku_id"]: r for r in read_skus(root).to_pylist()}
+        text = root / "text"
+        self.descriptions = dict(zip(*pq.read_table(text / "descriptions.parquet", columns=["sku_id", "description"])
+                                     .to_pydict().values()))
+        self._reviews_table = pq.read_table(text / "reviews.parquet", columns=["sku_id", "review_id", "day", "stars",
+                                                                               "text"])
+        self.kb = pq.read_table(text / "knowledge_base.parquet").to_pandas()
+        fit = self.logs if elasticity_max_date is None else self.logs[self.logs["date"] <= elasticity_max_date]
+        if fit.empty:
+            raise ValueError(f"no log rows up to date {elasticity_max_date} to estimate elasticities from.")
+        self.elasticity = estimate_elasticities(fit)
+        day0 = fit[fit["day"] == 0]
+        self.launch_units = {str(c): float(g["units"].median()) for c, g in day0.groupby("category")}
+        self._rows: dict[str, list[dict]] = {}
+        self._reviews: dict[str, list[dict]] = {}
+
+    def prepare(self, sku_ids: set[str]) -> None:
+        """Index the log rows and reviews of ``sku_ids`` (only those: the paper's logs are millions of rows)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        want = sorted(set(sku_ids) - set(self._rows))
+        if not want:
+            return
+        sub = self.logs[self.logs["sku_id"].isin(want)].sort_values(["sku_id", "day"], kind="stable")
+        for row in sub.to_dict("records"):
+            self._rows.setdefault(row["sku_id"], []).append(row)
+        reviews = self._reviews_table.filter(pc.is_in(self._reviews_table["sku_id"], pa.array(want)))
+        for r in sorted(reviews.to_pylist(), key=lambda r: (r["sku_id"], r["day"], r["review_id"])):
+            self._reviews.setdefault(r["sku_id"], []).append(r)
+        for sku in want:
+            self._reviews.setdefault(sku, [])
+
+    def rows(self, sku_id: str) -> list[dict]:
+        """The SKU's log rows by day (``prepare`` it first)."""
+        if sku_id not in self._rows:
+            self.prepare({sku_id})
+        if sku_id not in self._rows:
+            raise KeyError(f"{sku_id} is not in the logs.")
+        return self._rows[sku_id]
+
+    def reviews(self, sku_id: str, before_day: int) -> list[dict]:
+        """Reviews written before ``before_day``, oldest first."""
+        self.rows(sku_id)
+        return [r for r in self._reviews[sku_id] if int(r["day"]) < before_day]
+
+    def kb_entries(self, category: str, product_type: str, max_entries: int) -> tuple[list[str], float | None]:
+        """KB lines for a SKU, most relevant first (its own product type, related types sharing a word,
+        the category's rules, other benchmarks), and the benchmark price of its type (or related, or the
+        category median)."""
+        import numpy as np
+
+        kb = self.kb[self.kb["category"] == category]
+        words = set(product_type.lower().replace("-", " ").split())
+
+        def rank(row) -> int:
+            ptype = str(row["product_type"])
+            if ptype == product_type:
+                return 0
+            if ptype != "(rule)" and words & set(ptype.lower().replace("-", " ").split()):
+                return 1
+            return 2 if ptype == "(rule)" else 3
+
+        rows = sorted(kb.to_dict("records"), key=lambda r: (rank(r), str(r["product_type"])))
+        lines, said = [], set()
+        for r in rows[:max_entries]:
+            # Notes repeat the category's rules; each sentence is shown once, where it first appears.
+            sentences = [x.strip() for x in re.split(r"(?<=\.)\s+", str(r["note"])) if x.strip()]
+            note = " ".join(x for x in sentences if x not in said)
+            said.update(sentences)
+            price = float(r["benchmark_price"])
+            if not np.isfinite(price):
+                if note:
+                    lines.append(f"Rule: {note}")
+            else:
+                lines.append(f"{r['product_type']}: benchmark ¥{price:.2f}" + (f" ({note})" if note else ""))
+        priced = [r for r in rows if np.isfinite(float(r["benchmark_price"]))]
+        exact = [float(r["benchmark_price"]) for r in priced if rank(r) == 0]
+        related = [float(r["benchmark_price"]) for r in priced if rank(r) == 1]
+        pool = exact or related or [float(r["benchmark_price"]) for r in priced]
+        return lines, (round(float(np.median(pool)), 2) if pool else None)
+
+
+def build_prompt(source: MarketSource, sku_id: str, day: int, cfg: PromptConfig, pricing: Any, tokenizer: Any,
+                 act_only: bool) -> dict:
+    """One prompt record for the day-``day`` decision of ``sku_id`` (see the module docstring)."""
+    from aigp_train.market.text import diagnosis_report
+    from aigp_train.pricing import feasible_interval
+
+    rows = source.rows(sku_id)
+    if not 0 <= day < len(rows) or int(rows[day]["day"]) != day:
+        raise ValueError(f"{sku_id} has no logged row for day {day} (days 0..{len(rows) - 1}).")
+    today, past = rows[day], rows[:day]
+    sku = source.skus[sku_id]
+    category = str(today["category"])
+    milestone = source.milestones[category]
+    state, history = build_state(today, past, sku, milestone, cfg, source.horizon_days)
+    if state["base_units"] is None:
+        state["base_units"] = source.launch_units.get(category, 1.0)
+    elasticity = source.elasticity.get(category, -2.62)
+    kb_lines, benchmark = ([], None)
+    if cfg.include_knowledge_base:
+        kb_lines, benchmark = source.kb_entries(category, str(sku.get("product_type", "")), cfg.kb_max_entries)
+        state["kb_benchmark_price"] = benchmark
+    diagnosis = None
+    if cfg.include_diagnosis:
+        diagnosis = (diagnosis_report(past[-1], milestone, past[-2] if len(past) > 1 else None, source.horizon_days)
+                     if past else "No diagnosis yet: the product launches today (no traffic or sales observed).")
+    reviews = [f"[{int(r['stars'])}★, day {int(r['day'])}] " + sanitize_untrusted(r["text"], cfg.review_max_chars)
+               for r in reversed(source.reviews(sku_id, day)[-cfg.max_reviews:] if cfg.max_reviews > 0 else [])]
+    description = sanitize_untrusted(source.descriptions.get(sku_id, ""), cfg.description_max_chars)
+    state["prediction"] = price_sales_prediction(state, elasticity, cfg.prediction_actions, pricing)
+    state["elasticity"] = round(elasticity, 3)
+    ctx = PromptContext(description, reviews, kb_lines, diagnosis, elasticity, state["prediction"])
+    lo, hi = feasible_interval(state["d_prev"], pricing)
+    feasible = (float(lo), float(hi))
+
+    def render(c: PromptContext) -> list[dict]:
+        return build_messages(state, history, c, cfg, act_only=act_only, feasible=feasible)
+
+    messages, kept, cuts = fit_to_budget(render, ctx, cfg.prompt_budget(act_only), tokenizer, cfg.min_description_chars)
+    state["has_diagnosis"] = kept.diagnosis is not None
+    variant = "act_only" if act_only else "full"
+    return {
+        "prompt_id": f"{sku_id}-d{day:02d}" + ("-act" if act_only else ""), "variant": variant, "act_only": act_only,
+        "sku_id": sku_id, "category": category, "day": day, "date": int(today["date"]), "d_prev": state["d_prev"],
+        "state": state, "messages": messages,
+        "context": {"has_diagnosis": state["has_diagnosis"], "num_kb": len(kept.kb), "num_reviews": len(kept.reviews),
+                    "num_reviews_available": len(reviews), "num_tokens": cuts.pop("num_tokens"), "cuts": cuts},
+    }
+
+
+def read_prompts(prompts_dir: str, variant: str) -> list[dict]:
+    """All prompt records of one variant (``full`` / ``act_only``) of an ``aigp prompts`` output, in order."""
+    import json
+    from pathlib import Path
+
+    from aigp_train.outputs import read_jsonl
+
+    folder = Path(prompts_dir) / variant
+    plan = folder / "plan.json"
+    if not plan.is_file():
+        raise FileNotFoundError(f"{folder} holds no prompts (no plan.json): run `aigp prompts` with '{variant}' in "
+                                f"its variants, and point prompts_dir at its output_dir.")
+    num = json.loads(plan.read_text())["num_shards"]
+    shards = [folder / f"shard-{i:05d}.jsonl" for i in range(num)]
+    missing = [p.name for p in shards if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} misses {len(missing)} shard(s) ({missing[:3]}): the prompts stage did not "
+                                f"finish; rerun it.")
+    return [row for p in shards for row in read_jsonl(p)]

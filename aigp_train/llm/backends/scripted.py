@@ -203,7 +203,8 @@ _OPPOSITE = {"lower": "raise", "raise": "lower"}
 # Numbers a wrong_number defect may corrupt, with the step that quotes them.
 _CORRUPTIBLE = {"ctr_1d": "traffic", "cvr_1d": "traffic", "impressions_1d": "traffic", "gmv_1d": "traffic",
                 "inventory": "data", "d_prev": "data", "milestone_progress": "milestone", "cum_roi": "milestone",
-                "competitor_price_mean": "competition", "review_count": "reviews"}
+                "competitor_price_mean": "competition", "kb_benchmark_price": "competition",
+                "review_count": "reviews"}
 _OMITTABLE = ("traffic", "competition", "reviews", "prediction")
 
 
@@ -304,7 +305,8 @@ class ScriptedTeacherStandIn:
         pace = 100.0 * int(s["day"]) / 14.0
         milestone = (f"Step 3 - Milestone and ROI. The {q('milestone_progress')} against a pace of {pace:.2f}% with "
                      f"{q('days_left')}; the {q('required_daily_gmv')} toward the {q('gmv_target')}. "
-                     f"The {q('cum_roi')} versus the {q('roi_target')}. ")
+                     + (f"The {q('cum_roi')} versus the {q('roi_target')}. " if s.get("cum_roi") is not None else
+                        f"No ROI observed yet (launch day); the {q('roi_target')} still binds. "))
         milestone += "Signals: " + "; ".join(reasons) + f". Interim view: {interim} price."
         steps.append(milestone)
         if omitted != "competition":
@@ -313,8 +315,8 @@ class ScriptedTeacherStandIn:
                 comp.append(f"The {q('competitor_price_mean')} and the {q('competitor_price_min')}; "
                             f"{q('price_gap_to_competitors')}.")
             if s.get("kb_benchmark_price") is not None:
-                comp.append(f"The knowledge base gives a category benchmark price of ¥{float(s['kb_benchmark_price']):.2f} "
-                            "for related products, the anchor for this price.")
+                comp.append(f"The knowledge base gives a {q('kb_benchmark_price')} for related products, the "
+                            "anchor for this price.")
             if comp:
                 steps.append("Step 4 - Competition and knowledge base. " + " ".join(comp))
         if omitted != "reviews":

@@ -1,0 +1,143 @@
+"""LLM-as-Judge filter (paper §3.2, Fig. 2a): score teacher responses, keep the perfect ones, write the SFT set.
+
+For every teacher completion: the deterministic CPU checks (JSON parses, action in A_safe as
+written, quoted state numbers correct, stated direction matches the action's sign), then the
+judge model on four dimensions (Data Accuracy, Content Completeness, Reasoning Internal
+Coherence, Reasoning-Decision Consistency, 1-5 each) through the configured backend (``vllm``
+/ ``hf`` with the real judge prompt, or the rule-based STAND-IN judge on a CPU box), sharded
+and resumable like the teacher. With ``skip_llm_on_failed_checks`` a response that already
+failed a deterministic check is not sent to the judge model (it cannot be kept anyway).
+
+Kept = deterministic checks passed and all four scores 5. Writes:
+
+* ``scores.jsonl``: one row per response: ids, checks, scores (or the parse failure), keep;
+* ``sft/train.jsonl`` and ``sft/heldout.jsonl``: the kept responses as chat examples
+  (``messages`` = the prompt's system + user turns + the assistant response), split by SKU with
+  the salted hash of ``aigp_train.pricing.ab`` so one SKU's days never straddle the split.
+  Format in ``docs/prompts.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from aigp_train.config import help_field
+from aigp_train.llm.backends import BackendConfig, GenerationRequest, SamplingConfig, make_backend
+from aigp_train.llm.generation import rank_and_world, read_generations, run_generation
+from aigp_train.llm.judge import (
+    JudgeChecksConfig,
+    JudgeStats,
+    deterministic_checks,
+    judge_messages,
+    keep_response,
+    parse_scores,
+)
+from aigp_train.llm.models import ModelRecipe
+from aigp_train.llm.prompts import read_prompts
+from aigp_train.outputs import StageOutput, atomic_write_jsonl
+from aigp_train.pricing import PricingConfig
+from aigp_train.pricing.ab import assign_groups
+from aigp_train.stages.teacher import backend_with_pricing, wait_for_all_shards
+
+
+@dataclass
+class SFTSplitConfig:
+    heldout_fraction: float = help_field("share of SKUs whose kept responses go to sft/heldout.jsonl")
+    salt: str = help_field("salt of the SKU hash that splits train / heldout")
+    num_buckets: int = help_field("hash buckets; heldout_fraction * num_buckets must be whole")
+
+
+@dataclass
+class Recipe:
+    output_dir: str = help_field("folder of this stage's output")
+    prompts_dir: str = help_field("output folder of `aigp prompts`")
+    teacher_dir: str = help_field("output folder of `aigp teacher`")
+    skip_llm_on_failed_checks: bool = help_field("do not send responses that failed a deterministic check to the judge")
+    shard_size: int = help_field("judge requests per atomically written shard (the unit of resume)")
+    wait_for_ranks_s: float = help_field("rank 0 waits this long for other ranks' shards before writing outputs")
+    checks: JudgeChecksConfig = help_field("deterministic checks")
+    sft: SFTSplitConfig = help_field("train / heldout split of the kept responses")
+    model: ModelRecipe = help_field("the judge model (used by the hf and vllm backends)")
+    backend: BackendConfig = help_field("judge backend (scripted = the rule-based stand-in)")
+    sampling: SamplingConfig = help_field("judge sampling (greedy: temperature 0, n 1)")
+    pricing: PricingConfig = help_field("pricing rules (A_safe, Ψ)")
+
+
+def _context(prompt: dict) -> dict:
+    ctx = prompt.get("context", {})
+    return {"has_kb": bool(ctx.get("num_kb", 0)), "has_diagnosis": bool(ctx.get("has_diagnosis", False))}
+
+
+def run(recipe: Recipe, out: StageOutput) -> dict:
+    if recipe.sampling.n != 1:
+        raise ValueError(f"judge sampling.n must be 1 (one verdict per response), got {recipe.sampling.n}.")
+    prompts = {p["prompt_id"]: p for p in read_prompts(recipe.prompts_dir, "full")}
+    teacher_rows = read_generations(Path(recipe.teacher_dir) / "responses")
+    items = []  # (response_id, prompt, sample, text, teacher row)
+    for row in teacher_rows:
+        prompt = prompts.get(row["request_id"])
+        if prompt is None:
+            raise ValueError(f"teacher response {row['request_id']!r} has no prompt in {recipe.prompts_dir}; "
+                             f"teacher_dir and prompts_dir must come from the same run.")
+        for k, text in enumerate(row["completions"]):
+            items.append((f"{row['request_id']}#{k}", prompt, k, text, row))
+    checks = {rid: deterministic_checks(text, p["state"], recipe.pricing, recipe.checks, p["act_only"])
+              for rid, p, _, text, _ in items}
+    to_judge = [(rid, p, text) for rid, p, _, text, _ in items
+                if checks[rid].passed or not recipe.skip_llm_on_failed_checks]
+    requests = [GenerationRequest(rid, judge_messages(p["messages"], text),
+                                  {"prompt_state": p["state"], "response": text, "context": _context(p)},
+                                  act_only=False, adapter=None)
+                for rid, p, text in to_judge]
+    backend = make_backend(backend_with_pricing(recipe.backend, recipe.pricing), recipe.model)
+    verdict_dir = out.path / "verdicts"
+    result = run_generation(requests, backend, recipe.sampling, verdict_dir, recipe.shard_size)
+    rank, world = rank_and_world()
+    if rank != 0:
+        return {"summary": {"rank": rank, "shards_written": len(result.written)}}
+    verdicts = {r["request_id"]: r["completions"][0]
+                for r in wait_for_all_shards(verdict_dir, recipe.wait_for_ranks_s if world > 1 else 0.0)}
+
+    stats = JudgeStats()
+    score_rows, kept = [], []
+    teacher_backend = teacher_rows[0]["backend"] if teacher_rows else None
+    for rid, prompt, k, text, trow in items:
+        chk = checks[rid]
+        parsed = parse_scores(verdicts[rid]) if rid in verdicts else None
+        keep = keep_response(chk, parsed)
+        stats.add(chk, parsed, keep)
+        row = {"response_id": rid, "prompt_id": prompt["prompt_id"], "sample": k, "sku_id": prompt["sku_id"],
+               "day": prompt["day"], "date": prompt["date"], "checks": chk.to_dict(),
+               "scores": parsed.scores if parsed else None, "score_failure": parsed.failure if parsed else None,
+               "judged": parsed is not None, "keep": keep, "teacher_backend": trow["backend"],
+               "judge_backend": backend.name}
+        if "stand_in_defects" in trow:
+            row["stand_in_defect"] = trow["stand_in_defects"][k]  # ground truth for judge-agreement only
+        score_rows.append(row)
+        if keep:
+            kept.append((rid, prompt, text, chk, parsed, trow))
+    atomic_write_jsonl(out.path / "scores.jsonl", score_rows)
+
+    split = recipe.sft
+    groups = assign_groups([p["sku_id"] for _, p, *_ in kept], split.salt, split.num_buckets,
+                           {"train": 1.0 - split.heldout_fraction, "heldout": split.heldout_fraction})
+    sft = {"train": [], "heldout": []}
+    for (rid, prompt, text, chk, parsed, trow), group in zip(kept, groups):
+        sft[group].append({
+            "id": rid, "prompt_id": prompt["prompt_id"], "sku_id": prompt["sku_id"], "day": prompt["day"],
+            "date": prompt["date"], "d_prev": prompt["d_prev"], "action": chk.action,
+            "messages": [*prompt["messages"], {"role": "assistant", "content": text}],
+            "scores": parsed.scores, "teacher_backend": trow["backend"], "judge_backend": backend.name,
+        })
+    for name, rows in sft.items():
+        atomic_write_jsonl(out.path / "sft" / f"{name}.jsonl", rows)
+
+    summary = {**stats.to_dict(), "teacher_backend": teacher_backend, "judge_backend": backend.name,
+               "stand_in": bool(backend.name.endswith("stand-in") or (teacher_backend or "").endswith("stand-in")),
+               "sft_train": len(sft["train"]), "sft_heldout": len(sft["heldout"]),
+               "shards_written": len(result.written), "shards_skipped": len(result.skipped)}
+    return {"inputs": {"prompts": recipe.prompts_dir, "teacher": recipe.teacher_dir},
+            "rows": {"responses": len(score_rows), "sft_train": len(sft["train"]), "sft_heldout": len(sft["heldout"])},
+            "summary": summary}
+

@@ -1,0 +1,141 @@
+"""Pricing prompts (paper §3.2, Fig. 1; §3.4 [ACT_ONLY]) for selected SKU-days of a market's logs.
+
+Each prompt holds the structured state (sales history, exposure and clicks, pricing actions,
+competitor prices, inventory, calendar), business goals (GMV milestone tier, ROI target,
+progress), unstructured context (description and reviews fenced as untrusted data, knowledge
+base benchmarks, diagnosis report) and a price-sales prediction, then chain-of-thought
+instructions ending in one JSON action. Variants: ``full`` (CoT; teacher, SFT, inference) and
+``act_only`` (the ``[ACT_ONLY]`` control token, JSON action only; DPO candidates and pairs).
+Ablations for Table 5: ``prompt.include_diagnosis`` / ``prompt.include_knowledge_base``.
+Every prompt fits its token budget (paper cutoffs 8192 SFT / 4096 DPO), measured with the
+model's tokenizer; the lowest-priority context is cut first (``aigp_train.llm.prompts``).
+
+Writes ``<variant>/shard-*.jsonl`` (one record per prompt: prompt_id, sku_id, day, date, d_prev,
+state, messages, act_only, context) and ``elasticity.json``. Shards are written atomically and
+spread over ranks / SLURM tasks; a rerun skips finished shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from aigp_train.config import help_field
+from aigp_train.llm.generation import rank_and_world
+from aigp_train.llm.models import ModelRecipe
+from aigp_train.llm.prompts import MarketSource, PromptConfig, build_prompt
+from aigp_train.outputs import StageOutput, atomic_write_json, atomic_write_jsonl
+from aigp_train.pricing import PricingConfig
+
+
+@dataclass
+class SelectionConfig:
+    date_min: int = help_field("first calendar date (logs 'date') of the SKU-days to prompt")
+    date_max: int = help_field("last calendar date included; -1 = the last logged date")
+    days: list[int] = help_field("days since launch to prompt (empty = every day of the horizon)")
+    max_prompts: int = help_field("sample at most this many SKU-days, by a seeded hash (0 = all selected)")
+    seed: int = help_field("seed of the sample")
+
+
+@dataclass
+class Recipe:
+    output_dir: str = help_field("folder of this stage's output")
+    market_dir: str = help_field("output folder of `aigp simulate` (or real logs in the same layout)")
+    variants: list[str] = help_field("prompt variants to write: full and/or act_only")
+    shard_size: int = help_field("prompts per atomically written shard (the unit of resume)")
+    selection: SelectionConfig = help_field("which SKU-days get a prompt")
+    prompt: PromptConfig = help_field("prompt content, ablations and token budget")
+    model: ModelRecipe = help_field("the model whose tokenizer measures the token budget (the student)")
+    pricing: PricingConfig = help_field("pricing rules (A_safe: feasible range shown in the prompt, Ψ)")
+
+
+VARIANTS: tuple[Literal["full", "act_only"], ...] = ("full", "act_only")
+
+
+def select_keys(logs, sel: SelectionConfig) -> list[tuple[str, int]]:
+    """(sku_id, day) of the selected SKU-days, ordered by (date, sku_id, day)."""
+    date_max = int(logs["date"].max()) if sel.date_max < 0 else sel.date_max
+    df = logs[(logs["date"] >= sel.date_min) & (logs["date"] <= date_max)]
+    if sel.days:
+        df = df[df["day"].isin(sel.days)]
+    keys = list(zip(df["sku_id"].astype(str), df["day"].astype(int), df["date"].astype(int)))
+    if not keys:
+        raise ValueError(f"no SKU-day matches selection dates [{sel.date_min}, {date_max}] and days {sel.days or 'all'};"
+                         f" the logs span dates {int(logs['date'].min())}..{int(logs['date'].max())}.")
+    if sel.max_prompts > 0 and len(keys) > sel.max_prompts:
+        keys.sort(key=lambda k: hashlib.sha256(f"{sel.seed}:{k[0]}:{k[1]}".encode()).digest())
+        keys = keys[: sel.max_prompts]
+    keys.sort(key=lambda k: (k[2], k[0], k[1]))
+    return [(sku, day) for sku, day, _ in keys]
+
+
+def run(recipe: Recipe, out: StageOutput) -> dict:
+    from aigp_train.llm.tokenizer import load_tokenizer
+
+    bad = [v for v in recipe.variants if v not in VARIANTS]
+    if bad or not recipe.variants:
+        raise ValueError(f"variants must be a non-empty subset of {list(VARIANTS)}, got {recipe.variants}.")
+    if recipe.shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {recipe.shard_size}.")
+    sel = recipe.selection
+    source = MarketSource(recipe.market_dir, None if sel.date_max < 0 else sel.date_max)
+    keys = select_keys(source.logs, sel)
+    tokenizer = load_tokenizer(recipe.model)
+    rank, world = rank_and_world()
+    num_shards = -(-len(keys) // recipe.shard_size)
+    plan = {"num_prompts": len(keys), "num_shards": num_shards, "shard_size": recipe.shard_size,
+            "keys_sha256": hashlib.sha256(json.dumps(keys).encode()).hexdigest()}
+    written = skipped = 0
+    mine = [i for i in range(rank, num_shards, world)]
+    source.prepare({sku for i in mine for sku, _ in keys[i * recipe.shard_size:(i + 1) * recipe.shard_size]})
+    for variant in recipe.variants:
+        folder = out.path / variant
+        folder.mkdir(parents=True, exist_ok=True)
+        plan_path = folder / "plan.json"
+        if plan_path.is_file() and json.loads(plan_path.read_text()) != plan:
+            raise ValueError(f"{folder} holds prompts of another selection or shard size; use a new output_dir or "
+                             f"delete {folder}.")
+        atomic_write_json(plan_path, plan)
+        for index in mine:
+            path = folder / f"shard-{index:05d}.jsonl"
+            if path.is_file():
+                skipped += 1
+                continue
+            chunk = keys[index * recipe.shard_size:(index + 1) * recipe.shard_size]
+            rows = [build_prompt(source, sku, day, recipe.prompt, recipe.pricing, tokenizer, variant == "act_only")
+                    for sku, day in chunk]
+            atomic_write_jsonl(path, rows)
+            written += 1
+    atomic_write_json(out.path / "elasticity.json", source.elasticity)
+    if rank != 0:
+        return {"summary": {"rank": rank, "shards_written": written}}
+    summary = {"num_prompts": len(keys), "variants": list(recipe.variants), "shards_written": written,
+               "shards_skipped": skipped, "elasticity": source.elasticity,
+               "ablation": {"include_diagnosis": recipe.prompt.include_diagnosis,
+                            "include_knowledge_base": recipe.prompt.include_knowledge_base}}
+    summary.update(_budget_summary(out.path, recipe))
+    return {"inputs": {"market": recipe.market_dir},
+            "rows": {v: len(keys) for v in recipe.variants}, "summary": summary}
+
+
+def _budget_summary(path: Path, recipe: Recipe) -> dict:
+    """Token counts and cuts over the written prompts (all ranks' shards that exist)."""
+    from aigp_train.outputs import read_jsonl
+
+    out = {}
+    for variant in recipe.variants:
+        tokens, cut_reviews, cut_any = [], 0, 0
+        for shard in sorted((path / variant).glob("shard-*.jsonl")):
+            for row in read_jsonl(shard):
+                ctx = row["context"]
+                tokens.append(ctx["num_tokens"])
+                cut_reviews += ctx["cuts"]["reviews_dropped"]
+                cut_any += any(bool(v) for v in ctx["cuts"].values())
+        if tokens:
+            out[f"{variant}_tokens"] = {"max": max(tokens), "mean": round(sum(tokens) / len(tokens), 1),
+                                        "budget": recipe.prompt.prompt_budget(variant == "act_only"),
+                                        "prompts_cut": cut_any, "reviews_dropped": cut_reviews}
+    return out

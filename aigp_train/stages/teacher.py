@@ -1,0 +1,98 @@
+"""Teacher responses (paper §3.2): chain-of-thought + JSON action for every full-mode prompt.
+
+Reads ``<prompts_dir>/full`` (written by ``aigp prompts``) and answers each prompt
+``sampling.n`` times through the configured backend (``vllm`` for the paper's Qwen3-235B-A22B,
+``hf`` on a CPU box, ``scripted`` = the rule-based STAND-IN teacher, see
+``aigp_train.llm.backends.scripted``), sharded across ranks / SLURM tasks with the resumable
+runner (``aigp_train.llm.generation``): a killed run continues where it stopped.
+
+Writes ``responses/shard-*.jsonl`` (rows: request_id = prompt_id, completions, backend, and for
+the stand-in ``stand_in_defects``: the defect injected into each completion, the ground truth
+of ``aigp judge-agreement``; never read by the judge).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from aigp_train.config import help_field
+from aigp_train.llm.backends import BackendConfig, GenerationRequest, SamplingConfig, make_backend
+from aigp_train.llm.generation import GenerationError, rank_and_world, read_generations, run_generation
+from aigp_train.llm.models import ModelRecipe
+from aigp_train.llm.prompts import read_prompts
+from aigp_train.outputs import StageOutput
+from aigp_train.pricing import ParseStats, PricingConfig, parse_action
+
+
+@dataclass
+class Recipe:
+    output_dir: str = help_field("folder of this stage's output")
+    prompts_dir: str = help_field("output folder of `aigp prompts` (its full/ variant is answered)")
+    max_prompts: int = help_field("answer at most this many prompts, in prompt order (0 = all)")
+    shard_size: int = help_field("prompts per atomically written shard (the unit of resume)")
+    wait_for_ranks_s: float = help_field("rank 0 waits this long for other ranks' shards before the summary")
+    model: ModelRecipe = help_field("the teacher model (used by the hf and vllm backends)")
+    backend: BackendConfig = help_field("generation backend (scripted = the rule-based stand-in)")
+    sampling: SamplingConfig = help_field("teacher sampling")
+    pricing: PricingConfig = help_field("pricing rules (A_safe, Ψ)")
+
+
+def backend_with_pricing(cfg: BackendConfig, pricing: PricingConfig) -> BackendConfig:
+    """The scripted stand-ins take the recipe's pricing block (one source of the rules)."""
+    if cfg.kind != "scripted":
+        return cfg
+    return dataclasses.replace(cfg, scripted={**dict(cfg.scripted), "pricing": dataclasses.asdict(pricing)})
+
+
+def wait_for_all_shards(out_dir: Path, timeout_s: float) -> list[dict]:
+    """All rows, after waiting up to ``timeout_s`` for other ranks to finish their shards."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return read_generations(out_dir)
+        except GenerationError:
+            if time.monotonic() > deadline or list(out_dir.glob("shard-*.error.txt")):
+                raise
+            time.sleep(2.0)
+
+
+def run(recipe: Recipe, out: StageOutput) -> dict:
+    prompts = [p for p in read_prompts(recipe.prompts_dir, "full")]
+    if recipe.max_prompts > 0:
+        prompts = prompts[: recipe.max_prompts]
+    requests = [GenerationRequest(p["prompt_id"], p["messages"], p["state"], p["act_only"], None) for p in prompts]
+    backend = make_backend(backend_with_pricing(recipe.backend, recipe.pricing), recipe.model)
+    extra = None
+    if hasattr(backend, "defects"):  # the stand-in knows the defects it injected: ground truth labels
+        def extra(req: GenerationRequest) -> dict:
+            return {"stand_in_defects": backend.defects(req, recipe.sampling)}
+    responses = out.path / "responses"
+    result = run_generation(requests, backend, recipe.sampling, responses, recipe.shard_size, extra)
+    rank, world = rank_and_world()
+    if rank != 0:
+        return {"summary": {"rank": rank, "shards_written": len(result.written)}}
+    rows = wait_for_all_shards(responses, recipe.wait_for_ranks_s if world > 1 else 0.0)
+    by_id = {p["prompt_id"]: p for p in prompts}
+    stats, defects, chars = ParseStats(), Counter(), 0
+    for row in rows:
+        d_prev = float(by_id[row["request_id"]]["d_prev"])
+        for k, text in enumerate(row["completions"]):
+            stats.add(parse_action(text, d_prev, recipe.pricing))
+            chars += len(text)
+            if "stand_in_defects" in row:
+                defects[str(row["stand_in_defects"][k])] += 1
+    num = stats.num_total
+    summary = {
+        "backend": backend.name, "stand_in": backend.name.endswith("stand-in"),
+        "num_prompts": len(rows), "num_responses": num, "mean_response_chars": round(chars / max(num, 1), 1),
+        "parse": stats.to_dict(), "shards_written": len(result.written), "shards_skipped": len(result.skipped),
+        "seconds": round(result.seconds, 2),
+    }
+    if defects:
+        summary["stand_in_defects"] = dict(sorted(defects.items()))
+    return {"inputs": {"prompts": recipe.prompts_dir}, "rows": {"prompts": len(rows), "responses": num},
+            "summary": summary}
