@@ -80,3 +80,37 @@ def test_forward_window():
 def test_bad_input_names_the_problem(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_vectorised_metrics_equal_a_plain_loop():
+    rng = np.random.default_rng(7)
+    n = 500
+    policy = np.round(rng.uniform(-0.2, 0.2, n), 2)
+    expert = np.round(rng.uniform(-0.2, 0.2, n), 2)
+    weights = rng.exponential(10.0, n)
+    q_e, q_cf = rng.normal(size=n), rng.normal(size=(n, 3))
+    hits = [abs(round(p - e, 10)) < 0.05 for p, e in zip(policy, expert)]  # decimal-exact difference
+    assert eama(policy, expert, 0.05) == pytest.approx(sum(hits) / n)
+    assert eama_r(policy, expert, weights, 0.05) == pytest.approx(sum(h * w for h, w in zip(hits, weights)) / weights.sum())
+    kernel = [math.exp(-((p - e) ** 2) / (2 * 0.05 ** 2)) for p, e in zip(policy, expert)]
+    assert kips(policy, expert, weights, 0.05) == pytest.approx(sum(k * w for k, w in zip(kernel, weights)) / weights.sum())
+    assert cda(q_e, q_cf) == pytest.approx(sum(q_e[i] > q_cf[i, j] for i in range(n) for j in range(3)) / (3 * n))
+
+
+def test_forward_window_equals_a_plain_loop():
+    rng = np.random.default_rng(3)
+    rows = [(f"s{s}", d) for s in range(40) for d in range(14) if rng.random() > 0.1]  # ~10 % gaps
+    sku = np.array([r[0] for r in rows])
+    day = np.array([r[1] for r in rows])
+    gmv = rng.exponential(50.0, len(rows))
+    spend = rng.exponential(10.0, len(rows)) * (rng.random(len(rows)) > 0.2)  # some zero spend
+    perm = rng.permutation(len(rows))
+    g, r, c = forward_window(sku[perm], day[perm], gmv[perm], spend[perm], 3, 1.0)
+    table = {(s, d): (x, y) for s, d, x, y in zip(sku, day, gmv, spend)}
+    for k, i in enumerate(perm):
+        window = [table.get((sku[i], day[i] + j)) for j in range(3)]
+        if any(w is None for w in window):
+            assert not c[k]
+            continue
+        total_g, total_s = sum(w[0] for w in window), sum(w[1] for w in window)
+        assert c[k] and g[k] == pytest.approx(total_g) and r[k] == pytest.approx(total_g / max(total_s, 1.0))

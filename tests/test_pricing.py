@@ -111,13 +111,13 @@ finite = st.floats(min_value=-5, max_value=5, allow_nan=False)
 reachable_d_prev = st.floats(min_value=0.3, max_value=1.2)  # where A_safe (eq. 15) is non-empty
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(a=finite, d_prev=reachable_d_prev)
 def test_projection_lands_in_a_safe(a, d_prev):
     assert in_a_safe(project_action(a, d_prev, CFG), d_prev, CFG)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(d_prev=st.floats(min_value=0.5, max_value=1.0), u=st.floats(min_value=0, max_value=1))
 def test_projection_is_identity_inside(d_prev, u):
     lo = max(-0.2, 0.5 - d_prev)
@@ -127,7 +127,7 @@ def test_projection_is_identity_inside(d_prev, u):
         assert project_action(a, d_prev, CFG) == pytest.approx(a, abs=1e-11)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(a=finite, d_prev=reachable_d_prev, other=st.floats(min_value=-0.4, max_value=0.4))
 def test_no_feasible_point_is_nearer(a, d_prev, other):
     projected = project_action(a, d_prev, CFG)
@@ -146,3 +146,14 @@ def test_projection_never_breaks_the_step_limit(a, d_prev):
     assert distance(d_new) <= distance(d_prev) + TOLERANCE
     assert project_action(projected, d_prev, CFG) == pytest.approx(projected, abs=1e-12)  # idempotent
 
+
+
+@settings(max_examples=100, deadline=None)
+@given(pairs=st.lists(st.tuples(finite, st.floats(min_value=-1.0, max_value=3.0)), min_size=1, max_size=50))
+def test_vectorised_projection_equals_the_scalar_rule(pairs):
+    a = np.array([p[0] for p in pairs])
+    d = np.array([p[1] for p in pairs])
+    np.testing.assert_array_equal(project_action(a, d, CFG), [project_action(x, y, CFG) for x, y in pairs])
+    np.testing.assert_array_equal(in_a_safe(a, d, CFG), [in_a_safe(x, y, CFG) for x, y in pairs])
+    np.testing.assert_allclose(project_action(torch.from_numpy(a), torch.from_numpy(d), CFG).numpy(),
+                               project_action(a, d, CFG), atol=1e-12)

@@ -155,7 +155,7 @@ def test_parse_stats_counts_and_merges():
     assert ParseStats.from_dict(json.loads(json.dumps(d))).to_dict() == d
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(text=st.one_of(st.text(max_size=200),
                       st.builds(lambda p, v, s: f'{p}{{"discount_change": {v}}}{s}', st.text(max_size=40),
                                 st.one_of(st.floats(), st.text(max_size=8), st.integers()), st.text(max_size=40))),
