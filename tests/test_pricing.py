@@ -76,6 +76,9 @@ def test_numpy_torch_and_float_agree():
     out32 = project_action(np.array([0.5, np.nan], dtype=np.float32), 0.9, CFG)
     assert out32.dtype == np.float32 and out32[0] == pytest.approx(0.1) and np.isnan(out32[1])
     assert torch.equal(in_a_safe(torch.tensor([0.1, 0.3]), 0.8, CFG), torch.tensor([True, False]))
+    # low-precision tensors: bounds computed in float32, result in the input dtype
+    bf16 = project_action(torch.tensor([-0.3], dtype=torch.bfloat16), 0.6, CFG)
+    assert bf16.dtype == torch.bfloat16 and abs(float(bf16) + 0.1) < 1e-3
 
 
 def test_action_grid():

@@ -74,11 +74,14 @@ def project_action(a: Any, d_prev: Any, cfg: "PricingConfig") -> Any:
         import torch
 
         ref = a if _is_torch(a) else d_prev
-        a_t = torch.as_tensor(a, dtype=ref.dtype, device=ref.device)
-        d_t = torch.as_tensor(d_prev, dtype=ref.dtype, device=ref.device)
+        # Bounds in at least float32: d_prev = 0.6 in bfloat16 is 0.6016, which would move the
+        # floor bound by 0.002; the result is returned in the input's dtype.
+        work = torch.promote_types(ref.dtype, torch.float32)
+        a_t = torch.as_tensor(a, device=ref.device).to(work)
+        d_t = torch.as_tensor(d_prev, device=ref.device).to(work)
         lo, hi = feasible_interval(d_t, cfg)
         # torch.maximum/minimum broadcast tensor bounds and propagate NaN, like np.clip.
-        return torch.minimum(torch.maximum(a_t, lo), hi)
+        return torch.minimum(torch.maximum(a_t, lo), hi).to(ref.dtype)
     if isinstance(a, np.ndarray) or isinstance(d_prev, np.ndarray):
         lo, hi = feasible_interval(np.asarray(d_prev, dtype=np.float64), cfg)
         a_arr = np.asarray(a)
@@ -98,8 +101,9 @@ def in_a_safe(a: Any, d_prev: Any, cfg: "PricingConfig") -> Any:
         import torch
 
         ref = a if _is_torch(a) else d_prev
-        a_t = torch.as_tensor(a, dtype=ref.dtype, device=ref.device)
-        d = torch.as_tensor(d_prev, dtype=ref.dtype, device=ref.device) + a_t
+        work = torch.promote_types(ref.dtype, torch.float32)
+        a_t = torch.as_tensor(a, device=ref.device).to(work)
+        d = torch.as_tensor(d_prev, device=ref.device).to(work) + a_t
         return (a_t.abs() <= cfg.max_step + tol) & (d >= cfg.d_min - tol) & (d <= cfg.d_max + tol)
     if isinstance(a, np.ndarray) or isinstance(d_prev, np.ndarray):
         a_arr = np.asarray(a, dtype=np.float64)
