@@ -109,8 +109,8 @@ def _reviews(sim: MarketSimulator, state0, days: list[dict]) -> pa.Table:
     text, kind = review_texts(sim.recipe.seed, idx, day, slot, stars, t.hostile_review_rate, t.injection_review_rate)
     ids = sku_id_of(idx)
     number = before[sku_pos, day] + slot + 1
-    review_id = np.char.add(np.char.add(ids.astype(str), "-R"), np.char.zfill(number.astype(str), 4))
-    return pa.Table.from_arrays([pa.array(ids.astype(str)), pa.array(review_id), pa.array(day.astype(np.int16)),
+    review_id = np.array([f"{i}-R{k:04d}" for i, k in zip(ids.tolist(), number.tolist())], dtype=object)
+    return pa.Table.from_arrays([pa.array(ids.astype(str)), pa.array(review_id, type=pa.string()), pa.array(day.astype(np.int16)),
                                  pa.array(stars), pa.array(kind.astype(str)), pa.array(text.astype(str))],
                                 schema=_REVIEW_SCHEMA)
 

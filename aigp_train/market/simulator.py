@@ -69,7 +69,10 @@ DYNAMIC_FIELDS = ("day", "d_prev", "reference_price", "rank", "inventory", "revi
 
 
 def sku_id_of(index) -> np.ndarray:
-    return np.char.add("SKU", np.char.zfill(np.asarray(index).astype(str), 8))
+    index = np.asarray(index, dtype=np.int64)
+    if index.size == 0:
+        return np.zeros(index.shape, dtype="<U11")
+    return np.char.mod("SKU%08d", index)
 
 
 def sku_index_of(sku_ids) -> np.ndarray:
