@@ -17,7 +17,6 @@ from aigp_train.dpo.logprobs import (
     PromptGroup,
     completion_logps,
     pack_groups,
-    packed_attention_mask,
     pair_logps,
     plain_completion_logps,
 )
@@ -147,14 +146,25 @@ def test_completions_do_not_see_each_other():
     assert not torch.allclose(before[1], after[1])
 
 
-def test_packed_mask_shape_and_padding_rows():
+def test_packed_layout_and_mask():
     groups = random_groups()
     batch = pack_groups(groups, pad_id=0)
-    mask = packed_attention_mask(batch.segment_ids)
-    assert mask.shape == (2, 1, batch.input_ids.shape[1], batch.input_ids.shape[1])
-    assert mask.any(-1).all(), "a fully masked row makes SDPA return NaN"
-    # one prompt token per group, each completion once with the repeated last prompt token
-    assert batch.input_ids.shape[1] == max(g.num_tokens for g in groups) == 22 + (5 + 1) + (7 + 1) + (4 + 1)
+    # prompt region: the longer prompt minus its last token; tail region: the longest set of completions,
+    # each headed by the repeated last prompt token
+    tail = max(sum(len(c) + 1 for c in g.completions) for g in groups)
+    assert batch.prompt_region == 22 and tail == 26
+    assert batch.input_ids.shape == (2, 22 + 26)
+    assert batch.tail_mask.shape == (2, 1, 26, 48)
+    assert batch.tail_mask.any(-1).all(), "a fully masked row makes SDPA return NaN"
+    # row 1 (prompt of 11 tokens): tail tokens see prompt columns 0..9, never the padding 10..21
+    m = batch.tail_mask[1, 0]
+    assert m[0, :10].all() and not m[:, 10:22].any()
+    # row 1 completions have 6, 3, 8, 5 tokens: segments of 7, 4, 9, 6 tail columns.
+    # completion 2 (tail columns 7..10) sees none of completion 1 (tail columns 0..6)
+    assert not m[7:11, 22:29].any() and m[10, 22 + 7:22 + 11].all() and not m[9, 22 + 10]
+    # positions restart at len(prompt) - 1 for every completion
+    assert batch.position_ids[1, 22:29].tolist() == list(range(10, 17))
+    assert batch.position_ids[1, 29:33].tolist() == list(range(10, 14))
 
 
 def test_reference_via_disable_adapter_equals_base_model():

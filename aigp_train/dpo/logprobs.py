@@ -6,29 +6,35 @@ is 4096 tokens: state, reviews, knowledge base, diagnosis) and ``[ACT_ONLY]`` co
 dozen tokens, so a trainer that concatenates prompt + completion per sequence (TRL) spends nearly
 all its FLOPs encoding the same prompt twice per pair.
 
-Here one row of the batch is one prompt *group*, packed as::
+Here one row of the batch is one prompt *group*, packed in two regions::
 
-    [ prompt[:-1] | prompt[-1] c1_1 c1_2 ... | prompt[-1] c2_1 ... | ... | pad ... ]
-      segment 0     segment 1 (completion 1)   segment 2             -1
+    prompt region (length P, same for every row)   tail region (length T)
+    [ prompt[:-1]  pad ... ]                        [ prompt[-1] c1_1 c1_2 ... | prompt[-1] c2_1 ... | pad ]
 
-with a 4D attention mask (a token sees the earlier tokens of segment 0 and of its own segment,
-never another completion) and position ids that restart every completion at ``len(prompt) - 1``.
-Each completion therefore sees exactly the context it would see if concatenated alone with the
-prompt — same positions (RoPE), same keys — while the prompt is run once, and gradients of every
-completion's loss flow back through the one shared encoding. The last prompt token is repeated at
-the head of each completion segment because its hidden state predicts the first completion token.
+Prompt-region tokens attend causally among themselves (exactly the plain forward of the prompt,
+so SDPA runs its causal kernel and skips the masked half). Tail tokens attend, through a small
+``[B, 1, T, P + T]`` mask, to the real prompt tokens and to the earlier tokens of their own
+completion only — never to a sibling completion or to padding — with position ids that restart
+every completion at ``len(prompt) - 1``. Each completion thus sees exactly the context it would
+see if concatenated alone with its prompt (same positions, same keys and values), while the prompt
+is run once and the gradients of every completion's loss flow back through its one encoding. The
+last prompt token heads each completion segment because its hidden state predicts the first
+completion token. This is a KV-cache "prefill once, decode many" done inside one differentiable
+forward: no cache object (which transformers drops under gradient checkpointing), one ZeRO-3
+parameter gather per step. The two-region attention is registered with transformers as the
+attention implementation ``aigp_shared_prefix`` and switched on only for this forward.
 
-One forward, no KV cache: works unchanged with gradient checkpointing and ZeRO-3 (one parameter
-gather per step). Logits are computed only at the positions whose next token is scored (the
-``[ACT_ONLY]`` action, or only the action value): hidden states are gathered before ``lm_head``,
-so the [tokens x vocab] logits tensor never exists for the prompt.
+Logits are computed only at the positions whose next token is scored (the ``[ACT_ONLY]``
+action, or only the action value): hidden states are gathered before ``lm_head``, so the
+[tokens x vocab] logits tensor never exists for the prompt.
 
 ``plain_completion_logps`` is the eager reference (each completion concatenated with its prompt
-and run separately, full logits, masked), used by the tests and nowhere else.
+and run separately, full logits, masked), used by the tests and the benchmark's checks.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -66,11 +72,12 @@ class PromptGroup:
 
 @dataclass
 class PackedBatch:
-    """Prompt groups packed one per row (see module docstring)."""
+    """Prompt groups packed one per row in a prompt region and a tail region (module docstring)."""
 
-    input_ids: torch.Tensor       # [B, L]
-    position_ids: torch.Tensor    # [B, L]
-    segment_ids: torch.Tensor     # [B, L]: 0 prompt, k>=1 completion k of the row, -1 padding
+    input_ids: torch.Tensor       # [B, P + T]
+    position_ids: torch.Tensor    # [B, P + T]
+    tail_mask: torch.Tensor       # [B, 1, T, P + T] bool: what each tail token may attend to
+    prompt_region: int            # P
     score_row: torch.Tensor       # [M] row of each scored position
     score_col: torch.Tensor       # [M] column whose hidden state predicts the scored token
     score_target: torch.Tensor    # [M] the scored token id
@@ -83,32 +90,41 @@ class PackedBatch:
         moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
         return PackedBatch(**moved)
 
+    @property
+    def num_tokens(self) -> int:
+        return int(self.input_ids.numel())
+
 
 def pack_groups(groups: Sequence[PromptGroup], pad_id: int) -> PackedBatch:
     """Pack prompt groups into one right-padded batch, one group per row."""
     if not groups:
         raise ValueError("pack_groups needs at least one prompt group")
-    length = max(g.num_tokens for g in groups)
+    prompt_region = max(len(g.prompt_ids) - 1 for g in groups)
+    tail_region = max(sum(len(c) + 1 for c in g.completions) for g in groups)
+    length = prompt_region + tail_region
     ids = torch.full((len(groups), length), pad_id, dtype=torch.long)
     pos = torch.zeros((len(groups), length), dtype=torch.long)
-    seg = torch.full((len(groups), length), -1, dtype=torch.long)
+    # tail_seg[b, j]: completion (1-based) of tail token j, 0 for padding
+    tail_seg = torch.zeros((len(groups), tail_region), dtype=torch.long)
+    prompt_len = torch.zeros(len(groups), dtype=torch.long)
     rows, cols, targets, comps, chosen, rejected = [], [], [], [], [], []
     offset = 0  # global completion index of this group's first completion
     for b, g in enumerate(groups):
         p = len(g.prompt_ids) - 1
+        prompt_len[b] = p
         ids[b, :p] = torch.tensor(g.prompt_ids[:-1], dtype=torch.long)
         pos[b, :p] = torch.arange(p)
-        seg[b, :p] = 0
-        col = p
+        col = 0  # within the tail region
         for k, (comp, mask) in enumerate(zip(g.completions, g.scored)):
             n = len(comp) + 1
-            ids[b, col:col + n] = torch.tensor([g.prompt_ids[-1], *comp], dtype=torch.long)
-            pos[b, col:col + n] = torch.arange(p, p + n)
-            seg[b, col:col + n] = k + 1
+            start = prompt_region + col
+            ids[b, start:start + n] = torch.tensor([g.prompt_ids[-1], *comp], dtype=torch.long)
+            pos[b, start:start + n] = torch.arange(p, p + n)
+            tail_seg[b, col:col + n] = k + 1
             for j, (tok, scored) in enumerate(zip(comp, mask)):
                 if scored:  # hidden state at segment position j predicts completion token j
                     rows.append(b)
-                    cols.append(col + j)
+                    cols.append(start + j)
                     targets.append(tok)
                     comps.append(offset + k)
             col += n
@@ -116,21 +132,23 @@ def pack_groups(groups: Sequence[PromptGroup], pad_id: int) -> PackedBatch:
         rejected += [offset + r for _, r in g.pairs]
         offset += len(g.completions)
     as_long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
-    return PackedBatch(ids, pos, seg, as_long(rows), as_long(cols), as_long(targets), as_long(comps), offset,
+    return PackedBatch(ids, pos, tail_attention_mask(tail_seg, prompt_len, prompt_region), prompt_region,
+                       as_long(rows), as_long(cols), as_long(targets), as_long(comps), offset,
                        as_long(chosen), as_long(rejected))
 
 
-def packed_attention_mask(segment_ids: torch.Tensor) -> torch.Tensor:
-    """[B, 1, L, L] bool mask, True = may attend: causal, and only the prompt or one's own segment.
-
-    Padding (segment -1) sees the prompt and earlier padding, so no row is fully masked (a fully
-    masked softmax row is NaN in SDPA, and NaN would leak into gradients through 0 * NaN).
-    """
-    seq = segment_ids.shape[1]
-    causal = torch.ones(seq, seq, dtype=torch.bool, device=segment_ids.device).tril()
-    q = segment_ids[:, :, None]
-    k = segment_ids[:, None, :]
-    return (causal & ((k == 0) | (k == q)))[:, None]
+def tail_attention_mask(tail_seg: torch.Tensor, prompt_len: torch.Tensor, prompt_region: int) -> torch.Tensor:
+    """[B, 1, T, P + T] bool, True = may attend. A tail token sees the row's real prompt tokens and
+    the earlier tokens of its own completion. Padding sees itself (a fully masked softmax row is NaN
+    in SDPA, and NaN would leak into the gradients through 0 * NaN)."""
+    batch, tail = tail_seg.shape
+    see_prompt = torch.arange(prompt_region)[None, None, :] < prompt_len[:, None, None]      # [B, 1, P]
+    see_prompt = see_prompt.expand(batch, tail, prompt_region) & (tail_seg != 0)[:, :, None]
+    causal = torch.ones(tail, tail, dtype=torch.bool).tril()
+    same = tail_seg[:, :, None] == tail_seg[:, None, :]
+    see_tail = causal & same & (tail_seg != 0)[:, :, None]
+    see_tail = see_tail | torch.eye(tail, dtype=torch.bool)                                  # padding: itself
+    return torch.cat([see_prompt, see_tail], dim=2)[:, None]
 
 
 def _unwrap_causal_lm(model: torch.nn.Module) -> torch.nn.Module:
@@ -143,15 +161,46 @@ def _unwrap_causal_lm(model: torch.nn.Module) -> torch.nn.Module:
     return inner
 
 
-def _mask_for(lm: torch.nn.Module, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    impl = getattr(lm.config, "_attn_implementation", "sdpa")
-    if impl == "sdpa":
-        return mask
-    if impl == "eager":  # eager attention adds the mask to the scores
-        zero = torch.zeros((), dtype=dtype, device=mask.device)
-        return torch.where(mask, zero, torch.finfo(dtype).min)
-    raise ValueError(f"the shared-prefix DPO forward needs a 4D attention mask, which attention implementation "
-                     f"{impl!r} does not take; set the model recipe's attn_implementation to 'sdpa' (or 'eager').")
+SHARED_PREFIX_ATTENTION = "aigp_shared_prefix"
+
+
+def shared_prefix_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                            attention_mask: torch.Tensor, scaling: float | None = None, dropout: float = 0.0,
+                            **kwargs) -> tuple[torch.Tensor, None]:
+    """Two-region attention (module docstring); ``attention_mask`` is the additive tail mask [B, 1, T, P+T].
+
+    Called by transformers attention modules with ``query`` [B, H, L, D] and ``key``/``value``
+    [B, H_kv, L, D]; returns [B, L, H, D] like every transformers attention function.
+    """
+    tail = attention_mask.shape[-2]
+    prompt = query.shape[2] - tail
+    gqa = query.shape[1] != key.shape[1]
+    parts = []
+    if prompt > 0:
+        parts.append(torch.nn.functional.scaled_dot_product_attention(
+            query[:, :, :prompt], key[:, :, :prompt], value[:, :, :prompt], is_causal=True, scale=scaling,
+            dropout_p=dropout if module.training else 0.0, enable_gqa=gqa))
+    parts.append(torch.nn.functional.scaled_dot_product_attention(
+        query[:, :, prompt:], key, value, attn_mask=attention_mask, scale=scaling,
+        dropout_p=dropout if module.training else 0.0, enable_gqa=gqa))
+    return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
+
+
+def _register_attention() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(SHARED_PREFIX_ATTENTION, shared_prefix_attention)
+
+
+@contextlib.contextmanager
+def _attention_implementation(lm: torch.nn.Module, name: str):
+    """Switch the attention kernel of ``lm`` for one forward (attention modules read the config per call)."""
+    previous = lm.config._attn_implementation
+    lm.config._attn_implementation = name
+    try:
+        yield
+    finally:
+        lm.config._attn_implementation = previous
 
 
 def completion_logps(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
@@ -159,9 +208,13 @@ def completion_logps(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor
     lm = _unwrap_causal_lm(model)
     decoder, lm_head = lm.get_decoder(), lm.get_output_embeddings()
     dtype = lm_head.weight.dtype
-    mask = _mask_for(lm, packed_attention_mask(batch.segment_ids), dtype)
-    hidden = decoder(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
-                     use_cache=False).last_hidden_state
+    # additive float mask, converted once per step (SDPA would convert a bool mask in every layer)
+    mask = torch.where(batch.tail_mask, torch.zeros((), dtype=dtype, device=batch.tail_mask.device),
+                       torch.finfo(dtype).min)
+    _register_attention()
+    with _attention_implementation(lm, SHARED_PREFIX_ATTENTION):
+        hidden = decoder(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
+                         use_cache=False).last_hidden_state
     scored = hidden[batch.score_row, batch.score_col]          # [M, H]: logits only where scored
     logits = lm_head(scored)
     if logits.dtype in (torch.float16, torch.bfloat16):
