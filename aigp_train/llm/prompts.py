@@ -404,7 +404,8 @@ def fit_to_budget(render, ctx: PromptContext, budget: int, tokenizer: Any, min_d
                   ) -> tuple[list[dict], PromptContext, dict]:
     """Cut context, lowest priority first, until ``render(ctx)`` fits ``budget`` tokens.
 
-    Order: oldest reviews (one at a time), KB entries beyond the first, description tail
+    Order: oldest reviews, KB entries beyond the first (as many at once as their own token counts
+    say are needed, then re-measured), the description tail
     (halving towards ``min_description_chars``), then the diagnosis report. Returns the
     messages, the context that was kept and a dict of what was cut (recorded per prompt).
     """
@@ -413,18 +414,22 @@ def fit_to_budget(render, ctx: PromptContext, budget: int, tokenizer: Any, min_d
     messages = render(ctx)
     num_tokens = count_prompt_tokens(tokenizer, messages)
     while num_tokens > budget:
+        over = num_tokens - budget
         if ctx.reviews:
-            ctx.reviews.pop()  # newest first: the last one is the oldest
-            cuts["reviews_dropped"] += 1
+            # Drop as many of the oldest reviews as their own token counts say are needed, then re-measure.
+            saved = 0
+            while ctx.reviews and saved < over:
+                saved += len(tokenizer.encode(ctx.reviews.pop(), add_special_tokens=False)) + 2
+                cuts["reviews_dropped"] += 1
         elif len(ctx.kb) > 1:
-            ctx.kb.pop()
-            cuts["kb_dropped"] += 1
+            saved = 0
+            while len(ctx.kb) > 1 and saved < over:
+                saved += len(tokenizer.encode(ctx.kb.pop(), add_special_tokens=False)) + 2
+                cuts["kb_dropped"] += 1
         elif len(ctx.description) > min_description_chars:
             keep = max(min_description_chars, len(ctx.description) // 2)
             cuts["description_chars_cut"] += len(ctx.description) - keep
-            ctx.description = ctx.description[:keep].rstrip() + "…"
-            if len(ctx.description) - 1 <= min_description_chars:
-                ctx.description = ctx.description[: min_description_chars]
+            ctx.description = ctx.description[:keep]
         elif ctx.diagnosis is not None:
             ctx.diagnosis = None
             cuts["diagnosis_dropped"] = True
