@@ -1,0 +1,112 @@
+"""Process-group setup for every multi-process stage (one small module, as in nanochat).
+
+``init_distributed()`` reads what torchrun (or ``srun torchrun``) exported — ``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT`` — and starts the default process
+group: NCCL when CUDA is there, gloo on CPU. Run without torchrun it sets up a world of one on
+127.0.0.1, so the single-process CPU run takes exactly the code path of 16 GPUs (DeepSpeed needs a
+process group even for one rank).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from dataclasses import dataclass
+
+__all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "is_rank_zero", "print0", "barrier",
+           "all_reduce_sum", "any_rank"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    backend: str
+    device: str  # "cpu" or "cuda:<local_rank>"
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(backend: str = "auto") -> DistInfo:
+    """Start (or join the already started) default process group; idempotent."""
+    import torch
+    import torch.distributed as dist
+
+    if "RANK" not in os.environ:
+        # A world of one: what torchrun --nproc_per_node 1 would export.
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    rank = int(os.environ["RANK"])
+    world_size = int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu"
+    if backend == "auto":
+        backend = "nccl" if use_cuda else "gloo"
+    if backend == "nccl" and not use_cuda:
+        raise RuntimeError("backend 'nccl' needs CUDA GPUs; on CPU use 'gloo' (or 'auto').")
+    device = f"cuda:{local_rank}" if use_cuda else "cpu"
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
+                                device_id=torch.device(device) if use_cuda else None)
+    return DistInfo(rank, world_size, local_rank, backend, device)
+
+
+def cleanup_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_rank_zero() -> bool:
+    """True on global rank 0 (or when no process group exists)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0") == "0"
+
+
+def print0(*args, **kwargs) -> None:
+    """print on rank 0 only (to stderr unless ``file`` is given), flushed: logs of SLURM jobs are files."""
+    if is_rank_zero():
+        kwargs.setdefault("file", sys.stderr)
+        print(*args, **kwargs, flush=True)
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    """Sum a few floats over ranks (float64, on the backend's device)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return list(values)
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if ``flag`` is true on any rank (e.g. one rank got SIGTERM)."""
+    return all_reduce_sum([1.0 if flag else 0.0])[0] > 0

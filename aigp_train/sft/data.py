@@ -1,0 +1,206 @@
+"""SFT data: chat examples -> token ids with an assistant-only loss mask -> packed micro-batches.
+
+Tokenisation renders the conversation with the tokenizer's own chat template one turn at a time:
+for each assistant turn, the text up to the generation prompt is context and the text the turn
+adds (its content and end-of-turn token) is what the loss sees (paper eq. 2 sums over y* only).
+The loss ends with the end-of-turn token. Segments are tokenised separately and concatenated, so the mask is exact for any template that
+renders a conversation's prefix as a prefix of its text (ChatML/Qwen do); one that does not is an
+error naming the turn. Examples longer than ``cutoff_len`` are truncated; one left with no
+assistant token is dropped and counted.
+
+Batches are padding-free: the sequences of a micro-batch are concatenated into one row with
+``position_ids`` restarting at 0 for each sequence, from which transformers builds a
+block-diagonal causal mask (SDPA/eager) or ``cu_seqlens`` (flash-attention), so no compute is
+spent on padding and no token attends across sequences.
+
+Data order: a permutation of the examples per epoch (seeded), cut into global batches of
+``micro_batch_size * grad_accum_steps * world_size`` examples (the last partial one is dropped).
+Micro-batch ``m`` of rank ``r`` in a global batch holds its examples
+``[(m * world_size + r) * micro_batch_size, ... + micro_batch_size)``. The global batch is the same
+set of examples whatever the split into ranks and micro-batches, which is what makes
+world size 1 == 2 and batch 8 x GA 1 == batch 1 x GA 8 hold.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["TokenizedExample", "PackedBatch", "read_chat_rows", "tokenize_chat", "tokenize_rows",
+           "pack", "epoch_order", "micro_batch_indices", "steps_per_epoch"]
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class TokenizedExample:
+    input_ids: list[int]
+    loss_mask: list[bool]  # True where the token is part of an assistant response
+
+    @property
+    def num_loss_tokens(self) -> int:
+        """Tokens that are *predicted* with loss: assistant tokens not at position 0."""
+        return sum(self.loss_mask[1:])
+
+
+@dataclass
+class PackedBatch:
+    input_ids: torch.Tensor  # [1, T]
+    position_ids: torch.Tensor  # [1, T]
+    targets: torch.Tensor  # [1, T] next token where it carries loss, else IGNORE
+    seq_index: torch.Tensor  # [T] which sequence of the batch each token belongs to
+    num_seqs: int
+    num_loss_tokens: int
+    num_tokens: int
+
+
+def read_chat_rows(path: str | Path) -> list[list[dict]]:
+    """The ``messages`` of every row of a JSONL file; errors name the line and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"SFT data {path} not found: run `aigp judge` first (it writes sft/train.jsonl and "
+                                f"sft/heldout.jsonl) or point data.train_path / data.heldout_path at your JSONL.")
+    rows = []
+    with open(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno} is not valid JSON ({err}).") from err
+            messages = row.get("messages") if isinstance(row, dict) else None
+            if not isinstance(messages, list) or not messages:
+                raise ValueError(f"{path}:{lineno} has no 'messages' list; each row must be "
+                                 f'{{"messages": [{{"role": ..., "content": ...}}, ...]}}.')
+            for m in messages:
+                if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                    raise ValueError(f"{path}:{lineno}: every message needs string 'role' and 'content', got {m!r}.")
+            if not any(m["role"] == "assistant" for m in messages):
+                raise ValueError(f"{path}:{lineno} has no assistant message: nothing to train on.")
+            rows.append(messages)
+    return rows
+
+
+def _render(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def tokenize_chat(tokenizer, messages: list[dict], cutoff_len: int) -> TokenizedExample:
+    """Token ids and assistant-token mask of one conversation (see the module docstring)."""
+    ids: list[int] = []
+    mask: list[bool] = []
+    done = ""
+
+    def add(text: str, is_loss: bool) -> None:
+        if text:
+            piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids.extend(piece)
+            mask.extend([is_loss] * len(piece))
+
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = _render(tokenizer, messages[:i], add_generation_prompt=True)
+        full = _render(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        if not prompt.startswith(done) or not full.startswith(prompt):
+            raise ValueError(f"the chat template does not render turn {i} as an extension of the turns before it; "
+                             f"the assistant-only loss mask needs a prefix-stable template (ChatML/Qwen are).")
+        add(prompt[len(done):], False)
+        response = full[len(prompt):]
+        # The loss ends at the end-of-turn token (the model must learn to stop); the separator the
+        # template puts after it ("\n" in ChatML) is context, as in transformers' generation mask.
+        eos = tokenizer.eos_token or ""
+        cut = response.rfind(eos) + len(eos) if eos and eos in response else len(response)
+        add(response[:cut], True)
+        add(response[cut:], False)
+        done = full
+    tail = _render(tokenizer, messages, add_generation_prompt=False)
+    add(tail[len(done):], False)
+    return TokenizedExample(ids[:cutoff_len], mask[:cutoff_len])
+
+
+def tokenize_rows(tokenizer, rows: list[list[dict]], cutoff_len: int) -> tuple[list[TokenizedExample], int]:
+    """Tokenised examples with at least one loss token, and how many were dropped."""
+    out, dropped = [], 0
+    for messages in rows:
+        ex = tokenize_chat(tokenizer, messages, cutoff_len)
+        if ex.num_loss_tokens == 0:
+            dropped += 1
+        else:
+            out.append(ex)
+    return out, dropped
+
+
+def pack(examples: list[TokenizedExample]) -> PackedBatch:
+    """One padding-free row holding ``examples`` back to back."""
+    ids, pos, tgt, seq = [], [], [], []
+    for s, ex in enumerate(examples):
+        n = len(ex.input_ids)
+        ids += ex.input_ids
+        pos += range(n)
+        # Position t predicts token t+1 of the same sequence, with loss iff t+1 is assistant text.
+        tgt += [ex.input_ids[t + 1] if ex.loss_mask[t + 1] else IGNORE for t in range(n - 1)] + [IGNORE]
+        seq += [s] * n
+    targets = torch.tensor([tgt], dtype=torch.long)
+    return PackedBatch(input_ids=torch.tensor([ids], dtype=torch.long),
+                       position_ids=torch.tensor([pos], dtype=torch.long),
+                       targets=targets, seq_index=torch.tensor(seq, dtype=torch.long), num_seqs=len(examples),
+                       num_loss_tokens=int((targets != IGNORE).sum()), num_tokens=len(ids))
+
+
+def steps_per_epoch(num_examples: int, global_batch: int) -> int:
+    return num_examples // global_batch
+
+
+def epoch_order(num_examples: int, epoch: int, seed: int) -> np.ndarray:
+    """The example order of ``epoch``: the same on every rank and on every resume."""
+    return np.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
+def micro_batch_indices(order: np.ndarray, step_in_epoch: int, micro: int, rank: int, world_size: int,
+                        micro_batch_size: int, grad_accum_steps: int) -> np.ndarray:
+    """Example indices of micro-batch ``micro`` on ``rank`` in global batch ``step_in_epoch``."""
+    global_batch = micro_batch_size * grad_accum_steps * world_size
+    start = step_in_epoch * global_batch + (micro * world_size + rank) * micro_batch_size
+    return order[start:start + micro_batch_size]
+
+
+def global_batch_indices(order: np.ndarray, step_in_epoch: int, global_batch: int) -> np.ndarray:
+    return order[step_in_epoch * global_batch:(step_in_epoch + 1) * global_batch]
+
+
+__all__ += ["global_batch_indices", "IGNORE"]
+
+
+def synthetic_chat_rows(num_rows: int, seed: int) -> list[list[dict]]:
+    """Pricing-shaped chat examples for tests and benchmarks when no judge output is at hand.
+
+    Not a data source for real training: the answers follow a fixed rule of the prompt's numbers
+    (cut when stock is high and sales slow, raise when the reverse), so a model can learn them and
+    a loss that falls shows the training works.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(num_rows):
+        price = round(float(rng.uniform(5, 200)), 2)
+        units = int(rng.integers(0, 40))
+        stock = int(rng.integers(10, 500))
+        discount = round(float(rng.choice([0.6, 0.7, 0.8, 0.9, 1.0])), 2)
+        change = -0.05 if stock > 20 * max(units, 1) else (0.05 if discount < 1.0 else 0.0)
+        reasoning = " ".join(rng.choice(["Sales are slow.", "Stock is high.", "Reviews are good.", "Traffic rose.",
+                                         "Competitors cut prices.", "The milestone is near."], size=int(rng.integers(2, 7))))
+        rows.append([
+            {"role": "system", "content": "You are a pricing agent. Answer with reasoning and a JSON action."},
+            {"role": "user", "content": f"SKU {i}: list price {price}, discount {discount}, units yesterday {units}, "
+                                        f"inventory {stock}. Decide today's discount change."},
+            {"role": "assistant", "content": f"{reasoning} {{\"discount_change\": {change:.2f}}}"},
+        ])
+    return rows
+
+
+__all__ += ["synthetic_chat_rows"]

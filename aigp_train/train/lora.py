@@ -1,0 +1,71 @@
+"""LoRA on the attention projections, base weights frozen, expert weights refused unless asked.
+
+The paper adapts ``q_proj, k_proj, v_proj, o_proj`` (Table 8). Targets are checked against the
+model before PEFT sees them: a target that names no module is an error listing the names that
+exist (PEFT would only say "not found" after building half a model), and a target inside a routed
+expert is an error unless ``lora.train_experts`` is set — LoRA on 128 experts multiplies the adapter
+size and ZeRO-3 traffic by the expert count, which is never what a q/k/v/o recipe meant.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from aigp_train.config import RecipeError
+from aigp_train.train.recipe import LoraRecipe
+from aigp_train.train.zero3 import expert_module_names
+
+__all__ = ["apply_lora", "lora_parameters", "check_lora_targets"]
+
+
+def _matches(name: str, target: str) -> bool:
+    return name == target or name.endswith("." + target)
+
+
+def check_lora_targets(model: nn.Module, cfg: LoraRecipe) -> list[str]:
+    """The module names LoRA will wrap; raises RecipeError on a missing or an expert target."""
+    linear_names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    experts = expert_module_names(model)
+    chosen: list[str] = []
+    for target in cfg.target_modules:
+        hits = [n for n in linear_names if _matches(n, target)]
+        if not hits:
+            leaves = sorted({n.rsplit(".", 1)[-1] for n in linear_names})
+            fused = sorted({n.rsplit(".", 1)[-1] for n, p in model.named_parameters() if p.dim() == 3})
+            hint = (f" ({target} is a fused 3-D expert parameter, not a module: LoRA on experts needs "
+                    f"PEFT target_parameters)" if target in fused else "")
+            raise RecipeError(f"lora.target_modules: no linear module named '{target}' in "
+                              f"{type(model).__name__}{hint}. Linear modules present: {', '.join(leaves)}.")
+        in_experts = [n for n in hits if n in experts or any(n.startswith(e + ".") for e in experts)]
+        if in_experts and not cfg.train_experts:
+            raise RecipeError(f"lora.target_modules: '{target}' is inside routed experts ({in_experts[0]}, ...). "
+                              f"Set lora.train_experts: true to adapt expert weights on purpose, or target the "
+                              f"attention projections (q_proj, k_proj, v_proj, o_proj).")
+        chosen += hits
+    return chosen
+
+
+def apply_lora(model: nn.Module, cfg: LoraRecipe, seed: int):
+    """Wrap ``model`` with LoRA adapters (PEFT) and freeze every base weight.
+
+    ``seed`` fixes the LoRA A init: every rank must start from the same adapter, because ZeRO-3
+    keeps each rank's slice of its own copy when it partitions the parameters.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    check_lora_targets(model, cfg)
+    config = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                        target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        peft_model = get_peft_model(model, config)
+    for name, param in peft_model.named_parameters():
+        if "lora_" not in name:
+            param.requires_grad_(False)
+    return peft_model
+
+
+def lora_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(name, parameter) of every trainable parameter, in a fixed order."""
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]

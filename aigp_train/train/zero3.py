@@ -1,0 +1,120 @@
+"""ZeRO-3 leaf modules for Mixture-of-Experts blocks, found by module structure.
+
+Why: ZeRO-3 gathers parameters module by module through forward hooks, and prefetches them in the
+order it recorded on the first step. In an MoE block each rank runs only the experts its tokens
+were routed to, so ranks fetch different expert parameters in a different order; the collective
+all-gathers then mismatch and the job hangs (the well-known Qwen3-MoE / Mixtral ZeRO-3 hang).
+Declaring the whole MoE block a *leaf* makes ZeRO-3 gather all of its parameters at once, the same
+on every rank (``deepspeed.utils.set_z3_leaf_modules``).
+
+How: instead of a table of ``model_type`` strings (where one misspelt entry silently brings the
+hang back), a module is an MoE block when it directly holds
+
+* experts: a child ``ModuleList`` of at least two modules of one class, or a child whose own
+  parameters are 3-D tensors with a common leading dimension E >= 2 (fused experts, as in
+  transformers 5: ``gate_up_proj`` of shape ``[E, 2*I, H]``); and
+* a router: another child with a 2-D weight whose one dimension is E (``nn.Linear(H, E)`` or a
+  ``[E, H]`` parameter).
+
+This covers Qwen2/3-MoE, Qwen3.5-MoE, Mixtral, OLMoE, DeepSeek-style blocks (with shared
+experts) and hand-written ones, without naming any of them. The outermost match wins: a
+block nested inside a matched block is already inside the leaf.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+__all__ = ["find_moe_blocks", "moe_block_classes", "register_moe_leaf_modules", "expert_parameter_names",
+           "expert_module_names"]
+
+
+def _num_experts(child: nn.Module) -> int | None:
+    """E if ``child`` holds E experts (a ModuleList of one class, or fused 3-D parameters)."""
+    if isinstance(child, nn.ModuleList):
+        if len(child) >= 2 and len({type(m) for m in child}) == 1:
+            return len(child)
+        return None
+    leading = {p.shape[0] for p in child.parameters(recurse=False) if p.dim() == 3}
+    if len(leading) == 1:
+        (e,) = leading
+        return e if e >= 2 else None
+    return None
+
+
+def _routes_to(child: nn.Module, num_experts: int) -> bool:
+    """True if ``child`` has a 2-D weight with one dimension equal to the expert count."""
+    for p in child.parameters(recurse=False):
+        if p.dim() == 2 and num_experts in p.shape:
+            return True
+    return False
+
+
+def _is_moe_block(module: nn.Module) -> bool:
+    children = list(module.named_children())
+    for name, child in children:
+        e = _num_experts(child)
+        if e is None:
+            continue
+        if any(other is not child and _routes_to(other, e) for _, other in children):
+            return True
+    return False
+
+
+def find_moe_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(qualified name, module) of every outermost MoE block of ``model``."""
+    found: list[tuple[str, nn.Module]] = []
+    inside: list[str] = []
+    for name, module in model.named_modules():
+        if any(name.startswith(prefix + ".") for prefix in inside):
+            continue
+        if _is_moe_block(module):
+            found.append((name, module))
+            inside.append(name)
+    return found
+
+
+def moe_block_classes(model: nn.Module) -> list[type]:
+    """The distinct classes of the MoE blocks of ``model``, in first-seen order."""
+    classes: list[type] = []
+    for _, module in find_moe_blocks(model):
+        if type(module) not in classes:
+            classes.append(type(module))
+    return classes
+
+
+def register_moe_leaf_modules(model: nn.Module) -> list[type]:
+    """Mark every MoE block class of ``model`` as a ZeRO-3 leaf; returns the classes (empty: dense model)."""
+    classes = moe_block_classes(model)
+    if classes:
+        from deepspeed.utils import set_z3_leaf_modules
+
+        set_z3_leaf_modules(model, classes)
+    return classes
+
+
+def expert_parameter_names(model: nn.Module) -> set[str]:
+    """Qualified names of the parameters that belong to experts (not routers) of any MoE block."""
+    names: set[str] = set()
+    for block_name, block in find_moe_blocks(model):
+        for child_name, child in block.named_children():
+            if _num_experts(child) is None:
+                continue
+            for pname, _ in child.named_parameters():
+                prefix = f"{block_name}.{child_name}" if block_name else child_name
+                names.add(f"{prefix}.{pname}")
+    return names
+
+
+def expert_module_names(model: nn.Module) -> set[str]:
+    """Qualified names of modules inside the experts of any MoE block (for LoRA target checks)."""
+    names: set[str] = set()
+    for block_name, block in find_moe_blocks(model):
+        for child_name, child in block.named_children():
+            if _num_experts(child) is None:
+                continue
+            prefix = f"{block_name}.{child_name}" if block_name else child_name
+            names.add(prefix)
+            names.update(f"{prefix}.{n}" for n, _ in child.named_modules() if n)
+    return names
+
