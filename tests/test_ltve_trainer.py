@@ -31,7 +31,7 @@ def _one_thread():
 
 def _cfg(**kw) -> TrainConfig:
     base = dict(expectile=0.8, lr=3e-4, eta=0.01, batch_size=32, num_steps=40, q_min=-3.0, q_max=3.0, seed=7,
-                log_every=5, checkpoint_every=10, device="cpu", cuda_graph=False, triton_kernels=False)
+                log_every=5, checkpoint_every=10, device="cpu", cpu_threads=1, cuda_graph=False, triton_kernels=False)
     base.update(kw)
     return TrainConfig(**base)
 

@@ -18,7 +18,7 @@ from aigp_train.ltve.checkpoint import read_model
 from aigp_train.ltve.ensemble import ensemble_forward
 from aigp_train.ltve.features import Normalizer, state_features
 
-__all__ = ["LTVE", "load_ltve"]
+__all__ = ["LTVE", "load_ltve", "safe_grid"]
 
 
 class LTVE:
@@ -43,7 +43,6 @@ class LTVE:
             raise ValueError(f"state features must be [N, {self.state_dim}] (from LTVE.features), got {x.shape}.")
         return torch.from_numpy(self.normalizer(x))
 
-    @torch.no_grad()
     def q(self, features: Any, actions: Any, reduce: Literal["min", "mean", "none"] = "min",
           batch_size: int = 65536) -> np.ndarray:
         """Q(s, a). ``actions``: ``[N]`` (one per state) -> ``[N]``, or ``[N, K]`` (K per state) -> ``[N, K]``.
@@ -51,7 +50,12 @@ class LTVE:
         ``reduce``: "min" of the twin critics (the conservative clipped double-Q of eq. 4, used
         for ranking), "mean", or "none" (a leading axis of 2).
         """
-        s = self._states(features)
+        return self.q_normalized(self._states(features), actions, reduce, batch_size)
+
+    @torch.no_grad()
+    def q_normalized(self, states: torch.Tensor, actions: Any, reduce: str = "min", batch_size: int = 65536) -> np.ndarray:
+        """``q`` for states already normalised with this model's statistics (transition tensors)."""
+        s = torch.as_tensor(states, dtype=torch.float32)
         a = torch.as_tensor(np.asarray(actions, dtype=np.float32))
         single = a.dim() == 1
         a2 = a[:, None] if single else a
@@ -76,18 +80,25 @@ class LTVE:
     def v(self, features: Any) -> np.ndarray:
         return ensemble_forward(self.v_params, self._states(features))[0].numpy().astype(np.float64)
 
-    def greedy(self, features: Any, d_prev: Any, pricing, grid_step: float | None = None,
-               reduce: Literal["min", "mean"] = "min") -> np.ndarray:
-        """argmax_a Q(s, a) over the safe grid of each state (A_safe(d_prev), step ``pricing.grid_step``)."""
-        from aigp_train.pricing import feasible_interval
+    def greedy(self, features: Any, d_prev: Any, pricing, reduce: Literal["min", "mean"] = "min",
+               normalized: bool = False) -> np.ndarray:
+        """argmax_a Q(s, a) over each state's safe grid (A_safe(d_prev), spacing ``pricing.grid_step``)."""
+        grid, feasible = safe_grid(d_prev, pricing)
+        actions = np.broadcast_to(grid, (len(feasible), len(grid)))
+        values = (self.q_normalized(torch.as_tensor(features), actions, reduce) if normalized
+                  else self.q(features, actions, reduce=reduce))
+        return grid[np.where(feasible, values, -np.inf).argmax(1)]
 
-        step = grid_step or pricing.grid_step
-        grid = np.round(np.arange(-pricing.max_step, pricing.max_step + step / 2, step), 10)
-        lo, hi = feasible_interval(np.asarray(d_prev, dtype=np.float64), pricing)
-        feasible = (grid[None, :] >= np.asarray(lo)[:, None] - 1e-9) & (grid[None, :] <= np.asarray(hi)[:, None] + 1e-9)
-        values = self.q(features, np.broadcast_to(grid, (len(feasible), len(grid))), reduce=reduce)
-        values = np.where(feasible, values, -np.inf)
-        return grid[values.argmax(1)]
+
+def safe_grid(d_prev: Any, pricing) -> tuple[np.ndarray, np.ndarray]:
+    """(grid over [-max_step, max_step] at ``pricing.grid_step``, [N, K] mask of A_safe(d_prev))."""
+    from aigp_train.pricing import feasible_interval
+
+    k = int(round(2 * pricing.max_step / pricing.grid_step))
+    grid = np.round(np.linspace(-pricing.max_step, pricing.max_step, k + 1), 10)
+    lo, hi = feasible_interval(np.asarray(d_prev, dtype=np.float64), pricing)
+    feasible = (grid[None, :] >= np.asarray(lo)[:, None] - 1e-9) & (grid[None, :] <= np.asarray(hi)[:, None] + 1e-9)
+    return grid, feasible
 
 
 def load_ltve(path: str | Path) -> LTVE:

@@ -7,10 +7,10 @@ Pipeline (two streaming passes over ``logs/part-*.parquet``, never the whole tab
    training SKU must have its whole trajectory (launch + horizon - 1) strictly before the
    first held-out launch date; SKUs straddling the cut are used by neither side, so no
    training reward comes from a day the held-out period covers.
-2. **60/40 mix** (§3.3): all training SKUs flagged ``is_expert`` (top 30 % by 14-day GMV within
-   the category, see skus.parquet) are kept and non-experts are subsampled (seeded) so that
-   experts make ``expert_fraction`` of the SKUs; if experts are too many, experts are subsampled.
-   Trajectories are kept whole, so the transition share follows the SKU share.
+2. **60/40 mix** (§3.3): ``aigp_train.market.logs.ltve_mix`` over the training SKUs: all experts
+   (``is_expert``: top 30 % by 14-day GMV within the category) and a seeded draw of non-experts
+   so that experts make ``expert_fraction`` of the SKUs. Trajectories are kept whole, so the
+   transition share follows the SKU share.
 3. **Reward eq. 3** per SKU-day with ``aigp_train.pricing.reward`` against category references
    computed on the training SKUs only (pass 1).
 4. **n-step windows** (pass 2, chunk by chunk: a chunk holds complete SKU trajectories; rows of a
@@ -34,11 +34,13 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from aigp_train.ltve.config import DataConfig
 from aigp_train.ltve.features import READ_COLUMNS, Normalizer, feature_names, state_features
 from aigp_train.ltve.layout import Columns
+from aigp_train.market.logs import ltve_mix
+from aigp_train.market.schema import read_logs, read_skus
+from aigp_train.evaluate.metrics import forward_window
 from aigp_train.pricing import PricingConfig
 from aigp_train.pricing.reward import References, category_references, rewards
 
@@ -56,15 +58,8 @@ def log_parts(logs_dir: str | Path) -> list[str]:
 
 
 def _read_part(path: str, columns: tuple[str, ...]) -> pa.Table:
-    try:  # the simulator's schema check (missing/extra/wrong-typed/user-level columns), where available
-        from aigp_train.market.schema import read_logs
-    except ImportError:
-        read_logs = None
-    table = read_logs(path) if read_logs is not None else pq.read_table(path)
-    missing = [c for c in columns if c not in table.column_names]
-    if missing:
-        raise ValueError(f"{path} lacks columns {missing}; logs must follow docs/log_schema.md.")
-    return table.select(list(columns))
+    """One Parquet part, schema-checked by the simulator's reader (missing/extra/user-level columns)."""
+    return read_logs(path, columns=list(columns))
 
 
 def _complete_sku_chunks(parts: list[str], columns: tuple[str, ...], horizon: int) -> Iterator[pa.Table]:
@@ -100,27 +95,6 @@ def split_skus(skus: pa.Table, horizon: int, heldout_fraction: float) -> tuple[n
             f"(launch dates {launch.min()}..{launch.max()}, horizon {horizon} days). Simulate launches spread over "
             "more days than the horizon, or change data.heldout_fraction.")
     return train, heldout, cutoff
-
-
-def _mix(skus: pa.Table, train_ids: np.ndarray, expert_fraction: float, seed: int) -> np.ndarray:
-    """Subsample training SKUs to ``expert_fraction`` experts (module doc, step 2)."""
-    if not 0.0 < expert_fraction < 1.0:
-        raise ValueError(f"data.expert_fraction must be in (0, 1), got {expert_fraction}.")
-    ids = skus.column("sku_id").to_numpy(zero_copy_only=False).astype(str)
-    expert = skus.column("is_expert").to_numpy(zero_copy_only=False).astype(bool)
-    in_train = np.isin(ids, train_ids)
-    experts, others = np.sort(ids[in_train & expert]), np.sort(ids[in_train & ~expert])
-    if len(experts) == 0 or len(others) == 0:
-        raise ValueError(f"the training split has {len(experts)} expert and {len(others)} non-expert SKUs; the "
-                         "60/40 mix needs both. Simulate more SKUs or check skus.parquet's is_expert.")
-    rng = np.random.default_rng(seed)
-    want_others = int(round(len(experts) * (1 - expert_fraction) / expert_fraction))
-    if want_others <= len(others):
-        others = rng.choice(others, size=want_others, replace=False)
-    else:
-        experts = rng.choice(experts, size=int(round(len(others) * expert_fraction / (1 - expert_fraction))),
-                             replace=False)
-    return np.sort(np.concatenate([experts, others]))
 
 
 def q_bounds_from_rewards(r_min: float, r_max: float, gamma: float) -> tuple[float, float]:
@@ -185,10 +159,16 @@ def build_transitions(cfg: DataConfig, pricing: PricingConfig) -> TransitionSet:
         raise ValueError(f"data.gamma must be in (0, 1), got {cfg.gamma}.")
     horizon = pricing.milestone_horizon_days
     parts = log_parts(logs_dir)
-    skus = pq.read_table(logs_dir / "skus.parquet")
+    skus = read_skus(logs_dir)
     market = json.loads((logs_dir / "market.json").read_text())
     train_ids, heldout_ids, cutoff = split_skus(skus, horizon, cfg.heldout_fraction)
-    mixed_ids = _mix(skus, train_ids, cfg.expert_fraction, cfg.seed)
+    sku_ids_all = skus.column("sku_id").to_numpy(zero_copy_only=False).astype(str)
+    train_skus = skus.filter(pa.array(np.isin(sku_ids_all, train_ids)))
+    mixed_ids = ltve_mix(train_skus, cfg.expert_fraction, cfg.seed)
+    n_exp = int(np.isin(mixed_ids, sku_ids_all[skus.column("is_expert").to_numpy(zero_copy_only=False)]).sum())
+    if n_exp == 0 or n_exp == len(mixed_ids):
+        raise ValueError(f"the training mix holds {n_exp} expert and {len(mixed_ids) - n_exp} non-expert SKUs; the "
+                         "60/40 mix needs both. Simulate more SKUs or check skus.parquet's is_expert.")
 
     # pass 1: eq.-3 references from the training SKUs only
     ref_cols = ("sku_id", "day", "gmv", "marketing_spend")
@@ -197,13 +177,12 @@ def build_transitions(cfg: DataConfig, pricing: PricingConfig) -> TransitionSet:
         t = _read_part(path, ref_cols)
         keep = np.isin(t.column("sku_id").to_numpy(zero_copy_only=False).astype(str), train_ids)
         pieces.append(t.filter(pa.array(keep)))
-    sku_ids_all = skus.column("sku_id").to_numpy(zero_copy_only=False).astype(str)
-    references = category_references(pa.concat_tables(pieces), skus.filter(pa.array(np.isin(sku_ids_all, train_ids))),
-                                     market, pricing)
+    references = category_references(pa.concat_tables(pieces), train_skus, market, pricing)
     del pieces
     categories = sorted(references.categories)
     gmv_tier = {c: references.categories[c].gmv_tier for c in categories}
     expert_of = dict(zip(sku_ids_all, skus.column("is_expert").to_numpy(zero_copy_only=False).astype(bool)))
+    milestone_of = dict(zip(sku_ids_all, skus.column("milestone_reached").to_numpy(zero_copy_only=False).astype(float)))
 
     # pass 2: features, rewards, n-step windows, chunk by chunk
     F = len(feature_names(categories))
@@ -245,12 +224,13 @@ def build_transitions(cfg: DataConfig, pricing: PricingConfig) -> TransitionSet:
             sel = usable & (split == code)
             out[name].append(block[sel])
         sel = usable & (split == 1)
-        outcomes = _sku_outcomes(chunk, market, pricing, horizon)
+        outcomes = _launch_outcomes(chunk, pricing)
         meta["sku_id"].append(sku[sel])
         meta["category"].append(chunk.column("category").to_numpy(zero_copy_only=False).astype(str)[sel])
         meta["day"].append(day[sel])
         meta["is_expert"].append(np.array([expert_of.get(s, False) for s in sku[sel]], dtype=bool))
-        for k in ("gmv_7", "gmv_14", "roi_7", "roi_14", "milestone"):
+        meta["milestone"].append(np.array([milestone_of.get(s, np.nan) for s in sku[sel]], dtype=np.float64))
+        for k in ("gmv_7", "gmv_14", "roi_7", "roi_14"):
             meta[k].append(np.array([outcomes[k].get(s, np.nan) for s in sku[sel]], dtype=np.float64))
 
     train = np.concatenate(out["train"]) if out["train"] else np.zeros((0, cols.width), np.float32)
@@ -275,31 +255,16 @@ def build_transitions(cfg: DataConfig, pricing: PricingConfig) -> TransitionSet:
                          heldout_meta=heldout_meta, reward_range=(r_lo, r_hi), cutoff_date=cutoff, counts=counts)
 
 
-def _sku_outcomes(chunk: pa.Table, market: dict, pricing: PricingConfig, horizon: int) -> dict[str, dict]:
-    """Realised 7/14-day cumulative GMV, integrated ROI and milestone per SKU of the chunk (Fig. 3)."""
-    from aigp_train.pricing.reward import milestone_reached, milestone_targets, roi
-
+def _launch_outcomes(chunk: pa.Table, pricing: PricingConfig) -> dict[str, dict]:
+    """Realised 7- and 14-day cumulative GMV and integrated ROI after launch, per SKU (Fig. 3)."""
     sku = chunk.column("sku_id").to_numpy(zero_copy_only=False).astype(str)
-    cat = chunk.column("category").to_numpy(zero_copy_only=False).astype(str)
     day = chunk.column("day").to_numpy().astype(np.int64)
-    gmv = chunk.column("gmv").to_numpy().astype(np.float64)
-    spend = chunk.column("marketing_spend").to_numpy().astype(np.float64)
-    uniq, inv = np.unique(sku, return_inverse=True)
-    out: dict[str, dict] = {}
-    sums = {}
-    for h in (7, horizon):
-        w = day < h
-        g = np.bincount(inv, weights=np.where(w, gmv, 0.0), minlength=len(uniq))
-        s = np.bincount(inv, weights=np.where(w, spend, 0.0), minlength=len(uniq))
-        complete = np.bincount(inv, weights=w.astype(float), minlength=len(uniq)) == h
-        sums[h] = (np.where(complete, g, np.nan), np.where(complete, roi(g, s, pricing.roi_spend_floor), np.nan))
-    targets = milestone_targets(market)
-    first_cat = dict(zip(sku, cat))
-    tier = np.array([targets[first_cat[s]][0] for s in uniq])
-    roi_target = np.array([targets[first_cat[s]][1] for s in uniq])
-    g14, r14 = sums[horizon]
-    mile = np.where(np.isnan(g14), np.nan, milestone_reached(np.nan_to_num(g14), np.nan_to_num(r14), tier, roi_target))
-    out["gmv_7"], out["roi_7"] = dict(zip(uniq, sums[7][0])), dict(zip(uniq, sums[7][1]))
-    out["gmv_14"], out["roi_14"] = dict(zip(uniq, g14)), dict(zip(uniq, r14))
-    out["milestone"] = dict(zip(uniq, mile.astype(float)))
+    gmv = chunk.column("gmv").to_numpy()
+    spend = chunk.column("marketing_spend").to_numpy()
+    launch = day == 0
+    out = {}
+    for h in (7, 14):
+        g, r, complete = forward_window(sku, day, gmv, spend, h, pricing.roi_spend_floor)
+        keep = launch & complete
+        out[f"gmv_{h}"], out[f"roi_{h}"] = dict(zip(sku[keep], g[keep])), dict(zip(sku[keep], r[keep]))
     return out

@@ -108,6 +108,8 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     q_bounds = resolve_q_bounds(recipe, tuple(td["reward_range"]))
     meta = model_meta(recipe, td, q_bounds)
     device = resolve_device(tcfg.device)
+    if tcfg.cpu_threads is not None:
+        torch.set_num_threads(tcfg.cpu_threads)
     cols = Columns(len(td["feature_names"]))
     trainer = FusedLTVETrainer(torch.from_numpy(td["train"]), cols.state_dim, tcfg, recipe.model.hidden_sizes,
                                q_bounds, device=device)
