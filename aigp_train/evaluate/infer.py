@@ -1,0 +1,136 @@
+"""The inference path: prompts -> backend (full reasoning) -> Ψ -> decisions as Parquet.
+
+``aigp infer`` (one night's SKUs), the LLM policies of ``aigp evaluate`` and every LLM group of
+``aigp abtest`` go through ``run_inference``, so what is evaluated is what would be deployed.
+
+Deployment mode (paper §3.4): the ``[ACT_ONLY]`` control token is removed and the model writes
+its reasoning, then the JSON action; prompts flagged ``act_only`` are refused here. Each output
+goes through ``parse_action`` (Ψ projection; a failure holds the price), and the counts of
+failures and projections are returned with the decisions.
+
+Crash safety: generation runs through the sharded runner (``aigp_train.llm.generation``), which
+writes each shard of requests once, atomically, and skips finished shards on restart. Each
+shard's decisions are then written as ``decisions/part-<shard>.parquet`` (atomically; skipped when
+present). A kill at any point therefore loses at most the shard in flight and never writes a
+decision twice; ``read_decisions`` checks exactly-once against the plan.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from aigp_train.llm.backends.base import GenerationRequest
+from aigp_train.llm.generation import read_generations, run_generation, shard_path
+from aigp_train.outputs import atomic_write_bytes, read_jsonl
+from aigp_train.pricing import ParseStats, parse_action
+
+DECISION_SCHEMA = pa.schema([
+    ("prompt_id", pa.string()),
+    ("sku_id", pa.string()),
+    ("date", pa.int32()),
+    ("day", pa.int16()),
+    ("d_prev", pa.float32()),
+    ("action", pa.float32()),       # a_t after Ψ (0.0 hold on failure)
+    ("discount", pa.float32()),     # d_t = d_prev + a_t, what the platform applies tomorrow
+    ("raw_action", pa.float32()),   # as written, before Ψ (null on failure)
+    ("projected", pa.bool_()),
+    ("failure", pa.string()),       # null or the parse failure reason
+    ("adapter", pa.string()),
+    ("response", pa.string()),      # the full reasoning text, for audit and the judge
+])
+
+
+@dataclass
+class InferenceResult:
+    decisions: pa.Table
+    stats: ParseStats
+    num_shards_written: int
+    num_shards_skipped: int
+
+
+def build_requests(prompts: list[dict], adapter: str | None) -> list[GenerationRequest]:
+    """Full-reasoning requests from prompt records (``prompt_id``, ``messages``, ``state``, ...)."""
+    requests = []
+    for p in prompts:
+        if p.get("act_only"):
+            raise ValueError(f"prompt {p.get('prompt_id')} is an [ACT_ONLY] prompt; inference runs in deployment "
+                             f"(full reasoning) mode. Build prompts with act_only false for infer/evaluate/abtest.")
+        missing = [k for k in ("prompt_id", "sku_id", "d_prev", "messages", "state") if k not in p]
+        if missing:
+            raise ValueError(f"prompt record {p.get('prompt_id', '?')} lacks {missing}; it must come from "
+                             f"aigp_train.llm.prompts (the prompts stage).")
+        requests.append(GenerationRequest(str(p["prompt_id"]), p["messages"], p["state"], False, adapter))
+    return requests
+
+
+def _decisions(rows: list[dict], by_id: dict[str, dict], pricing, stats: ParseStats) -> pa.Table:
+    cols: dict[str, list] = {name: [] for name in DECISION_SCHEMA.names}
+    for row in rows:
+        p = by_id[row["request_id"]]
+        text = row["completions"][0]
+        parsed = stats.add(parse_action(text, float(p["d_prev"]), pricing))
+        cols["prompt_id"].append(row["request_id"])
+        cols["sku_id"].append(str(p["sku_id"]))
+        cols["date"].append(int(p.get("date", -1)))
+        cols["day"].append(int(p.get("day", -1)))
+        cols["d_prev"].append(float(p["d_prev"]))
+        cols["action"].append(parsed.action)
+        cols["discount"].append(parsed.discount)
+        cols["raw_action"].append(parsed.raw_action)
+        cols["projected"].append(parsed.projected)
+        cols["failure"].append(parsed.failure)
+        cols["adapter"].append(row.get("adapter"))
+        cols["response"].append(text if isinstance(text, str) else None)
+    return pa.table(cols, schema=DECISION_SCHEMA)
+
+
+def _write_parquet(path: Path, table: pa.Table) -> None:
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def run_inference(prompts: list[dict], backend, sampling, adapter: str | None, pricing, out_dir: str | Path,
+                  shard_size: int) -> InferenceResult:
+    """Decisions for ``prompts`` into ``out_dir`` (resumable); returns them with parse counts.
+
+    Under several ranks (RANK/WORLD_SIZE or SLURM), each rank generates and returns its own shards.
+    """
+    if sampling.n != 1:
+        raise ValueError(f"inference takes one decision per SKU: sampling.n must be 1, got {sampling.n}.")
+    out = Path(out_dir)
+    gen_dir, dec_dir = out / "generations", out / "decisions"
+    by_id = {str(p["prompt_id"]): p for p in prompts}
+    if len(by_id) != len(prompts):
+        raise ValueError("prompt ids repeat; each SKU must have one prompt per day.")
+    result = run_generation(build_requests(prompts, adapter), backend, sampling, gen_dir, shard_size)
+    stats = ParseStats()
+    tables = []
+    for index in range(result.rank, result.num_shards, result.world_size):
+        part = dec_dir / f"part-{index:05d}.parquet"
+        # Re-derived from the generation shard even when the part exists, so the parse counts are
+        # complete after a resume; the part itself is only written once.
+        table = _decisions(read_jsonl(shard_path(gen_dir, index)), by_id, pricing, stats)
+        if not part.is_file():
+            _write_parquet(part, table)
+        tables.append(table)
+    if result.world_size == 1:
+        read_generations(gen_dir)  # exactly-once check over the whole plan
+    decisions = pa.concat_tables(tables) if tables else DECISION_SCHEMA.empty_table()
+    return InferenceResult(decisions, stats, len(result.written), len(result.skipped))
+
+
+def read_decisions(out_dir: str | Path) -> pa.Table:
+    parts = sorted((Path(out_dir) / "decisions").glob("part-*.parquet"))
+    if not parts:
+        raise FileNotFoundError(f"{out_dir}/decisions holds no parts; run aigp infer first.")
+    table = pa.concat_tables([pq.read_table(p, schema=DECISION_SCHEMA) for p in parts])
+    ids = table.column("prompt_id").to_pylist()
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{out_dir}/decisions holds a prompt twice; the folder mixes two runs. Delete it and rerun.")
+    return table

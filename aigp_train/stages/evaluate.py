@@ -1,0 +1,247 @@
+"""Offline evaluation: Table 3 (Q-score, MAE, EAMA, EAMA-R, KIPS, judge), Table 5 ablations, Fig. 5.
+
+On a held-out expert set (time-based split, ``aigp_train.evaluate.offline``), every policy in
+``policies`` decides each test state:
+
+* ``price_sales``: the production-style DNN price-sales baseline, trained here on the SKUs of
+  the training period (launched and finished before the held-out cutoff) and saved to ``price_sales/`` (``aigp abtest`` loads it);
+* ``llm``: the model of ``infer_recipe`` with the policy's adapter (null = the base model),
+  through the exact path of ``aigp infer`` (full prompts, reasoning, Ψ). Its responses are
+  scored by the judge of ``judge_recipe`` (four dimensions, total out of 20).
+
+Beyond the paper, each policy's true long-term value from the simulator (``true_value``) and the
+Spearman correlation between the LTVE ranking and the true ranking of the policies.
+
+Writes ``tables.json``, ``table3.md``, ``table5.md``, ``judge.md``, ``fig5a_tail_probability.png``,
+``fig5b_action_bins.png``, ``actions.parquet`` (every policy's action per test state) and
+``price_sales/`` (model.safetensors + model.json).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from aigp_train.config import help_field
+from aigp_train.evaluate import offline
+from aigp_train.evaluate.policies import PriceSalesConfig, PriceSalesModel, PriceSalesPolicy, contexts_from_logs
+from aigp_train.evaluate.stability import plot_fig5, stability_table
+from aigp_train.outputs import StageOutput, atomic_write_json, atomic_write_text
+from aigp_train.pricing import PricingConfig
+
+
+@dataclass
+class PolicySpec:
+    name: str = help_field("table row name, e.g. 'AIGP (SFT+DPO)'")
+    kind: Literal["price_sales", "llm"] = help_field("price_sales (DNN baseline) or llm (infer_recipe's model)")
+    adapter: str | None = help_field("llm: LoRA adapter folder; null = the untuned base model", default=None)
+
+
+@dataclass
+class TestConfig:
+    heldout_fraction: float = help_field("latest-launched share of SKUs held out (the LTVE recipe's data.heldout_fraction)")
+    max_states: int = help_field("held-out expert states evaluated at most (seeded sample)")
+    seed: int = help_field("seed of that sample")
+
+
+@dataclass
+class TrueValueConfig:
+    continuation: str = help_field("simulator behaviour policy that continues after the evaluated action")
+    num_rollouts: int = help_field("independent rollouts per state for the true Q")
+
+
+@dataclass
+class Fig5Config:
+    bin_width: float = help_field("bin width of the |a_t| distribution (paper Fig. 5b: 0.02)")
+    thresholds: list[float] = help_field("x values of the tail probability Pr(|a_t| >= x)")
+
+
+@dataclass
+class Recipe:
+    output_dir: str = help_field("folder of this stage's output")
+    market_dir: str = help_field("output folder of aigp simulate (logs, skus, text, recipe, references)")
+    ltve_path: str | None = help_field("LTVE output folder or model file for the Avg. Q-score; null = no Q column")
+    infer_recipe: str = help_field("aigp infer recipe of the LLM policies (model, backend, sampling, prompts)")
+    judge_recipe: str = help_field("aigp judge recipe whose judge scores the text policies' reasoning")
+    policies: list[PolicySpec] = help_field("the policies, in table order ({name, kind, adapter})")
+    ablations: list[str] = help_field("llm policies also run without diagnosis / without KB (Table 5)")
+    test: TestConfig = help_field("held-out expert set")
+    true_value: TrueValueConfig = help_field("simulator ground truth of each policy's long-term value")
+    price_sales: PriceSalesConfig = help_field("the price-sales baseline model")
+    fig5: Fig5Config = help_field("Fig. 5 stability plots")
+    pricing: PricingConfig = help_field("pricing rules (A_safe, ε, h, λ)")
+
+
+def _market_sim(market_dir: str):
+    from aigp_train.config import load_recipe
+    from aigp_train.market.recipe import MarketRecipe
+    from aigp_train.market.simulator import MarketSimulator
+    from aigp_train.pricing.reward import References
+
+    root = Path(market_dir)
+    sim = MarketSimulator(load_recipe(root / "recipe.yaml", MarketRecipe))
+    return sim, References.load(root / "references.json")
+
+
+def train_price_sales(logs: pa.Table, train_ids: np.ndarray, cutoff: int, cfg: PriceSalesConfig, gmv_tier: dict,
+                      folder: Path) -> tuple[PriceSalesModel, dict]:
+    """Fit the baseline on the training-period SKUs (no look-ahead into the held-out period) and save it."""
+    cols = {name: logs.column(name).to_numpy(zero_copy_only=False) for name in logs.column_names}
+    ctx = contexts_from_logs(cols)
+    train = np.isin(np.asarray(cols["sku_id"]).astype(str), train_ids)
+    from aigp_train.evaluate.policies import take
+
+    model, info = PriceSalesModel.fit(take(ctx, train), np.asarray(cols["discount"], np.float64)[train],
+                                      np.asarray(cols["units"], np.float64)[train], cfg, gmv_tier,
+                                      np.asarray(cols["marketing_spend"], np.float64)[train])
+    model.save(folder)
+    atomic_write_json(folder / "train.json", {**info, "heldout_cutoff_date": cutoff, "objective": cfg.objective})
+    return model, info
+
+
+class _LLMSide:
+    """The infer recipe's backend and prompts, and the judge recipe's judge, built once."""
+
+    def __init__(self, recipe: Recipe, out: StageOutput, cutoff_date: int):
+        from aigp_train.config import load_recipe
+        from aigp_train.llm.backends import make_backend
+        from aigp_train.llm.prompts import MarketSource
+        from aigp_train.llm.tokenizer import load_tokenizer
+        from aigp_train.stages import infer, judge
+        from aigp_train.stages.teacher import backend_with_pricing
+
+        self.infer = load_recipe(recipe.infer_recipe, infer.Recipe, [f"market_dir={recipe.market_dir}"])
+        self.judge = load_recipe(recipe.judge_recipe, judge.Recipe)
+        self.prompt_cfg = infer.prompt_config(self.infer)
+        # The price-sales hint in the prompts is fitted on the training period only (no look-ahead).
+        self.source = MarketSource(recipe.market_dir, cutoff_date - 1)
+        self.tokenizer = load_tokenizer(self.infer.model)
+        self.backend = make_backend(backend_with_pricing(self.infer.backend, recipe.pricing), self.infer.model)
+        self.judge_backend = make_backend(backend_with_pricing(self.judge.backend, recipe.pricing), self.judge.model)
+        self.out = out
+        self.pricing = recipe.pricing
+
+    def prompts(self, test: offline.TestSet, **ablation) -> list[dict]:
+        from aigp_train.llm.prompts import build_prompt
+
+        cfg = dataclasses.replace(self.prompt_cfg, **ablation)
+        return [build_prompt(self.source, sku, int(day), cfg, self.pricing, self.tokenizer, act_only=False)
+                for sku, day in zip(test.ctx["sku_id"], test.day)]
+
+    def policy(self, name: str, adapter: str | None, tag: str):
+        from aigp_train.evaluate.policies import LLMPolicy
+
+        return LLMPolicy(name, self.backend, self.infer.sampling, adapter, self.pricing,
+                         self.out.path / "inference" / tag, self.infer.shard_size)
+
+    def judge_scores(self, tag: str, prompts: list[dict], responses: list[str | None]) -> dict:
+        from aigp_train.llm.backends import GenerationRequest
+        from aigp_train.llm.generation import read_generations, run_generation
+        from aigp_train.llm.judge import DIMENSIONS, judge_messages, parse_scores
+        from aigp_train.stages.judge import _context
+
+        requests = [GenerationRequest(f"{p['prompt_id']}#judge", judge_messages(p["messages"], r or ""),
+                                      {"prompt_state": p["state"], "response": r or "", "context": _context(p)},
+                                      act_only=False, adapter=None) for p, r in zip(prompts, responses)]
+        folder = self.out.path / "judge" / tag
+        run_generation(requests, self.judge_backend, self.judge.sampling, folder, self.judge.shard_size)
+        parsed = [parse_scores(row["completions"][0]) for row in read_generations(folder)]
+        ok = [p.scores for p in parsed if p.scores is not None]
+        means = {d: float(np.mean([s[d] for s in ok])) for d in DIMENSIONS} if ok else {}
+        return {"mean_scores": means, "total": float(sum(means.values())) if ok else None, "num_judged": len(parsed),
+                "num_score_failures": len(parsed) - len(ok), "judge_backend": self.judge_backend.name}
+
+
+def run(recipe: Recipe, out: StageOutput) -> dict:
+    from aigp_train.market.schema import read_logs, read_skus
+
+    logs, skus = read_logs(recipe.market_dir), read_skus(recipe.market_dir)
+    sim, references = _market_sim(recipe.market_dir)
+    test = offline.build_test_set(logs, skus, recipe.pricing, recipe.test.heldout_fraction, sim.horizon,
+                                  recipe.test.max_states, recipe.test.seed)
+    print(f"[evaluate] {test.rows.size} held-out expert states (SKUs launched from date {test.cutoff_date})", flush=True)
+    ltve = feats = None
+    if recipe.ltve_path:
+        from aigp_train.ltve.model import load_ltve
+
+        ltve = load_ltve(Path(recipe.ltve_path) / "model.safetensors" if Path(recipe.ltve_path).is_dir()
+                         else recipe.ltve_path)
+        feats = ltve.features(logs, rows=test.rows)
+    policies = {p.name: p for p in recipe.policies}
+    if len(policies) != len(recipe.policies) or not policies:
+        raise ValueError("policies must be a non-empty list with unique names.")
+    unknown = [n for n in recipe.ablations if n not in policies or policies[n].kind != "llm"]
+    if unknown:
+        raise ValueError(f"ablations {unknown} must name llm policies of 'policies' (Table 5 ablates prompt inputs).")
+    llm = _LLMSide(recipe, out, test.cutoff_date) if any(p.kind == "llm" for p in policies.values()) else None
+    base_prompts = llm.prompts(test) if llm else None
+
+    rows: dict[str, dict] = {}
+    actions: dict[str, np.ndarray] = {}
+    judge: dict[str, dict] = {}
+    price_sales_info = None
+    for name, spec in policies.items():
+        if spec.kind == "price_sales":
+            tiers = {c: m["gmv_tier"] for c, m in sim.milestone_params().items()}
+            model, price_sales_info = train_price_sales(logs, test.train_ids, test.cutoff_date, recipe.price_sales,
+                                                        tiers, out.path / "price_sales")
+            dec = PriceSalesPolicy(model, recipe.pricing, name, recipe.price_sales.objective).decide(test.ctx)
+        else:
+            dec = llm.policy(name, spec.adapter, _tag(name)).decide(test.ctx, base_prompts)
+            judge[name] = llm.judge_scores(_tag(name), base_prompts, dec.reasoning)
+        actions[name] = dec.actions
+        row = offline.decision_metrics(test, dec.actions, recipe.pricing, ltve, feats)
+        tv, tv_se, _ = offline.true_values(sim, test, dec.actions, recipe.true_value.continuation,
+                                           recipe.true_value.num_rollouts, references)
+        row.update(true_value=tv, true_value_se=tv_se, kind=spec.kind, adapter=spec.adapter)
+        if dec.parse is not None:
+            row["parse"] = dec.parse
+            row["judge_total"] = judge[name]["total"]
+        rows[name] = row
+        print(f"[evaluate] {name}: " + ", ".join(f"{k}={v:.4f}" for k, v in row.items() if isinstance(v, float)),
+              flush=True)
+
+    ablations: dict[str, dict[str, dict]] = {}
+    for name in recipe.ablations:
+        ablations[name] = {}
+        for label, switch in (("w/o Diag", {"include_diagnosis": False}), ("w/o KB", {"include_knowledge_base": False})):
+            prompts = llm.prompts(test, **switch)
+            tag = _tag(f"{name}-{label}")
+            dec = llm.policy(f"{name} {label}", policies[name].adapter, tag).decide(test.ctx, prompts)
+            ablations[name][label] = offline.decision_metrics(test, dec.actions, recipe.pricing, ltve, feats)
+
+    stab = stability_table(actions, recipe.fig5.bin_width, recipe.pricing.max_step, recipe.fig5.thresholds)
+    figures = plot_fig5(stab, out.path, recipe.fig5.bin_width)
+    names = list(rows)
+    rho = None
+    if ltve is not None:
+        rho = offline.spearman([rows[n]["avg_q"] for n in names], [rows[n]["true_value"] for n in names])
+    tables = {"table3": rows, "table5": ablations, "judge": judge, "fig5": stab, "num_test_states": int(test.rows.size),
+              "heldout_cutoff_date": test.cutoff_date, "spearman_ltve_vs_true": rho,
+              "true_value": dataclasses.asdict(recipe.true_value), "price_sales": price_sales_info,
+              "ltve_path": recipe.ltve_path}
+    atomic_write_json(out.path / "tables.json", tables)
+    atomic_write_text(out.path / "table3.md", offline.table3_markdown(rows))
+    atomic_write_text(out.path / "table5.md", offline.table5_markdown(rows, ablations) if ablations else
+                      "No llm policy was ablated (recipe 'ablations' is empty).\n")
+    atomic_write_text(out.path / "judge.md", offline.judge_markdown(judge) if judge else "No text policy evaluated.\n")
+    pq.write_table(pa.table({"row": test.rows, "sku_id": test.ctx["sku_id"], "day": test.day,
+                             "expert_action": test.expert_actions, **{f"action:{n}": a for n, a in actions.items()}}),
+                   out.path / "actions.parquet")
+    summary = {n: {k: rows[n].get(k) for k in (*offline.TABLE3_COLUMNS, "judge_total")} for n in names}
+    summary["spearman_ltve_vs_true"] = rho
+    inputs = {"market": recipe.market_dir, **({"ltve": recipe.ltve_path} if recipe.ltve_path else {})}
+    inputs.update({f"adapter:{n}": s.adapter for n, s in policies.items() if s.adapter})
+    return {"inputs": inputs, "rows": {"test_states": int(test.rows.size), "policies": len(rows)},
+            "summary": {"table3": summary, "figures": [str(f) for f in figures]}}
+
+
+def _tag(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
