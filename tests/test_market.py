@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from scipy.stats import spearmanr
 
 from aigp_train.config import load_recipe
 from aigp_train.market.logs import expert_labels, ltve_mix, simulate_market, simulate_skus
@@ -174,8 +175,11 @@ def test_myopic_loses_to_long_horizon_expert(sim, tiny_market):
     assert (first["myopic"] >= first["expert"] - 1e-9).mean() > 0.8
 
 
-def _poisson_fe_elasticity(sku: np.ndarray, y: np.ndarray, offset: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Poisson regression y ~ exp(offset + alpha_sku + x @ beta), SKU fixed effects concentrated out."""
+def _poisson_fe_elasticity(sku: np.ndarray, y: np.ndarray, offset: np.ndarray, x: np.ndarray):
+    """Poisson regression y ~ exp(offset + alpha_sku + x @ beta), SKU fixed effects concentrated out.
+
+    Returns (beta, standard errors from the profiled Hessian).
+    """
     _, g = np.unique(sku, return_inverse=True)
     beta = np.zeros(x.shape[1])
     for _ in range(50):
@@ -186,23 +190,27 @@ def _poisson_fe_elasticity(sku: np.ndarray, y: np.ndarray, offset: np.ndarray, x
         wsum = np.bincount(g, mu)
         xm = np.stack([np.bincount(g, mu * x[:, j]) / wsum for j in range(x.shape[1])], 1)[g]
         xd = x - xm
-        step = np.linalg.solve((xd * mu[:, None]).T @ xd, xd.T @ (y - mu))
+        hessian = (xd * mu[:, None]).T @ xd
+        step = np.linalg.solve(hessian, xd.T @ (y - mu))
         beta += step
         if np.abs(step).max() < 1e-8:
             break
-    return beta
+    return beta, np.sqrt(np.diag(np.linalg.inv(hessian)))
 
 
-@pytest.mark.xfail(strict=True, reason="known defect: the within-SKU estimate is ~25 % more negative than the "
-                   "configured elasticity (source not found yet; see docs/simulator.md)")
-def test_elasticity_recovered_by_log_log_regression(tiny_market):
+def test_elasticity_recovered_by_log_log_regression(tmp_path):
     """Conversion regressed on log price within SKU (Poisson, SKU fixed effects) recovers the elasticity.
 
-    Known residual: the within-SKU estimate comes out ~10-25 % more negative than the configured
-    mean (see docs/simulator.md, "Elasticity recovery"), so the tolerance is 25 % pooled.
+    Logs of a market priced by the random-walk policy: its prices are strictly exogenous. The
+    model-based policies set tomorrow's price from today's sales, which breaks the strict
+    exogeneity a fixed-effects estimator needs (dynamic-panel bias, Nickell 1981): on their rows
+    the same regression is off by 10-30 %.
     """
-    recipe = _recipe()
-    logs = read_logs(tiny_market)
+    overrides = ["num_skus=3000", "logging.skus_per_part=1000", "policies.mix.expert=0", "policies.mix.myopic=0",
+                 "policies.mix.conservative=0", "policies.mix.random_walk=1"]
+    recipe = _recipe(*overrides)
+    simulate_market(recipe, tmp_path, progress=False)
+    logs = read_logs(tmp_path)
     col = lambda c: logs.column(c).to_numpy(zero_copy_only=False)  # noqa: E731
     sku, day, cat = col("sku_id").astype(str), col("day"), col("category").astype(str)
     price, clicks, units = col("price").astype(np.float64), col("clicks").astype(np.float64), col("units").astype(np.float64)
@@ -219,18 +227,24 @@ def test_elasticity_recovered_by_log_log_regression(tiny_market):
     gap = np.log(ref / price)
     sat = 1 - np.exp(-prev_reviews / recipe.demand.review_scale)
     keep = (clicks > 0) & (col("inventory") > 0)
-    x = np.stack([np.log(price), np.maximum(gap, 0), np.maximum(-gap, 0), sat, sat * (prev_rating - 4),
-                  np.log(col("competitor_price_mean")), col("is_promotion").astype(float)], 1)
-    beta = _poisson_fe_elasticity(sku[keep], units[keep], np.log(clicks[keep]), x[keep])
-    true = np.mean([recipe.categories[c].elasticity for c in cat[keep]])
-    assert -3.0 < true < -1.5
-    assert abs(beta[0] - true) < 0.25 * abs(true), (beta[0], true)
-    # elastic categories come out more elastic than inelastic ones
-    by_cat = {}
-    for c in ("beauty", "apparel", "phone_accessories"):
-        m = keep & (cat == c)
-        by_cat[c] = _poisson_fe_elasticity(sku[m], units[m], np.log(clicks[m]), x[m])[0]
-    assert by_cat["beauty"] > by_cat["apparel"] and by_cat["beauty"] > by_cat["phone_accessories"], by_cat
+    assert (col("behaviour_policy") == "random_walk").all()
+    names = list(recipe.categories)
+    # one elasticity per category (a pooled slope would be a demand-weighted mix of categories)
+    slopes = [np.log(price) * (cat == c) for c in names]
+    x = np.stack(slopes + [np.maximum(gap, 0), np.maximum(-gap, 0), sat, sat * (prev_rating - 4),
+                           np.log(col("competitor_price_mean")), col("is_promotion").astype(float)]
+                 + [(day == t).astype(float) for t in range(1, recipe.horizon_days)], 1)
+    beta, se = _poisson_fe_elasticity(sku[keep], units[keep], np.log(clicks[keep]), x[keep])
+    true = np.array([recipe.categories[c].elasticity for c in names])
+    assert ((true > -3.0 - 1e-9) & (true < -1.5)).all()
+    est = beta[:len(names)]
+    report = {c: (round(b, 2), t, round(e, 2)) for c, b, t, e in zip(names, est, true, se)}
+    # Within 20 % per category. The estimator is not unbiased here: the review-count control is
+    # predetermined (it grows with past sales shocks), which biases fixed-effects estimates
+    # (Nickell 1981); measured at ~-0.2 on 3000 SKUs, and ~0 when reviews have no effect.
+    assert (np.abs(est - true) < 0.2 * np.abs(true)).all(), report
+    assert (se[:len(names)] < 0.25).all(), report  # precise enough to see a wrong elasticity
+    assert spearmanr(est, true).statistic > 0.8, report  # and the categories' order comes out right
 
 
 # ---------------------------------------------------------------- snapshot / branch and true Q
