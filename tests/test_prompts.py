@@ -296,3 +296,11 @@ def test_bad_selection_and_variant_errors_name_the_fix(tiny_market, tmp_path):
                                           "selection.date_min=100000"])
     with pytest.raises(FileNotFoundError, match="aigp simulate"):
         run_stage("prompts", str(TINY), [f"market_dir={tmp_path}", f"output_dir={tmp_path / 'c'}"])
+
+
+def test_docs_list_every_state_field():
+    from aigp_train.llm.prompts import STATE_FIELDS
+
+    doc = (REPO / "docs" / "prompts.md").read_text()
+    missing = [f.key for f in STATE_FIELDS if f"`{f.key}`" not in doc]
+    assert not missing, f"docs/prompts.md does not describe state fields {missing}"

@@ -127,7 +127,7 @@ class Checks:
             out.append("action_outside_a_safe")
         if self.number_mismatches:
             out.append("numbers")
-        if not self.direction_ok:
+        if not self.direction_ok and self.json_ok:  # without an action there is no sign to compare
             out.append("direction" if self.direction else "no_direction")
         return out
 
