@@ -76,7 +76,7 @@ def state_features(table: Any, categories: list[str], gmv_tier: Mapping[str, flo
     missing = has_history & (prev < 0)
     if missing.any():
         i = int(np.nonzero(missing)[0][0])
-        raise ValueError(f"no row for sku_id {want_sku[i]!r} day {want_day[i]} (the lag of day {want_day[i] + 1}); "
+        raise ValueError(f"no row for sku_id {str(want_sku[i])!r} day {int(want_day[i])} (the lag of day {want_day[i] + 1}); "
                          "LTVE states use the previous day's outcomes: pass the SKU's earlier rows too.")
     cat = cols["category"].astype(str)[rows]
     unknown = sorted(set(np.unique(cat)) - set(categories))

@@ -248,7 +248,7 @@ def build_transitions(cfg: DataConfig, pricing: PricingConfig) -> TransitionSet:
         arr[has_next, cols.s_next] = normalizer(arr[has_next, cols.s_next])
     heldout_meta = {k: np.concatenate(v) for k, v in meta.items()}
     counts = {"train_transitions": int(len(train)), "heldout_transitions": int(len(heldout)),
-              "train_skus": int(len(mixed_ids)), "heldout_skus": int(len(heldout_ids)),
+              "train_skus": int(len(mixed_ids)), "train_expert_skus": n_exp, "heldout_skus": int(len(heldout_ids)),
               "train_terminal": int((train[:, cols.boot] == 0).sum())}
     return TransitionSet(cols=cols, feature_names=feature_names(categories), categories=categories, gmv_tier=gmv_tier,
                          normalizer=normalizer, references=references, train=train, heldout=heldout,

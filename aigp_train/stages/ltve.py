@@ -114,7 +114,9 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     trainer = FusedLTVETrainer(torch.from_numpy(td["train"]), cols.state_dim, tcfg, recipe.model.hidden_sizes,
                                q_bounds, device=device)
     ckpt = out.path / "checkpoint.safetensors"
-    ckpt_meta = {**meta, "train": recipe_to_dict(tcfg), "data_key": data_key}
+    # num_steps is left out: a finished run can be extended by raising it (it resumes)
+    ckpt_meta = {**meta, "train": {k: v for k, v in recipe_to_dict(tcfg).items() if k != "num_steps"},
+                 "data_key": data_key}
     metrics_path = out.path / "metrics.jsonl"
     history: list[dict] = []
     if ckpt.is_file():
