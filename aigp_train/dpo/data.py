@@ -5,9 +5,9 @@ Tokenisation matches generation: the prompt is the chat template with the genera
 and a completion is the text the model produced followed by the end-of-turn token that stopped
 generation (the tokenizer's ``eos_token``: ``<|im_end|>`` for Qwen chat models).
 
-Batches hold exactly ``pairs_per_batch`` pairs (the last incomplete batch of an epoch is dropped,
-so every micro-batch loss is a mean over the same number of pairs and world size 1 vs 2, or
-batch x GA, give the same update). Pairs are shuffled by *prompt* each epoch and kept together
+Micro-batches hold exactly ``engine.micro_batch_size`` pairs (the last incomplete global batch of
+an epoch is dropped, so every step averages over the same number of pairs and world size 1 vs 2,
+or batch x GA, give the same update). Pairs are shuffled by *prompt* each epoch and kept together
 within a prompt, so the pairs of one prompt land in the same batch where possible and share one
 encoding of the prompt (``logprobs.pack_groups``).
 """
@@ -101,17 +101,22 @@ def group_pairs(pairs: Sequence[TokenizedPair]) -> list[PromptGroup]:
     return [g for g, _ in groups.values()]
 
 
-def epoch_batches(pairs: Sequence[TokenizedPair], pairs_per_batch: int, seed: int, epoch: int
-                  ) -> list[list[TokenizedPair]]:
-    """This epoch's batches: prompts shuffled (seeded by ``seed`` and ``epoch``), pairs of one prompt
-    kept adjacent, cut into batches of exactly ``pairs_per_batch`` (the remainder is dropped)."""
-    if pairs_per_batch < 1:
-        raise ValueError(f"pairs_per_batch must be >= 1, got {pairs_per_batch}")
+def epoch_order(pairs: Sequence[TokenizedPair], seed: int, epoch: int) -> list[TokenizedPair]:
+    """This epoch's pair order: prompts shuffled (seeded by ``seed`` and ``epoch``), the pairs of one
+    prompt kept adjacent so that they share a batch (and one encoding of the prompt) where possible."""
     by_prompt: dict[str, list[TokenizedPair]] = {}
     for p in pairs:
         by_prompt.setdefault(p.prompt_id, []).append(p)
     order = sorted(by_prompt)
     random.Random(f"{seed}:{epoch}").shuffle(order)
-    flat = [p for pid in order for p in by_prompt[pid]]
-    num = len(flat) // pairs_per_batch
-    return [flat[i * pairs_per_batch:(i + 1) * pairs_per_batch] for i in range(num)]
+    return [p for pid in order for p in by_prompt[pid]]
+
+
+def micro_batch(order: Sequence[TokenizedPair], step_in_epoch: int, micro: int, rank: int, world_size: int,
+                pairs_per_micro_batch: int, grad_accum_steps: int) -> list[TokenizedPair]:
+    """The pairs of one rank's micro-batch. Optimizer step ``s`` consumes the contiguous slice
+    ``order[s * G:(s + 1) * G]`` (G = pairs per micro-batch x GA x world size) whatever the split,
+    so batch 8 x GA 1, batch 1 x GA 8 and world size 1 vs 2 train on the same pairs per step."""
+    global_batch = pairs_per_micro_batch * grad_accum_steps * world_size
+    start = step_in_epoch * global_batch + (micro * world_size + rank) * pairs_per_micro_batch
+    return list(order[start:start + pairs_per_micro_batch])

@@ -34,7 +34,6 @@ and run separately, full logits, masked), used by the tests and the benchmark's 
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -77,6 +76,7 @@ class PackedBatch:
     input_ids: torch.Tensor       # [B, P + T]
     position_ids: torch.Tensor    # [B, P + T]
     tail_mask: torch.Tensor       # [B, 1, T, P + T] bool: what each tail token may attend to
+    token_valid: torch.Tensor     # [B, P + T] bool: a real token (not padding)
     prompt_region: int            # P
     score_row: torch.Tensor       # [M] row of each scored position
     score_col: torch.Tensor       # [M] column whose hidden state predicts the scored token
@@ -132,7 +132,8 @@ def pack_groups(groups: Sequence[PromptGroup], pad_id: int) -> PackedBatch:
         rejected += [offset + r for _, r in g.pairs]
         offset += len(g.completions)
     as_long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
-    return PackedBatch(ids, pos, tail_attention_mask(tail_seg, prompt_len, prompt_region), prompt_region,
+    valid = torch.cat([torch.arange(prompt_region)[None, :] < prompt_len[:, None], tail_seg != 0], dim=1)
+    return PackedBatch(ids, pos, tail_attention_mask(tail_seg, prompt_len, prompt_region), valid, prompt_region,
                        as_long(rows), as_long(cols), as_long(targets), as_long(comps), offset,
                        as_long(chosen), as_long(rejected))
 
@@ -165,63 +166,92 @@ SHARED_PREFIX_ATTENTION = "aigp_shared_prefix"
 
 
 def shared_prefix_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                            attention_mask: torch.Tensor, scaling: float | None = None, dropout: float = 0.0,
-                            **kwargs) -> tuple[torch.Tensor, None]:
-    """Two-region attention (module docstring); ``attention_mask`` is the additive tail mask [B, 1, T, P+T].
+                            attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                            **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Two-region attention (module docstring) when ``attention_mask`` is a tail mask, else plain SDPA.
 
     Called by transformers attention modules with ``query`` [B, H, L, D] and ``key``/``value``
-    [B, H_kv, L, D]; returns [B, L, H, D] like every transformers attention function.
+    [B, H_kv, L, D]; returns [B, L, H, D] like every transformers attention function. A tail mask
+    is recognised by its query length ``T`` being shorter than the query's ``L``: an ordinary 4D
+    mask always has the query's length, so every other forward of the model (reference eager
+    path, evaluation, generation) takes transformers' SDPA unchanged.
     """
+    if attention_mask is None or attention_mask.dim() != 4 or attention_mask.shape[-2] == query.shape[2]:
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+                                      **kwargs)
     tail = attention_mask.shape[-2]
     prompt = query.shape[2] - tail
     gqa = query.shape[1] != key.shape[1]
+    dropout_p = dropout if module.training else 0.0
     parts = []
     if prompt > 0:
         parts.append(torch.nn.functional.scaled_dot_product_attention(
             query[:, :, :prompt], key[:, :, :prompt], value[:, :, :prompt], is_causal=True, scale=scaling,
-            dropout_p=dropout if module.training else 0.0, enable_gqa=gqa))
+            dropout_p=dropout_p, enable_gqa=gqa))
     parts.append(torch.nn.functional.scaled_dot_product_attention(
-        query[:, :, prompt:], key, value, attn_mask=attention_mask, scale=scaling,
-        dropout_p=dropout if module.training else 0.0, enable_gqa=gqa))
+        query[:, :, prompt:], key, value, attn_mask=attention_mask, scale=scaling, dropout_p=dropout_p,
+        enable_gqa=gqa))
     return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
 
 
-def _register_attention() -> None:
+def use_shared_prefix_attention(lm: torch.nn.Module) -> None:
+    """Route ``lm``'s attention through :func:`shared_prefix_attention` (idempotent).
+
+    Set for the model's lifetime, not around one forward: gradient checkpointing re-runs the
+    decoder layers during backward, after any context manager around the forward has exited.
+    Masks for ordinary forwards are built as for SDPA.
+    """
     from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(SHARED_PREFIX_ATTENTION, shared_prefix_attention)
+    AttentionMaskInterface.register(SHARED_PREFIX_ATTENTION, sdpa_mask)
+    impl = lm.config._attn_implementation
+    if impl == SHARED_PREFIX_ATTENTION:
+        return
+    if impl not in ("sdpa", "eager"):
+        raise ValueError(f"the shared-prefix DPO forward runs attention through SDPA with a 4D tail mask; model "
+                         f"attention {impl!r} is not supported. Set the model recipe's attn_implementation to 'sdpa'.")
+    lm.config._attn_implementation = SHARED_PREFIX_ATTENTION
 
 
-@contextlib.contextmanager
-def _attention_implementation(lm: torch.nn.Module, name: str):
-    """Switch the attention kernel of ``lm`` for one forward (attention modules read the config per call)."""
-    previous = lm.config._attn_implementation
-    lm.config._attn_implementation = name
-    try:
-        yield
-    finally:
-        lm.config._attn_implementation = previous
+def completion_logps(model: torch.nn.Module, batch: PackedBatch, router_top_k: int = 0
+                     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probability of the scored tokens of every completion, shape [num_completions].
 
-
-def completion_logps(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
-    """Summed log-probability of the scored tokens of every completion, shape [num_completions]."""
+    With ``router_top_k > 0`` (an MoE model) also returns the router load-balancing loss of each
+    row (prompt group), shape [B], over its real tokens (``aigp_train.sft.loss``'s per-sequence
+    definition, so it does not depend on how rows are grouped into micro-batches or ranks).
+    """
     lm = _unwrap_causal_lm(model)
     decoder, lm_head = lm.get_decoder(), lm.get_output_embeddings()
     dtype = lm_head.weight.dtype
     # additive float mask, converted once per step (SDPA would convert a bool mask in every layer)
     mask = torch.where(batch.tail_mask, torch.zeros((), dtype=dtype, device=batch.tail_mask.device),
                        torch.finfo(dtype).min)
-    _register_attention()
-    with _attention_implementation(lm, SHARED_PREFIX_ATTENTION):
-        hidden = decoder(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
-                         use_cache=False).last_hidden_state
-    scored = hidden[batch.score_row, batch.score_col]          # [M, H]: logits only where scored
+    use_shared_prefix_attention(lm)
+    extra = {"output_router_logits": True} if router_top_k > 0 else {}
+    out = decoder(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
+                  use_cache=False, **extra)
+    scored = out.last_hidden_state[batch.score_row, batch.score_col]  # [M, H]: logits only where scored
     logits = lm_head(scored)
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()                                 # log_softmax over the vocab in fp32
     token_logps = torch.log_softmax(logits, dim=-1).gather(1, batch.score_target[:, None]).squeeze(1)
     sums = torch.zeros(batch.num_completions, dtype=token_logps.dtype, device=token_logps.device)
-    return sums.index_add(0, batch.score_completion, token_logps)
+    sums = sums.index_add(0, batch.score_completion, token_logps)
+    if router_top_k <= 0:
+        return sums
+    from aigp_train.sft.loss import sequence_load_balancing_loss
+
+    flat_valid = batch.token_valid.reshape(-1).nonzero(as_tuple=True)[0]
+    row_of_token = torch.arange(batch.input_ids.shape[0], device=flat_valid.device).repeat_interleave(
+        batch.input_ids.shape[1])[flat_valid]
+    router_logits = tuple(r.reshape(-1, r.shape[-1])[flat_valid] for r in (out.router_logits or ()))
+    aux = sequence_load_balancing_loss(router_logits, row_of_token, batch.input_ids.shape[0], router_top_k)
+    return sums, aux.to(sums.device)
 
 
 def pair_logps(model: torch.nn.Module, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,268 @@
+"""The DPO loop on the shared training core (``aigp_train.train``), written out in one function.
+
+Setup (``aigp_train.train.session.start_session``, the same as ``aigp sft``): LoRA on q/k/v/o,
+MoE blocks as ZeRO-3 leaves, DeepSpeed ZeRO-3 engine, checkpoints, SIGTERM/SIGUSR1, wandb. DPO
+adds three things:
+
+* the policy starts from ``train.init_adapter`` (the SFT adapter: Table 1 "SFT+DPO"), or from a
+  fresh LoRA on the base checkpoint when it is empty ("DPO-only");
+* the reference log-probabilities of eq. 8 are computed ONCE, before the first update, and
+  stored in ``<output_dir>/reference_logps.jsonl`` keyed by pair id (a resumed run reads them).
+  The reference is the starting policy: the SFT model for SFT+DPO, the base checkpoint for
+  DPO-only — for a fresh LoRA computed under ``disable_adapter()``. Either way there is no second
+  copy of the weights and no reference forward during training;
+* the loss of a micro-batch is ``sum_pairs(eq. 8) / G * GA * W + coef * sum_rows(aux) / R * GA * W``
+  with ``G`` the pairs and ``R`` the prompt groups of the *global* batch (known before the step):
+  ``GA * W`` undoes DeepSpeed's division by the accumulation steps and its averaging over ranks, so
+  the gradient is that of the global batch's mean eq. 8 loss whatever the split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from aigp_train.config import RecipeError, recipe_to_dict
+from aigp_train.distributed.dist import DistInfo, all_reduce_sum, barrier, print0
+from aigp_train.dpo.data import TokenizedPair, epoch_order, group_pairs, micro_batch, tokenize_pairs
+from aigp_train.dpo.logprobs import PackedBatch, completion_logps, pack_groups
+
+# Any in-vocabulary id pads a packed row: padding is masked out of attention and never scored.
+PAD_ID = 0
+from aigp_train.dpo.loss import dpo_loss
+from aigp_train.outputs import atomic_write_jsonl, read_jsonl
+
+__all__ = ["DPOLossModule", "train_dpo", "reference_logps", "check_init_adapter"]
+
+REFERENCE_FILE = "reference_logps.jsonl"
+
+
+class DPOLossModule(nn.Module):
+    """What DeepSpeed trains: the LoRA'd LM; forward returns per-completion log-probs and per-row aux loss."""
+
+    def __init__(self, peft_model: nn.Module, router_top_k: int):
+        super().__init__()
+        self.model = peft_model
+        self.router_top_k = router_top_k
+
+    def forward(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.router_top_k > 0:
+            return completion_logps(self.model, batch, router_top_k=self.router_top_k)
+        logps = completion_logps(self.model, batch)
+        return logps, logps.new_zeros(batch.input_ids.shape[0])
+
+
+def check_init_adapter(path: str, lora) -> Path:
+    """The SFT adapter folder, checked against the DPO recipe's LoRA block (same rank and targets)."""
+    folder = Path(path)
+    cfg_file = folder / "adapter_config.json"
+    if not cfg_file.is_file():
+        raise RecipeError(f"train.init_adapter {path} is not a PEFT adapter folder (no adapter_config.json). Run "
+                          f"`aigp sft` first (its output_dir/adapter), or set train.init_adapter: '' for DPO-only.")
+    cfg = json.loads(cfg_file.read_text())
+    targets = sorted(cfg.get("target_modules") or [])
+    if int(cfg.get("r", -1)) != lora.rank or targets != sorted(lora.target_modules):
+        raise RecipeError(f"train.init_adapter {path} has rank {cfg.get('r')} on {targets}, but the DPO recipe's lora "
+                          f"block says rank {lora.rank} on {sorted(lora.target_modules)}. DPO continues training the "
+                          f"SFT adapter, so they must match: include the SFT recipe's lora block.")
+    return folder
+
+
+def _pairs_fingerprint(pairs: list[TokenizedPair], init_adapter: str) -> str:
+    digest = hashlib.sha256()
+    for p in pairs:
+        digest.update(json.dumps([p.pair_id, p.prompt_ids, p.chosen, p.rejected]).encode())
+    adapter = Path(init_adapter) / "adapter_model.safetensors" if init_adapter else None
+    if adapter is not None and adapter.is_file():
+        digest.update(hashlib.sha256(adapter.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+@torch.no_grad()
+def reference_logps(engine, peft_model, pairs: list[TokenizedPair], dist: DistInfo, micro_batch_size: int,
+                    disable_adapter: bool) -> dict[str, tuple[float, float]]:
+    """pair id -> (ref log pi(y+|x), ref log pi(y-|x)), sharded over ranks, gathered on all.
+
+    Every rank runs the same number of forwards (ZeRO-3 gathers parameters collectively inside
+    forward): a rank whose shard ran out reruns its first batch and discards the result.
+    """
+    import contextlib
+
+    import torch.distributed as tdist
+
+    by_prompt = epoch_order(pairs, seed=0, epoch=0)  # any order that keeps a prompt's pairs adjacent
+    chunks = [by_prompt[i:i + micro_batch_size] for i in range(0, len(by_prompt), micro_batch_size)]
+    rounds = -(-len(chunks) // dist.world_size)
+    mine: dict[str, tuple[float, float]] = {}
+    engine.eval()
+    ctx = peft_model.disable_adapter() if disable_adapter else contextlib.nullcontext()
+    with ctx:
+        for r in range(rounds):
+            index = r * dist.world_size + dist.rank
+            chunk = chunks[index] if index < len(chunks) else chunks[0]
+            batch = pack_groups(group_pairs(chunk), pad_id=PAD_ID).to(engine.device)
+            logps, _ = engine(batch)
+            if index < len(chunks):
+                c, rj = logps[batch.chosen].tolist(), logps[batch.rejected].tolist()
+                for p, lc, lr in zip(chunk, c, rj):
+                    mine[p.pair_id] = (lc, lr)
+    engine.train()
+    if dist.world_size > 1:
+        gathered: list[Any] = [None] * dist.world_size
+        tdist.all_gather_object(gathered, mine)
+        for part in gathered:
+            mine.update(part)
+    return mine
+
+
+def _load_or_compute_reference(session, pairs, recipe, out_dir: Path, fingerprint: str) -> dict:
+    path = out_dir / REFERENCE_FILE
+    if path.is_file():
+        rows = read_jsonl(path)
+        if rows and rows[0].get("fingerprint") == fingerprint:
+            return {r["pair_id"]: (r["ref_chosen"], r["ref_rejected"]) for r in rows[1:]}
+        if session.resumed_from > 0:
+            raise RuntimeError(f"{path} was computed for other pairs or another init adapter, and this run resumes "
+                               f"from a checkpoint: the reference cannot be recomputed from trained weights. Use a "
+                               f"new output_dir.")
+    if session.resumed_from > 0:
+        raise RuntimeError(f"resuming from step {session.resumed_from} but {path} is missing: the reference "
+                           f"log-probabilities must come from the starting policy. Use a new output_dir.")
+    t0 = time.perf_counter()
+    ref = reference_logps(session.engine, session.model, pairs, session.dist, recipe.engine.micro_batch_size,
+                          disable_adapter=not recipe.train.init_adapter)
+    if session.dist.rank == 0:
+        header = {"fingerprint": fingerprint, "init_adapter": recipe.train.init_adapter,
+                  "reference": "SFT adapter" if recipe.train.init_adapter else "base model (adapter disabled)"}
+        atomic_write_jsonl(path, [header] + [{"pair_id": k, "ref_chosen": v[0], "ref_rejected": v[1]}
+                                             for k, v in sorted(ref.items())])
+    barrier()
+    print0(f"[aigp] dpo: reference log-probs of {len(ref)} pairs in {time.perf_counter() - t0:.1f}s -> {path}")
+    return ref
+
+
+def train_dpo(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> dict[str, Any]:
+    """Train the LoRA adapter of ``recipe`` (the ``aigp dpo`` recipe) on its pairs; returns the summary."""
+    from aigp_train.train.checkpoint import Checkpointer, load_adapter_weights
+    from aigp_train.train.logging import train_flops_per_token
+    from aigp_train.train.session import start_session
+
+    eng, tr = recipe.engine, recipe.train
+    rows = read_jsonl(recipe.data.pairs_path)
+    pairs, data_stats = tokenize_pairs(rows, tokenizer, recipe.data.loss_scope, recipe.data.cutoff_len)
+    if not pairs:
+        raise ValueError(f"{recipe.data.pairs_path} has no usable pair ({data_stats}); run `aigp pairs` or lower "
+                         f"its thresholds.")
+    global_batch = eng.micro_batch_size * eng.grad_accum_steps * dist.world_size
+    per_epoch = len(pairs) // global_batch
+    if per_epoch == 0:
+        raise ValueError(f"{len(pairs)} pairs do not fill one global batch of {global_batch} (micro_batch_size x "
+                         f"grad_accum_steps x world size); lower them or make more pairs.")
+    total_steps = per_epoch * tr.epochs
+    if tr.max_steps > 0:
+        total_steps = min(total_steps, tr.max_steps)
+    init_adapter = check_init_adapter(tr.init_adapter, recipe.lora) if tr.init_adapter else None
+    resuming = recipe.checkpoint.resume and Checkpointer(out_dir / "checkpoints", recipe.checkpoint.keep_last,
+                                                         dist).latest() is not None
+    top_k = int(getattr(base_model.config, "num_experts_per_tok", 0) or 0) if tr.router_aux_loss_coef > 0 else 0
+
+    def wrap(peft_model):
+        if init_adapter is not None and not resuming:  # a resumed run has its own adapter weights already
+            load_adapter_weights(peft_model, init_adapter)
+        return DPOLossModule(peft_model, top_k)
+
+    mean_len = sum(len(p.prompt_ids) + len(p.chosen[0]) + len(p.rejected[0]) for p in pairs) / len(pairs)
+    print0(f"[aigp] dpo: {len(pairs)} pairs over {data_stats['prompts']} prompts ({data_stats['pairs_over_cutoff']} "
+           f"over cutoff {recipe.data.cutoff_len}), global batch {global_batch} pairs, {per_epoch} steps/epoch, "
+           f"{total_steps} steps, world size {dist.world_size}, init adapter: {init_adapter or 'none (DPO-only)'}")
+    session = start_session(
+        base_model=base_model, wrap=wrap, lora=recipe.lora, optim=recipe.optim, engine=eng,
+        checkpoint=recipe.checkpoint, logging=recipe.logging, out_dir=out_dir, num_training_steps=total_steps,
+        dist=dist, run_name=f"dpo-{out_dir.name}", config=recipe_to_dict(recipe),
+        flops_per_token=train_flops_per_token(base_model, mean_len))
+    engine, logger = session.engine, session.logger
+    reference = _load_or_compute_reference(session, pairs, recipe, out_dir,
+                                           _pairs_fingerprint(pairs, tr.init_adapter))
+    scale = eng.grad_accum_steps * dist.world_size
+    step = session.resumed_from
+    loop: dict[str, Any] = dict(session.loop_state)
+    last: dict[str, float] = {}
+    window = {"loss": 0.0, "aux": 0.0, "acc": 0.0, "margin": 0.0, "chosen": 0.0, "rejected": 0.0,
+              "pairs": 0, "rows": 0, "tokens": 0}
+    t_start, trained_pairs = time.perf_counter(), 0
+    while step < total_steps:
+        epoch, step_in_epoch = divmod(step, per_epoch)
+        order = epoch_order(pairs, eng.seed, epoch)
+        step_pairs = order[step_in_epoch * global_batch:(step_in_epoch + 1) * global_batch]
+        num_rows = sum(len(group_pairs(micro_batch(order, step_in_epoch, m, r, dist.world_size,
+                                                   eng.micro_batch_size, eng.grad_accum_steps)))
+                       for m in range(eng.grad_accum_steps) for r in range(dist.world_size))
+        for micro in range(eng.grad_accum_steps):
+            chunk = micro_batch(order, step_in_epoch, micro, dist.rank, dist.world_size, eng.micro_batch_size,
+                                eng.grad_accum_steps)
+            batch = pack_groups(group_pairs(chunk), pad_id=PAD_ID).to(engine.device)
+            logps, aux = engine(batch)
+            ref = torch.tensor([reference[p.pair_id] for p in chunk], dtype=logps.dtype, device=logps.device)
+            out = dpo_loss(logps[batch.chosen], logps[batch.rejected], ref[:, 0], ref[:, 1], tr.beta)
+            # dpo_loss is the mean over this micro-batch; re-weight to the global batch (see module doc)
+            loss = out.loss * (len(chunk) / global_batch) * scale
+            if top_k > 0:
+                loss = loss + tr.router_aux_loss_coef * aux.sum() / num_rows * scale
+            engine.backward(loss)
+            engine.step()
+            n = len(chunk)
+            window["loss"] += float(out.loss) * n
+            window["aux"] += float(aux.sum())
+            window["acc"] += float(out.accuracy) * n
+            window["margin"] += float(out.margins.sum())
+            window["chosen"] += float(out.chosen_rewards.sum())
+            window["rejected"] += float(out.rejected_rewards.sum())
+            window["tokens"] += batch.num_tokens
+        window["pairs"] += len(step_pairs)
+        window["rows"] += num_rows
+        trained_pairs += len(step_pairs)
+        step += 1
+        loop.update(epoch=step // per_epoch, step_in_epoch=step % per_epoch)
+        if step % recipe.logging.every_steps == 0 or step == total_steps:
+            keys = ["loss", "aux", "acc", "margin", "chosen", "rejected", "tokens"]
+            sums = dict(zip(keys, all_reduce_sum([window[k] for k in keys])))
+            grad_norm = engine.get_global_grad_norm()
+            pairs_n = window["pairs"]
+            last = logger.log(step, {
+                "loss": sums["loss"] / pairs_n, "aux_loss": sums["aux"] / max(window["rows"], 1),
+                "reward_accuracy": sums["acc"] / pairs_n, "reward_margin": sums["margin"] / pairs_n,
+                "chosen_reward": sums["chosen"] / pairs_n, "rejected_reward": sums["rejected"] / pairs_n,
+                "lr": engine.lr_scheduler.get_last_lr()[0],
+                "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                "epoch": step / per_epoch}, global_tokens=int(sums["tokens"]))
+            print0(f"[aigp] step {step}/{total_steps} loss {last['loss']:.4f} acc {last['reward_accuracy']:.2f} "
+                   f"margin {last['reward_margin']:.4f} lr {last['lr']:.2e} {last['tokens_per_s']:.0f} tok/s")
+            window = {k: 0 if isinstance(v, int) else 0.0 for k, v in window.items()}
+        session.step_end(step, loop)
+
+    adapter_dir = out_dir / "adapter"
+    session.save_adapter(adapter_dir)
+    session.save_checkpoint(step, loop)
+    barrier()
+    elapsed = time.perf_counter() - t_start
+    session.close()
+    return {
+        "steps": step, "total_steps": total_steps, "resumed_from_step": session.resumed_from,
+        "pairs": len(pairs), "prompts": data_stats["prompts"], "pairs_over_cutoff": data_stats["pairs_over_cutoff"],
+        "mean_prompt_tokens": data_stats["mean_prompt_tokens"],
+        "scored_tokens_per_completion": data_stats["scored_tokens_per_completion"],
+        "loss_scope": recipe.data.loss_scope, "beta": tr.beta,
+        "reference": "SFT adapter" if tr.init_adapter else "base model (adapter disabled)",
+        "final_loss": last.get("loss"), "final_reward_accuracy": last.get("reward_accuracy"),
+        "final_reward_margin": last.get("reward_margin"),
+        "pairs_per_s": trained_pairs / elapsed if elapsed > 0 else None,
+        "peak_memory_gib": last.get("peak_memory_gib"),
+        "moe_leaf_modules": [c.__name__ for c in session.moe_leaf_classes],
+        "adapter": str(adapter_dir), "world_size": dist.world_size,
+    }
