@@ -25,7 +25,7 @@ from aigp_train.config import recipe_to_dict
 from aigp_train.distributed.dist import DistInfo, all_reduce_sum, barrier, print0
 from aigp_train.sft.data import (PackedBatch, TokenizedExample, epoch_order, global_batch_indices,
                                  micro_batch_indices, pack, read_chat_rows, steps_per_epoch, tokenize_rows)
-from aigp_train.sft.loss import SftLoss
+from aigp_train.sft.loss import SftLoss, micro_batch_loss
 from aigp_train.train.logging import train_flops_per_token
 from aigp_train.train.session import TrainSession, start_session
 
@@ -126,7 +126,7 @@ def train_sft(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
                                       eng.micro_batch_size, eng.grad_accum_steps)
             batch = pack([train[i] for i in idx])
             ce_sum, aux_sum = _forward(engine, batch)
-            loss = (ce_sum / n_tok + coef * aux_sum / n_seq) * scale
+            loss = micro_batch_loss(ce_sum, aux_sum, n_tok, n_seq, coef, scale)
             engine.backward(loss)
             engine.step()
             window["ce"] += ce_sum.item()

@@ -27,7 +27,7 @@ from torch import nn
 
 from aigp_train.sft.data import IGNORE
 
-__all__ = ["SftLoss", "sequence_load_balancing_loss"]
+__all__ = ["SftLoss", "sequence_load_balancing_loss", "micro_batch_loss"]
 
 
 def sequence_load_balancing_loss(router_logits: tuple[torch.Tensor, ...], seq_index: torch.Tensor, num_seqs: int,
@@ -47,6 +47,17 @@ def sequence_load_balancing_loss(router_logits: tuple[torch.Tensor, ...], seq_in
     if total is None:
         return torch.zeros(num_seqs)
     return total / len(router_logits)
+
+
+def micro_batch_loss(ce_sum: torch.Tensor, aux_sum: torch.Tensor, num_loss_tokens: int, num_seqs: int,
+                     aux_coef: float, grad_scale: int) -> torch.Tensor:
+    """The loss of one micro-batch handed to ``engine.backward``.
+
+    ``num_loss_tokens`` / ``num_seqs`` are those of the whole global batch and ``grad_scale`` is
+    ``grad_accum_steps * world_size``: DeepSpeed divides by the first and averages gradients over
+    ranks, so the summed gradient is that of ``mean CE + aux_coef * mean aux`` over the global batch.
+    """
+    return (ce_sum / num_loss_tokens + aux_coef * aux_sum / num_seqs) * grad_scale
 
 
 class SftLoss(nn.Module):

@@ -1,0 +1,144 @@
+"""Unit tests of the training core and the SFT pieces that need no process group (fast, in-process)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from aigp_train.config import RecipeError, load_recipe
+from aigp_train.llm.models import build_model
+from aigp_train.train.engine import lr_ratio
+from aigp_train.train.lora import apply_lora, check_lora_targets
+from aigp_train.train.recipe import LoraRecipe
+from aigp_train.train.zero3 import expert_parameter_names, find_moe_blocks, moe_block_classes
+
+REPO_TINY_SFT = "recipes/tiny/sft.yaml"
+
+
+@pytest.fixture(scope="module")
+def sft_recipe():
+    from aigp_train.stages.sft import Recipe
+
+    return load_recipe(REPO_TINY_SFT, Recipe)
+
+
+@pytest.fixture()
+def tiny_model(sft_recipe):
+    return build_model(sft_recipe.model, "cpu")
+
+
+# ---- zero3: MoE blocks by structure --------------------------------------------------------------
+
+
+class ListExpertsMoE(nn.Module):
+    """A hand-written MoE (no transformers class): experts in a ModuleList, a Linear router."""
+
+    def __init__(self, hidden=8, num_experts=4):
+        super().__init__()
+        self.router = nn.Linear(hidden, num_experts, bias=False)
+        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(hidden, 16), nn.Linear(16, hidden)) for _ in range(num_experts))
+
+
+class FusedExpertsMoE(nn.Module):
+    """Fused experts under unusual names: a [E, H, I] parameter holder and an [E, H] router parameter."""
+
+    def __init__(self, hidden=8, num_experts=6):
+        super().__init__()
+        self.w = nn.Module()
+        self.w.w_in = nn.Parameter(torch.zeros(num_experts, hidden, 16))
+        self.w.w_out = nn.Parameter(torch.zeros(num_experts, 16, hidden))
+        self.scorer = nn.Module()
+        self.scorer.table = nn.Parameter(torch.zeros(num_experts, hidden))
+
+
+class Outer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.Linear(8, 8)
+        self.layers = nn.ModuleList([ListExpertsMoE(), FusedExpertsMoE()])
+        self.dense = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))  # two Linears, no router: not MoE
+
+
+def test_zero3_finds_qwen3_moe_blocks(tiny_model):
+    names = [n for n, _ in find_moe_blocks(tiny_model)]
+    assert names == [f"model.layers.{i}.mlp" for i in range(tiny_model.config.num_hidden_layers)]
+    assert [c.__name__ for c in moe_block_classes(tiny_model)] == ["Qwen3MoeSparseMoeBlock"]
+
+
+def test_zero3_finds_blocks_of_any_architecture():
+    from transformers import MixtralConfig, MixtralForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    mixtral = MixtralForCausalLM(MixtralConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                               num_attention_heads=2, num_key_value_heads=1, num_local_experts=4))
+    assert [c.__name__ for c in moe_block_classes(mixtral)] == ["MixtralSparseMoeBlock"]
+    dense = Qwen3ForCausalLM(Qwen3Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=1, head_dim=8))
+    assert moe_block_classes(dense) == []
+    outer = Outer()
+    assert [n for n, _ in find_moe_blocks(outer)] == ["layers.0", "layers.1"]
+    assert moe_block_classes(outer) == [ListExpertsMoE, FusedExpertsMoE]
+    experts = expert_parameter_names(outer)
+    assert "layers.1.w.w_in" in experts and "layers.0.experts.2.0.weight" in experts
+    assert not any("router" in n or "scorer" in n for n in experts)
+
+
+def test_zero3_leaf_registration_marks_blocks(tiny_model):
+    from deepspeed.utils import z3_leaf_module
+
+    from aigp_train.train.zero3 import register_moe_leaf_modules
+
+    register_moe_leaf_modules(tiny_model)
+    leaves = [n for n, m in tiny_model.named_modules() if z3_leaf_module(m)]
+    assert leaves == [n for n, _ in find_moe_blocks(tiny_model)]
+
+
+# ---- LoRA ---------------------------------------------------------------------------------------------
+
+
+def test_lora_wraps_attention_and_freezes_base(tiny_model, sft_recipe):
+    model = apply_lora(tiny_model, sft_recipe.lora, seed=0)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    wrapped = {n.split(".")[-4] for n in trainable}  # ...q_proj.lora_A.default.weight
+    assert wrapped == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    # Same seed, same adapter init on every rank (ZeRO-3 keeps each rank's slice of its own copy).
+    again = apply_lora(build_model(sft_recipe.model, "cpu"), sft_recipe.lora, seed=0)
+    a1 = dict(model.named_parameters())
+    for n, p in again.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, a1[n])
+
+
+def test_lora_target_errors():
+    lora = LoraRecipe(rank=4, alpha=8, dropout=0.0, target_modules=["attn", "nope"], train_experts=False)
+    with pytest.raises(RecipeError, match="no linear module named 'nope'.*Linear modules present"):
+        check_lora_targets(Outer(), lora)
+    expert_target = LoraRecipe(rank=4, alpha=8, dropout=0.0, target_modules=["0"], train_experts=False)
+    with pytest.raises(RecipeError, match="inside routed experts.*train_experts"):
+        check_lora_targets(Outer(), expert_target)
+    expert_target.train_experts = True
+    assert "layers.0.experts.1.0" in check_lora_targets(Outer(), expert_target)
+
+
+def test_lora_fused_expert_target_names_the_fix(tiny_model):
+    lora = LoraRecipe(rank=4, alpha=8, dropout=0.0, target_modules=["gate_up_proj"], train_experts=True)
+    with pytest.raises(RecipeError, match="fused 3-D expert parameter"):
+        check_lora_targets(tiny_model, lora)
+
+
+# ---- schedule ------------------------------------------------------------------------------------------
+
+
+def test_warmup_cosine_schedule():
+    total, warm = 20, 4
+    ratios = [lr_ratio(s, total, warm, 0.1) for s in range(total)]
+    assert ratios[:warm] == pytest.approx([0.25, 0.5, 0.75, 1.0])  # no step at lr 0
+    assert ratios[warm] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(ratios[warm:], ratios[warm + 1:]))  # cosine decays monotonically
+    assert 0.1 < ratios[-1] < 0.12  # the last step still learns; the floor is reached one step later
+    assert lr_ratio(total, total, warm, 0.1) == pytest.approx(0.1)
+    mid = warm + (total - warm) // 2
+    assert lr_ratio(mid, total, warm, 0.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
