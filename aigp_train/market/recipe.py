@@ -49,6 +49,7 @@ class DemandRecipe:
     rank_memory: float = help_field("weight of yesterday's rank score in today's (exposure feedback)")
     rank_sales: float = help_field("rank score per log(1 + units) sold yesterday")
     rank_cvr: float = help_field("rank score per log(smoothed CVR / category CVR) yesterday")
+    rank_cap: float = help_field("|rank score| bound: rank moves traffic at most exp(rank_cap)-fold")
     new_product_boost: float = help_field("traffic multiplier - 1 on launch day (cold-start boost)")
     new_product_decay: float = help_field("daily decay factor of the cold-start boost")
     day_of_week: list[float] = help_field("traffic multipliers Monday..Sunday")

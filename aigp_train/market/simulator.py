@@ -214,15 +214,25 @@ class MarketSimulator:
 
     # ------------------------------------------------------------------ mean model
 
-    def expected(self, state: SkuState, discount: np.ndarray, competitor_mean: np.ndarray | None = None) -> dict:
+    def discount_terms(self, discount: np.ndarray) -> dict:
+        """The parts of the demand model that depend on the discount only (cached by lookahead)."""
+        dm = self.demand
+        d = np.asarray(discount, dtype=np.float64)
+        return {"d": d, "log_d": np.log(d),
+                "deal": 1.0 + dm.deal_ctr_lift * _s_curve(1.0 - d, dm.discount_threshold, dm.discount_width)}
+
+    def expected(self, state: SkuState, discount: np.ndarray, competitor_mean: np.ndarray | None = None,
+                 terms: dict | None = None) -> dict:
         """Noise-free outcome means of today's demand at discount(s) ``discount``.
 
         ``discount`` may be [N] or [N, K] (K candidate discounts per SKU); state arrays
         broadcast along K. Used by ``step`` (with the realised competitor price) and by
-        the model-based behaviour policies (with yesterday's).
+        the model-based behaviour policies (with yesterday's). ``terms``: precomputed
+        ``discount_terms(discount)``.
         """
         dm = self.demand
-        d = np.asarray(discount, dtype=np.float64)
+        terms = self.discount_terms(discount) if terms is None else terms
+        d = terms["d"]
         expand = (lambda x: x[:, None]) if d.ndim == 2 else (lambda x: x)
         cat = state.category
         _, dow, promo = self.calendar(state)
@@ -231,8 +241,7 @@ class MarketSimulator:
                    * np.where(promo, dm.promo_traffic_lift, 1.0) * boost)
         price = expand(state.list_price) * d
         depth = 1.0 - d
-        ctr = expand(self.cat_ctr[cat] * np.exp(dm.quality_ctr * state.quality)) * (
-            1.0 + dm.deal_ctr_lift * _s_curve(depth, dm.discount_threshold, dm.discount_width))
+        ctr = expand(self.cat_ctr[cat] * np.exp(dm.quality_ctr * state.quality)) * terms["deal"]
         n_reviews = state.review_count
         saturation = 1.0 - np.exp(-n_reviews / dm.review_scale)
         rating = np.where(n_reviews > 0, state.rating_sum / np.maximum(n_reviews, 1), 4.0)
@@ -242,7 +251,7 @@ class MarketSimulator:
                         + saturation * (dm.review_lift + dm.rating_lift * (rating - 4.0))
                         + np.where(promo, np.log(dm.promo_cvr_lift), 0.0))
         gap = np.log(expand(state.reference_price) / price)  # > 0: price below the reference (a gain)
-        log_cvr = (expand(base_log_cvr) + expand(state.elasticity) * np.log(d)
+        log_cvr = (expand(base_log_cvr) + expand(state.elasticity) * terms["log_d"]
                    + dm.reference_gain * np.maximum(gap, 0.0) - dm.reference_loss * np.maximum(-gap, 0.0))
         cvr = np.minimum(np.exp(log_cvr), 0.5)
         ctr = np.minimum(ctr, 0.5)
@@ -306,19 +315,28 @@ class MarketSimulator:
         }
         return nxt, row
 
+    def next_rank(self, rank, units, clicks, category):
+        """Exposure feedback: tomorrow's rank score from today's sales and (smoothed) conversion."""
+        dm = self.demand
+        cat_cvr = self.cat_cvr[category]
+        smoothed_cvr = (units + 1.0) / (clicks + 1.0 / cat_cvr)  # shrinks to the category CVR on few clicks
+        return np.clip(dm.rank_memory * rank + dm.rank_sales * np.log1p(units)
+                       + dm.rank_cvr * np.log(smoothed_cvr / cat_cvr), -dm.rank_cap, dm.rank_cap)
+
+    def next_reference(self, reference_price, price):
+        """Reference price: exponentially smoothed past prices (Kalyanaram & Little 1994)."""
+        rho = self.demand.reference_smoothing
+        return rho * reference_price + (1 - rho) * price
+
     def advance(self, state: SkuState, discount, price, units, clicks, impressions, gmv, spend, new_reviews,
                 stars_sum, competitor_mean) -> SkuState:
-        """The next day's state from today's outcomes (realised in ``step``, expected in ``lookahead_value``)."""
-        dm = self.demand
+        """The next day's state from today's realised outcomes."""
         nxt = state.copy()
         a = nxt.arrays
         a["day"] = state.day + 1
         a["d_prev"] = discount
-        a["reference_price"] = dm.reference_smoothing * state.reference_price + (1 - dm.reference_smoothing) * price
-        cat_cvr = self.cat_cvr[state.category]
-        smoothed_cvr = (units + 1.0) / (clicks + 1.0 / cat_cvr)  # shrinks to the category CVR on few clicks
-        a["rank"] = np.clip(dm.rank_memory * state.rank + dm.rank_sales * np.log1p(units)
-                            + dm.rank_cvr * np.log(smoothed_cvr / cat_cvr), -3.0, 3.0)
+        a["reference_price"] = self.next_reference(state.reference_price, price)
+        a["rank"] = self.next_rank(state.rank, units, clicks, state.category)
         a["inventory"] = state.inventory - units
         a["review_count"] = state.review_count + new_reviews
         a["rating_sum"] = state.rating_sum + stars_sum
@@ -328,32 +346,43 @@ class MarketSimulator:
         a["last_gmv"], a["last_spend"], a["last_competitor_mean"] = gmv, spend, competitor_mean
         return nxt
 
+    # the state arrays the mean model reads (lookahead copies only these)
+    _MEAN_MODEL_FIELDS = ("category", "day", "launch_date", "popularity", "rank", "list_price", "quality",
+                          "review_count", "rating_sum", "last_competitor_mean", "competitor_ratio", "reference_price",
+                          "elasticity", "inventory", "true_rating")
+
     def lookahead_value(self, state: SkuState, discounts: np.ndarray, days: int) -> np.ndarray:
         """Expected reward terms of setting each candidate discount today and holding it for ``days`` days.
 
         ``discounts`` is [N, K]. Runs the noise-free mean model forward (rank, reviews,
-        inventory and reference price all evolve), scoring each day by the eq.-3 terms
-        lambda1 * GMV / tier + lambda2 * log(1 + ROI) (the category references are constants
-        per day and do not change the argmax). ``days=1`` is the myopic price-sales view.
+        inventory and reference price all evolve; reviews carry the SKU's true rating),
+        scoring each day by the eq.-3 terms lambda1 * GMV / tier + lambda2 * log(1 + ROI)
+        (the category references are constants per day and do not change the argmax).
+        ``days=1`` is the myopic price-sales view.
         """
         n, k = discounts.shape
-        sub = state.repeat(k)
+        sub = SkuState({f: np.repeat(state.arrays[f], k) for f in self._MEAN_MODEL_FIELDS})
+        a = sub.arrays
         d = discounts.reshape(-1)
-        tier = self.cat_gmv_tier[sub.category]
+        tier = self.cat_gmv_tier[a["category"]]
+        horizon_left = self.horizon - a["day"]
         total = np.zeros(n * k)
-        for _ in range(days):
-            live = sub.day < self.horizon
-            if not live.any():
-                break
-            m = self.expected(sub, d)
+        terms = self.discount_terms(d)  # the discount is held: its terms are the same every day
+        for step in range(min(days, int(horizon_left.max()))):
+            m = self.expected(sub, d, terms=terms)
             score = (self.pricing.lambda1 * m["gmv"] / tier
                      + self.pricing.lambda2 * np.log1p(roi(m["gmv"], m["spend"], self.pricing.roi_spend_floor)))
-            total += np.where(live, score, 0.0)
+            total += np.where(step < horizon_left, score, 0.0)
+            if step == days - 1:
+                break
             units = m["units"]
-            clicks = m["traffic"] * m["ctr"]
             reviews = units * self.demand.review_rate
-            sub = self.advance(sub, d, m["price"], units, clicks, m["traffic"], m["gmv"], m["spend"], reviews,
-                               reviews * sub.true_rating, sub.last_competitor_mean)
+            a["reference_price"] = self.next_reference(a["reference_price"], m["price"])
+            a["rank"] = self.next_rank(a["rank"], units, m["traffic"] * m["ctr"], a["category"])
+            a["inventory"] = a["inventory"] - units
+            a["review_count"] = a["review_count"] + reviews
+            a["rating_sum"] = a["rating_sum"] + reviews * a["true_rating"]
+            a["day"] = a["day"] + 1
         return total.reshape(n, k)
 
     # ------------------------------------------------------------------ trajectories
