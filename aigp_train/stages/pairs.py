@@ -1,0 +1,124 @@
+"""Chosen/rejected pairs from LTVE-scored candidates (paper §3.4 "Preference Pair Construction", eq. 7).
+
+A pair (a+, a-) of one prompt's candidates is kept only if both separations of eq. 7 hold:
+
+    Q(s, a+) - Q(s, a-) >= delta_q        and        |a+ - a-| >= delta_a
+
+so ambiguous pairs (a small value gap the LTVE's error could flip, or two near-identical prices)
+are discarded. Several pairs per prompt (``policy``):
+
+* ``best_vs_worse``: the best candidate by Q is the chosen one, and every candidate that is
+  sufficiently worse (eq. 7) is a rejected one, the clearest (largest Q gap) first, at most
+  ``max_pairs_per_prompt``. A prompt then has one consistent preference direction (no action is
+  both chosen and rejected), and all its pairs share the prompt and the chosen completion, which
+  the DPO forward encodes once.
+* ``all_separated``: every ordered pair satisfying eq. 7, the clearest first, capped likewise.
+
+Writes ``pairs.jsonl`` (pair_id, prompt_id, sku_id, day, messages, chosen, rejected, a_chosen,
+a_rejected, q_chosen, q_rejected, delta_q, delta_a) and ``stats.json``: prompts with and without a
+pair and why, and for every candidate comparison whether it was kept or failed delta_q, delta_a,
+both, or the cap.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from aigp_train.config import help_field
+from aigp_train.outputs import StageOutput, atomic_write_json, atomic_write_jsonl, read_jsonl
+
+__all__ = ["Recipe", "run", "select_pairs"]
+
+
+@dataclass
+class Recipe:
+    output_dir: str = help_field("output folder (pairs.jsonl, stats.json)")
+    candidates_dir: str = help_field("output_dir of `aigp candidates`")
+    delta_q: float = help_field("eq. 7: minimum Q(s, a+) - Q(s, a-)")
+    delta_a: float = help_field("eq. 7: minimum |a+ - a-|")
+    policy: Literal["best_vs_worse", "all_separated"] = help_field("which pairs of a prompt's candidates to form")
+    max_pairs_per_prompt: int = help_field("at most this many pairs per prompt (the clearest first)")
+
+
+_EPS = 1e-9  # actions are on a 0.01 grid: compare with a tolerance, not exact floats
+
+
+def select_pairs(candidates: list[dict], recipe: Recipe) -> tuple[list[tuple[dict, dict]], Counter]:
+    """The pairs of one prompt's candidates under eq. 7 and ``recipe.policy``, and why others failed."""
+    outcome: Counter = Counter()
+    if len(candidates) < 2:
+        return [], outcome
+    ranked = sorted(candidates, key=lambda c: -c["q"])
+    if recipe.policy == "best_vs_worse":
+        options = [(ranked[0], c) for c in ranked[1:]]
+    else:
+        options = [(hi, lo) for i, hi in enumerate(ranked) for lo in ranked[i + 1:]]
+    passing = []
+    for hi, lo in options:
+        q_ok = hi["q"] - lo["q"] >= recipe.delta_q - _EPS
+        a_ok = abs(hi["action"] - lo["action"]) >= recipe.delta_a - _EPS
+        if q_ok and a_ok:
+            passing.append((hi, lo))
+        else:
+            outcome["failed_both" if not (q_ok or a_ok) else ("failed_delta_q" if not q_ok else "failed_delta_a")] += 1
+    passing.sort(key=lambda p: -(p[0]["q"] - p[1]["q"]))
+    kept = passing[:recipe.max_pairs_per_prompt]
+    outcome["kept"] += len(kept)
+    outcome["over_cap"] += len(passing) - len(kept)
+    return kept, outcome
+
+
+def run(recipe: Recipe, out: StageOutput) -> dict:
+    if recipe.delta_q < 0 or recipe.delta_a < 0:
+        raise ValueError(f"delta_q and delta_a must be >= 0 (got {recipe.delta_q}, {recipe.delta_a}).")
+    if recipe.max_pairs_per_prompt < 1:
+        raise ValueError(f"max_pairs_per_prompt must be >= 1, got {recipe.max_pairs_per_prompt}.")
+    path = Path(recipe.candidates_dir) / "candidates.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run `aigp candidates` and point candidates_dir at its output_dir.")
+    rows = read_jsonl(path)
+    pairs, comparisons, prompt_outcome = [], Counter(), Counter()
+    chosen_used, rejected_used, num_candidates = 0, 0, 0
+    for row in rows:
+        cands = row["candidates"]
+        num_candidates += len(cands)
+        if any("q" not in c for c in cands):
+            raise ValueError(f"{path}: prompt {row['prompt_id']} has unscored candidates; rerun `aigp candidates`.")
+        kept, outcome = select_pairs(cands, recipe)
+        comparisons.update(outcome)
+        if len(cands) < 2:
+            prompt_outcome["fewer_than_2_candidates"] += 1
+        elif not kept:
+            prompt_outcome["no_pair_passed_eq7"] += 1
+        else:
+            prompt_outcome["with_pairs"] += 1
+        chosen_used += len({id(hi) for hi, _ in kept})
+        rejected_used += len({id(lo) for _, lo in kept})
+        for k, (hi, lo) in enumerate(kept):
+            pairs.append({
+                "pair_id": f"{row['prompt_id']}:{k}", "prompt_id": row["prompt_id"], "sku_id": row["sku_id"],
+                "day": row["day"], "messages": row["messages"], "chosen": hi["text"], "rejected": lo["text"],
+                "a_chosen": hi["action"], "a_rejected": lo["action"], "q_chosen": hi["q"], "q_rejected": lo["q"],
+                "delta_q": hi["q"] - lo["q"], "delta_a": abs(hi["action"] - lo["action"])})
+    atomic_write_jsonl(out.path / "pairs.jsonl", pairs)
+    mean = lambda key: (sum(p[key] for p in pairs) / len(pairs)) if pairs else 0.0  # noqa: E731
+    stats = {
+        "prompts": len(rows), "pairs": len(pairs), "policy": recipe.policy,
+        "delta_q": recipe.delta_q, "delta_a": recipe.delta_a, "max_pairs_per_prompt": recipe.max_pairs_per_prompt,
+        "prompt_outcomes": dict(prompt_outcome), "comparisons": dict(comparisons),
+        "candidates": num_candidates, "candidates_used_as_chosen": chosen_used,
+        "candidates_used_as_rejected": rejected_used,
+        "mean_pairs_per_prompt_with_pairs": len(pairs) / max(prompt_outcome["with_pairs"], 1),
+        "mean_delta_q": mean("delta_q"), "mean_delta_a": mean("delta_a"),
+        "chosen_lower_price_fraction": (sum(p["a_chosen"] < p["a_rejected"] for p in pairs) / len(pairs))
+        if pairs else 0.0,
+    }
+    atomic_write_json(out.path / "stats.json", stats)
+    if not pairs:
+        raise ValueError(f"no pair passed eq. 7 (delta_q={recipe.delta_q}, delta_a={recipe.delta_a}) among {len(rows)} "
+                         f"prompts: {stats['comparisons']}. Lower the thresholds or sample more candidates (see "
+                         f"{out.path / 'stats.json'}).")
+    return {"inputs": {"candidates": str(path)}, "rows": {"pairs": len(pairs), "prompts": len(rows)}, "summary": stats}
