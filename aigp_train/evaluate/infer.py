@@ -34,10 +34,10 @@ DECISION_SCHEMA = pa.schema([
     ("sku_id", pa.string()),
     ("date", pa.int32()),
     ("day", pa.int16()),
-    ("d_prev", pa.float32()),
-    ("action", pa.float32()),       # a_t after Ψ (0.0 hold on failure)
-    ("discount", pa.float32()),     # d_t = d_prev + a_t, what the platform applies tomorrow
-    ("raw_action", pa.float32()),   # as written, before Ψ (null on failure)
+    ("d_prev", pa.float64()),
+    ("action", pa.float64()),       # a_t after Ψ (0.0 hold on failure)
+    ("discount", pa.float64()),     # d_t = d_prev + a_t, what the platform applies tomorrow
+    ("raw_action", pa.float64()),   # as written, before Ψ (null on failure)
     ("projected", pa.bool_()),
     ("failure", pa.string()),       # null or the parse failure reason
     ("adapter", pa.string()),

@@ -1,0 +1,94 @@
+"""aigp infer: deployment-mode decisions as Parquet, Ψ and parse counts, resume after a real SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from aigp_train.evaluate.infer import build_requests, read_decisions
+from aigp_train.pricing import in_a_safe, load_pricing_config
+
+from conftest import REPO
+
+SCRIPTED = """include: [{repo}/recipes/tiny/infer.yaml]
+backend:
+  kind: scripted
+  hf: null
+  scripted: {{role: teacher, action_noise_std: 0.02, wrong_number_rate: 0.0, omitted_factor_rate: 0.0,
+              incoherent_rate: 0.0, contradiction_rate: 0.0, malformed_json_rate: 0.25, unsafe_action_rate: 0.25}}
+"""
+
+
+def _aigp(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "aigp_train.cli", "infer", *args], cwd=REPO, capture_output=True,
+                          text=True, **kw)
+
+
+def test_failures_hold_and_projections_are_counted(tiny_market, tmp_path):
+    """The stand-in teacher as the 'model': malformed JSON and out-of-A_safe actions on purpose."""
+    recipe = tmp_path / "infer.yaml"
+    recipe.write_text(SCRIPTED.format(repo=REPO))
+    out = tmp_path / "out"
+    proc = _aigp(str(recipe), f"market_dir={tiny_market}", f"output_dir={out}", "max_skus=0", "shard_size=8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "manifest.json").read_text())["summary"]
+    table = read_decisions(out)
+    d = table.to_pydict()
+    n = table.num_rows
+    assert n == summary["num_skus"] > 10 and len(set(d["sku_id"])) == n and set(d["date"]) == {summary["date"]}
+    pricing = load_pricing_config()
+    a, d_prev = np.array(d["action"], float), np.array(d["d_prev"], float)
+    assert np.all(in_a_safe(a, d_prev, pricing))  # Ψ: every decision applied is admissible
+    failed = np.array([f is not None for f in d["failure"]])
+    projected = np.array(d["projected"])
+    assert summary["parse_failures"] == failed.sum() > 0 and summary["projected"] == projected.sum() > 0
+    assert np.all(a[failed] == 0.0)  # a parse failure holds the price
+    raw = np.array([np.nan if r is None else r for r in d["raw_action"]], float)
+    assert not np.any(in_a_safe(raw[projected], d_prev[projected], pricing))  # projected = was outside A_safe
+    np.testing.assert_allclose(np.array(d["discount"]), d_prev + a, atol=1e-6)
+    assert all(r and "Conclusion" in r for r, f in zip(d["response"], d["failure"]) if f is None)
+
+
+def test_act_only_prompts_are_refused():
+    with pytest.raises(ValueError, match="ACT_ONLY"):
+        build_requests([{"prompt_id": "p", "act_only": True}], None)
+
+
+def test_resume_after_sigkill_no_loss_no_duplicate(tiny_market, tmp_path):
+    """The tiny model through the hf backend, killed mid-run with SIGKILL, then restarted."""
+    out = tmp_path / "night"
+    args = ["recipes/tiny/infer.yaml", f"market_dir={tiny_market}", f"output_dir={out}", "max_skus=12",
+            "shard_size=2", "sampling.max_new_tokens=24"]
+    proc = subprocess.Popen([sys.executable, "-m", "aigp_train.cli", "infer", *args], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    gen = out / "generations"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(gen.glob("shard-*.jsonl"))) < 1 and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_at_kill = len(list(gen.glob("shard-*.jsonl")))
+    plan = json.loads((gen / "plan.json").read_text())
+    assert 1 <= done_at_kill < plan["num_shards"], "the kill must land mid-run"
+    assert not (out / "manifest.json").exists()
+    before = {p.name: p.read_bytes() for p in gen.glob("shard-*.jsonl")}
+
+    again = _aigp(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = json.loads((out / "manifest.json").read_text())["summary"]
+    assert summary["shards_skipped"] == done_at_kill  # finished work was kept, not redone
+    assert {p.name: p.read_bytes() for p in gen.glob("shard-*.jsonl") if p.name in before} == before
+    table = read_decisions(out)
+    ids = table.column("prompt_id").to_pylist()
+    assert len(ids) == len(set(ids)) == summary["num_skus"] == plan["num_requests"]
+    assert len(list((out / "decisions").glob("part-*.parquet"))) == plan["num_shards"]
+    assert pq.read_table(out / "decisions" / "part-00000.parquet").num_rows == 2
