@@ -221,43 +221,50 @@ class MarketSimulator:
         return {"d": d, "log_d": np.log(d),
                 "deal": 1.0 + dm.deal_ctr_lift * _s_curve(1.0 - d, dm.discount_threshold, dm.discount_width)}
 
+    def sku_terms(self, state: SkuState, competitor_mean: np.ndarray | None = None) -> dict:
+        """The parts of the demand model fixed per SKU for a given competitor price (cached by lookahead)."""
+        dm = self.demand
+        cat = state.category
+        comp = state.last_competitor_mean if competitor_mean is None else competitor_mean
+        return {
+            "traffic": self.cat_impressions[cat] * state.popularity,
+            "ctr": self.cat_ctr[cat] * np.exp(dm.quality_ctr * state.quality),
+            "log_cvr": (np.log(self.cat_cvr[cat]) + dm.quality_cvr * state.quality
+                        + dm.cross_elasticity * np.log(comp / (state.list_price * state.competitor_ratio))),
+        }
+
     def expected(self, state: SkuState, discount: np.ndarray, competitor_mean: np.ndarray | None = None,
-                 terms: dict | None = None) -> dict:
+                 terms: dict | None = None, sku: dict | None = None) -> dict:
         """Noise-free outcome means of today's demand at discount(s) ``discount``.
 
         ``discount`` may be [N] or [N, K] (K candidate discounts per SKU); state arrays
         broadcast along K. Used by ``step`` (with the realised competitor price) and by
-        the model-based behaviour policies (with yesterday's). ``terms``: precomputed
-        ``discount_terms(discount)``.
+        the model-based behaviour policies (with yesterday's). ``terms`` and ``sku``:
+        precomputed ``discount_terms(discount)`` and ``sku_terms(state, competitor_mean)``.
         """
         dm = self.demand
         terms = self.discount_terms(discount) if terms is None else terms
+        sku = self.sku_terms(state, competitor_mean) if sku is None else sku
         d = terms["d"]
         expand = (lambda x: x[:, None]) if d.ndim == 2 else (lambda x: x)
-        cat = state.category
         _, dow, promo = self.calendar(state)
         boost = 1.0 + dm.new_product_boost * dm.new_product_decay ** state.day
-        traffic = (self.cat_impressions[cat] * state.popularity * np.exp(state.rank) * self.day_of_week[dow]
+        traffic = (sku["traffic"] * np.exp(state.rank) * self.day_of_week[dow]
                    * np.where(promo, dm.promo_traffic_lift, 1.0) * boost)
         price = expand(state.list_price) * d
-        depth = 1.0 - d
-        ctr = expand(self.cat_ctr[cat] * np.exp(dm.quality_ctr * state.quality)) * terms["deal"]
+        ctr = np.minimum(expand(sku["ctr"]) * terms["deal"], 0.5)
         n_reviews = state.review_count
         saturation = 1.0 - np.exp(-n_reviews / dm.review_scale)
         rating = np.where(n_reviews > 0, state.rating_sum / np.maximum(n_reviews, 1), 4.0)
-        comp = state.last_competitor_mean if competitor_mean is None else competitor_mean
-        base_log_cvr = (np.log(self.cat_cvr[cat]) + dm.quality_cvr * state.quality
-                        + dm.cross_elasticity * np.log(comp / (state.list_price * state.competitor_ratio))
-                        + saturation * (dm.review_lift + dm.rating_lift * (rating - 4.0))
+        base_log_cvr = (sku["log_cvr"] + saturation * (dm.review_lift + dm.rating_lift * (rating - 4.0))
                         + np.where(promo, np.log(dm.promo_cvr_lift), 0.0))
         gap = np.log(expand(state.reference_price) / price)  # > 0: price below the reference (a gain)
         log_cvr = (expand(base_log_cvr) + expand(state.elasticity) * terms["log_d"]
                    + dm.reference_gain * np.maximum(gap, 0.0) - dm.reference_loss * np.maximum(-gap, 0.0))
         cvr = np.minimum(np.exp(log_cvr), 0.5)
-        ctr = np.minimum(ctr, 0.5)
         units = np.minimum(expand(traffic) * ctr * cvr, expand(state.inventory).astype(np.float64))
         gmv = price * units
-        spend = expand(state.list_price) * depth * units + dm.traffic_cost_per_impression * expand(traffic)
+        spend = expand(state.list_price) * (1.0 - d) * units + dm.traffic_cost_per_impression * expand(traffic)
         return {"traffic": traffic, "ctr": ctr, "cvr": cvr, "units": units, "price": price, "gmv": gmv, "spend": spend}
 
     # ------------------------------------------------------------------ one day
@@ -368,8 +375,9 @@ class MarketSimulator:
         horizon_left = self.horizon - a["day"]
         total = np.zeros(n * k)
         terms = self.discount_terms(d)  # the discount is held: its terms are the same every day
+        sku = self.sku_terms(sub)  # ... and so are the SKU's (competitor price: yesterday's)
         for step in range(min(days, int(horizon_left.max()))):
-            m = self.expected(sub, d, terms=terms)
+            m = self.expected(sub, d, terms=terms, sku=sku)
             score = (self.pricing.lambda1 * m["gmv"] / tier
                      + self.pricing.lambda2 * np.log1p(roi(m["gmv"], m["spend"], self.pricing.roi_spend_floor)))
             total += np.where(step < horizon_left, score, 0.0)

@@ -1,0 +1,81 @@
+"""Benchmark: SKU-days simulated and written per second by `aigp simulate` (one JSON line).
+
+    python bench/simulate.py                         # the paper market: 360,000 SKUs x 14 days = 5.04M rows
+    python bench/simulate.py --num-skus 40000        # a smaller run
+
+Reference: the goal rate of issue 2 (5,000,000 SKU-days simulated and written in 120 s on a
+2-core box), so ratio >= 1 means the goal is met. Also measured in the same run: the same
+simulator driven one SKU at a time (a per-SKU Python loop, on a sample), to show what the
+vectorisation buys. Peak memory: the parent's peak RSS plus num_workers x the largest worker's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from aigp_train.config import load_recipe  # noqa: E402
+from aigp_train.market.logs import simulate_market, simulate_skus  # noqa: E402
+from aigp_train.market.recipe import MarketRecipe  # noqa: E402
+from aigp_train.market.simulator import MarketSimulator  # noqa: E402
+
+GOAL_SKU_DAYS, GOAL_SECONDS = 5_000_000, 120.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--recipe", default=str(REPO / "recipes" / "paper" / "market.yaml"))
+    ap.add_argument("--num-skus", type=int, default=None, help="override num_skus (default: the recipe's)")
+    ap.add_argument("--workers", type=int, default=None, help="override logging.num_workers")
+    ap.add_argument("--loop-sample", type=int, default=200, help="SKUs simulated one at a time for the loop reference")
+    args = ap.parse_args()
+    overrides = []
+    if args.num_skus:
+        overrides.append(f"num_skus={args.num_skus}")
+    if args.workers:
+        overrides.append(f"logging.num_workers={args.workers}")
+    recipe = load_recipe(args.recipe, MarketRecipe, overrides)
+
+    with tempfile.TemporaryDirectory(prefix="aigp-bench-sim-") as tmp:
+        start = time.perf_counter()
+        result = simulate_market(recipe, tmp, progress=False)
+        wall = time.perf_counter() - start
+    rows = result["rows"]["sku_days"]
+
+    sim = MarketSimulator(recipe)
+    sample = np.arange(10**7, 10**7 + args.loop_sample)
+    start = time.perf_counter()
+    for i in sample:
+        simulate_skus(sim, sample[i - sample[0]:i - sample[0] + 1])
+    loop_rate = args.loop_sample * recipe.horizon_days / (time.perf_counter() - start)
+
+    to_gb = 1024**2  # ru_maxrss is in KiB on Linux
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / to_gb
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / to_gb
+    ours = rows / wall
+    goal = GOAL_SKU_DAYS / GOAL_SECONDS
+    print(json.dumps({
+        "metric": "sku_days_per_s", "unit": "SKU-days/s (simulated and written to Parquet)",
+        "ours": round(ours, 1),
+        "reference": {"name": "goal: 5M SKU-days in 120 s (issue 2)", "value": round(goal, 1)},
+        "ratio": round(ours / goal, 3),
+        "per_sku_loop": {"name": "same simulator, one SKU per call", "value": round(loop_rate, 1),
+                         "speedup": round(ours / loop_rate, 1)},
+        "sku_days": rows, "wall_s": round(wall, 2), "num_workers": recipe.logging.num_workers,
+        "peak_rss_gb": round(own + recipe.logging.num_workers * child, 3),
+        "peak_rss_goal_gb": 4.0,
+    }))
+
+
+if __name__ == "__main__":
+    main()
