@@ -268,21 +268,35 @@ def test_prediction_rows_are_in_a_safe_and_monotone(tiny_prompts, recipe):
 # ---------------------------------------------------------------------------
 
 
-def test_cli_resumes_a_lost_shard_exactly(tiny_market, tmp_path):
+def test_cli_killed_mid_run_resumes_with_every_prompt_exactly_once(tiny_market, tmp_path):
+    """A real SIGKILL of `aigp prompts` after some shards, then a restart: shards written before
+    the kill are kept as they are, the rest are written, and every SKU-day appears exactly once."""
+    import signal
+    import time
+
     from aigp_train.cli import run_stage
 
     out = tmp_path / "p"
-    overrides = [f"market_dir={tiny_market}", f"output_dir={out}", "selection.max_prompts=12", "shard_size=5",
+    overrides = [f"market_dir={tiny_market}", f"output_dir={out}", "selection.max_prompts=40", "shard_size=4",
                  "variants=[full]"]
-    first = subprocess.run(["aigp", "prompts", str(TINY), *overrides], capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr
-    assert json.loads(first.stdout)["shards_written"] == 3
+    proc = subprocess.Popen(["aigp", "prompts", str(TINY), *overrides], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    while len(list((out / "full").glob("shard-*.jsonl"))) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     before = {p.name: p.read_text() for p in (out / "full").glob("shard-*.jsonl")}
-    assert len(before) == 3
-    (out / "manifest.json").unlink()  # as if the run had died before finishing
-    (out / "full" / "shard-00001.jsonl").unlink()
-    assert run_stage("prompts", str(TINY), overrides)["summary"]["shards_written"] == 1
-    assert {p.name: p.read_text() for p in (out / "full").glob("shard-*.jsonl")} == before
+    assert 2 <= len(before) < 10 and not (out / "manifest.json").exists()
+    # a shard file is complete or absent (a temp file cut by the kill may remain, under a hidden name)
+    assert all(len(text.splitlines()) == 4 for text in before.values())
+    summary = run_stage("prompts", str(TINY), overrides)["summary"]
+    assert summary["shards_written"] == 10 - len(before) and summary["shards_skipped"] == len(before)
+    after = {p.name: p.read_text() for p in (out / "full").glob("shard-*.jsonl")}
+    assert len(after) == 10 and all(after[name] == text for name, text in before.items())
+    ids = [r["prompt_id"] for r in read_prompts(out, "full")]
+    assert len(ids) == len(set(ids)) == 40
 
 
 def test_bad_selection_and_variant_errors_name_the_fix(tiny_market, tmp_path):
