@@ -1,0 +1,420 @@
+"""``aigp recipe check <recipe> [cluster=<cluster.yaml>] [key=value ...] [--json]``: before any GPU is spent.
+
+Takes a model recipe (``recipes/models/*.yaml``) or any stage recipe with a ``model:`` block (and
+optionally a ``cluster:`` path or block). Builds the model on the meta device and reports:
+
+1. LoRA targets: each exists, and is not an expert weight unless ``lora.train_experts`` (the SFT
+   helper's ``check_lora_targets``). LoRA settings come from the recipe's ``lora:`` block, else
+   from ``recipes/paper/lora_train.yaml``.
+2. Parameters: total, active per token (top-k of E experts), trainable (LoRA).
+3. Memory per GPU of SFT, DPO and inference on the cluster (formulas below), and the largest
+   micro-batch that fits.
+4. Every value that differs from the paper recipe of the same name (``recipes/paper/<file>``; for a
+   model recipe: the paper's student, Qwen3-30B-A3B).
+5. Time per SFT epoch (100,000 pairs, paper §4.1, at the 8192 cutoff) from stated assumptions.
+
+Memory model, per GPU, ZeRO-3 with W ranks (bytes):
+
+* model states: ``4 * largest_leaf + (2 * frozen + 18 * trainable) / W``. This is DeepSpeed's
+  ``estimate_zero3_model_states_mem_needs`` (no offload) generalised to frozen weights: with every
+  parameter trainable it is exactly DeepSpeed's formula (18 B = bf16 weight + fp32 grad, master
+  and Adam m, v; 4 * largest layer = the gathered bf16 layer and its prefetched successor); the
+  check computes both and reports whether they agree. A frozen weight keeps only its bf16 shard.
+  The largest leaf is the whole MoE block: it is registered as a ZeRO-3 leaf (all experts gathered
+  at once), which is what makes MoE LoRA under ZeRO-3 memory- and bandwidth-heavy.
+* activations with gradient checkpointing: one bf16 hidden state per layer per token, plus one
+  layer's working set (attention and MoE intermediates, fwd + bwd), plus logits in bf16, their
+  fp32 upcast and fp32 gradient (SFT: every position; DPO: the action tokens only).
+* a fixed 4 GiB for the CUDA context, NCCL buffers and allocator fragmentation.
+
+Inference (vLLM, tensor parallel t): weights / t + KV cache of ``batch 32 x max_model_len`` tokens
+(paper App. B.3: batch 32) / t (KV heads replicated when t exceeds them) + the same 4 GiB.
+
+Time per SFT epoch: compute = tokens x (6 x active non-embedding parameters + attention) /
+(W x peak x MFU) (LoRA with recomputation: forward, recomputed forward, input-gradient backward;
+weight gradients only for the adapter); ZeRO-3 traffic = 2 all-gathers of the bf16 weights per
+micro-step (forward, recomputed forward in backward) at the inter-node bandwidth per GPU. DeepSpeed
+overlaps the two with prefetching, so the estimate is the larger of the two per step; the sum is
+the pessimistic bound.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from aigp_train.config import RecipeError, _deep_merge, _layers, _parse_overrides
+from aigp_train.distributed.cluster import ClusterSpec, load_cluster
+from aigp_train.llm.models import REPO_ROOT, ModelRecipe, build_model, is_expert_param, param_counts, resolve_path
+
+GiB = 1024**3
+OVERHEAD_GIB = 4.0  # CUDA context + NCCL buffers + fragmentation (observed 3-5 GiB on H100-class GPUs)
+INFER_BATCH = 32  # paper App. B.3: "a batch size of 32"
+PAPER_STUDENT = "recipes/models/qwen3-30b-a3b.yaml"
+
+
+@dataclass
+class Assumptions:
+    sft_pairs: int = 100_000  # paper §4.1: SFT on 100,000 instruction-response pairs
+    sft_cutoff: int = 8192  # paper Table 8
+    tokens_per_pair: int = 4096  # not in paper: mean pair length, half the cutoff (sequences packed to 8192)
+    mfu: float = 0.30  # not in paper: a typical MFU for LoRA MoE training with recomputation
+    dpo_action_tokens: int = 16  # [ACT_ONLY] output: the JSON action is ~10-16 tokens per sequence
+    infer_batch: int = INFER_BATCH
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def _typed(schema: type, data: Any, where: str):
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), data))
+    except OmegaConfBaseException as err:
+        raise RecipeError(f"{where} is not a valid {schema.__name__}: {err}") from None
+
+
+def _merged(path: Path, overrides: list[str]) -> dict:
+    merged: dict = {}
+    layers = _layers(path)
+    if overrides:
+        layers.append(("command-line overrides", _parse_overrides(overrides)))
+    for _, data in layers:
+        merged = _deep_merge(merged, data)
+    return merged
+
+
+def _paper_counterpart(path: Path) -> Path:
+    paper = REPO_ROOT / "recipes/paper" / path.name
+    if paper.is_file() and path.resolve().parent.name != "models":
+        return paper
+    return REPO_ROOT / PAPER_STUDENT
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): d}
+
+
+def diff_from_paper(recipe: dict, paper: dict) -> list[tuple[str, Any, Any]]:
+    """(dotted key, this recipe's value, the paper recipe's value) for every key that differs."""
+    ours, theirs = _flatten(recipe), _flatten(paper)
+    keys = sorted(set(ours) | set(theirs))
+    return [(k, ours.get(k, "<absent>"), theirs.get(k, "<absent>")) for k in keys if ours.get(k) != theirs.get(k)
+            and not k.startswith("output_dir")]
+
+
+# --------------------------------------------------------------------------------------------- model facts
+
+
+@dataclass
+class ModelFacts:
+    counts: dict[str, int]
+    lora_modules: list[str]
+    lora_params: int
+    largest_leaf: int  # params gathered at once under ZeRO-3 (a whole MoE block)
+    largest_layer_ds: int  # DeepSpeed's model_to_params definition: most direct params of one module
+    moe_blocks: int
+
+
+def model_facts(model, lora: Any) -> ModelFacts:
+    from torch import nn
+
+    from aigp_train.train.lora import check_lora_targets
+    from aigp_train.train.zero3 import find_moe_blocks
+
+    chosen = check_lora_targets(model, lora)
+    modules = dict(model.named_modules())
+    lora_params = sum(lora.rank * (modules[n].in_features + modules[n].out_features) for n in chosen
+                      if isinstance(modules[n], nn.Linear))
+    blocks = find_moe_blocks(model)
+    block_params = max((sum(p.numel() for p in b.parameters()) for _, b in blocks), default=0)
+    direct = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
+    return ModelFacts(param_counts(model), chosen, lora_params, max(block_params, direct), direct, len(blocks))
+
+
+# --------------------------------------------------------------------------------------------- memory
+
+
+def model_states_bytes(frozen: int, trainable: int, largest_leaf: int, world: int) -> int:
+    """DeepSpeed's ZeRO-3 GPU model-state formula (no offload), with frozen weights at 2 B each."""
+    return 4 * largest_leaf + int((2 * frozen + 18 * trainable) / world)
+
+
+def deepspeed_model_states_bytes(total: int, largest_layer: int, cluster: ClusterSpec) -> int:
+    """DeepSpeed's own estimator (every parameter trainable, no offload)."""
+    import contextlib
+
+    with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed logs its accelerator choice to stdout on import
+        from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+
+    _, gpu_mem, _ = estimate_zero3_model_states_mem_needs(
+        total, largest_layer, num_gpus_per_node=cluster.devices_per_node, num_nodes=cluster.num_nodes,
+        cpu_offload=False, cpu_offload_params=False, zero_init=True)
+    return int(gpu_mem)
+
+
+def _attn_dims(cfg) -> tuple[int, int, int]:
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    num_full = sum(t == "full_attention" for t in getattr(cfg, "layer_types", None) or []) or cfg.num_hidden_layers
+    return cfg.num_attention_heads * head_dim, cfg.num_key_value_heads * head_dim, num_full
+
+
+def activation_bytes(cfg, tokens: int, loss_tokens: int, lora_rank: int) -> dict[str, int]:
+    h, layers, vocab = cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size
+    q_dim, kv_dim, _ = _attn_dims(cfg)
+    k, inter, experts = cfg.num_experts_per_tok, cfg.moe_intermediate_size, cfg.num_experts
+    checkpoints = layers * tokens * h * 2
+    attn = tokens * (4 * h + 3 * q_dim + 4 * kv_dim + 8 * lora_rank) * 2
+    moe = tokens * experts * 4 + tokens * k * (2 * h + 3 * inter) * 2
+    layer = 2 * (attn + moe)  # forward intermediates and their gradients in backward
+    logits = loss_tokens * vocab * (2 + 4 + 4)
+    return {"checkpoints": checkpoints, "layer_working_set": layer, "logits": logits}
+
+
+def train_memory(facts: ModelFacts, cfg, cluster: ClusterSpec, tokens: int, loss_tokens: int, lora_rank: int) -> dict:
+    states = model_states_bytes(facts.counts["total"] - facts.lora_params, facts.lora_params, facts.largest_leaf,
+                                cluster.world_size)
+    acts = activation_bytes(cfg, tokens, loss_tokens, lora_rank)
+    total = states + sum(acts.values()) + OVERHEAD_GIB * GiB
+    return {"model_states": states, **acts, "overhead": int(OVERHEAD_GIB * GiB), "total": int(total),
+            "fits": total <= cluster.device.memory_gib * GiB}
+
+
+def max_micro_batch(facts: ModelFacts, cfg, cluster: ClusterSpec, cutoff: int, loss_fraction: float,
+                    lora_rank: int) -> int:
+    best = 0
+    for mb in (1, 2, 4, 8, 16, 32, 64):
+        tokens = mb * cutoff
+        if train_memory(facts, cfg, cluster, tokens, int(tokens * loss_fraction), lora_rank)["fits"]:
+            best = mb
+    return best
+
+
+def inference_memory(facts: ModelFacts, cfg, cluster: ClusterSpec, tp: int, max_len: int, batch: int) -> dict:
+    _, kv_dim, num_full = _attn_dims(cfg)
+    head_dim = kv_dim // cfg.num_key_value_heads
+    kv_heads_per_gpu = max(1, math.ceil(cfg.num_key_value_heads / tp))  # vLLM replicates KV heads when tp > them
+    kv = 2 * num_full * kv_heads_per_gpu * head_dim * 2 * batch * max_len
+    weights = facts.counts["total"] * 2 // tp
+    total = weights + kv + OVERHEAD_GIB * GiB
+    return {"tensor_parallel_size": tp, "weights": weights, "kv_cache": kv, "overhead": int(OVERHEAD_GIB * GiB),
+            "total": int(total), "fits": total <= cluster.device.memory_gib * GiB}
+
+
+# --------------------------------------------------------------------------------------------- time
+
+
+def sft_epoch_time(facts: ModelFacts, cfg, cluster: ClusterSpec, a: Assumptions, micro_batch: int) -> dict:
+    q_dim, _, num_full = _attn_dims(cfg)
+    tokens = a.sft_pairs * a.tokens_per_pair
+    flops_per_token = 6 * facts.counts["active_non_embedding"] + 8 * q_dim * a.tokens_per_pair * num_full
+    world = cluster.world_size
+    peak = cluster.device.peak_tflops * 1e12
+    compute_s = tokens * flops_per_token / (world * peak * a.mfu)
+    tokens_per_step = world * micro_batch * a.sft_cutoff
+    steps = math.ceil(tokens / tokens_per_step)
+    bw = (cluster.interconnect.inter_node_gbs if cluster.num_nodes > 1 else cluster.interconnect.intra_node_gbs) * 1e9
+    gather_bytes = 2 * facts.counts["total"] * 2 * (world - 1) / world
+    comm_s = steps * gather_bytes / bw
+    return {"tokens": tokens, "flops_per_token": flops_per_token, "micro_batch": micro_batch, "steps": steps,
+            "compute_h": compute_s / 3600, "zero3_gather_h": comm_s / 3600,
+            "estimate_h": max(compute_s, comm_s) / 3600, "pessimistic_h": (compute_s + comm_s) / 3600}
+
+
+# --------------------------------------------------------------------------------------------- report
+
+
+def _lora_settings(merged: dict):
+    from aigp_train.train.recipe import LoraRecipe
+
+    if "lora" in merged:
+        return _typed(LoraRecipe, merged["lora"], "lora"), "recipe"
+    paper = _merged(REPO_ROOT / "recipes/paper/lora_train.yaml", [])
+    return _typed(LoraRecipe, paper["lora"], "recipes/paper/lora_train.yaml lora"), "recipes/paper/lora_train.yaml"
+
+
+def _stage_value(merged: dict, paper_stage: str, dotted: str):
+    """``dotted`` from the checked recipe if it is that stage's recipe, else from the paper's."""
+    source = merged if _is_stage(merged, paper_stage) else _merged(REPO_ROOT / f"recipes/paper/{paper_stage}.yaml", [])
+    node: Any = source
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _is_stage(merged: dict, stage: str) -> bool:
+    data = merged.get("data", {})
+    return {"sft": "train_path", "dpo": "pairs_path"}[stage] in data if isinstance(data, dict) else False
+
+
+def check(recipe_path: str, overrides: list[str], cluster_path: str | None, a: Assumptions) -> dict:
+    path = resolve_path(recipe_path)
+    merged = _merged(path, overrides)
+    if "model" not in merged:
+        raise RecipeError(f"{recipe_path} has no model: block; give a model recipe (recipes/models/*.yaml) or a "
+                          f"stage recipe that includes one.")
+    model_recipe: ModelRecipe = _typed(ModelRecipe, merged["model"], f"{recipe_path} model")
+    if cluster_path:
+        cluster = load_cluster(cluster_path)
+    elif isinstance(merged.get("cluster"), str):
+        cluster = load_cluster(merged["cluster"])
+    elif isinstance(merged.get("cluster"), dict):
+        cluster = _typed(ClusterSpec, merged["cluster"], f"{recipe_path} cluster")
+    else:
+        raise RecipeError(f"{recipe_path} names no cluster: add cluster=cluster/paper-16gpu.yaml (or another file "
+                          f"in cluster/) to the command line.")
+
+    model = build_model(model_recipe, "meta")
+    cfg = model.config
+    lora, lora_source = _lora_settings(merged)
+    facts = model_facts(model, lora)
+    expert_targets = [n for n, p in model.named_parameters() if is_expert_param(p, cfg.num_experts)
+                      and any(n.startswith(m + ".") for m in facts.lora_modules)]
+
+    ds_full = deepspeed_model_states_bytes(facts.counts["total"], facts.largest_layer_ds, cluster)
+    ours_full = model_states_bytes(0, facts.counts["total"], facts.largest_layer_ds, cluster.world_size)
+
+    sft_cutoff = int(_stage_value(merged, "sft", "data.cutoff_len"))
+    sft_mb = int(_stage_value(merged, "sft", "engine.micro_batch_size"))
+    dpo_cutoff = int(_stage_value(merged, "dpo", "data.cutoff_len"))
+    dpo_mb = int(_stage_value(merged, "dpo", "engine.micro_batch_size"))
+    sft_tokens = sft_mb * sft_cutoff
+    sft = train_memory(facts, cfg, cluster, sft_tokens, sft_tokens, lora.rank)
+    sft_max_mb = max_micro_batch(facts, cfg, cluster, sft_cutoff, 1.0, lora.rank)
+    # DPO micro-batch = pairs, each packed as one <= cutoff sequence (shared prompt, two short answers);
+    # the loss needs logits on the action tokens only.
+    dpo_tokens = dpo_mb * dpo_cutoff
+    dpo = train_memory(facts, cfg, cluster, dpo_tokens, dpo_mb * 2 * a.dpo_action_tokens, lora.rank)
+
+    vllm_tp = None
+    backend = merged.get("backend")
+    if isinstance(backend, dict) and isinstance(backend.get("vllm"), dict):
+        vllm_tp = int(backend["vllm"]["tensor_parallel_size"])
+    max_len = min(sft_cutoff, int(cfg.max_position_embeddings))
+    tps = [t for t in (1, 2, 4, 8, 16) if t <= cluster.devices_per_node and cluster.devices_per_node % t == 0]
+    infer_rows = [inference_memory(facts, cfg, cluster, t, max_len, a.infer_batch) for t in tps]
+    smallest_fit = next((r["tensor_parallel_size"] for r in infer_rows if r["fits"]), None)
+
+    time_recipe_mb = sft_epoch_time(facts, cfg, cluster, a, sft_mb)
+    time_best_mb = sft_epoch_time(facts, cfg, cluster, a, sft_max_mb) if sft_max_mb else None
+    paper_path = _paper_counterpart(path)
+    paper = _merged(paper_path, [])
+    compared = {k: v for k, v in merged.items() if k != "cluster"}
+    return {
+        "recipe": recipe_path, "model": model_recipe.name, "architecture": model_recipe.architecture,
+        "cluster": {"name": cluster.name, "nodes": cluster.num_nodes, "devices_per_node": cluster.devices_per_node,
+                    "device": cluster.device.name, "memory_gib": cluster.device.memory_gib,
+                    "peak_tflops": cluster.device.peak_tflops, "inter_node_gbs": cluster.interconnect.inter_node_gbs},
+        "assumptions": asdict(a),
+        "lora": {"source": lora_source, "targets": list(lora.target_modules), "rank": lora.rank,
+                 "modules": len(facts.lora_modules), "expert_weights_targeted": expert_targets,
+                 "train_experts": lora.train_experts, "ok": True},
+        "params": {**facts.counts, "trainable": facts.lora_params, "moe_blocks": facts.moe_blocks,
+                   "largest_zero3_leaf": facts.largest_leaf},
+        "deepspeed_crosscheck": {"full_finetune_gib_deepspeed": ds_full / GiB, "full_finetune_gib_ours": ours_full / GiB,
+                                 "agree": ds_full == ours_full},
+        "sft_memory": {"micro_batch": sft_mb, "cutoff": sft_cutoff, **sft, "max_micro_batch_that_fits": sft_max_mb},
+        "dpo_memory": {"micro_batch": dpo_mb, "cutoff": dpo_cutoff, **dpo},
+        "inference_memory": {"recipe_tp": vllm_tp, "smallest_tp_that_fits": smallest_fit, "batch": a.infer_batch,
+                             "max_len": max_len, "by_tp": infer_rows},
+        "sft_epoch_time": {"at_recipe_micro_batch": time_recipe_mb, "at_max_micro_batch": time_best_mb},
+        "differs_from_paper": {"paper_recipe": str(paper_path.relative_to(REPO_ROOT)),
+                               "diff": diff_from_paper(compared, paper)},
+    }
+
+
+def _g(b: float) -> str:
+    return f"{b / GiB:7.1f} GiB"
+
+
+def render(r: dict) -> str:
+    c, p, a = r["cluster"], r["params"], r["assumptions"]
+    lines = [f"recipe check: {r['recipe']}  ({r['model']}, {r['architecture']})",
+             f"cluster: {c['name']}: {c['nodes']} x {c['devices_per_node']} {c['device']} ({c['memory_gib']:g} GiB, "
+             f"{c['peak_tflops']:g} TFLOP/s peak, {c['inter_node_gbs']:g} GB/s per GPU between nodes)", ""]
+    lo = r["lora"]
+    lines += [f"LoRA targets ({lo['source']}): {', '.join(lo['targets'])}, rank {lo['rank']}: {lo['modules']} modules "
+              f"found; expert weights targeted: {len(lo['expert_weights_targeted'])} -> OK", ""]
+    lines += [f"parameters: total {p['total'] / 1e9:.2f} B, active/token {p['active'] / 1e9:.2f} B "
+              f"(routed experts {p['expert'] / 1e9:.2f} B, {p['moe_blocks']} MoE blocks), trainable (LoRA) "
+              f"{p['trainable'] / 1e6:.2f} M; largest ZeRO-3 leaf (one MoE block) {p['largest_zero3_leaf'] / 1e6:.0f} M",
+              ""]
+    d = r["deepspeed_crosscheck"]
+    lines += [f"DeepSpeed estimate_zero3_model_states_mem_needs (full fine-tune, no offload): "
+              f"{d['full_finetune_gib_deepspeed']:.1f} GiB/GPU; our formula with all params trainable: "
+              f"{d['full_finetune_gib_ours']:.1f} GiB -> {'agree' if d['agree'] else 'DISAGREE'}", ""]
+    for stage in ("sft", "dpo"):
+        m = r[f"{stage}_memory"]
+        lines.append(f"{stage.upper()} memory per GPU (ZeRO-3, micro-batch {m['micro_batch']} x {m['cutoff']} tokens): "
+                     f"{_g(m['total'])} of {c['memory_gib']:g} -> {'fits' if m['fits'] else 'DOES NOT FIT'}")
+        lines.append(f"    model states {_g(m['model_states'])} | layer checkpoints {_g(m['checkpoints'])} | "
+                     f"one layer fwd+bwd {_g(m['layer_working_set'])} | logits {_g(m['logits'])} | "
+                     f"overhead {_g(m['overhead'])}")
+        if stage == "sft":
+            lines.append(f"    largest micro-batch that fits: {m['max_micro_batch_that_fits']}")
+    inf = r["inference_memory"]
+    lines.append(f"inference memory per GPU (vLLM, batch {inf['batch']} x {inf['max_len']} tokens): recipe TP "
+                 f"{inf['recipe_tp'] or '-'}, smallest TP that fits: {inf['smallest_tp_that_fits'] or 'none'}")
+    for row in inf["by_tp"]:
+        lines.append(f"    TP {row['tensor_parallel_size']:>2}: weights {_g(row['weights'])} + KV {_g(row['kv_cache'])} "
+                     f"+ overhead = {_g(row['total'])} -> {'fits' if row['fits'] else 'does not fit'}")
+    lines.append("")
+    lines.append(f"SFT time per epoch ({a['sft_pairs']:,} pairs x {a['tokens_per_pair']} tokens, packed to "
+                 f"{a['sft_cutoff']}; MFU {a['mfu']:.0%} of peak):")
+    for label, t in (("recipe micro-batch", r["sft_epoch_time"]["at_recipe_micro_batch"]),
+                     ("largest micro-batch that fits", r["sft_epoch_time"]["at_max_micro_batch"])):
+        if t is None:
+            lines.append(f"    {label}: nothing fits")
+            continue
+        lines.append(f"    {label} ({t['micro_batch']}): {t['steps']} micro-steps; compute {t['compute_h']:.1f} h, "
+                     f"ZeRO-3 all-gathers {t['zero3_gather_h']:.1f} h -> ~{t['estimate_h']:.1f} h/epoch "
+                     f"(no overlap: {t['pessimistic_h']:.1f} h)")
+    lines.append("")
+    diff = r["differs_from_paper"]
+    lines.append(f"differs from {diff['paper_recipe']}: {len(diff['diff'])} value(s)")
+    lines += [f"    {k}: {ours!r} (paper recipe: {theirs!r})" for k, ours, theirs in diff["diff"]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "check":
+        print("usage: aigp recipe check <recipe.yaml> [cluster=<cluster.yaml>] [key=value ...] [--json]\n\n"
+              + (__doc__ or "").split("\n\n")[1], file=sys.stderr)
+        return 2
+    ap = argparse.ArgumentParser(prog="aigp recipe check", description="model, LoRA, memory and time before any GPU")
+    ap.add_argument("recipe")
+    ap.add_argument("rest", nargs="*", help="cluster=<path> and key=value overrides")
+    ap.add_argument("--json", action="store_true", help="print the report as JSON")
+    defaults = Assumptions()
+    ap.add_argument("--mfu", type=float, default=defaults.mfu)
+    ap.add_argument("--tokens-per-pair", type=int, default=defaults.tokens_per_pair)
+    ap.add_argument("--pairs", type=int, default=defaults.sft_pairs)
+    args = ap.parse_args(argv[1:])
+    cluster = [x.split("=", 1)[1] for x in args.rest if x.startswith("cluster=")]
+    overrides = [x for x in args.rest if not x.startswith("cluster=")]
+    a = Assumptions(sft_pairs=args.pairs, tokens_per_pair=args.tokens_per_pair, mfu=args.mfu)
+    try:
+        report = check(args.recipe, overrides, cluster[-1] if cluster else None, a)
+    except RecipeError as err:
+        print(f"aigp recipe check: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2, default=str) if args.json else render(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

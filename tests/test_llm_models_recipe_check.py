@@ -1,0 +1,100 @@
+"""`aigp recipe check`: DeepSpeed cross-check, App. B.3 from numbers, LoRA target errors, paper diff, CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from aigp_train.config import RecipeError
+from aigp_train.distributed.cluster import load_cluster
+from aigp_train.llm.recipe_check import (
+    GiB,
+    Assumptions,
+    check,
+    deepspeed_model_states_bytes,
+    diff_from_paper,
+    model_states_bytes,
+)
+
+PAPER_CLUSTER = "cluster/paper-16gpu.yaml"
+
+
+@pytest.fixture(scope="module")
+def reports():
+    a = Assumptions()
+    return {name: check(f"recipes/models/{name}.yaml", [], PAPER_CLUSTER, a)
+            for name in ("qwen3-30b-a3b", "qwen3-235b-a22b")}
+
+
+@pytest.mark.parametrize("total, largest, nodes", [(30_532_122_624, 603_979_776, 2), (7_000_000_000, 10**8, 1),
+                                                   (235_093_634_560, 2_415_919_104, 4)])
+def test_model_states_formula_is_deepspeeds_when_everything_trains(total, largest, nodes):
+    cluster = load_cluster(PAPER_CLUSTER, [f"num_nodes={nodes}"])
+    assert model_states_bytes(0, total, largest, cluster.world_size) == deepspeed_model_states_bytes(
+        total, largest, cluster)
+    # LoRA: frozen weights keep only their bf16 shard, so far less than a full fine-tune
+    assert model_states_bytes(total, 10**7, largest, cluster.world_size) < 0.2 * model_states_bytes(
+        0, total, largest, cluster.world_size)
+
+
+def test_reports_agree_with_deepspeed_and_public_sizes(reports):
+    small, big = reports["qwen3-30b-a3b"], reports["qwen3-235b-a22b"]
+    assert small["deepspeed_crosscheck"]["agree"] and big["deepspeed_crosscheck"]["agree"]
+    assert small["params"]["total"] / 1e9 == pytest.approx(30.5, abs=0.1)
+    assert big["params"]["active"] / 1e9 == pytest.approx(22.2, abs=0.1)
+    assert small["lora"]["modules"] == 48 * 4 and big["lora"]["modules"] == 94 * 4
+    assert small["lora"]["expert_weights_targeted"] == [] and big["lora"]["expert_weights_targeted"] == []
+    # the whole MoE block is one ZeRO-3 leaf: 128 experts x 3 matrices (+ router)
+    assert small["params"]["largest_zero3_leaf"] == 128 * 3 * 2048 * 768 + 128 * 2048
+
+
+def test_app_b3_claim_from_numbers(reports):
+    """App. B.3: LoRA on 235B is impractical on 16 GPUs, 30B-A3B is fine. Checked, not assumed."""
+    small, big = reports["qwen3-30b-a3b"], reports["qwen3-235b-a22b"]
+    assert small["sft_memory"]["fits"] and small["dpo_memory"]["fits"]
+    assert small["sft_memory"]["max_micro_batch_that_fits"] >= 4
+    # 235B: model states alone take most of an 80 GB GPU; only micro-batch 1 fits, the DPO recipe does not
+    assert big["sft_memory"]["model_states"] > 0.4 * 80 * GiB
+    assert big["sft_memory"]["max_micro_batch_that_fits"] == 1
+    assert not big["dpo_memory"]["fits"]
+    t_small = small["sft_epoch_time"]["at_max_micro_batch"]["estimate_h"]
+    t_big = big["sft_epoch_time"]["at_max_micro_batch"]["estimate_h"]
+    assert t_big > 2 * 24 / 2  # > a day per epoch: 2 epochs take days
+    assert t_big / t_small > 10
+    # serving: 235B needs a whole node per replica (TP 8), the 30B student fits in 1-2 GPUs
+    assert big["inference_memory"]["smallest_tp_that_fits"] == 8
+    assert small["inference_memory"]["smallest_tp_that_fits"] <= 2
+
+
+def test_lora_target_that_does_not_exist_is_an_error():
+    with pytest.raises(RecipeError, match="no linear module named 'qkv_proj'"):
+        check("recipes/tiny/sft.yaml", ["lora.target_modules=[q_proj,qkv_proj]"], "cluster/local-cpu.yaml",
+              Assumptions())
+    with pytest.raises(RecipeError, match="fused 3-D expert parameter"):
+        check("recipes/tiny/sft.yaml", ["lora.target_modules=[gate_up_proj]"], "cluster/local-cpu.yaml",
+              Assumptions())
+
+
+def test_differences_from_the_paper_are_listed():
+    report = check("recipes/tiny/sft.yaml", [], "cluster/local-cpu.yaml", Assumptions())
+    diff = {k: (ours, paper) for k, ours, paper in report["differs_from_paper"]["diff"]}
+    assert report["differs_from_paper"]["paper_recipe"] == "recipes/paper/sft.yaml"
+    assert diff["model.config.num_hidden_layers"] == (2, 48)
+    assert "optim.lr" in diff and "lora.target_modules" not in diff  # tiny keeps the paper's q/k/v/o
+    assert diff_from_paper({"a": {"b": 1}, "c": [1, 2]}, {"a": {"b": 1}, "c": [1, 2]}) == []
+    assert diff_from_paper({"a": {"b": 1}}, {"a": {"b": 2}, "d": 3}) == [("a.b", 1, 2), ("d", "<absent>", 3)]
+
+
+def test_cli_text_json_and_errors():
+    ok = subprocess.run(["aigp", "recipe", "check", "recipes/tiny/sft.yaml", "cluster=cluster/local-cpu.yaml",
+                         "--json"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    report = json.loads(ok.stdout)
+    assert report["model"] == "tiny-qwen3-moe" and report["cluster"]["name"] == "local-cpu"
+    no_cluster = subprocess.run(["aigp", "recipe", "check", "recipes/models/tiny-qwen3-moe.yaml"],
+                                capture_output=True, text=True)
+    assert no_cluster.returncode == 2 and "cluster=cluster/paper-16gpu.yaml" in no_cluster.stderr
+    usage = subprocess.run(["aigp", "recipe"], capture_output=True, text=True)
+    assert usage.returncode == 2 and "aigp recipe check" in usage.stderr
