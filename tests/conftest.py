@@ -33,3 +33,39 @@ def tiny_prompts(tiny_market, tmp_path_factory) -> Path:
     run_stage("prompts", str(REPO / "recipes" / "tiny" / "prompts.yaml"),
               [f"market_dir={tiny_market}", f"output_dir={out}", "selection.max_prompts=120", "shard_size=40"])
     return out
+
+
+@pytest.fixture(scope="session")
+def sft_data(tmp_path_factory) -> Path:
+    """A folder with ``train.jsonl`` (48 rows) and ``heldout.jsonl`` (8 rows) of pricing-shaped chat
+    examples (``aigp_train.sft.data.synthetic_chat_rows``), the format ``aigp judge`` writes to ``sft/``."""
+    import json
+
+    from aigp_train.sft.data import synthetic_chat_rows
+
+    out = tmp_path_factory.mktemp("sft_data")
+    for name, rows, seed in (("train", 48, 0), ("heldout", 8, 1)):
+        with open(out / f"{name}.jsonl", "w") as fh:
+            for messages in synthetic_chat_rows(rows, seed):
+                fh.write(json.dumps({"messages": messages}) + "\n")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_dpo_chain(tiny_market, tiny_prompts, tmp_path_factory) -> dict[str, Path]:
+    """The DPO inputs on the tiny market, through the real stages: ``aigp ltve`` (100 steps), ``aigp
+    candidates`` (recipes/tiny/candidates.yaml: the scripted stand-in policy, 24 [ACT_ONLY] prompts,
+    M=6) and ``aigp pairs`` (recipes/tiny/pairs.yaml). Returns {"ltve", "candidates", "pairs"} folders."""
+    from aigp_train.cli import run_stage
+
+    root = tmp_path_factory.mktemp("tiny_dpo_chain")
+    out = {k: root / k for k in ("ltve", "candidates", "pairs")}
+    run_stage("ltve", str(REPO / "recipes" / "tiny" / "ltve.yaml"),
+              [f"data.logs_dir={tiny_market}", f"output_dir={out['ltve']}", "train.num_steps=100",
+               "train.checkpoint_every=100"])
+    run_stage("candidates", str(REPO / "recipes" / "tiny" / "candidates.yaml"),
+              [f"output_dir={out['candidates']}", f"prompts_dir={tiny_prompts}", f"market_dir={tiny_market}",
+               f"ltve_path={out['ltve']}", "adapter=''", "max_prompts=24", "shard_size=12"])
+    run_stage("pairs", str(REPO / "recipes" / "tiny" / "pairs.yaml"),
+              [f"output_dir={out['pairs']}", f"candidates_dir={out['candidates']}"])
+    return out
