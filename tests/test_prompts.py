@@ -318,3 +318,21 @@ def test_docs_list_every_state_field():
     doc = (REPO / "docs" / "prompts.md").read_text()
     missing = [f.key for f in STATE_FIELDS if f"`{f.key}`" not in doc]
     assert not missing, f"docs/prompts.md does not describe state fields {missing}"
+
+
+def test_two_ranks_split_shards_and_rank0_waits_for_all(tiny_market, tmp_path, monkeypatch):
+    from aigp_train.cli import run_stage
+
+    overrides = [f"market_dir={tiny_market}", f"output_dir={tmp_path / 'p'}", "selection.max_prompts=8",
+                 "shard_size=2", "wait_for_ranks_s=0"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(RuntimeError, match="missing after waiting"):  # rank 1 has not run: no manifest
+        run_stage("prompts", str(TINY), overrides)
+    assert not (tmp_path / "p" / "manifest.json").exists()
+    monkeypatch.setenv("RANK", "1")
+    assert run_stage("prompts", str(TINY), overrides)["summary"] == {"rank": 1, "shards_written": 4}  # 2 x 2 variants
+    monkeypatch.setenv("RANK", "0")
+    summary = run_stage("prompts", str(TINY), overrides)["summary"]
+    assert summary["shards_skipped"] == 4 and summary["num_prompts"] == 8
+    assert len(read_prompts(tmp_path / "p", "act_only")) == 8

@@ -46,6 +46,7 @@ class Recipe:
     market_dir: str = help_field("output folder of `aigp simulate` (or real logs in the same layout)")
     variants: list[str] = help_field("prompt variants to write: full and/or act_only")
     shard_size: int = help_field("prompts per atomically written shard (the unit of resume)")
+    wait_for_ranks_s: float = help_field("rank 0 waits this long for other ranks' shards before finishing")
     selection: SelectionConfig = help_field("which SKU-days get a prompt")
     prompt: PromptConfig = help_field("prompt content, ablations and token budget")
     model: ModelRecipe = help_field("the model whose tokenizer measures the token budget (the student)")
@@ -112,6 +113,8 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     atomic_write_json(out.path / "elasticity.json", source.elasticity)
     if rank != 0:
         return {"summary": {"rank": rank, "shards_written": written}}
+    # The manifest (written by rank 0) declares the output finished: every rank's shards must be there.
+    _wait_for_shards(out.path, recipe.variants, num_shards, recipe.wait_for_ranks_s if world > 1 else 0.0)
     summary = {"num_prompts": len(keys), "variants": list(recipe.variants), "shards_written": written,
                "shards_skipped": skipped, "elasticity": source.elasticity,
                "ablation": {"include_diagnosis": recipe.prompt.include_diagnosis,
@@ -119,6 +122,21 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     summary.update(_budget_summary(out.path, recipe))
     return {"inputs": {"market": recipe.market_dir},
             "rows": {v: len(keys) for v in recipe.variants}, "summary": summary}
+
+
+def _wait_for_shards(path: Path, variants: list[str], num_shards: int, timeout_s: float) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        missing = [f"{v}/shard-{i:05d}.jsonl" for v in variants for i in range(num_shards)
+                   if not (path / v / f"shard-{i:05d}.jsonl").is_file()]
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(missing)} prompt shard(s) missing after waiting {timeout_s:.0f} s for the other "
+                               f"ranks (first: {missing[:3]}); rerun the stage to write them.")
+        time.sleep(2.0)
 
 
 def _budget_summary(path: Path, recipe: Recipe) -> dict:
