@@ -30,7 +30,6 @@ from typing import Any
 from aigp_train.config import help_field
 from aigp_train.llm.prompts import (
     DIRECTION_SIGNS,
-    FIELD_BY_KEY,
     STATE_FIELDS,
     direction_of,
     field_tolerance,
@@ -43,6 +42,7 @@ __all__ = [
     "DIMENSIONS",
     "Checks",
     "JudgeChecksConfig",
+    "JudgeStats",
     "ScoreParse",
     "check_numbers",
     "deterministic_checks",
@@ -345,7 +345,3 @@ class JudgeStats:
         return {"num_responses": self.num_responses, "num_kept": self.num_kept, "keep_rate": self.num_kept / n,
                 "num_judged": self.num_judged, "check_failures": dict(self.check_failures),
                 "score_parse_failures": dict(self.score_failures), "below_five": dict(self.below_five)}
-
-
-def state_label(key: str) -> str:
-    return FIELD_BY_KEY[key].label

@@ -40,18 +40,23 @@ from aigp_train.config import help_field
 
 __all__ = [
     "STATE_FIELDS",
+    "MarketSource",
     "PromptBudgetError",
     "PromptConfig",
     "PromptContext",
     "StateField",
     "act_only_marker",
     "build_messages",
+    "build_prompt",
+    "build_state",
     "count_prompt_tokens",
     "direction_of",
+    "estimate_elasticities",
     "fit_to_budget",
     "format_field",
     "parse_field_value",
     "price_sales_prediction",
+    "read_prompts",
     "sanitize_untrusted",
 ]
 
@@ -481,7 +486,8 @@ def build_state(today: dict, past: list[dict], sku: dict, milestone: dict, cfg: 
         "competitor_price_min": round(float(today["competitor_price_min"]), 2),
         "price_gap_to_competitors": round(_ratio(price - comp_mean, comp_mean), 4),
         "review_count": int(past[-1]["review_count"]) if past else 0,
-        "rating": round(float(past[-1]["rating"]), 2) if past else 0.0,
+        # no reviews yet: no rating (the simulator logs 0.0, which is not a rating)
+        "rating": round(float(past[-1]["rating"]), 2) if past and int(past[-1]["review_count"]) > 0 else None,
         "gmv_target": round(gmv_target, 2), "roi_target": round(float(milestone["roi_target"]), 2),
         "cum_gmv": round(cum_gmv, 2), "cum_roi": round(_ratio(cum_gmv, cum_spend), 2) if past else None,
         "milestone_progress": round(_ratio(cum_gmv, gmv_target), 4),
