@@ -7,6 +7,9 @@ as ``aigp infer`` (full reasoning mode, the prompts of one day):
 * generated tokens/s and SKUs/s: the prompts run with the recipe's sampling;
 * at every batch size in the recipe, after one warm-up call.
 
+Generated tokens are counted by re-encoding each completion with the model's tokenizer (the
+backend interface returns text): close to, not exactly, the sampled token count.
+
 Projections to ``num_skus`` (paper: ~200,000 a day) against ``window_hours`` (paper: 7 h):
 
 1. *measured*: this machine taken as one replica of the cluster in the recipe, replicas =
