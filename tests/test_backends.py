@@ -18,7 +18,13 @@ from aigp_train.llm.backends import (
     VLLMBackendConfig,
     make_backend,
 )
-from aigp_train.llm.backends.vllm_backend import LoRARegistry, engine_args, replica_layout, sampling_kwargs
+from aigp_train.llm.backends.vllm_backend import (
+    LoRARegistry,
+    engine_args,
+    replica_devices,
+    replica_layout,
+    sampling_kwargs,
+)
 from aigp_train.llm.models import build_model, load_model_recipe
 from aigp_train.llm.tokenizer import ACT_ONLY
 
@@ -162,10 +168,14 @@ def test_vllm_lora_requests_are_stable(tmp_path):
     assert reg.args(a) == ("adapter1", 1, a)
 
 
-def test_vllm_one_replica_per_node_on_the_paper_cluster():
+def test_vllm_replicas_on_the_paper_cluster():
     cluster = load_cluster("cluster/paper-16gpu.yaml")
-    layout = replica_layout(8, cluster)
-    assert layout["num_replicas"] == 2 and layout["gpus_per_replica"] == 8 and layout["idle_gpus_per_node"] == 0
+    layout = replica_layout(8, cluster)  # the 235B teacher: one TP-8 replica per node
+    assert (layout["num_replicas"], layout["replicas_per_node"], layout["gpus_per_replica"]) == (2, 1, 8)
+    assert "--ntasks-per-node=1" in layout["launch"]
+    layout = replica_layout(1, cluster)  # the 30B student at night: one replica per GPU
+    assert (layout["num_replicas"], layout["replicas_per_node"]) == (16, 8)
+    assert [replica_devices(i, 2) for i in range(4)] == ["0,1", "2,3", "4,5", "6,7"]
     for bad in (3, 16, 0):
         with pytest.raises(RecipeError, match="tensor_parallel_size"):
             replica_layout(bad, cluster)

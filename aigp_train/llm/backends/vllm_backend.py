@@ -1,10 +1,12 @@
 """The ``vllm`` backend: tensor-parallel engine, one replica per node, LoRA adapters per request.
 
 Layout (paper App. B.3, DESIGN.md §5): the 235B teacher/judge runs with tensor parallelism across a
-node's 8 GPUs, one engine (replica) per node. Launch one task per node (``srun --ntasks-per-node=1``,
-no torchrun: vLLM spawns its own TP workers); ``generation.run_generation`` then shards the prompts
-across replicas by node rank (``SLURM_PROCID``/``SLURM_NTASKS``), each replica writing its own
-shards. ``replica_layout`` checks the TP size against the cluster before any GPU is taken.
+node's 8 GPUs, one engine (replica) per node. Launch one task per replica (``srun
+--ntasks-per-node=<GPUs per node / TP>``, no torchrun: vLLM spawns its own TP workers);
+``generation.run_generation`` then shards the prompts across replicas by task rank
+(``SLURM_PROCID``/``SLURM_NTASKS``), each replica writing its own shards. With several replicas
+per node (TP 1 for the 30B student) each task pins its own GPUs (``replica_devices``).
+``replica_layout`` checks the TP size against the cluster before any GPU is taken.
 
 Prompts go to vLLM as token ids rendered by our own tokenizer (``load_tokenizer``), and outputs
 come back as token ids decoded by it: the checkpoint's tokenizer in vLLM does not know
@@ -20,13 +22,15 @@ LoRA request ids, the replica layout.
 from __future__ import annotations
 
 import hashlib
+import os
 from typing import Any
 
 from aigp_train.config import RecipeError
 from aigp_train.llm.backends.base import GenerationRequest, SamplingConfig, VLLMBackendConfig
 from aigp_train.llm.models import resolve_path
 
-__all__ = ["LoRARegistry", "VLLMBackend", "engine_args", "replica_layout", "request_seed", "sampling_kwargs"]
+__all__ = ["LoRARegistry", "VLLMBackend", "engine_args", "replica_devices", "replica_layout", "request_seed",
+           "sampling_kwargs"]
 
 
 def engine_args(cfg: VLLMBackendConfig, model_recipe: Any, seed: int = 0) -> dict:
@@ -92,17 +96,25 @@ class LoRARegistry:
 
 
 def replica_layout(tensor_parallel_size: int, cluster: Any) -> dict:
-    """One replica per node using ``tensor_parallel_size`` of its GPUs; errors if it cannot fit."""
+    """Replicas of ``tensor_parallel_size`` GPUs each, never spanning nodes: TP 8 on 8-GPU nodes is
+    one replica per node (the 235B teacher); TP 1 is one replica per GPU (the 30B student at night)."""
     per_node = cluster.devices_per_node
     if tensor_parallel_size < 1 or tensor_parallel_size > per_node:
         raise RecipeError(f"backend.vllm.tensor_parallel_size {tensor_parallel_size} must be between 1 and the "
-                          f"{per_node} GPUs of a node of cluster {cluster.name} (one replica per node).")
+                          f"{per_node} GPUs of a node of cluster {cluster.name} (a replica never spans nodes).")
     if per_node % tensor_parallel_size:
         raise RecipeError(f"backend.vllm.tensor_parallel_size {tensor_parallel_size} does not divide the {per_node} "
                           f"GPUs per node of cluster {cluster.name}.")
-    return {"num_replicas": cluster.num_nodes, "gpus_per_replica": tensor_parallel_size,
-            "idle_gpus_per_node": per_node - tensor_parallel_size,
-            "launch": f"srun --nodes={cluster.num_nodes} --ntasks-per-node=1 (no torchrun)"}
+    per_node_replicas = per_node // tensor_parallel_size
+    return {"num_replicas": cluster.num_nodes * per_node_replicas, "replicas_per_node": per_node_replicas,
+            "gpus_per_replica": tensor_parallel_size,
+            "launch": f"srun --nodes={cluster.num_nodes} --ntasks-per-node={per_node_replicas} (no torchrun)"}
+
+
+def replica_devices(local_id: int, tensor_parallel_size: int) -> str:
+    """CUDA_VISIBLE_DEVICES of the replica with node-local task id ``local_id`` (GPUs never shared)."""
+    first = local_id * tensor_parallel_size
+    return ",".join(str(i) for i in range(first, first + tensor_parallel_size))
 
 
 class VLLMBackend:
@@ -117,6 +129,11 @@ class VLLMBackend:
         from aigp_train.llm.tokenizer import EOS_TOKEN, load_tokenizer
 
         self.cfg = cfg
+        tasks_per_node = int(os.environ.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0])
+        if tasks_per_node > 1 and "SLURM_LOCALID" in os.environ:
+            # several replicas per node: each task takes its own GPUs (set before vLLM touches CUDA)
+            os.environ["CUDA_VISIBLE_DEVICES"] = replica_devices(int(os.environ["SLURM_LOCALID"]),
+                                                                 cfg.tensor_parallel_size)
         self.tokenizer = load_tokenizer(model_recipe)
         self.stop_ids = [self.tokenizer.convert_tokens_to_ids(EOS_TOKEN)]
         self.loras = LoRARegistry()
