@@ -665,9 +665,28 @@ class MarketSource:
         return lines, (round(float(np.median(pool)), 2) if pool else None)
 
 
+def _reviews_before(source: Any, sku_id: str, day: int) -> list[dict]:
+    """Reviews of ``sku_id`` written before ``day``, oldest first. A source provides them either as
+    ``MarketSource.reviews(sku_id, before_day)`` or as a mapping sku_id -> DataFrame (columns day,
+    review_id, stars, text), as the simulated A/B cohort does."""
+    if callable(source.reviews):
+        return source.reviews(sku_id, day)
+    frame = source.reviews.get(sku_id)
+    if frame is None:
+        return []
+    frame = frame[frame["day"] < day].sort_values(["day", "review_id"])
+    return frame.to_dict("records")
+
+
 def build_prompt(source: MarketSource, sku_id: str, day: int, cfg: PromptConfig, pricing: Any, tokenizer: Any,
                  act_only: bool) -> dict:
-    """One prompt record for the day-``day`` decision of ``sku_id`` (see the module docstring)."""
+    """One prompt record for the day-``day`` decision of ``sku_id`` (see the module docstring).
+
+    ``source`` is a ``MarketSource`` or anything with the same attributes: ``rows(sku_id)`` (log
+    rows by day; row ``day`` may be a pseudo-row holding only what is known before the decision),
+    ``reviews``, ``skus``, ``descriptions``, ``milestones``, ``horizon_days``, ``elasticity``,
+    ``launch_units`` and ``kb_entries(category, product_type, max_entries)``.
+    """
     from aigp_train.market.text import diagnosis_report
     from aigp_train.pricing import feasible_interval
 
@@ -690,8 +709,9 @@ def build_prompt(source: MarketSource, sku_id: str, day: int, cfg: PromptConfig,
     if cfg.include_diagnosis:
         diagnosis = (diagnosis_report(past[-1], milestone, past[-2] if len(past) > 1 else None, source.horizon_days)
                      if past else "No diagnosis yet: the product launches today (no traffic or sales observed).")
+    seen = _reviews_before(source, sku_id, day)
     reviews = [f"[{int(r['stars'])}★, day {int(r['day'])}] " + sanitize_untrusted(r["text"], cfg.review_max_chars)
-               for r in reversed(source.reviews(sku_id, day)[-cfg.max_reviews:] if cfg.max_reviews > 0 else [])]
+               for r in reversed(seen[-cfg.max_reviews:] if cfg.max_reviews > 0 else [])]
     description = sanitize_untrusted(source.descriptions.get(sku_id, ""), cfg.description_max_chars)
     state["prediction"] = price_sales_prediction(state, elasticity, cfg.prediction_actions, pricing)
     state["elasticity"] = round(elasticity, 3)
