@@ -81,6 +81,9 @@ def test_crashed_run_resumes_with_the_missing_parts(tmp_path, monkeypatch):
     assert kept.stat().st_mtime_ns == mtime  # finished parts are not redone
     assert read_logs(tmp_path / "crashed").equals(read_logs(tmp_path / "clean"))
     assert read_skus(tmp_path / "crashed").equals(read_skus(tmp_path / "clean"))
+    with pytest.raises(ValueError, match="different recipe"):  # never mix two markets in one folder
+        simulate_market(_recipe("num_skus=30", "logging.skus_per_part=10", "seed=7"), tmp_path / "crashed",
+                        progress=False)
 
 
 def test_sku_ids_round_trip():

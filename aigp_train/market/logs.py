@@ -19,6 +19,7 @@ GMV within their category; ``ltve_mix`` draws the LTVE trajectory set with
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -190,10 +191,7 @@ def simulate_market(recipe: MarketRecipe, out_dir: str | Path, progress: bool = 
     if n < 1 or per < 1:
         raise ValueError("num_skus and logging.skus_per_part must be >= 1.")
     jobs = [(p, s, min(s + per, n)) for p, s in enumerate(range(0, n, per))]
-    stale = sorted((out / "logs").glob("part-*.parquet"))
-    if stale and len(stale) > len(jobs):
-        raise ValueError(f"{out}/logs holds {len(stale)} parts but this recipe makes {len(jobs)}: the folder holds "
-                         f"another market. Use a fresh output_dir or --force after deleting it.")
+    _claim_folder(recipe, out)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(jobs), desc="simulate parts", unit="part", disable=not progress)
@@ -209,6 +207,20 @@ def simulate_market(recipe: MarketRecipe, out_dir: str | Path, progress: bool = 
             bar.update()
     bar.close()
     return _finalise(recipe, out, len(jobs))
+
+
+def _claim_folder(recipe: MarketRecipe, out: Path) -> None:
+    """Refuse to resume into a folder holding parts of a different market (they would be mixed in)."""
+    data = recipe_to_dict(recipe)
+    data.pop("output_dir")
+    data["logging"].pop("num_workers")  # the worker count does not change a single row
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+    stamp = out / "logs" / "market.sha256"
+    if stamp.is_file() and stamp.read_text().strip() != digest:
+        raise ValueError(f"{out}/logs holds parts of a market simulated with a different recipe; resuming would mix "
+                         f"two markets. Delete {out} or choose another output_dir.")
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(digest + "\n")
 
 
 def _finalise(recipe: MarketRecipe, out: Path, num_parts: int) -> dict:

@@ -70,9 +70,7 @@ DYNAMIC_FIELDS = ("day", "d_prev", "reference_price", "rank", "inventory", "revi
 
 def sku_id_of(index) -> np.ndarray:
     index = np.asarray(index, dtype=np.int64)
-    if index.size == 0:
-        return np.zeros(index.shape, dtype="<U11")
-    return np.char.mod("SKU%08d", index)
+    return np.array([f"SKU{i:08d}" for i in index.ravel().tolist()], dtype="<U11").reshape(index.shape)
 
 
 def sku_index_of(sku_ids) -> np.ndarray:
@@ -128,6 +126,9 @@ class MarketSimulator:
         self.demand = recipe.demand
         self.pricing = recipe.pricing
         self.horizon = recipe.horizon_days
+        if recipe.horizon_days != recipe.pricing.milestone_horizon_days:
+            raise ValueError(f"horizon_days ({recipe.horizon_days}) must equal pricing.milestone_horizon_days "
+                             f"({recipe.pricing.milestone_horizon_days}): the logs must cover the milestone window.")
         self.category_names = list(recipe.categories)
         if not self.category_names:
             raise ValueError("the market recipe has no categories; add at least one under 'categories:'.")
@@ -403,7 +404,7 @@ class MarketSimulator:
         from aigp_train.market.policies import act
 
         end = self.horizon if until_day is None else until_day
-        while state.day[0] < end if len(state) else False:
+        while len(state) and state.day[0] < end:
             actions = act(self, state, policy, rollout)
             nxt, row = self.step(state, actions, rollout)
             yield state, row
@@ -415,6 +416,8 @@ class MarketSimulator:
         The logs are a deterministic function of the recipe, so a state is rebuilt exactly
         (latent quality, rank, reference price included) from (sku_index, day).
         """
+        from aigp_train.market.policies import act
+
         idx = np.asarray(sku_index, dtype=np.int64)
         days = np.broadcast_to(np.asarray(day, dtype=np.int64), idx.shape)
         if np.any((days < 0) | (days >= self.horizon)):
@@ -428,8 +431,6 @@ class MarketSimulator:
                     out.arrays[k][hit] = state.arrays[k][hit]
             if t == days.max():
                 break
-            from aigp_train.market.policies import act
-
             state, _ = self.step(state, act(self, state, None, 0), 0)
         return out
 
