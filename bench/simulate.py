@@ -7,12 +7,15 @@ Reference: the goal rate of issue 2 (5,000,000 SKU-days simulated and written in
 2-core box), so ratio >= 1 means the goal is met. Also measured in the same run: the same
 simulator driven one SKU at a time (a per-SKU Python loop, on a sample), to show what the
 vectorisation buys. Peak memory: the parent's peak RSS plus num_workers x the largest worker's.
+CPU seconds (parent + workers) are reported too: on a shared box the wall time also measures
+the other jobs; wall >= cpu_s / num_workers is what the run needs on its own cores.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import sys
 import tempfile
@@ -46,10 +49,15 @@ def main() -> None:
         overrides.append(f"logging.num_workers={args.workers}")
     recipe = load_recipe(args.recipe, MarketRecipe, overrides)
 
+    def cpu_seconds() -> float:
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
     with tempfile.TemporaryDirectory(prefix="aigp-bench-sim-") as tmp:
-        start = time.perf_counter()
+        cpu0, start = cpu_seconds(), time.perf_counter()
         result = simulate_market(recipe, tmp, progress=False)
-        wall = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
+    load = os.getloadavg()[0]
     rows = result["rows"]["sku_days"]
 
     sim = MarketSimulator(recipe)
@@ -72,6 +80,8 @@ def main() -> None:
         "per_sku_loop": {"name": "same simulator, one SKU per call", "value": round(loop_rate, 1),
                          "speedup": round(ours / loop_rate, 1)},
         "sku_days": rows, "wall_s": round(wall, 2), "num_workers": recipe.logging.num_workers,
+        # CPU seconds of this process and its workers: what the run costs whatever else loads the box
+        "cpu_s": round(cpu, 1), "load_avg_1m_after": round(load, 2), "cpus": os.cpu_count(),
         "peak_rss_gb": round(own + recipe.logging.num_workers * child, 3),
         "peak_rss_goal_gb": 4.0,
     }))

@@ -222,6 +222,14 @@ class MarketSimulator:
         return {"d": d, "log_d": np.log(d),
                 "deal": 1.0 + dm.deal_ctr_lift * _s_curve(1.0 - d, dm.discount_threshold, dm.discount_width)}
 
+    def day_terms(self, state: SkuState) -> tuple[np.ndarray, np.ndarray]:
+        """Calendar multipliers of the SKUs' current day: traffic (weekday, promotion, cold start), log CVR lift."""
+        dm = self.demand
+        _, dow, promo = self.calendar(state)
+        boost = 1.0 + dm.new_product_boost * dm.new_product_decay ** state.day
+        traffic = self.day_of_week[dow] * np.where(promo, dm.promo_traffic_lift, 1.0) * boost
+        return traffic, np.where(promo, np.log(dm.promo_cvr_lift), 0.0)
+
     def sku_terms(self, state: SkuState, competitor_mean: np.ndarray | None = None) -> dict:
         """The parts of the demand model fixed per SKU for a given competitor price (cached by lookahead)."""
         dm = self.demand
@@ -248,17 +256,14 @@ class MarketSimulator:
         sku = self.sku_terms(state, competitor_mean) if sku is None else sku
         d = terms["d"]
         expand = (lambda x: x[:, None]) if d.ndim == 2 else (lambda x: x)
-        _, dow, promo = self.calendar(state)
-        boost = 1.0 + dm.new_product_boost * dm.new_product_decay ** state.day
-        traffic = (sku["traffic"] * np.exp(state.rank) * self.day_of_week[dow]
-                   * np.where(promo, dm.promo_traffic_lift, 1.0) * boost)
+        day_traffic, day_log_cvr = sku["day"] if "day" in sku else self.day_terms(state)
+        traffic = sku["traffic"] * np.exp(state.rank) * day_traffic
         price = expand(state.list_price) * d
         ctr = np.minimum(expand(sku["ctr"]) * terms["deal"], 0.5)
         n_reviews = state.review_count
         saturation = 1.0 - np.exp(-n_reviews / dm.review_scale)
         rating = np.where(n_reviews > 0, state.rating_sum / np.maximum(n_reviews, 1), 4.0)
-        base_log_cvr = (sku["log_cvr"] + saturation * (dm.review_lift + dm.rating_lift * (rating - 4.0))
-                        + np.where(promo, np.log(dm.promo_cvr_lift), 0.0))
+        base_log_cvr = sku["log_cvr"] + saturation * (dm.review_lift + dm.rating_lift * (rating - 4.0)) + day_log_cvr
         gap = np.log(expand(state.reference_price) / price)  # > 0: price below the reference (a gain)
         log_cvr = (expand(base_log_cvr) + expand(state.elasticity) * terms["log_d"]
                    + dm.reference_gain * np.maximum(gap, 0.0) - dm.reference_loss * np.maximum(-gap, 0.0))
@@ -377,7 +382,10 @@ class MarketSimulator:
         total = np.zeros(n * k)
         terms = self.discount_terms(d)  # the discount is held: its terms are the same every day
         sku = self.sku_terms(sub)  # ... and so are the SKU's (competitor price: yesterday's)
+        day_state = state.take(slice(None))  # calendar of the N SKUs, advanced one day per step
         for step in range(min(days, int(horizon_left.max()))):
+            sku["day"] = tuple(np.repeat(x, k) for x in self.day_terms(day_state))
+            day_state.arrays["day"] = day_state.arrays["day"] + 1
             m = self.expected(sub, d, terms=terms, sku=sku)
             score = (self.pricing.lambda1 * m["gmv"] / tier
                      + self.pricing.lambda2 * np.log1p(roi(m["gmv"], m["spend"], self.pricing.roi_spend_floor)))
