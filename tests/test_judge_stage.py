@@ -189,3 +189,30 @@ def test_judge_stage_with_the_tiny_model_as_judge_counts_unreadable_verdicts(cha
     assert judged and all(r["score_failure"] for r in judged)
     assert sum(summary["score_parse_failures"].values()) == len(judged)
     assert all(parse_scores(r["score_failure"]).scores is None for r in judged)
+
+
+def test_kept_examples_longer_than_the_sft_cutoff_are_left_out(chain, tmp_path):
+    """An example truncated at the cutoff would lose its JSON action: the judge leaves it out of sft/."""
+    import shutil
+
+    import yaml
+
+    from aigp_train.stages.judge import example_tokens, sft_tokenizer_and_cutoff
+
+    prompts = tmp_path / "prompts"
+    shutil.copytree(chain["prompts"], prompts)
+    resolved = yaml.safe_load((prompts / "recipe.yaml").read_text())
+    lengths = sorted(r["context"]["num_tokens"] for r in read_prompts(prompts, "full"))
+    resolved["prompt"]["full_cutoff_tokens"] = lengths[len(lengths) // 2] + 600  # about half the examples fit
+    (prompts / "recipe.yaml").write_text(yaml.safe_dump(resolved))
+    out = tmp_path / "judge"
+    summary = run_stage("judge", str(TINY / "judge.yaml"), [f"prompts_dir={prompts}",
+                                                           f"teacher_dir={chain['root'] / 'teacher'}",
+                                                           f"output_dir={out}"])["summary"]
+    tokenizer, cutoff = sft_tokenizer_and_cutoff(str(prompts))
+    assert cutoff == resolved["prompt"]["full_cutoff_tokens"]
+    sft = read_jsonl(out / "sft" / "train.jsonl") + read_jsonl(out / "sft" / "heldout.jsonl")
+    assert summary["sft_over_cutoff"] > 0 and len(sft) == summary["num_kept"] - summary["sft_over_cutoff"]
+    assert all(example_tokens(tokenizer, ex["messages"]) <= cutoff for ex in sft)
+    scores = read_jsonl(out / "scores.jsonl")
+    assert sum(r["fits_cutoff"] is False for r in scores) == summary["sft_over_cutoff"]

@@ -34,7 +34,7 @@ from aigp_train.llm.judge import (
     parse_scores,
 )
 from aigp_train.llm.models import ModelRecipe
-from aigp_train.llm.prompts import read_prompts
+from aigp_train.llm.prompts import PromptConfig, read_prompts
 from aigp_train.outputs import StageOutput, atomic_write_jsonl
 from aigp_train.pricing import PricingConfig
 from aigp_train.pricing.ab import assign_groups
@@ -62,6 +62,36 @@ class Recipe:
     backend: BackendConfig = help_field("judge backend (scripted = the rule-based stand-in)")
     sampling: SamplingConfig = help_field("judge sampling (greedy: temperature 0, n 1)")
     pricing: PricingConfig = help_field("pricing rules (A_safe, Ψ)")
+
+
+@dataclass
+class _PromptsView:
+    model: ModelRecipe = help_field("the student model of the prompts run")
+    prompt: PromptConfig = help_field("the prompt block of the prompts run")
+
+
+def sft_tokenizer_and_cutoff(prompts_dir: str):
+    """The student's tokenizer and the SFT cutoff, from the resolved recipe of the prompts run
+    (one source: the prompts were fitted to the same budget). Only its model and prompt blocks
+    are read."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from aigp_train.llm.tokenizer import load_tokenizer
+
+    resolved = Path(prompts_dir) / "recipe.yaml"
+    if not resolved.is_file():
+        raise FileNotFoundError(f"{resolved} not found: prompts_dir must be the output folder of `aigp prompts`.")
+    data = yaml.safe_load(resolved.read_text())
+    view = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(_PromptsView),
+                                               {"model": data["model"], "prompt": data["prompt"]}))
+    return load_tokenizer(view.model), view.prompt.full_cutoff_tokens
+
+
+def example_tokens(tokenizer, messages: list[dict]) -> int:
+    """Tokens of a whole chat example (prompt + assistant turn) as the SFT collator sees it."""
+    ids = tokenizer.apply_chat_template(messages, tokenize=True)
+    return len(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
 def _context(prompt: dict) -> dict:
@@ -117,6 +147,15 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
         score_rows.append(row)
         if keep:
             kept.append((rid, prompt, text, chk, parsed, trow))
+    # A kept example longer than the SFT cutoff would be truncated before its JSON action and teach
+    # the model to stop without deciding: it is left out of the SFT set (and counted).
+    tokenizer, cutoff = sft_tokenizer_and_cutoff(recipe.prompts_dir)
+    fits = {rid: example_tokens(tokenizer, [*prompt["messages"], {"role": "assistant", "content": text}]) <= cutoff
+            for rid, prompt, text, *_ in kept}
+    for row in score_rows:
+        row["fits_cutoff"] = fits.get(row["response_id"])
+    over_cutoff = sum(not f for f in fits.values())
+    kept = [item for item in kept if fits[item[0]]]
     atomic_write_jsonl(out.path / "scores.jsonl", score_rows)
 
     split = recipe.sft
@@ -136,6 +175,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     summary = {**stats.to_dict(), "teacher_backend": teacher_backend, "judge_backend": backend.name,
                "stand_in": bool(backend.name.endswith("stand-in") or (teacher_backend or "").endswith("stand-in")),
                "sft_train": len(sft["train"]), "sft_heldout": len(sft["heldout"]),
+               "sft_over_cutoff": over_cutoff, "sft_cutoff_tokens": cutoff,
                "shards_written": len(result.written), "shards_skipped": len(result.skipped)}
     return {"inputs": {"prompts": recipe.prompts_dir, "teacher": recipe.teacher_dir},
             "rows": {"responses": len(score_rows), "sft_train": len(sft["train"]), "sft_heldout": len(sft["heldout"])},
