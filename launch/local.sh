@@ -10,7 +10,7 @@ source "$AIGP_REPO/launch/_common.sh"
 stage="${1:?usage: launch/local.sh <stage> <recipe.yaml> [key=value ...]}"
 shift
 case "$stage" in
-  sft|dpo) ranks=devices ;;
+  sft|dpo|cluster-doctor) ranks=devices ;;
   *) ranks=1 ;;
 esac
 aigp_local_stage "$stage" "$ranks" "$@"

@@ -164,14 +164,15 @@ class Checkpointer:
             adam_step = int(fh.metadata()["adam_step"])
         # torch's AdamW creates its state lazily on the first step; create it now so the moments
         # have somewhere to go (the same tensors AdamW would have made).
+        # (ZeRO-3 hands AdamW one flat fp32 partition per sub-group; its param_groups are empty
+        # between steps, so the partitions are taken from the ZeRO optimizer.)
         inner = engine.optimizer.optimizer
-        for group in inner.param_groups:
-            for flat in group["params"]:
-                st = inner.state[flat]
-                st.setdefault("step", torch.tensor(float(adam_step), dtype=torch.float32))
-                st["step"].fill_(float(adam_step))
-                for key in _ADAM_KEYS:
-                    st.setdefault(key, torch.zeros_like(flat, memory_format=torch.preserve_format))
+        for flat in engine.optimizer.fp32_partitioned_groups_flat:
+            st = inner.state[flat]
+            st.setdefault("step", torch.tensor(float(adam_step), dtype=torch.float32))
+            st["step"].fill_(float(adam_step))
+            for key in _ADAM_KEYS:
+                st.setdefault(key, torch.zeros_like(flat, memory_format=torch.preserve_format))
         peft_key = _peft_key_map(model)
         for name, param in lora_parameters(model):
             master = weights[peft_key[name]].float()

@@ -1,0 +1,77 @@
+"""``aigp export <run_dir> --out <dir> [--merge]``: ship an adapter, or merge it into the base weights.
+
+``run_dir`` is the output folder of ``aigp sft`` or ``aigp dpo``: its ``recipe.yaml`` names the base
+model, its ``adapter/`` is the adapter. Without ``--merge`` the adapter folder is checked (it must
+load onto the base model with PEFT) and copied to ``--out`` together with the tokenizer — what vLLM
+``--enable-lora --lora-modules aigp=<out>`` serves. With ``--merge`` the LoRA update is folded into
+the base weights (``merge_and_unload``) and the merged model is written as safetensors shards with
+its config and tokenizer: a plain transformers / vLLM model folder, no PEFT needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+__all__ = ["main", "export"]
+
+
+def _stage_recipe(run_dir: Path):
+    import importlib
+
+    from aigp_train.cli import STAGES
+    from aigp_train.config import load_recipe
+
+    manifest = run_dir / "manifest.json"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{run_dir} has no manifest.json: it is not a finished `aigp sft`/`aigp dpo` run.")
+    stage = json.loads(manifest.read_text())["stage"]
+    module = importlib.import_module(STAGES[stage][0])
+    return load_recipe(run_dir / "recipe.yaml", module.Recipe)
+
+
+def export(run_dir: str | Path, out: str | Path, merge: bool, adapter: str = "adapter") -> Path:
+    from peft import PeftModel
+
+    from aigp_train.llm.models import build_model
+    from aigp_train.llm.tokenizer import load_tokenizer
+
+    run_dir, out = Path(run_dir), Path(out)
+    adapter_dir = run_dir / adapter
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter_dir} is not a PEFT adapter folder (no adapter_config.json).")
+    recipe = _stage_recipe(run_dir)
+    base = build_model(recipe.model, "cpu")
+    model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
+    tokenizer = load_tokenizer(recipe.model)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if merge:
+        merged = model.merge_and_unload()
+        merged.save_pretrained(str(tmp), safe_serialization=True)
+    else:
+        shutil.copytree(adapter_dir, tmp)
+    tokenizer.save_pretrained(str(tmp))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="aigp export", description=__doc__.split("\n")[0])
+    p.add_argument("run_dir", help="output folder of aigp sft / aigp dpo")
+    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--merge", action="store_true", help="write merged full weights instead of the adapter")
+    p.add_argument("--adapter", default="adapter", help="adapter sub-folder of run_dir (default: adapter; "
+                                                        "or checkpoints/step-000200/adapter)")
+    args = p.parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        path = export(args.run_dir, args.out, args.merge, args.adapter)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"aigp export: {err}", file=sys.stderr)
+        return 2
+    print(f"aigp export: wrote {'merged model' if args.merge else 'adapter'} to {path}", file=sys.stderr)
+    return 0
