@@ -24,8 +24,8 @@ from aigp_train.llm.models import REPO_ROOT, load_model_recipe
 from aigp_train.llm.tokenizer import ACT_ONLY
 
 TINY = "recipes/models/tiny-qwen3-moe.yaml"
-NUM_REQUESTS = 8
-SAMPLING = dict(n=2, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=12, seed=3)
+NUM_REQUESTS = 6
+SAMPLING = dict(n=2, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=8, seed=3)
 
 # The worker a test kills: the real runner, the real hf backend, the tiny model, one request per shard.
 WORKER = """
@@ -112,9 +112,8 @@ def test_crashed_shard_is_reported_and_the_rest_kept(tmp_path, hf):
     logs: list[str] = []
     with pytest.raises(GenerationError, match=r"1 shard\(s\) failed on rank 0: \[2\]") as err:
         run_generation(reqs, hf, greedy, out, shard_size=2, log=logs.append)
-    assert "3 other shard(s) are written and kept" in str(err.value)
-    assert sorted(p.name for p in out.glob("shard-*.jsonl")) == ["shard-00000.jsonl", "shard-00001.jsonl",
-                                                                  "shard-00003.jsonl"]
+    assert "2 other shard(s) are written and kept" in str(err.value)
+    assert sorted(p.name for p in out.glob("shard-*.jsonl")) == ["shard-00000.jsonl", "shard-00001.jsonl"]
     assert "adapter" in (out / "shard-00002.error.txt").read_text()  # the traceback, for the operator
     assert any("shard 2 failed" in line for line in logs)
 
@@ -122,7 +121,7 @@ def test_crashed_shard_is_reported_and_the_rest_kept(tmp_path, hf):
                    LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(adapter)
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.jsonl")}
     result = run_generation(reqs, hf, greedy, out, shard_size=2)
-    assert (result.written, result.skipped) == ([2], [0, 1, 3])
+    assert (result.written, result.skipped) == ([2], [0, 1])
     assert all((out / n).stat().st_mtime_ns == t for n, t in mtimes.items())
     assert not (out / "shard-00002.error.txt").exists()
     rows = read_generations(out)
@@ -133,11 +132,11 @@ def test_crashed_shard_is_reported_and_the_rest_kept(tmp_path, hf):
 def test_ranks_split_shards_and_together_cover_everything(tmp_path, hf):
     out = tmp_path / "gen"
     greedy = SamplingConfig(n=1, temperature=0.0, top_k=0, top_p=1.0, max_new_tokens=2, seed=0)
-    r1 = run_generation(requests(), hf, greedy, out, shard_size=3, rank=1, world_size=2)
+    r1 = run_generation(requests(), hf, greedy, out, shard_size=2, rank=1, world_size=2)
     assert r1.written == [1] and r1.num_shards == 3
     with pytest.raises(GenerationError, match="missing 2 of 3 shards"):
         read_generations(out)
-    r0 = run_generation(requests(), hf, greedy, out, shard_size=3, rank=0, world_size=2)
+    r0 = run_generation(requests(), hf, greedy, out, shard_size=2, rank=0, world_size=2)
     assert r0.written == [0, 2]
     assert len(read_generations(out)) == NUM_REQUESTS
 
