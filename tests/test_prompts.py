@@ -123,7 +123,6 @@ def test_ablation_switches_remove_diagnosis_and_kb(source, recipe, tokenizer):
 def test_budget_cuts_lowest_priority_first_and_never_the_state(source, recipe, tokenizer):
     import dataclasses
 
-    source.prepare(set(source.skus))
     sku = max(sorted(source.skus), key=lambda s: len(source.reviews(s, 14)))
     cfg = dataclasses.replace(recipe.prompt, max_reviews=12, kb_max_entries=4, description_max_chars=800)
     full = build_prompt(source, sku, 13, cfg, recipe.pricing, tokenizer, act_only=False)

@@ -586,8 +586,8 @@ class MarketSource:
         text = root / "text"
         self.descriptions = dict(zip(*pq.read_table(text / "descriptions.parquet", columns=["sku_id", "description"])
                                      .to_pydict().values()))
-        self._reviews_table = pq.read_table(text / "reviews.parquet", columns=["sku_id", "review_id", "day", "stars",
-                                                                               "text"])
+        self._review_frame = pq.read_table(text / "reviews.parquet", columns=["sku_id", "review_id", "day", "stars",
+                                                                              "text"]).to_pandas()
         self.kb = pq.read_table(text / "knowledge_base.parquet").to_pandas()
         fit = self.logs if elasticity_max_date is None else self.logs[self.logs["date"] <= elasticity_max_date]
         if fit.empty:
@@ -595,38 +595,33 @@ class MarketSource:
         self.elasticity = estimate_elasticities(fit)
         day0 = fit[fit["day"] == 0]
         self.launch_units = {str(c): float(g["units"].median()) for c, g in day0.groupby("category")}
+        # Row positions per SKU, computed once; a SKU's rows become dicts only when a prompt needs them
+        # (the paper's logs are millions of rows), and ``release`` drops them again.
+        self._log_index = self.logs.groupby("sku_id", sort=False).indices
+        self._review_index = self._review_frame.groupby("sku_id", sort=False).indices
         self._rows: dict[str, list[dict]] = {}
         self._reviews: dict[str, list[dict]] = {}
 
-    def prepare(self, sku_ids: set[str]) -> None:
-        """Index the log rows and reviews of ``sku_ids`` (only those: the paper's logs are millions of rows)."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        want = sorted(set(sku_ids) - set(self._rows))
-        if not want:
-            return
-        sub = self.logs[self.logs["sku_id"].isin(want)].sort_values(["sku_id", "day"], kind="stable")
-        for row in sub.to_dict("records"):
-            self._rows.setdefault(row["sku_id"], []).append(row)
-        reviews = self._reviews_table.filter(pc.is_in(self._reviews_table["sku_id"], pa.array(want)))
-        for r in sorted(reviews.to_pylist(), key=lambda r: (r["sku_id"], r["day"], r["review_id"])):
-            self._reviews.setdefault(r["sku_id"], []).append(r)
-        for sku in want:
-            self._reviews.setdefault(sku, [])
-
     def rows(self, sku_id: str) -> list[dict]:
-        """The SKU's log rows by day (``prepare`` it first)."""
+        """The SKU's log rows, by day."""
         if sku_id not in self._rows:
-            self.prepare({sku_id})
-        if sku_id not in self._rows:
-            raise KeyError(f"{sku_id} is not in the logs.")
+            if sku_id not in self._log_index:
+                raise KeyError(f"{sku_id} is not in the logs.")
+            self._rows[sku_id] = self.logs.iloc[self._log_index[sku_id]].sort_values("day").to_dict("records")
         return self._rows[sku_id]
 
     def reviews(self, sku_id: str, before_day: int) -> list[dict]:
-        """Reviews written before ``before_day``, oldest first."""
-        self.rows(sku_id)
+        """Reviews of the SKU written before ``before_day``, oldest first."""
+        if sku_id not in self._reviews:
+            positions = self._review_index.get(sku_id)
+            self._reviews[sku_id] = ([] if positions is None else self._review_frame.iloc[positions]
+                                     .sort_values(["day", "review_id"]).to_dict("records"))
         return [r for r in self._reviews[sku_id] if int(r["day"]) < before_day]
+
+    def release(self) -> None:
+        """Forget the per-SKU rows built so far (called after each shard)."""
+        self._rows.clear()
+        self._reviews.clear()
 
     def kb_entries(self, category: str, product_type: str, max_entries: int) -> tuple[list[str], float | None]:
         """KB lines for a SKU, most relevant first (its own product type, related types sharing a word,

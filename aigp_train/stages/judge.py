@@ -19,6 +19,7 @@ Kept = deterministic checks passed and all four scores 5. Writes:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +95,28 @@ def example_tokens(tokenizer, messages: list[dict]) -> int:
     return len(ids["input_ids"] if hasattr(ids, "keys") else ids)
 
 
+class JudgeRequests(Sequence):
+    """The judge requests, built when the runner takes them: each holds the whole prompt again, so
+    building all up front would keep a second copy of every prompt in memory (~2 GB at 130k)."""
+
+    def __init__(self, items: list[tuple[str, dict, str]]):
+        self.items = items  # (response_id, prompt record, response text)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self._request(*item) for item in self.items[index]]
+        return self._request(*self.items[index])
+
+    @staticmethod
+    def _request(rid: str, prompt: dict, text: str) -> GenerationRequest:
+        return GenerationRequest(rid, judge_messages(prompt["messages"], text),
+                                 {"prompt_state": prompt["state"], "response": text, "context": _context(prompt)},
+                                 act_only=False, adapter=None)
+
+
 def _context(prompt: dict) -> dict:
     ctx = prompt.get("context", {})
     return {"has_kb": bool(ctx.get("num_kb", 0)), "has_diagnosis": bool(ctx.get("has_diagnosis", False))}
@@ -116,10 +139,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
               for rid, p, _, text, _ in items}
     to_judge = [(rid, p, text) for rid, p, _, text, _ in items
                 if checks[rid].passed or not recipe.skip_llm_on_failed_checks]
-    requests = [GenerationRequest(rid, judge_messages(p["messages"], text),
-                                  {"prompt_state": p["state"], "response": text, "context": _context(p)},
-                                  act_only=False, adapter=None)
-                for rid, p, text in to_judge]
+    requests = JudgeRequests(to_judge)
     backend = make_backend(backend_with_pricing(recipe.backend, recipe.pricing), recipe.model)
     verdict_dir = out.path / "verdicts"
     result = run_generation(requests, backend, recipe.sampling, verdict_dir, recipe.shard_size)

@@ -91,7 +91,6 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
             "keys_sha256": hashlib.sha256(json.dumps(keys).encode()).hexdigest()}
     written = skipped = 0
     mine = [i for i in range(rank, num_shards, world)]
-    source.prepare({sku for i in mine for sku, _ in keys[i * recipe.shard_size:(i + 1) * recipe.shard_size]})
     for variant in recipe.variants:
         folder = out.path / variant
         folder.mkdir(parents=True, exist_ok=True)
@@ -109,6 +108,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
             rows = [build_prompt(source, sku, day, recipe.prompt, recipe.pricing, tokenizer, variant == "act_only")
                     for sku, day in chunk]
             atomic_write_jsonl(path, rows)
+            source.release()
             written += 1
     atomic_write_json(out.path / "elasticity.json", source.elasticity)
     if rank != 0:
