@@ -208,3 +208,16 @@ def test_judge_prompt_holds_rubric_prompt_and_response():
     assert out[0]["role"] == "system" and all(k in out[0]["content"] for k in DIMENSIONS)
     assert "THE PROMPT" in out[1]["content"] and "my answer" in out[1]["content"]
     assert out[1]["content"].count("</response>") == 1  # the response cannot close its own fence
+
+
+def test_thinking_blocks_are_not_judged():
+    """Qwen3's <think> block is not part of the answer: its numbers and drafts are not checked."""
+    from aigp_train.llm.judge import visible_response
+
+    state = make_state()
+    thought = "<think>inventory: 1 and maybe {\"discount_change\": 0.2}. Conclusion: raise price.</think>\n"
+    checks = deterministic_checks(thought + good_response(state), state, PRICING, CHECKS)
+    assert checks.passed, checks.to_dict()
+    assert visible_response(thought + "answer") == "answer"
+    assert visible_response("answer <think>unfinished") == "answer "
+    assert "<think>" not in judge_messages([{"role": "user", "content": "p"}], thought + "answer")[1]["content"]

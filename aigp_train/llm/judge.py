@@ -50,6 +50,7 @@ __all__ = [
     "keep_response",
     "parse_scores",
     "reasoning_of",
+    "visible_response",
 ]
 
 # The four dimensions, in the paper's order, with the JSON keys the judge is asked to use.
@@ -78,6 +79,17 @@ class JudgeChecksConfig:
 # ---------------------------------------------------------------------------
 # Deterministic checks
 # ---------------------------------------------------------------------------
+
+
+_THINK = re.compile(r"<think>.*?</think>\s*", re.DOTALL)
+
+
+def visible_response(response: str) -> str:
+    """The answer without ``<think>...</think>`` blocks (Qwen3's thinking mode): the judge scores, and
+    SFT trains on, the visible reasoning and decision. An unclosed ``<think>`` hides everything after it."""
+    text = _THINK.sub("", str(response))
+    cut = text.find("<think>")
+    return text[:cut] if cut >= 0 else text
 
 
 def reasoning_of(response: str) -> str:
@@ -154,6 +166,7 @@ def deterministic_checks(response: str, state: dict, pricing: Any, cfg: JudgeChe
     from aigp_train.pricing import in_a_safe, parse_action
 
     d_prev = float(state["d_prev"])
+    response = visible_response(response)
     parsed = parse_action(response, d_prev, pricing)
     json_ok = parsed.failure is None
     raw = getattr(parsed, "raw_action", None)
@@ -194,7 +207,8 @@ def judge_messages(prompt_messages: list[dict], response: str) -> list[dict]:
     """Chat messages asking the judge to score ``response`` to the prompt ``prompt_messages``."""
     prompt_text = "\n\n".join(m["content"] for m in prompt_messages if m["role"] != "system")
     user = ("## Pricing prompt given to the model\n" + prompt_text
-            + "\n\n## Response to score\n<response>\n" + response.replace("</response>", "< /response>")
+            + "\n\n## Response to score\n<response>\n"
+            + visible_response(response).replace("</response>", "< /response>")
             + "\n</response>\n\nScore the response on the four dimensions; answer with the JSON object only.")
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
 

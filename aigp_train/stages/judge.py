@@ -33,6 +33,7 @@ from aigp_train.llm.judge import (
     judge_messages,
     keep_response,
     parse_scores,
+    visible_response,
 )
 from aigp_train.llm.models import ModelRecipe
 from aigp_train.llm.prompts import PromptConfig, read_prompts
@@ -113,7 +114,8 @@ class JudgeRequests(Sequence):
     @staticmethod
     def _request(rid: str, prompt: dict, text: str) -> GenerationRequest:
         return GenerationRequest(rid, judge_messages(prompt["messages"], text),
-                                 {"prompt_state": prompt["state"], "response": text, "context": _context(prompt)},
+                                 {"prompt_state": prompt["state"], "response": visible_response(text),
+                                  "context": _context(prompt)},
                                  act_only=False, adapter=None)
 
 
@@ -170,7 +172,8 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     # A kept example longer than the SFT cutoff would be truncated before its JSON action and teach
     # the model to stop without deciding: it is left out of the SFT set (and counted).
     tokenizer, cutoff = sft_tokenizer_and_cutoff(recipe.prompts_dir)
-    fits = {rid: example_tokens(tokenizer, [*prompt["messages"], {"role": "assistant", "content": text}]) <= cutoff
+    fits = {rid: example_tokens(tokenizer, [*prompt["messages"], {"role": "assistant",
+                                                                   "content": visible_response(text)}]) <= cutoff
             for rid, prompt, text, *_ in kept}
     for row in score_rows:
         row["fits_cutoff"] = fits.get(row["response_id"])
@@ -186,7 +189,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
         sft[group].append({
             "id": rid, "prompt_id": prompt["prompt_id"], "sku_id": prompt["sku_id"], "day": prompt["day"],
             "date": prompt["date"], "d_prev": prompt["d_prev"], "action": chk.action,
-            "messages": [*prompt["messages"], {"role": "assistant", "content": text}],
+            "messages": [*prompt["messages"], {"role": "assistant", "content": visible_response(text)}],
             "scores": parsed.scores, "teacher_backend": trow["backend"], "judge_backend": backend.name,
         })
     for name, rows in sft.items():
