@@ -335,3 +335,20 @@ def test_two_ranks_split_shards_and_rank0_waits_for_all(tiny_market, tmp_path, m
     summary = run_stage("prompts", str(TINY), overrides)["summary"]
     assert summary["shards_skipped"] == 4 and summary["num_prompts"] == 8
     assert len(read_prompts(tmp_path / "p", "act_only")) == 8
+
+
+@pytest.mark.parametrize("stage, path", [
+    ("prompts", "paper/prompts.yaml"), ("teacher", "paper/teacher.yaml"), ("judge", "paper/judge.yaml"),
+    ("prompts", "tiny/prompts.yaml"), ("teacher", "tiny/teacher.yaml"), ("judge", "tiny/judge.yaml"),
+    ("judge_agreement", "tiny/judge_agreement.yaml"),
+])
+def test_recipes_load_and_pin_the_paper_cutoffs(stage, path):
+    import importlib
+
+    recipe = load_recipe(REPO / "recipes" / path, importlib.import_module(f"aigp_train.stages.{stage}").Recipe)
+    if path == "paper/prompts.yaml":
+        assert (recipe.prompt.full_cutoff_tokens, recipe.prompt.act_only_cutoff_tokens) == (8192, 4096)  # Table 8
+    if path.startswith("paper/") and stage in ("teacher", "judge"):
+        assert recipe.backend.kind == "vllm" and recipe.backend.vllm.tensor_parallel_size == 8
+    if path.startswith("tiny/") and stage in ("teacher", "judge"):
+        assert recipe.backend.kind == "scripted"
