@@ -30,9 +30,10 @@ Memory model, per GPU, ZeRO-3 with W ranks (bytes):
 Inference (vLLM, tensor parallel t): weights / t + KV cache of ``batch 32 x max_model_len`` tokens
 (paper App. B.3: batch 32) / t (KV heads replicated when t exceeds them) + the same 4 GiB.
 
-Time per SFT epoch: compute = tokens x (6 x active non-embedding parameters + attention) /
-(W x peak x MFU) (LoRA with recomputation: forward, recomputed forward, input-gradient backward;
-weight gradients only for the adapter); ZeRO-3 traffic = 2 all-gathers of the bf16 weights per
+Time per SFT epoch: compute = tokens x model FLOPs per token / (W x peak x MFU), with the FLOPs
+counted as the training logs count them for MFU (``aigp_train.train.logging.train_flops_per_token``:
+4 x active non-embedding parameters for a frozen base, plus causal attention; recomputation is
+inside the MFU, so an MFU measured on a real run can be passed back with ``--mfu``); ZeRO-3 traffic = 2 all-gathers of the bf16 weights per
 micro-step (forward, recomputed forward in backward) at the inter-node bandwidth per GPU. DeepSpeed
 overlaps the two with prefetching, so the estimate is the larger of the two per step; the sum is
 the pessimistic bound.
@@ -64,7 +65,7 @@ class Assumptions:
     sft_pairs: int = 100_000  # paper §4.1: SFT on 100,000 instruction-response pairs
     sft_cutoff: int = 8192  # paper Table 8
     tokens_per_pair: int = 4096  # not in paper: mean pair length, half the cutoff (sequences packed to 8192)
-    mfu: float = 0.30  # not in paper: a typical MFU for LoRA MoE training with recomputation
+    mfu: float = 0.30  # not in paper: a typical model-FLOPs utilisation of LoRA MoE training (set a measured one)
     dpo_action_tokens: int = 16  # [ACT_ONLY] output: the JSON action is ~10-16 tokens per sequence
     infer_batch: int = INFER_BATCH
 
@@ -220,10 +221,13 @@ def inference_memory(facts: ModelFacts, cfg, cluster: ClusterSpec, tp: int, max_
 # --------------------------------------------------------------------------------------------- time
 
 
-def sft_epoch_time(facts: ModelFacts, cfg, cluster: ClusterSpec, a: Assumptions, micro_batch: int) -> dict:
-    q_dim, _, num_full = _attn_dims(cfg)
+def sft_epoch_time(facts: ModelFacts, model, cluster: ClusterSpec, a: Assumptions, micro_batch: int) -> dict:
+    # The training logs' own FLOP count (model FLOPs: active parameters, no recomputation), so a
+    # measured MFU from a real run's metrics.jsonl can be passed back in with --mfu.
+    from aigp_train.train.logging import train_flops_per_token
+
     tokens = a.sft_pairs * a.tokens_per_pair
-    flops_per_token = 6 * facts.counts["active_non_embedding"] + 8 * q_dim * a.tokens_per_pair * num_full
+    flops_per_token = train_flops_per_token(model, a.tokens_per_pair)
     world = cluster.world_size
     peak = cluster.device.peak_tflops * 1e12
     compute_s = tokens * flops_per_token / (world * peak * a.mfu)
@@ -311,8 +315,8 @@ def check(recipe_path: str, overrides: list[str], cluster_path: str | None, a: A
     infer_rows = [inference_memory(facts, cfg, cluster, t, max_len, a.infer_batch) for t in tps]
     smallest_fit = next((r["tensor_parallel_size"] for r in infer_rows if r["fits"]), None)
 
-    time_recipe_mb = sft_epoch_time(facts, cfg, cluster, a, sft_mb)
-    time_best_mb = sft_epoch_time(facts, cfg, cluster, a, sft_max_mb) if sft_max_mb else None
+    time_recipe_mb = sft_epoch_time(facts, model, cluster, a, sft_mb)
+    time_best_mb = sft_epoch_time(facts, model, cluster, a, sft_max_mb) if sft_max_mb else None
     paper_path = _paper_counterpart(path)
     paper = _merged(paper_path, [])
     compared = {k: v for k, v in merged.items() if k != "cluster"}
