@@ -32,6 +32,7 @@ are never cut: if they alone do not fit, ``PromptBudgetError`` says by how much.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -183,6 +184,7 @@ def parse_field_value(field: StateField, match: re.Match) -> float:
     return value
 
 
+@functools.lru_cache(maxsize=None)
 def quote_pattern(field: StateField) -> re.Pattern:
     """``<label>`` then up to a few linking words (is, was, of, at, :, =, about) then a number."""
     label = re.escape(field.label).replace(r"\ ", r"\s+")
