@@ -130,16 +130,16 @@ def make_backend(cfg: BackendConfig, model_recipe: Any = None) -> Backend:
         from aigp_train.llm.backends.hf_backend import HFBackend
 
         if model_recipe is None:
-            raise ValueError("backend.kind 'hf' needs a model: block in the recipe (which model to load).")
+            raise RecipeError("backend.kind 'hf' needs a model: block in the recipe (which model to load).")
         return HFBackend(_require(cfg.hf, "hf"), model_recipe)
     elif cfg.kind == "vllm":
         from aigp_train.llm.backends.vllm_backend import VLLMBackend
 
         if model_recipe is None:
-            raise ValueError("backend.kind 'vllm' needs a model: block in the recipe (which model to serve).")
+            raise RecipeError("backend.kind 'vllm' needs a model: block in the recipe (which model to serve).")
         return VLLMBackend(_require(cfg.vllm, "vllm"), model_recipe)
     elif cfg.kind == "scripted":
         from aigp_train.llm.backends.scripted import ScriptedBackend
 
         return ScriptedBackend(dict(cfg.scripted), model_recipe)
-    raise ValueError(f"unknown backend.kind {cfg.kind!r}; choose hf, vllm or scripted.")
+    raise RecipeError(f"unknown backend.kind {cfg.kind!r}; choose hf, vllm or scripted.")

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from aigp_train.config import RecipeError
 from aigp_train.llm.backends.base import GenerationRequest, HFBackendConfig, SamplingConfig
 from aigp_train.llm.models import build_model, resolve_path
 from aigp_train.llm.tokenizer import EOS_TOKEN, load_tokenizer
@@ -41,7 +42,7 @@ class HFBackend:
 
     def __init__(self, cfg: HFBackendConfig, model_recipe: Any) -> None:
         if cfg.batch_size < 1:
-            raise ValueError(f"backend.hf.batch_size must be >= 1, got {cfg.batch_size}.")
+            raise RecipeError(f"backend.hf.batch_size must be >= 1, got {cfg.batch_size}.")
         self.cfg = cfg
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
         self.tokenizer = load_tokenizer(model_recipe)
