@@ -91,12 +91,13 @@ def simulate_skus(sim: MarketSimulator, sku_index: np.ndarray) -> tuple[pa.Table
                                                sim.cat_roi_target[state0.category]),
         "sku_index": state0.sku_index,
     }
-    reviews = _reviews(sim, state0, days)
+    reviews = review_table(sim, state0, days)
     return table, summary, reviews
 
 
-def _reviews(sim: MarketSimulator, state0, days: list[dict]) -> pa.Table:
-    """One row per review written, with the stars the simulator counted for the rating."""
+def review_table(sim: MarketSimulator, state0, days: list[dict]) -> pa.Table:
+    """One row per review written on the simulated ``days`` (rows of ``sim.run``/``step`` from ``state0``),
+    with the stars the simulator counted for the rating."""
     t = sim.recipe.text
     new = np.stack([d["new_reviews"] for d in days], axis=1)  # [N, H]
     before = np.cumsum(new, axis=1) - new
@@ -114,6 +115,9 @@ def _reviews(sim: MarketSimulator, state0, days: list[dict]) -> pa.Table:
     return pa.Table.from_arrays([pa.array(ids.astype(str)), pa.array(review_id, type=pa.string()), pa.array(day.astype(np.int16)),
                                  pa.array(stars), pa.array(kind.astype(str)), pa.array(text.astype(str))],
                                 schema=_REVIEW_SCHEMA)
+
+
+_reviews = review_table  # the name aigp_train.evaluate.abtest imported first
 
 
 def _part_paths(out: Path, part: int) -> dict[str, Path]:
