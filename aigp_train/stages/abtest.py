@@ -75,6 +75,7 @@ class Recipe:
     market_dir: str = help_field("output folder of aigp simulate (its recipe is the market the cohort launches in)")
     price_sales_dir: str = help_field("the price-sales model folder written by aigp evaluate (<output>/price_sales)")
     infer_recipe: str = help_field("aigp infer recipe of the LLM groups (model, backend, sampling, prompts)")
+    infer_overrides: list[str] = help_field("key=value overrides of the infer recipe (e.g. sampling.max_new_tokens=16)")
     cohort: CohortConfig = help_field("the fresh launch cohort and its partition")
     groups: list[GroupSpec] = help_field("the groups, in bucket order")
     control: str = help_field("the group the lifts are relative to (paper: the price-sales model)")
@@ -97,7 +98,7 @@ def _policies(recipe: Recipe, sim, out: StageOutput):
         from aigp_train.stages import infer
         from aigp_train.stages.teacher import backend_with_pricing
 
-        inf = load_recipe(recipe.infer_recipe, infer.Recipe, [f"market_dir={recipe.market_dir}"])
+        inf = load_recipe(recipe.infer_recipe, infer.Recipe, [f"market_dir={recipe.market_dir}", *recipe.infer_overrides])
         backend = make_backend(backend_with_pricing(inf.backend, recipe.pricing), inf.model)
         source = CohortSource(MarketSource(recipe.market_dir, None), sim,
                               sim.init_states(_cohort_index(recipe)))

@@ -69,6 +69,7 @@ class Recipe:
     market_dir: str = help_field("output folder of aigp simulate (logs, skus, text, recipe, references)")
     ltve_path: str | None = help_field("LTVE output folder or model file for the Avg. Q-score; null = no Q column")
     infer_recipe: str = help_field("aigp infer recipe of the LLM policies (model, backend, sampling, prompts)")
+    infer_overrides: list[str] = help_field("key=value overrides of the infer recipe (e.g. sampling.max_new_tokens=16)")
     judge_recipe: str = help_field("aigp judge recipe whose judge scores the text policies' reasoning")
     policies: list[PolicySpec] = help_field("the policies, in table order ({name, kind, adapter})")
     ablations: list[str] = help_field("llm policies also run without diagnosis / without KB (Table 5)")
@@ -117,7 +118,7 @@ class _LLMSide:
         from aigp_train.stages import infer, judge
         from aigp_train.stages.teacher import backend_with_pricing
 
-        self.infer = load_recipe(recipe.infer_recipe, infer.Recipe, [f"market_dir={recipe.market_dir}"])
+        self.infer = load_recipe(recipe.infer_recipe, infer.Recipe, [f"market_dir={recipe.market_dir}", *recipe.infer_overrides])
         self.judge = load_recipe(recipe.judge_recipe, judge.Recipe)
         self.prompt_cfg = infer.prompt_config(self.infer)
         # The price-sales hint in the prompts is fitted on the training period only (no look-ahead).

@@ -11,9 +11,11 @@ there, naming the step and the missing module; nothing is faked.
 
 Each step runs as its own process (``python -m aigp_train.cli`` or ``torchrun`` when
 ``nproc_per_node > 1``): DeepSpeed, process groups and model memory never leak from one
-stage into the next. A finished step is skipped by the CLI's manifest check; a step is
-forced to rerun when an upstream step's manifest changed since it last ran (recorded in
-``steps.json``), so a rerun upstream never leaves stale results downstream.
+stage into the next. A finished step is skipped by the CLI's manifest check. A step whose
+upstream changed since it last ran (an earlier step's manifest differs from the one recorded in
+``steps.json``) is rerun from scratch: its old output folder is moved aside to
+``<output_dir>.stale`` (its resumable pieces were made from the old inputs and must not be
+reused), so a rerun upstream never leaves stale results downstream.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import importlib
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -52,7 +55,11 @@ class Recipe:
 
 
 class PipelineError(RuntimeError):
-    """A step is missing or misconfigured, or a stage failed; the message names the step."""
+    """A stage failed, or exited without its manifest; the message names the step."""
+
+
+class PipelineRecipeError(RecipeError):
+    """A step names a stage that does not exist yet, or its recipe does not load (caught before any step runs)."""
 
 
 def step_overrides(step: Step, run_root: str) -> list[str]:
@@ -62,11 +69,11 @@ def step_overrides(step: Step, run_root: str) -> list[str]:
 def check_steps(recipe: Recipe) -> dict[str, object]:
     """Load every step's recipe (validating keys and values) before any stage runs.
 
-    Returns step id -> the loaded stage recipe. Raises PipelineError listing every problem.
+    Returns step id -> the loaded stage recipe. Raises PipelineRecipeError listing every problem.
     """
     problems, loaded = [], {}
     if not recipe.steps:
-        raise PipelineError("the pipeline recipe lists no steps; add at least one under 'steps:'.")
+        raise PipelineRecipeError("the pipeline recipe lists no steps; add at least one under 'steps:'.")
     for step_id, step in recipe.steps.items():
         if step.stage not in STAGES or step.stage == "pipeline":
             problems.append(f"step '{step_id}': '{step.stage}' is not a stage. Known stages: "
@@ -92,7 +99,7 @@ def check_steps(recipe: Recipe) -> dict[str, object]:
         except ImportError as err:
             problems.append(f"step '{step_id}': stage module {module_name} fails to import: {err}")
     if problems:
-        raise PipelineError("the pipeline cannot start:\n  - " + "\n  - ".join(problems))
+        raise PipelineRecipeError("the pipeline cannot start:\n  - " + "\n  - ".join(problems))
     return loaded
 
 
@@ -101,7 +108,7 @@ def _manifest_sha(output_dir: str | Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
-def _command(step: Step, overrides: list[str], force: bool) -> list[str]:
+def _command(step: Step, overrides: list[str], force: bool = False) -> list[str]:
     args = [step.stage, step.recipe, *overrides] + (["--force"] if force else [])
     if step.nproc_per_node == 1:
         return [sys.executable, "-m", "aigp_train.cli", *args]
@@ -123,10 +130,14 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
         stale = done_before and record.get(step_id, {}).get("upstream") != upstream
         overrides = step_overrides(step, recipe.run_root)
         print(f"[aigp pipeline] step '{step_id}': aigp {step.stage} {step.recipe} {' '.join(overrides)}"
-              + (" (upstream changed: rerun)" if stale else " (finished before: skip)" if done_before else ""),
+              + (f" (upstream changed: rerun; old output moved to {output_dir}.stale)" if stale else " (finished before: skip)" if done_before else ""),
               file=sys.stderr, flush=True)
+        if stale:
+            aside = Path(f"{output_dir}.stale")
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(output_dir, aside)
         started = time.time()
-        proc = subprocess.run(_command(step, overrides, force=stale))
+        proc = subprocess.run(_command(step, overrides, force=False))
         timings[step_id] = round(time.time() - started, 1)
         if proc.returncode != 0:
             raise PipelineError(f"step '{step_id}' (aigp {step.stage} {step.recipe}) failed with exit code "
