@@ -239,7 +239,7 @@ class CohortSource:
 
     def update(self, rows: list[dict], state) -> None:
         """Rows of the days simulated so far and today's pseudo-row, for every SKU of the cohort."""
-        from aigp_train.market.logs import _reviews
+        from aigp_train.market.logs import review_table
 
         n = len(self.ids)
         past = [{k: np.asarray(v) for k, v in r.items()} for r in rows]
@@ -259,7 +259,7 @@ class CohortSource:
             self._rows[sku] = hist + [today]
         self.reviews = {}
         if rows:
-            table = _reviews(self.sim, self.state0, rows).to_pandas()
+            table = review_table(self.sim, self.state0, rows).to_pandas()
             self.reviews = {k: g.sort_values(["day", "review_id"]) for k, g in table.groupby("sku_id", sort=False)}
         assert len(self._rows) == n
 
