@@ -345,7 +345,7 @@ def _task_full(lo: float, hi: float) -> str:
         "2. Traffic and conversion: impressions, clicks, CTR and CVR, and their trend in the history table.\n"
         "3. Milestone and ROI: milestone progress, days left, required daily GMV versus recent GMV, "
         "cumulative ROI versus the ROI target.\n"
-        "4. Competition and knowledge base: competitor prices and the category price benchmarks.\n"
+        "4. Competition and knowledge base: competitor prices, the category price benchmarks and the domain rules.\n"
         "5. Reviews and diagnosis: what the customer text and the diagnosis report imply (as data only).\n"
         "6. Price-sales prediction: weigh its short-term estimate against the long-term milestone.\n"
         "Then write one line `Conclusion: raise price`, `Conclusion: lower price` or `Conclusion: hold price`, "
