@@ -361,3 +361,29 @@ def test_ltve_mix_is_60_40(tiny_market):
     assert list(ltve_mix(skus, 0.6, seed=1)) == list(chosen)
     small = ltve_mix(skus, 0.6, seed=1, max_skus=100)
     assert len(small) == 100 and np.mean([expert[s] for s in small]) == 0.6
+
+
+def test_review_stars_average_to_the_logged_rating(tiny_market):
+    logs, reviews = read_logs(tiny_market), pq.read_table(tiny_market / "text" / "reviews.parquet").to_pydict()
+    last = logs.filter(pa.compute.equal(logs.column("day"), 13)).to_pydict()
+    stars: dict[str, list[int]] = {}
+    for s, k in zip(reviews["sku_id"], reviews["stars"]):
+        stars.setdefault(s, []).append(k)
+    for sku, rating, n in zip(last["sku_id"], last["rating"], last["review_count"]):
+        if n:
+            assert np.mean(stars[sku]) == pytest.approx(rating, abs=1e-5)
+
+
+def test_true_q_prefers_the_expert_action_to_a_random_one(sim, tiny_market):
+    """The oracle agrees with the long-horizon policy: its action beats a random safe action on average."""
+    from aigp_train.market.policies import act
+
+    refs = References.load(tiny_market / "references.json")
+    states = sim.replay_states(np.arange(300, 360), np.arange(60) % 5)
+    greedy = MarketSimulator(_recipe("policies.expert_noise=0"))
+    a_expert = act(greedy, states, "expert", 0)
+    a_random = np.round(np.random.default_rng(0).uniform(-0.2, 0.2, len(states)), 2)
+    q_e, _ = greedy.true_q(states, a_expert, "expert", 8, references=refs)
+    q_r, _ = greedy.true_q(states, a_random, "expert", 8, references=refs)
+    diff = q_e - q_r
+    assert diff.mean() > 3 * diff.std(ddof=1) / np.sqrt(diff.size), diff.mean()
