@@ -407,9 +407,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("rest", nargs="*", help="cluster=<path> and key=value overrides")
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     defaults = Assumptions()
-    ap.add_argument("--mfu", type=float, default=defaults.mfu)
-    ap.add_argument("--tokens-per-pair", type=int, default=defaults.tokens_per_pair)
-    ap.add_argument("--pairs", type=int, default=defaults.sft_pairs)
+    ap.add_argument("--mfu", type=float, default=defaults.mfu,
+                    help=f"model-FLOPs utilisation, as metrics.jsonl reports it (default {defaults.mfu})")
+    ap.add_argument("--tokens-per-pair", type=int, default=defaults.tokens_per_pair,
+                    help=f"mean tokens of one SFT pair (default {defaults.tokens_per_pair}, half the 8192 cutoff)")
+    ap.add_argument("--pairs", type=int, default=defaults.sft_pairs,
+                    help=f"SFT pairs per epoch (default {defaults.sft_pairs:,}, paper §4.1)")
     args = ap.parse_args(argv[1:])
     cluster = [x.split("=", 1)[1] for x in args.rest if x.startswith("cluster=")]
     overrides = [x for x in args.rest if not x.startswith("cluster=")]
