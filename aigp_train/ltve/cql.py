@@ -63,9 +63,7 @@ class CQLTrainer(FusedLTVETrainer):
         penalty = (torch.logsumexp(q_grid, 2) - q_data).mean(1).sum()
         td = (q_data - y).square().mean(1).sum()
         loss_q = td + self.alpha * penalty
-        self.opt_q.zero_grad(set_to_none=False)
-        loss_q.backward()
-        self.opt_q.step()
+        self.opt_q.step(torch.autograd.grad(loss_q, self.opt_q.params))
         with torch.no_grad():
             torch._foreach_lerp_(self._qt_list, self._q_list, self.cfg.eta)
             # the metric slots: (penalty, td loss, target mean) -- V is unused by CQL

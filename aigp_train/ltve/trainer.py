@@ -11,9 +11,10 @@ What "fused" means here, and why each piece is there:
 * **No host sync per step**: losses and value means are added into a device tensor and read
   every ``log_every`` updates (the only ``.cpu()``). Nothing in ``_update`` calls ``.item()``
   or branches on a tensor value.
-* **Fused/foreach optimiser and target updates**: ``torch.optim.Adam(fused=True)`` (one
-  kernel over all tensors on CPU and CUDA) and one ``torch._foreach_lerp_`` for
-  ``phi_bar <- eta*phi + (1-eta)*phi_bar`` over every target tensor.
+* **Fused/foreach optimiser and target updates**: ``FusedAdam`` (one ``_fused_adam_`` kernel
+  over all tensors of a network, on CPU and CUDA, without torch.optim's per-step Python),
+  gradients by ``torch.autograd.grad`` (no ``.grad`` accumulation, no ``zero_grad``), and one
+  ``torch._foreach_lerp_`` for ``phi_bar <- eta*phi + (1-eta)*phi_bar`` over every target tensor.
 * **CUDA**: ``log_every`` updates are captured once as a CUDA graph and replayed
   (``cuda_graph: true``); the warm-up that graph capture needs is undone afterwards so a
   captured run is the same run as an eager one. Optionally the two losses run as fused
@@ -62,6 +63,37 @@ def update_flops(state_dim: int, hidden_sizes: list[int], batch: int) -> int:
     return q + 3 * v + v + 3 * q
 
 
+class FusedAdam:
+    """Adam (torch.optim.Adam's defaults: betas 0.9/0.999, eps 1e-8, no weight decay) as ONE
+    ``aten::_fused_adam_`` call over all tensors of a network, plus one ``_foreach_add_`` for
+    the step counters. ``torch.optim.Adam(fused=True)`` runs the same kernel but spends ~1.5 ms
+    of Python per step around it (param-group loops, ``.item()`` on step counters) -- more
+    than the kernel itself at these sizes. Step counters live on the parameters' device so the
+    update stays capturable in a CUDA graph.
+    """
+
+    def __init__(self, params: dict[str, torch.Tensor], lr: float, betas=(0.9, 0.999), eps: float = 1e-8):
+        self.names = list(params)
+        self.params = list(params.values())
+        self.lr, self.betas, self.eps = lr, betas, eps
+        self.exp_avg = [torch.zeros_like(p) for p in self.params]
+        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        self.steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
+
+    @torch.no_grad()
+    def step(self, grads: tuple[torch.Tensor, ...]) -> None:
+        torch._foreach_add_(self.steps, 1.0)
+        torch._fused_adam_(self.params, list(grads), self.exp_avg, self.exp_avg_sq, [], self.steps, lr=self.lr,
+                           beta1=self.betas[0], beta2=self.betas[1], weight_decay=0.0, eps=self.eps, amsgrad=False,
+                           maximize=False)
+
+    def named_state(self):
+        for name, m, v, t in zip(self.names, self.exp_avg, self.exp_avg_sq, self.steps):
+            yield name, "exp_avg", m
+            yield name, "exp_avg_sq", v
+            yield name, "step", t
+
+
 class FusedLTVETrainer:
     def __init__(self, data: torch.Tensor, state_dim: int, cfg: TrainConfig, hidden_sizes: list[int],
                  q_bounds: tuple[float, float], device: torch.device | str = "cpu",
@@ -86,10 +118,8 @@ class FusedLTVETrainer:
         for t in (*self.q.values(), *self.v.values()):
             t.requires_grad_(True)
         on_cuda = self.device.type == "cuda"
-        # capturable keeps Adam's step counter on the device so the update is graph-safe.
-        adam = dict(lr=cfg.lr, fused=True, capturable=on_cuda)
-        self.opt_q = torch.optim.Adam(list(self.q.values()), **adam)
-        self.opt_v = torch.optim.Adam(list(self.v.values()), **adam)
+        self.opt_q = FusedAdam(self.q, cfg.lr)
+        self.opt_v = FusedAdam(self.v, cfg.lr)
         self.gen = torch.Generator(device=self.device).manual_seed(cfg.seed + 1)
         self.step = 0
         self.metric_sums = torch.zeros(len(METRIC_NAMES), device=self.device, dtype=torch.float64)
@@ -97,13 +127,6 @@ class FusedLTVETrainer:
         self._qt_list = list(self.q_target.values())
         self._graph: torch.cuda.CUDAGraph | None = None
         self._use_triton = bool(cfg.triton_kernels and on_cuda)
-        # Materialise Adam's state now (zeros, step 0) so checkpoints always hold it.
-        for opt in (self.opt_q, self.opt_v):
-            for group in opt.param_groups:
-                for p in group["params"]:
-                    opt.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=self.device if on_cuda else "cpu"),
-                                    "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-                                    "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
 
     # ------------------------------------------------------------------ one update
     def _sample(self) -> dict[str, torch.Tensor]:
@@ -122,9 +145,7 @@ class FusedLTVETrainer:
             loss_v = expectile_loss(q_min, v_s, tau)
         else:
             loss_v = value_loss(self.q_target, self.v, b["sa"], b["s"], tau)
-        self.opt_v.zero_grad(set_to_none=False)
-        loss_v.backward()
-        self.opt_v.step()
+        self.opt_v.step(torch.autograd.grad(loss_v, self.opt_v.params))
         # lines 11-12: n-step target from the updated V, clipped; line 13: both critics toward it
         if self._use_triton:
             from aigp_kernels.ltve_losses import td_critic_loss
@@ -136,9 +157,7 @@ class FusedLTVETrainer:
         else:
             y = nstep_target(self.v, b["s_next"], b["ret"], b["boot"], self.q_min, self.q_max)
             loss_q = critic_loss(self.q, b["sa"], y)
-        self.opt_q.zero_grad(set_to_none=False)
-        loss_q.backward()
-        self.opt_q.step()
+        self.opt_q.step(torch.autograd.grad(loss_q, self.opt_q.params))
         # line 14: soft target update, one foreach kernel over all target tensors
         with torch.no_grad():
             torch._foreach_lerp_(self._qt_list, self._q_list, self.cfg.eta)
@@ -205,10 +224,9 @@ class FusedLTVETrainer:
         for prefix, params in (("q", self.q), ("q_target", self.q_target), ("v", self.v)):
             for k, t in params.items():
                 out[f"{prefix}.{k}"] = t.detach().clone()
-        for name, opt, params in (("opt_q", self.opt_q, self.q), ("opt_v", self.opt_v, self.v)):
-            for k, p in params.items():
-                for field, t in opt.state[p].items():
-                    out[f"{name}.{k}.{field}"] = t.detach().clone().reshape(t.shape)
+        for name, opt in (("opt_q", self.opt_q), ("opt_v", self.opt_v)):
+            for k, field, t in opt.named_state():
+                out[f"{name}.{k}.{field}"] = t.detach().clone()
         out["rng.device"] = self.gen.get_state().clone()
         out["step"] = torch.tensor(self.step, dtype=torch.int64)
         out["metric_sums"] = self.metric_sums.clone()
@@ -228,10 +246,9 @@ class FusedLTVETrainer:
                         raise ValueError(f"checkpoint {prefix}.{k} has shape {tuple(src.shape)}, model has "
                                          f"{tuple(t.shape)}: the recipe's model.hidden_sizes or features differ.")
                     t.copy_(src)
-            for name, opt, params in (("opt_q", self.opt_q, self.q), ("opt_v", self.opt_v, self.v)):
-                for k, p in params.items():
-                    for field, t in opt.state[p].items():
-                        t.copy_(state[f"{name}.{k}.{field}"])
+            for name, opt in (("opt_q", self.opt_q), ("opt_v", self.opt_v)):
+                for k, field, t in opt.named_state():
+                    t.copy_(state[f"{name}.{k}.{field}"])
         self.gen.set_state(state["rng.device"].cpu())
         self.step = int(state["step"])
         self.metric_sums.copy_(state["metric_sums"])
