@@ -59,15 +59,6 @@ from aigp_train.pricing.reward import roi
 
 POLICIES = ("expert", "myopic", "random_walk", "conservative")
 
-# Per-SKU arrays that never change after launch.
-STATIC_FIELDS = ("sku_index", "category", "product_type", "policy", "launch_date", "list_price", "quality",
-                 "popularity", "elasticity", "true_rating", "competitor_ratio", "inventory0")
-# Per-SKU arrays that evolve day by day ("day" is the next day to simulate).
-DYNAMIC_FIELDS = ("day", "d_prev", "reference_price", "rank", "inventory", "review_count", "rating_sum",
-                  "cum_gmv", "cum_spend", "last_units", "last_clicks", "last_impressions", "last_gmv",
-                  "last_spend", "last_competitor_mean")
-
-
 def sku_id_of(index) -> np.ndarray:
     index = np.asarray(index, dtype=np.int64)
     return np.array([f"SKU{i:08d}" for i in index.ravel().tolist()], dtype="<U11").reshape(index.shape)
