@@ -231,37 +231,45 @@ class CohortSource:
         self.descriptions = dict(zip(ids, descriptions(sim.recipe.seed, ids, state0.sku_index, cats, ptypes,
                                                        state0.list_price)))
         self.ids, self.cats = ids, cats
+        self._position = {sku: i for i, sku in enumerate(ids)}
         self.reviews: dict = {}
-        self._rows: dict[str, list[dict]] = {i: [] for i in ids}
+        self._rows: dict[str, list[dict]] = {}
+        self._days: list[dict] = []
+        self._state = state0
+        self._calendar = sim.calendar(state0)
 
     def rows(self, sku_id: str) -> list[dict]:
+        """Rows of days < t and today's pseudo-row of one SKU (built on demand: only LLM groups ask)."""
+        if sku_id not in self._rows:
+            self._rows[sku_id] = self._build_rows(self._position[sku_id])
         return self._rows[sku_id]
 
     def update(self, rows: list[dict], state) -> None:
-        """Rows of the days simulated so far and today's pseudo-row, for every SKU of the cohort."""
+        """Start day t: the row arrays of the days simulated so far and the state before today's action."""
         from aigp_train.market.logs import review_table
 
-        n = len(self.ids)
-        past = [{k: np.asarray(v) for k, v in r.items()} for r in rows]
-        date, dow, promo = self.sim.calendar(state)
-        comp_mean = np.asarray(state.last_competitor_mean, dtype=np.float64)
-        for i, sku in enumerate(self.ids):
-            hist = [{**{k: v[i].item() for k, v in r.items() if k not in ("new_reviews", "raw_action")},
-                     "sku_id": sku, "category": self.cats[i], "list_price": float(self.state0.list_price[i])}
-                    for r in past]
-            today = {"sku_id": sku, "category": self.cats[i], "day": int(state.day[i]), "date": int(date[i]),
-                     "day_of_week": int(dow[i]), "is_promotion": bool(promo[i]),
-                     "discount_prev": float(state.d_prev[i]), "list_price": float(state.list_price[i]),
-                     "inventory": int(state.inventory[i]), "units": 0,
-                     "competitor_price_mean": float(comp_mean[i]),
-                     # yesterday's minimum if known; at launch the posted mean stands in for it
-                     "competitor_price_min": float(past[-1]["competitor_price_min"][i]) if past else float(comp_mean[i])}
-            self._rows[sku] = hist + [today]
+        self._days, self._state = rows, state
+        self._calendar = self.sim.calendar(state)
+        self._rows = {}
         self.reviews = {}
         if rows:
             table = review_table(self.sim, self.state0, rows).to_pandas()
             self.reviews = {k: g.sort_values(["day", "review_id"]) for k, g in table.groupby("sku_id", sort=False)}
-        assert len(self._rows) == n
+
+    def _build_rows(self, i: int) -> list[dict]:
+        sku, state, past = self.ids[i], self._state, self._days
+        date, dow, promo = self._calendar
+        hist = [{**{k: np.asarray(v)[i].item() for k, v in r.items() if k not in ("new_reviews", "raw_action")},
+                 "sku_id": sku, "category": self.cats[i], "list_price": float(self.state0.list_price[i])}
+                for r in past]
+        comp_mean = float(state.last_competitor_mean[i])
+        today = {"sku_id": sku, "category": self.cats[i], "day": int(state.day[i]), "date": int(date[i]),
+                 "day_of_week": int(dow[i]), "is_promotion": bool(promo[i]),
+                 "discount_prev": float(state.d_prev[i]), "list_price": float(state.list_price[i]),
+                 "inventory": int(state.inventory[i]), "units": 0, "competitor_price_mean": comp_mean,
+                 # yesterday's minimum if known; at launch the posted mean stands in for it
+                 "competitor_price_min": float(np.asarray(past[-1]["competitor_price_min"])[i]) if past else comp_mean}
+        return hist + [today]
 
 
 def llm_prompt_builder(source: CohortSource, prompt_cfg, pricing, tokenizer):
