@@ -57,32 +57,32 @@ def test_same_logs_with_one_or_two_worker_processes(tmp_path):
         assert a.equals(b)
 
 
-def test_crashed_run_resumes_with_the_missing_parts(tmp_path, monkeypatch):
-    from aigp_train.market import logs as logs_module
+def test_killed_cli_run_resumes_without_loss_or_duplication(tmp_path):
+    """A real SIGKILL in the middle of `aigp simulate`; the rerun finishes what is missing."""
+    import signal
+    import time
 
-    recipe = _recipe("num_skus=30", "logging.skus_per_part=10")
-    simulate_market(recipe, tmp_path / "clean", progress=False)
-    real = logs_module._simulate_part
+    from aigp_train.cli import run_stage
 
-    def dies_on_part_2(recipe, out, part, start, stop):
-        if part == 2:
-            raise RuntimeError("node lost")
-        return real(recipe, out, part, start, stop)
-
-    monkeypatch.setattr(logs_module, "_simulate_part", dies_on_part_2)
-    with pytest.raises(RuntimeError, match="node lost"):
-        simulate_market(recipe, tmp_path / "crashed", progress=False)
-    kept = tmp_path / "crashed" / "logs" / "part-00000.parquet"
-    mtime = kept.stat().st_mtime_ns
-    assert not (tmp_path / "crashed" / "logs" / "part-00002.parquet").exists()
-    monkeypatch.setattr(logs_module, "_simulate_part", real)
-    simulate_market(recipe, tmp_path / "crashed", progress=False)
-    assert kept.stat().st_mtime_ns == mtime  # finished parts are not redone
-    assert read_logs(tmp_path / "crashed").equals(read_logs(tmp_path / "clean"))
-    assert read_skus(tmp_path / "crashed").equals(read_skus(tmp_path / "clean"))
+    out = tmp_path / "killed"
+    args = [f"output_dir={out}", "num_skus=2000", "logging.skus_per_part=100", "logging.num_workers=1"]
+    proc = subprocess.Popen(["aigp", "simulate", str(TINY), *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "logs" / "part-00002.parquet").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = sorted((out / "logs").glob("part-*.parquet"))
+    assert 3 <= len(done) < 20 and not (out / "manifest.json").exists()
+    mtimes = {p.name: p.stat().st_mtime_ns for p in done}
+    run_stage("simulate", str(TINY), args)
+    assert {p.name: p.stat().st_mtime_ns for p in done} == mtimes  # finished parts kept as they were
+    clean = tmp_path / "clean"
+    simulate_market(_recipe(*args[1:]), clean, progress=False)
+    assert read_logs(out).equals(read_logs(clean)) and read_skus(out).equals(read_skus(clean))
     with pytest.raises(ValueError, match="different recipe"):  # never mix two markets in one folder
-        simulate_market(_recipe("num_skus=30", "logging.skus_per_part=10", "seed=7"), tmp_path / "crashed",
-                        progress=False)
+        simulate_market(_recipe(*args[1:], "seed=7"), out, progress=False)
 
 
 def test_sku_ids_round_trip():
