@@ -23,7 +23,7 @@ Demand model, per SKU-day (effect sizes and their sources):
   discounting of discounts and promotion thresholds", J. Consumer Research 19(3); threshold and
   saturation also in Van Heerde, Leeflang & Wittink 2001). Deal salience acts on the listing
   (clicks), the price itself on the purchase decision (conversion).
-* CVR per click: under ~1 % at list price (category ``cvr``, 0.3-0.8 %), multiplied by
+* CVR per click: under ~1 % at usual discounts (category ``cvr`` at list price 0.16-0.33 %), multiplied by
   d_t ** elasticity with SKU elasticities around the category mean, -1.5 to -3 (meta-analysis
   mean -2.62, Bijmolt, van Heerde & Pieters 2005, J. Marketing Research 42(2)); by the
   reference-price effect with loss aversion: a price above the internal reference price
