@@ -583,13 +583,14 @@ class MarketSource:
         self.params = json.loads((root / "market.json").read_text())
         self.horizon_days = int(self.params["horizon_days"])
         self.milestones = {c: {"gmv_tier": t, "roi_target": r} for c, (t, r) in milestone_targets(self.params).items()}
-        self.logs = read_logs(root).to_pandas()
+        self._log_table = read_logs(root)
+        self.logs = self._log_table.to_pandas()
         self.skus = {r["sku_id"]: r for r in read_skus(root).to_pylist()}
         text = root / "text"
         self.descriptions = dict(zip(*pq.read_table(text / "descriptions.parquet", columns=["sku_id", "description"])
                                      .to_pydict().values()))
-        self._review_frame = pq.read_table(text / "reviews.parquet", columns=["sku_id", "review_id", "day", "stars",
-                                                                              "text"]).to_pandas()
+        self._review_table = pq.read_table(text / "reviews.parquet", columns=["sku_id", "review_id", "day", "stars",
+                                                                              "text"])
         self.kb = pq.read_table(text / "knowledge_base.parquet").to_pandas()
         fit = self.logs if elasticity_max_date is None else self.logs[self.logs["date"] <= elasticity_max_date]
         if fit.empty:
@@ -600,7 +601,8 @@ class MarketSource:
         # Row positions per SKU, computed once; a SKU's rows become dicts only when a prompt needs them
         # (the paper's logs are millions of rows), and ``release`` drops them again.
         self._log_index = self.logs.groupby("sku_id", sort=False).indices
-        self._review_index = self._review_frame.groupby("sku_id", sort=False).indices
+        self._review_index = self._review_table.select(["sku_id"]).to_pandas().groupby("sku_id", sort=False).indices
+        self._kb_cache: dict[tuple, tuple[list[str], float | None]] = {}
         self._rows: dict[str, list[dict]] = {}
         self._reviews: dict[str, list[dict]] = {}
 
@@ -609,15 +611,16 @@ class MarketSource:
         if sku_id not in self._rows:
             if sku_id not in self._log_index:
                 raise KeyError(f"{sku_id} is not in the logs.")
-            self._rows[sku_id] = self.logs.iloc[self._log_index[sku_id]].sort_values("day").to_dict("records")
+            rows = self._log_table.take(self._log_index[sku_id]).to_pylist()  # arrow: much faster than pandas here
+            self._rows[sku_id] = sorted(rows, key=lambda r: r["day"])
         return self._rows[sku_id]
 
     def reviews(self, sku_id: str, before_day: int) -> list[dict]:
         """Reviews of the SKU written before ``before_day``, oldest first."""
         if sku_id not in self._reviews:
             positions = self._review_index.get(sku_id)
-            self._reviews[sku_id] = ([] if positions is None else self._review_frame.iloc[positions]
-                                     .sort_values(["day", "review_id"]).to_dict("records"))
+            rows = [] if positions is None else self._review_table.take(positions).to_pylist()
+            self._reviews[sku_id] = sorted(rows, key=lambda r: (r["day"], r["review_id"]))
         return [r for r in self._reviews[sku_id] if int(r["day"]) < before_day]
 
     def release(self) -> None:
@@ -629,6 +632,13 @@ class MarketSource:
         """KB lines for a SKU, most relevant first (its own product type, related types sharing a word,
         the category's rules, other benchmarks), and the benchmark price of its type (or related, or the
         category median)."""
+        key = (category, product_type, max_entries)
+        if key not in self._kb_cache:
+            self._kb_cache[key] = self._kb_entries(category, product_type, max_entries)
+        lines, price = self._kb_cache[key]
+        return list(lines), price
+
+    def _kb_entries(self, category: str, product_type: str, max_entries: int) -> tuple[list[str], float | None]:
         import numpy as np
 
         kb = self.kb[self.kb["category"] == category]
