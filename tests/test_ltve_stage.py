@@ -120,11 +120,13 @@ def test_ltve_eval_writes_tables_and_figure(tiny_market, tmp_path):
     out = tmp_path / "eval"
     manifest = run_stage("ltve-eval", "recipes/tiny/ltve_eval.yaml", [
         f"logs_dir={tiny_market}", f"output_dir={out}", "eval.n_steps=[1,3]", "eval.true_cda_states=6",
-        "eval.true_q_rollouts=2", "cql.num_steps=50"])
+        "eval.true_q_rollouts=2", "cql.num_steps=50",
+        "ltve_overrides=[train.num_steps=100,train.log_every=50,train.checkpoint_every=100]"])
     for name in ("table2.md", "table2.json", "table7.md", "table7.json", "fig3_deciles.png", "fig3.json",
                  "true_cda.json", "cql/model.safetensors", "ltve_n1/model.safetensors", "ltve_n3/model.safetensors"):
         assert (out / name).is_file(), name
     assert (out / "fig3_deciles.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((out / "ltve_n3" / "manifest.json").read_text())["summary"]["steps"] == 100  # overrides reached it
     t2 = json.loads((out / "table2.json").read_text())
     assert set(t2) == {"1", "3"}
     for row in t2.values():

@@ -54,14 +54,15 @@ class Recipe:
     output_dir: str = help_field("folder for the per-n LTVE runs, the CQL critic and the tables")
     ltve_recipe: str = help_field("the ltve recipe trained for every n (e.g. recipes/tiny/ltve.yaml)")
     logs_dir: str = help_field("output folder of `aigp simulate` (overrides the ltve recipe's data.logs_dir)")
+    ltve_overrides: list[str] = help_field("extra key=value overrides of the ltve recipe (e.g. train.num_steps=3000)")
     pricing: PricingConfig = help_field("pricing rules (A_safe, EAMA epsilon, grid step)")
     eval: EvalConfig = help_field("metric definitions and sizes")
     cql: CQLConfig = help_field("the CQL baseline of Table 7")
 
 
 def _ltve_overrides(recipe: Recipe, n: int) -> list[str]:
-    return [f"output_dir={Path(recipe.output_dir) / f'ltve_n{n}'}", f"data.logs_dir={recipe.logs_dir}",
-            f"data.n_step={n}"]
+    return [*recipe.ltve_overrides, f"output_dir={Path(recipe.output_dir) / f'ltve_n{n}'}",
+            f"data.logs_dir={recipe.logs_dir}", f"data.n_step={n}"]
 
 
 def _train_cql(recipe: Recipe, ltve_dir: Path, out_dir: Path) -> None:
