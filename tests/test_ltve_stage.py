@@ -138,3 +138,28 @@ def test_ltve_eval_writes_tables_and_figure(tiny_market, tmp_path):
     assert len(fig["deciles"]) == 10 and "rho_decile_milestone" in fig["spearman"]
     assert "| CDA |" in (out / "table2.md").read_text()
     assert manifest["summary"]["table7"]["cql"]["cda"] == pytest.approx(t7["cql"]["cda"], abs=1e-4)
+
+
+def test_sigterm_checkpoints_and_exits_for_requeue(tiny_market, tmp_path):
+    """SLURM preemption: SIGTERM mid-run -> checkpoint at the next chunk boundary, exit 75, no manifest;
+    the rerun continues from that step."""
+    import signal
+
+    ov = [f"data.logs_dir={tiny_market}", f"output_dir={tmp_path}", "train.num_steps=1000000", "train.log_every=25",
+          "train.checkpoint_every=1000000"]
+    proc = subprocess.Popen([sys.executable, "-m", "aigp_train.cli", "ltve", TINY, *ov], stderr=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if "ltve: training steps" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, err[-2000:]
+    assert not (tmp_path / "manifest.json").exists()
+    step = int(load_file(tmp_path / "checkpoint.safetensors")["step"])
+    assert step > 0 and step % 25 == 0
+    resumed = run_stage("ltve", TINY, [*ov[:2], f"train.num_steps={step + 25}", "train.log_every=25",
+                                       "train.checkpoint_every=1000000"])
+    assert resumed["summary"]["steps"] == step + 25
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(25, step + 26, 25))

@@ -195,8 +195,13 @@ class FusedLTVETrainer:
 
     # ------------------------------------------------------------------ loop
     def train(self, num_steps: int, on_log: Callable[[int, dict], None] | None = None,
-              on_checkpoint: Callable[[int], None] | None = None) -> dict:
-        """Run until ``self.step == num_steps``; metrics are read every ``log_every`` updates."""
+              on_checkpoint: Callable[[int], None] | None = None,
+              should_stop: Callable[[], bool] | None = None) -> dict:
+        """Run until ``self.step == num_steps``; metrics are read every ``log_every`` updates.
+
+        ``should_stop`` (e.g. a preemption flag) is polled at chunk boundaries; when it says
+        stop, a checkpoint is written there and the loop returns early.
+        """
         k = self.cfg.log_every
         last: dict = {}
         while self.step < num_steps:
@@ -205,8 +210,11 @@ class FusedLTVETrainer:
             last = self.read_metrics(todo)  # the host sync, once per chunk
             if on_log:
                 on_log(self.step, last)
-            if on_checkpoint and (self.step % self.cfg.checkpoint_every == 0 or self.step == num_steps):
+            stop = bool(should_stop and should_stop())
+            if on_checkpoint and (stop or self.step % self.cfg.checkpoint_every == 0 or self.step == num_steps):
                 on_checkpoint(self.step)
+            if stop:
+                break
         return last
 
     def read_metrics(self, num_updates: int) -> dict:

@@ -11,12 +11,15 @@ the min of the target critics) with the fused trainer. Writes:
   metrics.jsonl            losses every train.log_every updates
   references.json          eq.-3 category references (training split)
 
-A killed run resumes from checkpoint.safetensors and equals an uninterrupted one.
+A killed run resumes from checkpoint.safetensors and equals an uninterrupted one; on
+SIGTERM/SIGUSR1 (SLURM preemption) the run checkpoints at the next log_every boundary and
+exits with status 75 (requeue), without a manifest.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +37,7 @@ from aigp_train.ltve.trainer import FusedLTVETrainer, resolve_device
 from aigp_train.ltve.transitions import build_transitions, q_bounds_from_rewards
 from aigp_train.outputs import StageOutput, atomic_write_bytes, atomic_write_jsonl, read_jsonl
 from aigp_train.pricing import PricingConfig
+from aigp_train.train.signals import Preempted, PreemptionHandler
 
 META_STRINGS = ("sku_id", "category")
 
@@ -133,7 +137,16 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
         save_checkpoint(ckpt, trainer, td["normalizer"], ckpt_meta)
         atomic_write_jsonl(metrics_path, history)
 
-    last = trainer.train(tcfg.num_steps, on_log=on_log, on_checkpoint=on_checkpoint)
+    # SIGTERM / SIGUSR1 (SLURM preemption, scancel): checkpoint at the next chunk boundary, exit 75
+    preemption = PreemptionHandler().install()
+    print(f"[aigp] ltve: training steps {trainer.step}..{tcfg.num_steps} on {device}", file=sys.stderr, flush=True)
+    try:
+        last = trainer.train(tcfg.num_steps, on_log=on_log, on_checkpoint=on_checkpoint,
+                             should_stop=preemption.should_stop)
+    finally:
+        preemption.uninstall()
+    if trainer.step < tcfg.num_steps:
+        raise Preempted(trainer.step)
     save_model(out.path / "model.safetensors", trainer.q, trainer.v, td["normalizer"], meta)
     return {"inputs": {"logs": recipe.data.logs_dir},
             "rows": {k: v for k, v in td["counts"].items()},
