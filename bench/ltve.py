@@ -2,6 +2,7 @@
 
     python bench/ltve.py                  # paper networks (256x256), batch 512, state width 32
     python bench/ltve.py --memory         # also peak RSS on 5M synthetic transitions (subprocesses)
+    python bench/ltve.py --device cuda    # on a GPU (not run here: no device was available)
 
 Prints one JSON line. Both trainers run Algorithm 1 on the same synthetic transitions, with
 the same networks (Q1, Q2, their targets, V), batch, state width and Adam:
@@ -36,10 +37,16 @@ from aigp_train.ltve.layout import Columns
 from aigp_train.ltve.trainer import FusedLTVETrainer, update_flops
 
 
-def _cfg(batch: int, log_every: int) -> TrainConfig:
+def _cfg(batch: int, log_every: int, device: str = "cpu") -> TrainConfig:
+    on_cuda = device == "cuda"
     return TrainConfig(expectile=0.8, lr=3e-4, eta=0.01, batch_size=batch, num_steps=10**9, q_min=-50.0, q_max=50.0,
-                       seed=0, log_every=log_every, checkpoint_every=log_every, device="cpu", cpu_threads=None,
-                       cuda_graph=False, triton_kernels=False)
+                       seed=0, log_every=log_every, checkpoint_every=log_every, device=device, cpu_threads=None,
+                       cuda_graph=on_cuda, triton_kernels=on_cuda)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 def synthetic(n: int, state_dim: int, seed: int = 0) -> torch.Tensor:
@@ -54,9 +61,10 @@ def synthetic(n: int, state_dim: int, seed: int = 0) -> torch.Tensor:
 class Reference:
     """Algorithm 1 as a plain PyTorch loop would write it (see the module docstring)."""
 
-    def __init__(self, data: np.ndarray, state_dim: int, hidden: list[int], batch: int, seed: int = 0):
+    def __init__(self, data: np.ndarray, state_dim: int, hidden: list[int], batch: int, seed: int = 0,
+                 device: str = "cpu"):
         torch.manual_seed(seed)
-        self.cols, self.data, self.batch = Columns(state_dim), data, batch
+        self.cols, self.data, self.batch, self.device = Columns(state_dim), data, batch, device
         self.rng = np.random.default_rng(seed)
 
         def mlp(i):
@@ -67,6 +75,8 @@ class Reference:
 
         self.q1, self.q2, self.v = mlp(state_dim + 1), mlp(state_dim + 1), mlp(state_dim)
         self.q1_t, self.q2_t = mlp(state_dim + 1), mlp(state_dim + 1)
+        for net in (self.q1, self.q2, self.v, self.q1_t, self.q2_t):
+            net.to(device)
         self.q1_t.load_state_dict(self.q1.state_dict())
         self.q2_t.load_state_dict(self.q2.state_dict())
         self.opt_q = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=3e-4)
@@ -75,7 +85,7 @@ class Reference:
 
     def update(self) -> None:
         c = self.cols
-        b = torch.from_numpy(self.data[self.rng.integers(0, len(self.data), self.batch)])
+        b = torch.from_numpy(self.data[self.rng.integers(0, len(self.data), self.batch)]).to(self.device)
         s, sa, s_next = b[:, c.s], b[:, c.sa], b[:, c.s_next]
         with torch.no_grad():
             q_min = torch.min(self.q1_t(sa), self.q2_t(sa)).squeeze(-1)
@@ -98,19 +108,22 @@ class Reference:
         self.log.append(loss_v.item() + loss_q.item())
 
 
-def _rate(fn, calls: int) -> float:
+def _rate(fn, calls: int, device: str = "cpu") -> float:
+    _sync(device)
     t = time.perf_counter()
     for _ in range(calls):
         fn()
+    _sync(device)
     return calls / (time.perf_counter() - t)
 
 
 def throughput(args) -> dict:
     state_dim, hidden, batch = args.state_dim, args.hidden, args.batch
+    dev = args.device
     data = synthetic(args.transitions, state_dim)
-    ours = FusedLTVETrainer(data, state_dim, _cfg(batch, args.chunk), hidden, (-50.0, 50.0))
-    ref = Reference(data.numpy(), state_dim, hidden, batch)
-    x, w = torch.randn(batch, hidden[-1]), torch.randn(hidden[-1], hidden[-1])
+    ours = FusedLTVETrainer(data, state_dim, _cfg(batch, args.chunk, dev), hidden, (-50.0, 50.0), device=dev)
+    ref = Reference(data.numpy(), state_dim, hidden, batch, device=dev)
+    x, w = torch.randn(batch, hidden[-1], device=dev), torch.randn(hidden[-1], hidden[-1], device=dev)
     mm_flops = 2 * batch * hidden[-1] * hidden[-1]
 
     def run_ours():
@@ -123,9 +136,9 @@ def throughput(args) -> dict:
             ref.update()
     r_ours, r_ref, r_mm = [], [], []
     for _ in range(args.rounds):
-        r_ours.append(_rate(run_ours, 1) * args.chunk)
-        r_ref.append(_rate(ref.update, args.chunk))
-        r_mm.append(_rate(lambda: torch.mm(x, w), args.chunk * 20) * mm_flops)
+        r_ours.append(_rate(run_ours, 1, dev) * args.chunk)
+        r_ref.append(_rate(ref.update, args.chunk, dev))
+        r_mm.append(_rate(lambda: torch.mm(x, w), args.chunk * 20, dev) * mm_flops)
     ours_ups, ref_ups, mm = statistics.median(r_ours), statistics.median(r_ref), statistics.median(r_mm)
     flops = update_flops(state_dim, hidden, batch)
     return {"ours_ups": ours_ups, "ref_ups": ref_ups, "ratio": ours_ups / ref_ups,
@@ -155,6 +168,8 @@ def main() -> None:
     ap.add_argument("--transitions", type=int, default=200_000)
     ap.add_argument("--chunk", type=int, default=50, help="updates per timed chunk (= log_every of ours)")
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="cuda: ours runs CUDA-graph replays + Triton losses; the reference samples on the host")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--memory", action="store_true", help="also measure peak RSS on --memory-transitions")
     ap.add_argument("--memory-transitions", type=int, default=5_000_000)
@@ -173,7 +188,7 @@ def main() -> None:
             "roofline": {"matmul_gflops": round(res["matmul_gflops"], 1), "update_gflop": round(res["update_gflop"], 4),
                          "ours_fraction": round(res["roofline_fraction"], 3),
                          "reference_fraction": round(res["ref_roofline_fraction"], 3)},
-            "setup": {"device": "cpu", "threads": torch.get_num_threads(), "state_dim": args.state_dim,
+            "setup": {"device": args.device, "threads": torch.get_num_threads(), "state_dim": args.state_dim,
                       "hidden": args.hidden, "batch": args.batch, "rounds": args.rounds, "chunk": args.chunk}}
     if args.memory:
         for which in ("ours", "reference"):

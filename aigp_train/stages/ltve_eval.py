@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from typing import Literal
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,8 @@ class EvalConfig:
     trim_fraction: float = help_field("share trimmed at each end within a decile (Fig. 3)")
     true_cda_states: int = help_field("held-out expert states scored by the simulator's true Q")
     true_q_rollouts: int = help_field("Monte-Carlo rollouts per true Q")
-    true_q_continuation: str = help_field("behaviour policy after the forced action in true Q")
+    true_q_continuation: Literal["expert", "myopic", "random_walk", "conservative"] = help_field(
+        "behaviour policy after the forced action in true Q")
     seed: int = help_field("seed of the true-CDA state subsample")
 
 
@@ -119,6 +121,9 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
         s = torch.from_numpy(np.ascontiguousarray(h[expert][:, cols.s]))
         a, d_prev, day = h[expert][:, cols.action].astype(np.float64), h[expert][:, cols.d_prev].astype(np.float64), m["day"][expert]
         model = load_ltve(folder)
+        if abs(model.max_step - recipe.pricing.max_step) > 1e-12:
+            raise ValueError(f"{folder} was trained with pricing.max_step={model.max_step}, this recipe has "
+                             f"{recipe.pricing.max_step}; both recipes must include the same pricing block.")
         table2[n] = ev.offline_metrics(model, s, a, d_prev, day, recipe.pricing, e.counterfactual_offsets,
                                        e.cold_start_max_day, e.boundary_abs_action)
         models = {"ltve": model}
