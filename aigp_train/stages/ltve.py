@@ -19,6 +19,7 @@ exits with status 75 (requeue), without a manifest.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.numpy import load_file as np_load_file
-from safetensors.numpy import save as np_save
+from safetensors.numpy import save_file as np_save_file
 
 from aigp_train.config import help_field, recipe_to_dict
 from aigp_train.ltve.checkpoint import load_checkpoint, save_checkpoint, save_model
@@ -61,7 +62,10 @@ def _save_transitions(path: Path, ts) -> None:
     header = {"feature_names": ts.feature_names, "categories": ts.categories, "gmv_tier": ts.gmv_tier,
               "reward_range": list(ts.reward_range), "cutoff_date": ts.cutoff_date, "counts": ts.counts,
               **{f"meta.{k}": ts.heldout_meta[k].tolist() for k in META_STRINGS}}
-    atomic_write_bytes(path, np_save(arrays, metadata={"header": json.dumps(header)}))
+    # straight to a temp file and renamed (atomic), never a second in-memory copy of 5M rows
+    tmp = path.with_name(f".{path.name}.tmp")
+    np_save_file(arrays, str(tmp), metadata={"header": json.dumps(header)})
+    os.replace(tmp, path)
 
 
 def load_transitions(folder: str | Path) -> dict:
@@ -108,6 +112,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
         _save_transitions(trans_path, ts)
         ts.references.save(out.path / "references.json")
         atomic_write_bytes(key_path, data_key.encode())
+        del ts  # the training copy is read back from the file: one copy of the rows at a time
     td = load_transitions(out.path)
     q_bounds = resolve_q_bounds(recipe, tuple(td["reward_range"]))
     meta = model_meta(recipe, td, q_bounds)
