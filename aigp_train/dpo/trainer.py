@@ -38,7 +38,7 @@ PAD_ID = 0
 from aigp_train.dpo.loss import dpo_loss
 from aigp_train.outputs import atomic_write_jsonl, read_jsonl
 
-__all__ = ["DPOLossModule", "train_dpo", "reference_logps", "check_init_adapter"]
+__all__ = ["DPOLossModule", "train_dpo", "micro_step", "reference_logps", "check_init_adapter"]
 
 REFERENCE_FILE = "reference_logps.jsonl"
 
@@ -119,6 +119,26 @@ def reference_logps(engine, peft_model, pairs: list[TokenizedPair], dist: DistIn
         for part in gathered:
             mine.update(part)
     return mine
+
+
+def micro_step(engine, chunk: list[TokenizedPair], reference: dict[str, tuple[float, float]], beta: float,
+               weight: float, aux_coef: float, aux_norm: float):
+    """One micro-batch of the DPO step: shared-prefix forward, eq. 8, backward, engine step.
+
+    ``weight`` scales this micro-batch's mean eq. 8 loss (its share of the global batch, times the
+    GA x world factor DeepSpeed divides out); the aux loss is ``aux_coef * sum_rows / aux_norm``.
+    Returns (eq. 8 output, per-row aux loss, packed tokens). ``bench/dpo.py`` times exactly this.
+    """
+    batch = pack_groups(group_pairs(chunk), pad_id=PAD_ID).to(engine.device)
+    logps, aux = engine(batch)
+    ref = torch.tensor([reference[p.pair_id] for p in chunk], dtype=logps.dtype, device=logps.device)
+    out = dpo_loss(logps[batch.chosen], logps[batch.rejected], ref[:, 0], ref[:, 1], beta)
+    loss = out.loss * weight
+    if aux_coef > 0:
+        loss = loss + aux_coef * aux.sum() / aux_norm
+    engine.backward(loss)
+    engine.step()
+    return out, aux.detach(), batch.num_tokens
 
 
 def _load_or_compute_reference(session, pairs, recipe, out_dir: Path, fingerprint: str) -> dict:
@@ -206,16 +226,8 @@ def train_dpo(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
         for micro in range(eng.grad_accum_steps):
             chunk = micro_batch(order, step_in_epoch, micro, dist.rank, dist.world_size, eng.micro_batch_size,
                                 eng.grad_accum_steps)
-            batch = pack_groups(group_pairs(chunk), pad_id=PAD_ID).to(engine.device)
-            logps, aux = engine(batch)
-            ref = torch.tensor([reference[p.pair_id] for p in chunk], dtype=logps.dtype, device=logps.device)
-            out = dpo_loss(logps[batch.chosen], logps[batch.rejected], ref[:, 0], ref[:, 1], tr.beta)
-            # dpo_loss is the mean over this micro-batch; re-weight to the global batch (see module doc)
-            loss = out.loss * (len(chunk) / global_batch) * scale
-            if top_k > 0:
-                loss = loss + tr.router_aux_loss_coef * aux.sum() / num_rows * scale
-            engine.backward(loss)
-            engine.step()
+            out, aux, num_tokens = micro_step(engine, chunk, reference, tr.beta, len(chunk) / global_batch * scale,
+                                              tr.router_aux_loss_coef if top_k > 0 else 0.0, num_rows / scale)
             n = len(chunk)
             window["loss"] += float(out.loss) * n
             window["aux"] += float(aux.sum())
@@ -223,7 +235,7 @@ def train_dpo(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
             window["margin"] += float(out.margins.sum())
             window["chosen"] += float(out.chosen_rewards.sum())
             window["rejected"] += float(out.rejected_rewards.sum())
-            window["tokens"] += batch.num_tokens
+            window["tokens"] += num_tokens
         window["pairs"] += len(step_pairs)
         window["rows"] += num_rows
         trained_pairs += len(step_pairs)
