@@ -233,8 +233,12 @@ def build_transitions(cfg: DataConfig, pricing: PricingConfig) -> TransitionSet:
         for k in ("gmv_7", "gmv_14", "roi_7", "roi_14"):
             meta[k].append(np.array([outcomes[k].get(s, np.nan) for s in sku[sel]], dtype=np.float64))
 
-    train = np.concatenate(out["train"]) if out["train"] else np.zeros((0, cols.width), np.float32)
-    heldout = np.concatenate(out["heldout"]) if out["heldout"] else np.zeros((0, cols.width), np.float32)
+    # pop: the per-chunk blocks are freed as soon as they are joined (peak = one extra copy of one split)
+    parts_train, parts_heldout = out.pop("train"), out.pop("heldout")
+    train = np.concatenate(parts_train) if parts_train else np.zeros((0, cols.width), np.float32)
+    del parts_train
+    heldout = np.concatenate(parts_heldout) if parts_heldout else np.zeros((0, cols.width), np.float32)
+    del parts_heldout
     if len(train) == 0 or len(heldout) == 0:
         raise ValueError(f"{len(train)} training and {len(heldout)} held-out transitions from {logs_dir}; both must "
                          "be non-empty. Simulate more SKUs or launch days.")
