@@ -72,7 +72,11 @@ def test_load_ltve_scores_log_rows(trained, tiny_market):
 
 def test_resumed_stage_equals_uninterrupted_run(trained, tiny_market, tmp_path):
     """Stop at step 50 (what a crash after the checkpoint leaves), rerun to 100: same model, bitwise."""
+    import torch
+
+    threads = torch.get_num_threads()
     run_stage("ltve", TINY, _ov(tiny_market, tmp_path, 50))
+    assert torch.get_num_threads() == threads  # train.cpu_threads=1 applied inside the stage only
     first = json.loads((tmp_path / "manifest.json").read_text())
     assert first["summary"]["steps"] == 50
     run_stage("ltve", TINY, _ov(tiny_market, tmp_path, 100))

@@ -29,6 +29,7 @@ updated, then the targets move.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
@@ -38,9 +39,21 @@ from aigp_train.ltve.ensemble import ensemble_flops, ensemble_forward, init_ense
 from aigp_train.ltve.layout import Columns
 from aigp_train.ltve.losses import critic_loss, nstep_target, value_loss
 
-__all__ = ["FusedLTVETrainer", "METRIC_NAMES", "resolve_device", "update_flops"]
+__all__ = ["FusedLTVETrainer", "FusedAdam", "METRIC_NAMES", "intra_op_threads", "resolve_device", "update_flops"]
 
 METRIC_NAMES = ("loss_v", "loss_q", "y_mean")
+
+
+@contextmanager
+def intra_op_threads(num: int | None):
+    """Set torch's CPU intra-op threads for a block and restore them (a stage leaks no global state)."""
+    before = torch.get_num_threads()
+    if num is not None:
+        torch.set_num_threads(num)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -34,7 +34,7 @@ from aigp_train.ltve.checkpoint import load_checkpoint, save_checkpoint, save_mo
 from aigp_train.ltve.config import DataConfig, ModelConfig, TrainConfig
 from aigp_train.ltve.features import Normalizer
 from aigp_train.ltve.layout import Columns
-from aigp_train.ltve.trainer import FusedLTVETrainer, resolve_device
+from aigp_train.ltve.trainer import FusedLTVETrainer, intra_op_threads, resolve_device
 from aigp_train.ltve.transitions import build_transitions, q_bounds_from_rewards
 from aigp_train.outputs import StageOutput, atomic_write_bytes, atomic_write_jsonl, read_jsonl
 from aigp_train.pricing import PricingConfig
@@ -100,6 +100,11 @@ def resolve_q_bounds(recipe: Recipe, reward_range: tuple[float, float]) -> tuple
 
 
 def run(recipe: Recipe, out: StageOutput) -> dict:
+    with intra_op_threads(recipe.train.cpu_threads):
+        return _run(recipe, out)
+
+
+def _run(recipe: Recipe, out: StageOutput) -> dict:
     tcfg = recipe.train
     if tcfg.checkpoint_every % tcfg.log_every:
         raise ValueError(f"train.checkpoint_every ({tcfg.checkpoint_every}) must be a multiple of train.log_every "
@@ -117,8 +122,6 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     q_bounds = resolve_q_bounds(recipe, tuple(td["reward_range"]))
     meta = model_meta(recipe, td, q_bounds)
     device = resolve_device(tcfg.device)
-    if tcfg.cpu_threads is not None:
-        torch.set_num_threads(tcfg.cpu_threads)
     cols = Columns(len(td["feature_names"]))
     trainer = FusedLTVETrainer(torch.from_numpy(td["train"]), cols.state_dim, tcfg, recipe.model.hidden_sizes,
                                q_bounds, device=device)

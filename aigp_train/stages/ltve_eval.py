@@ -28,6 +28,7 @@ from aigp_train.ltve import evaluate as ev
 from aigp_train.ltve.checkpoint import save_model
 from aigp_train.ltve.config import CQLConfig
 from aigp_train.ltve.cql import CQLTrainer
+from aigp_train.ltve.trainer import intra_op_threads
 from aigp_train.ltve.layout import Columns
 from aigp_train.ltve.model import load_ltve
 from aigp_train.outputs import StageOutput, atomic_write_json, atomic_write_text
@@ -68,17 +69,14 @@ def _ltve_overrides(recipe: Recipe, n: int) -> list[str]:
 
 
 def _train_cql(recipe: Recipe, ltve_dir: Path, out_dir: Path) -> None:
-    from aigp_train.cli import STAGES  # noqa: F401  (the ltve recipe class is the stage's)
-
     lrec = load_recipe(recipe.ltve_recipe, ltve_stage.Recipe, _ltve_overrides(recipe, recipe.eval.main_n_step))
     td = ltve_stage.load_transitions(ltve_dir)
     bounds = ltve_stage.resolve_q_bounds(lrec, tuple(td["reward_range"]))
-    if lrec.train.cpu_threads is not None:
-        torch.set_num_threads(lrec.train.cpu_threads)
-    trainer = CQLTrainer(torch.from_numpy(td["train"]), len(td["feature_names"]), lrec.train, recipe.cql,
-                         lrec.model.hidden_sizes, bounds, recipe.pricing,
-                         device=ltve_stage.resolve_device(lrec.train.device))
-    trainer.train(recipe.cql.num_steps)
+    with intra_op_threads(lrec.train.cpu_threads):
+        trainer = CQLTrainer(torch.from_numpy(td["train"]), len(td["feature_names"]), lrec.train, recipe.cql,
+                             lrec.model.hidden_sizes, bounds, recipe.pricing,
+                             device=ltve_stage.resolve_device(lrec.train.device))
+        trainer.train(recipe.cql.num_steps)
     meta = ltve_stage.model_meta(lrec, td, bounds)
     meta["critic"] = "cql"
     save_model(out_dir / "model.safetensors", trainer.q, trainer.v, td["normalizer"], meta)
