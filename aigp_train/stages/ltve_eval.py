@@ -14,23 +14,22 @@ How counterfactuals are drawn and what "true CDA" is: see aigp_train/ltve/evalua
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from typing import Literal
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
-from aigp_train.config import help_field, load_recipe, recipe_to_dict
+from aigp_train.config import help_field, load_recipe
 from aigp_train.ltve import evaluate as ev
 from aigp_train.ltve.checkpoint import save_model
 from aigp_train.ltve.config import CQLConfig
 from aigp_train.ltve.cql import CQLTrainer
-from aigp_train.ltve.trainer import intra_op_threads
 from aigp_train.ltve.layout import Columns
 from aigp_train.ltve.model import load_ltve
+from aigp_train.ltve.trainer import intra_op_threads
 from aigp_train.outputs import StageOutput, atomic_write_json, atomic_write_text
 from aigp_train.pricing import PricingConfig
 from aigp_train.stages import ltve as ltve_stage
