@@ -58,7 +58,7 @@ def _sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_rerun_skips_finished_steps_and_reruns_after_an_upstream_change(tmp_path):
+def test_rerun_skips_finished_steps_and_reruns_after_an_upstream_change(tmp_path, monkeypatch, capfd):
     recipe = _write(tmp_path, f"""
 output_dir: {tmp_path}/report
 run_root: {tmp_path}
@@ -69,11 +69,11 @@ steps:
             overrides: ["output_dir={{run}}/b", "num_skus=40", "logging.skus_per_part=40"]}}
 """)
 
-    def run(*overrides):
-        out = subprocess.run(["aigp", "pipeline", recipe, *overrides, "--force"], cwd=REPO, capture_output=True,
-                             text=True)
-        assert out.returncode == 0, out.stderr[-3000:]
-        return out.stderr
+    monkeypatch.chdir(REPO)
+
+    def run(*overrides):  # the pipeline in-process (its steps are still processes); --force reruns the pipeline
+        run_stage("pipeline", recipe, list(overrides), force=True)
+        return capfd.readouterr().err
 
     run()
     a, b = _sha(tmp_path / "a" / "manifest.json"), _sha(tmp_path / "b" / "manifest.json")
