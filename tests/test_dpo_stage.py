@@ -168,3 +168,32 @@ def test_bad_init_adapter_names_the_fix(tmp_path, tiny_dpo_chain):
     code = main(["dpo", "recipes/tiny/dpo.yaml", f"output_dir={tmp_path / 'o'}",
                  f"data.pairs_path={tiny_dpo_chain['pairs'] / 'pairs.jsonl'}", f"train.init_adapter={tmp_path}"])
     assert code == 2  # RecipeError: not a PEFT adapter folder
+
+
+def test_resume_from_checkpoint_equals_uninterrupted(runs, tmp_path):
+    """Run A again from its step-2 checkpoint (as after a preemption): the stored reference is reused,
+    the data position restored, and steps 3-4 and the adapter match the uninterrupted run."""
+    import shutil
+
+    src = runs["out"]["A"]
+    out = tmp_path / "A_resumed"
+    shutil.copytree(src, out, ignore=shutil.ignore_patterns("wandb"))
+    shutil.rmtree(out / "adapter")
+    shutil.rmtree(out / "checkpoints" / "step-000004")
+    (out / "manifest.json").unlink()
+    reference_before = (out / "reference_logps.jsonl").read_bytes()
+    res = subprocess.run(["aigp", "dpo", "recipes/tiny/dpo_only.yaml", f"output_dir={out}",
+                          f"data.pairs_path={runs['pairs']}", "train.max_steps=4", "checkpoint.every_steps=2",
+                          "engine.micro_batch_size=2", "engine.grad_accum_steps=2"],
+                         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=500)
+    assert res.returncode == 0, res.stderr[-4000:]
+    s = json.loads((out / "manifest.json").read_text())["summary"]
+    assert s["resumed_from_step"] == 2 and s["steps"] == 4
+    assert (out / "reference_logps.jsonl").read_bytes() == reference_before
+    a, b = _metrics(src), _metrics(out)
+    for step in (3, 4):
+        assert abs(a[step]["loss"] - b[step]["loss"]) < 1e-6, (step, a[step]["loss"], b[step]["loss"])
+    wa = load_file(str(src / "adapter" / "adapter_model.safetensors"))
+    wb = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-6), k
