@@ -75,9 +75,11 @@ def test_candidates_through_hf_backend_on_tiny_model(tiny_dpo_chain, tiny_prompt
 
 
 def test_candidates_missing_adapter_is_a_clear_error(tiny_dpo_chain, tiny_prompts, tiny_market, tmp_path):
-    from aigp_train.cli import run_stage
+    import subprocess
 
-    with pytest.raises(ValueError, match="not a PEFT adapter folder"):
-        run_stage("candidates", "recipes/tiny/candidates.yaml", [
-            f"output_dir={tmp_path}", f"prompts_dir={tiny_prompts}", f"market_dir={tiny_market}",
-            f"ltve_path={tiny_dpo_chain['ltve']}", f"adapter={tmp_path / 'nope'}"])
+    res = subprocess.run(["aigp", "candidates", "recipes/tiny/candidates.yaml", f"output_dir={tmp_path}",
+                          f"prompts_dir={tiny_prompts}", f"market_dir={tiny_market}",
+                          f"ltve_path={tiny_dpo_chain['ltve']}", f"adapter={tmp_path / 'nope'}"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "not a PEFT adapter folder" in res.stderr and "aigp sft" in res.stderr
+    assert "Traceback" not in res.stderr

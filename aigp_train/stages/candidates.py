@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from aigp_train.config import help_field
+from aigp_train.config import RecipeError, help_field
 from aigp_train.llm.backends.base import BackendConfig, SamplingConfig
 from aigp_train.llm.models import ModelRecipe
 from aigp_train.outputs import StageOutput, atomic_write_json, atomic_write_jsonl
@@ -119,8 +119,8 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     ltve = load_ltve(recipe.ltve_path)  # fail before spending generation time on a missing LTVE
     adapter = recipe.adapter or None
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
-        raise ValueError(f"adapter {adapter} is not a PEFT adapter folder; run `aigp sft` first or set adapter: '' "
-                         f"to sample from the base model (DPO-only).")
+        raise RecipeError(f"adapter {adapter} is not a PEFT adapter folder (no adapter_config.json); run `aigp sft` "
+                          f"first, or set adapter: '' to sample from the base model (DPO-only).")
     requests = [GenerationRequest(p["prompt_id"], p["messages"], p["state"], act_only=recipe.variant == "act_only",
                                   adapter=adapter) for p in prompts]
     backend = make_backend(backend_with_pricing(recipe.backend, recipe.pricing), recipe.model)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from aigp_train.config import help_field
+from aigp_train.config import RecipeError, help_field
 from aigp_train.outputs import StageOutput, atomic_write_json, atomic_write_jsonl, read_jsonl
 
 __all__ = ["Recipe", "run", "select_pairs"]
@@ -73,9 +73,9 @@ def select_pairs(candidates: list[dict], recipe: Recipe) -> tuple[list[tuple[dic
 
 def run(recipe: Recipe, out: StageOutput) -> dict:
     if recipe.delta_q < 0 or recipe.delta_a < 0:
-        raise ValueError(f"delta_q and delta_a must be >= 0 (got {recipe.delta_q}, {recipe.delta_a}).")
+        raise RecipeError(f"delta_q and delta_a must be >= 0 (got {recipe.delta_q}, {recipe.delta_a}).")
     if recipe.max_pairs_per_prompt < 1:
-        raise ValueError(f"max_pairs_per_prompt must be >= 1, got {recipe.max_pairs_per_prompt}.")
+        raise RecipeError(f"max_pairs_per_prompt must be >= 1, got {recipe.max_pairs_per_prompt}.")
     path = Path(recipe.candidates_dir) / "candidates.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run `aigp candidates` and point candidates_dir at its output_dir.")
