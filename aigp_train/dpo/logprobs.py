@@ -190,9 +190,11 @@ def shared_prefix_attention(module: torch.nn.Module, query: torch.Tensor, key: t
         parts.append(torch.nn.functional.scaled_dot_product_attention(
             query[:, :, :prompt], key[:, :, :prompt], value[:, :, :prompt], is_causal=True, scale=scaling,
             dropout_p=dropout_p, enable_gqa=gqa))
+    if gqa:  # the masked kernels (memory-efficient / math) take no GQA flag everywhere: expand the KV heads
+        rep = query.shape[1] // key.shape[1]
+        key, value = key.repeat_interleave(rep, dim=1), value.repeat_interleave(rep, dim=1)
     parts.append(torch.nn.functional.scaled_dot_product_attention(
-        query[:, :, prompt:], key, value, attn_mask=attention_mask, scale=scaling, dropout_p=dropout_p,
-        enable_gqa=gqa))
+        query[:, :, prompt:], key, value, attn_mask=attention_mask, scale=scaling, dropout_p=dropout_p))
     return torch.cat(parts, dim=2).transpose(1, 2).contiguous(), None
 
 
