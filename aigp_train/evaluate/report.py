@@ -64,8 +64,10 @@ def _scale_rows(outputs: dict[str, dict]) -> list[str]:
     for step_id, o in outputs.items():
         m = _manifest(Path(o["output_dir"]))
         counts = ", ".join(f"{k}: {v:,}" if isinstance(v, int) else f"{k}: {v}" for k, v in m.get("rows", {}).items())
-        backend = m.get("summary", {}).get("backend") or m.get("summary", {}).get("teacher_backend")
-        note = f"{counts}" + (f"; backend {backend}" if backend else "")
+        summary = m.get("summary", {})
+        backends = sorted({f"{k.replace('_backend', '').replace('backend', '') or 'backend'}: {v}"
+                           for k, v in summary.items() if k.endswith("backend") and isinstance(v, str)})
+        note = counts + (f"; {', '.join(backends)}" if backends else "")
         rows.append(f"| {step_id} (`aigp {o['stage']}`) | {note or '–'} | {PAPER_SCALE.get(o['stage'], '–')} |")
     return rows
 
