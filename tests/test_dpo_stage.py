@@ -168,6 +168,9 @@ def test_bad_init_adapter_names_the_fix(tmp_path, tiny_dpo_chain):
     code = main(["dpo", "recipes/tiny/dpo.yaml", f"output_dir={tmp_path / 'o'}",
                  f"data.pairs_path={tiny_dpo_chain['pairs'] / 'pairs.jsonl'}", f"train.init_adapter={tmp_path}"])
     assert code == 2  # RecipeError: not a PEFT adapter folder
+    code = main(["dpo", "recipes/tiny/dpo_only.yaml", f"output_dir={tmp_path / 'p'}",
+                 f"data.pairs_path={tmp_path / 'missing.jsonl'}"])
+    assert code == 2  # RecipeError: run `aigp pairs`
 
 
 def test_resume_from_checkpoint_equals_uninterrupted(runs, tmp_path):

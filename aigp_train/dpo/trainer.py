@@ -174,6 +174,9 @@ def train_dpo(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
     from aigp_train.train.session import start_session
 
     eng, tr = recipe.engine, recipe.train
+    if not Path(recipe.data.pairs_path).is_file():
+        raise RecipeError(f"data.pairs_path {recipe.data.pairs_path} does not exist: run `aigp pairs` and point "
+                          f"data.pairs_path at its output_dir/pairs.jsonl.")
     rows = read_jsonl(recipe.data.pairs_path)
     pairs, data_stats = tokenize_pairs(rows, tokenizer, recipe.data.loss_scope, recipe.data.cutoff_len)
     if not pairs:
