@@ -11,7 +11,7 @@ import torch
 from aigp_train.config import load_recipe
 from aigp_train.llm.models import build_model
 from aigp_train.llm.tokenizer import load_tokenizer
-from aigp_train.sft.data import (IGNORE, epoch_order, global_batch_indices, micro_batch_indices, pack, read_chat_rows,
+from aigp_train.sft.data import (IGNORE, collate, epoch_order, global_batch_indices, micro_batch_indices, pack, read_chat_rows,
                                  synthetic_chat_rows, tokenize_chat, tokenize_rows)
 from aigp_train.sft.loss import SftLoss, micro_batch_loss, sequence_load_balancing_loss
 from aigp_train.train.lora import apply_lora
@@ -144,3 +144,16 @@ def test_aux_loss_reaches_lora_weights_through_checkpointed_layers(recipe, token
     assert sum(g.norm() for g in aux_only) > 0
     for a, b, c in zip(with_aux, without, aux_only):
         torch.testing.assert_close(a - b, 0.5 / 2 * c, rtol=1e-4, atol=1e-7)
+
+
+def test_padded_and_packed_batches_give_the_same_losses(recipe, tokenizer):
+    model = apply_lora(build_model(recipe.model, "cpu"), recipe.lora, seed=0)
+    examples, _ = tokenize_rows(tokenizer, synthetic_chat_rows(3, seed=4), cutoff_len=8192)
+    assert len({len(e.input_ids) for e in examples}) > 1  # really padded
+    results = {}
+    for mode in ("packed", "padded"):
+        b = collate(examples, mode)
+        results[mode] = SftLoss(model)(b.input_ids, b.position_ids, b.targets, b.seq_index, b.num_seqs, b.attention_mask)
+        assert b.num_tokens == sum(len(e.input_ids) for e in examples)
+    torch.testing.assert_close(results["padded"][0], results["packed"][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results["padded"][1], results["packed"][1], rtol=1e-5, atol=1e-6)

@@ -7,7 +7,8 @@ several ways, whose per-step losses and final adapters must agree:
 * E: one process, micro-batch 1 x GA 4 (batch 4 x GA 1 == batch 1 x GA 4);
 * B: A's command, stopped by SIGUSR1 mid-run (exit 75, a checkpoint), then rerun: it resumes and
   ends bit-identical to A (stop-and-resume == uninterrupted);
-* C: torchrun, 2 ranks x micro-batch 2 (world size 2 == world size 1).
+* C: torchrun, 2 ranks x micro-batch 2 (world size 2 == world size 1);
+* S: lr 0, so the held-out loss cannot improve: early stopping ends the run after `patience` evals.
 
 And a torchrun worker (tests/sft_worker.py) on a 2-rank ZeRO-3 engine: base weights unchanged,
 LoRA weights changed, the router aux loss changes the update (it is in the loss).
@@ -66,7 +67,7 @@ def _wait(proc: subprocess.Popen, name: str, timeout: float = 400) -> str:
 @pytest.fixture(scope="module")
 def runs(sft_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("sft_runs")
-    out = {k: root / k for k in "AEBC"}
+    out = {k: root / k for k in "AEBCS"}
     aigp = ["aigp", "sft", "recipes/tiny/sft.yaml"]
     popen = dict(cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     a = subprocess.Popen(aigp + _overrides(sft_data, out["A"], "engine.micro_batch_size=4", "engine.grad_accum_steps=1"),
@@ -89,7 +90,10 @@ def runs(sft_data, tmp_path_factory):
                           "-m", "aigp_train.cli", "sft", "recipes/tiny/sft.yaml",
                           *_overrides(sft_data, out["C"], "engine.micro_batch_size=2", "engine.grad_accum_steps=1")],
                          env=_env(WANDB_MODE="disabled"), **popen)
-    for name, proc in (("A", a), ("E", e), ("B2", b2), ("C", c)):
+    # S: a run that cannot improve (lr 0) stops early after `patience` evaluations.
+    s = subprocess.Popen(aigp + _overrides(sft_data, out["S"], "optim.lr=0", "early_stopping.eval_every_steps=1",
+                                           "early_stopping.patience=2"), env=_env(WANDB_MODE="disabled"), **popen)
+    for name, proc in (("A", a), ("E", e), ("B2", b2), ("C", c), ("S", s)):
         logs[name] = _wait(proc, name)
         assert proc.returncode == 0, f"run {name} failed:\n{logs[name][-4000:]}"
     return {"out": out, "logs": logs, "b_returncode": b_rc}
@@ -110,6 +114,13 @@ def test_cli_run_writes_adapter_manifest_and_offline_wandb(runs):
     assert m[8]["loss"] < m[1]["loss"]
     evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if "heldout_loss" in x]
     assert [e["step"] for e in evals] == [4, 8]
+
+
+def test_early_stopping_on_heldout_loss(runs):
+    summary = json.loads((runs["out"]["S"] / "manifest.json").read_text())["summary"]
+    assert summary["stopped_early"] is True and summary["steps"] == 3  # best at 1, no gain at 2 and 3
+    assert "early stop at step 3" in runs["logs"]["S"]
+    assert (runs["out"]["S"] / "adapter" / "adapter_model.safetensors").is_file()
 
 
 def test_batch_4_ga_1_equals_batch_1_ga_4(runs):

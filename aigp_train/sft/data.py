@@ -8,10 +8,17 @@ renders a conversation's prefix as a prefix of its text (ChatML/Qwen do); one th
 error naming the turn. Examples longer than ``cutoff_len`` are truncated; one left with no
 assistant token is dropped and counted.
 
-Batches are padding-free: the sequences of a micro-batch are concatenated into one row with
-``position_ids`` restarting at 0 for each sequence, from which transformers builds a
-block-diagonal causal mask (SDPA/eager) or ``cu_seqlens`` (flash-attention), so no compute is
-spent on padding and no token attends across sequences.
+Batches (``data.batching``):
+
+* ``packed`` (padding-free): the sequences of a micro-batch are concatenated into one row with
+  ``position_ids`` restarting at 0 for each sequence, from which transformers builds
+  ``cu_seqlens`` (flash-attention: no compute on padding, none across sequences) or a
+  block-diagonal causal mask (SDPA/eager);
+* ``padded``: one right-padded row per sequence with an attention mask. SDPA on CPU has no
+  variable-length kernel, so a packed row of T tokens costs O(T^2) attention where padded rows
+  of similar lengths cost O(B * L^2); padded is the faster choice there.
+
+Either way a token's output depends on its own sequence only, so the two give the same losses.
 
 Data order: a permutation of the examples per epoch (seeded), cut into global batches of
 ``micro_batch_size * grad_accum_steps * world_size`` examples (the last partial one is dropped).
@@ -31,7 +38,7 @@ import numpy as np
 import torch
 
 __all__ = ["TokenizedExample", "PackedBatch", "read_chat_rows", "tokenize_chat", "tokenize_rows",
-           "pack", "epoch_order", "micro_batch_indices", "steps_per_epoch"]
+           "pack", "pad", "collate", "epoch_order", "micro_batch_indices", "steps_per_epoch"]
 
 IGNORE = -100
 
@@ -49,13 +56,14 @@ class TokenizedExample:
 
 @dataclass
 class PackedBatch:
-    input_ids: torch.Tensor  # [1, T]
-    position_ids: torch.Tensor  # [1, T]
-    targets: torch.Tensor  # [1, T] next token where it carries loss, else IGNORE
-    seq_index: torch.Tensor  # [T] which sequence of the batch each token belongs to
+    input_ids: torch.Tensor  # [1, T] packed, or [B, L] padded
+    position_ids: torch.Tensor  # same shape
+    targets: torch.Tensor  # same shape: next token where it carries loss, else IGNORE
+    seq_index: torch.Tensor  # [numel] sequence of each token (num_seqs for padding)
     num_seqs: int
     num_loss_tokens: int
-    num_tokens: int
+    num_tokens: int  # real (non-padding) tokens
+    attention_mask: torch.Tensor | None = None  # [B, L] for padded batches
 
 
 def read_chat_rows(path: str | Path) -> list[list[dict]]:
@@ -136,6 +144,40 @@ def tokenize_rows(tokenizer, rows: list[list[dict]], cutoff_len: int) -> tuple[l
     return out, dropped
 
 
+def _targets(ex: TokenizedExample) -> list[int]:
+    # Position t predicts token t+1 of the same sequence, with loss iff t+1 is assistant text.
+    n = len(ex.input_ids)
+    return [ex.input_ids[t + 1] if ex.loss_mask[t + 1] else IGNORE for t in range(n - 1)] + [IGNORE]
+
+
+def collate(examples: list[TokenizedExample], batching: str) -> PackedBatch:
+    """A micro-batch in the ``batching`` layout (``packed`` or ``padded``, see the module docstring)."""
+    if batching == "packed":
+        return pack(examples)
+    if batching == "padded":
+        return pad(examples)
+    raise ValueError(f"data.batching={batching!r}: use 'packed' or 'padded'.")
+
+
+def pad(examples: list[TokenizedExample], pad_id: int = 0) -> PackedBatch:
+    """One right-padded row per example, with an attention mask."""
+    b, width = len(examples), max(len(ex.input_ids) for ex in examples)
+    ids = torch.full((b, width), pad_id, dtype=torch.long)
+    targets = torch.full((b, width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((b, width), dtype=torch.long)
+    seq = torch.full((b, width), b, dtype=torch.long)  # padding -> the extra index b
+    for s, ex in enumerate(examples):
+        n = len(ex.input_ids)
+        ids[s, :n] = torch.tensor(ex.input_ids)
+        targets[s, :n] = torch.tensor(_targets(ex))
+        mask[s, :n] = 1
+        seq[s, :n] = s
+    positions = torch.arange(width).expand(b, width).contiguous()
+    return PackedBatch(input_ids=ids, position_ids=positions, targets=targets, seq_index=seq.reshape(-1), num_seqs=b,
+                       num_loss_tokens=int((targets != IGNORE).sum()), num_tokens=int(mask.sum()),
+                       attention_mask=mask)
+
+
 def pack(examples: list[TokenizedExample]) -> PackedBatch:
     """One padding-free row holding ``examples`` back to back."""
     ids, pos, tgt, seq = [], [], [], []
@@ -143,8 +185,7 @@ def pack(examples: list[TokenizedExample]) -> PackedBatch:
         n = len(ex.input_ids)
         ids += ex.input_ids
         pos += range(n)
-        # Position t predicts token t+1 of the same sequence, with loss iff t+1 is assistant text.
-        tgt += [ex.input_ids[t + 1] if ex.loss_mask[t + 1] else IGNORE for t in range(n - 1)] + [IGNORE]
+        tgt += _targets(ex)
         seq += [s] * n
     targets = torch.tensor([tgt], dtype=torch.long)
     return PackedBatch(input_ids=torch.tensor([ids], dtype=torch.long),

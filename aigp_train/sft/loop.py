@@ -23,8 +23,8 @@ import torch
 
 from aigp_train.config import recipe_to_dict
 from aigp_train.distributed.dist import DistInfo, all_reduce_sum, barrier, print0
-from aigp_train.sft.data import (PackedBatch, TokenizedExample, epoch_order, global_batch_indices,
-                                 micro_batch_indices, pack, read_chat_rows, steps_per_epoch, tokenize_rows)
+from aigp_train.sft.data import (PackedBatch, TokenizedExample, collate, epoch_order, global_batch_indices,
+                                 micro_batch_indices, read_chat_rows, steps_per_epoch, tokenize_rows)
 from aigp_train.sft.loss import SftLoss, micro_batch_loss
 from aigp_train.train.logging import train_flops_per_token
 from aigp_train.train.session import TrainSession, start_session
@@ -33,12 +33,14 @@ __all__ = ["train_sft", "heldout_loss"]
 
 
 def _forward(engine, batch: PackedBatch):
+    mask = batch.attention_mask.to(engine.device) if batch.attention_mask is not None else None
     return engine(batch.input_ids.to(engine.device), batch.position_ids.to(engine.device),
-                  batch.targets.to(engine.device), batch.seq_index.to(engine.device), batch.num_seqs)
+                  batch.targets.to(engine.device), batch.seq_index.to(engine.device), batch.num_seqs, mask)
 
 
 @torch.no_grad()
-def heldout_loss(session: TrainSession, examples: list[TokenizedExample], micro_batch_size: int) -> float:
+def heldout_loss(session: TrainSession, examples: list[TokenizedExample], micro_batch_size: int,
+                 batching: str) -> float:
     """Mean token cross-entropy on ``examples``, sharded over ranks.
 
     Every rank runs the same number of forward passes (ZeRO-3 gathers parameters collectively
@@ -52,7 +54,7 @@ def heldout_loss(session: TrainSession, examples: list[TokenizedExample], micro_
     for r in range(rounds):
         start = r * per_round + dist.rank * micro_batch_size
         chunk = examples[start:start + micro_batch_size]
-        batch = pack(chunk if chunk else examples[:1])
+        batch = collate(chunk if chunk else examples[:1], batching)
         ce_sum, _ = _forward(engine, batch)
         if chunk:
             ce += float(ce_sum)
@@ -103,7 +105,7 @@ def train_sft(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
     trained_tokens = 0
 
     def evaluate() -> None:
-        loss = heldout_loss(session, heldout, eng.micro_batch_size)
+        loss = heldout_loss(session, heldout, eng.micro_batch_size, recipe.data.batching)
         improved = loss < loop["best_heldout"] - es.min_delta
         if improved:
             loop["best_heldout"], loop["evals_without_improvement"] = loss, 0
@@ -124,7 +126,7 @@ def train_sft(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
         for micro in range(eng.grad_accum_steps):
             idx = micro_batch_indices(order, step_in_epoch, micro, dist.rank, dist.world_size,
                                       eng.micro_batch_size, eng.grad_accum_steps)
-            batch = pack([train[i] for i in idx])
+            batch = collate([train[i] for i in idx], recipe.data.batching)
             ce_sum, aux_sum = _forward(engine, batch)
             loss = micro_batch_loss(ce_sum, aux_sum, n_tok, n_seq, coef, scale)
             engine.backward(loss)

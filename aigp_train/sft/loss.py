@@ -2,7 +2,7 @@
 
 ``SftLoss(peft_model)(batch)`` returns the *sums* that the loop turns into the step's loss:
 
-* ``ce_sum``: cross-entropy summed over the packed row's loss tokens. Logits are computed only at
+* ``ce_sum``: cross-entropy summed over the batch's loss tokens (packed or padded rows). Logits are computed only at
   those positions (the LM head runs on the assistant tokens, not on the prompt: on a pricing
   prompt of ~2k tokens with a ~300-token answer that is most of the head's FLOPs and memory);
 * ``aux_sum``: the router's load-balancing loss summed over the row's sequences.
@@ -70,18 +70,24 @@ class SftLoss(nn.Module):
         self.top_k = int(getattr(causal_lm.config, "num_experts_per_tok", 0) or 0)
 
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor,
-                seq_index: torch.Tensor, num_seqs: int) -> tuple[torch.Tensor, torch.Tensor]:
+                seq_index: torch.Tensor, num_seqs: int,
+                attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         causal_lm = self.model.get_base_model()
         is_moe = self.top_k > 0
-        out = causal_lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False,
-                                      **({"output_router_logits": True} if is_moe else {}))
-        hidden = out.last_hidden_state[0]  # [T, H]
-        flat_targets = targets[0]
+        out = causal_lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                                      use_cache=False, **({"output_router_logits": True} if is_moe else {}))
+        hidden = out.last_hidden_state.reshape(-1, out.last_hidden_state.shape[-1])  # [B*L, H]
+        flat_targets = targets.reshape(-1)
         where = (flat_targets != IGNORE).nonzero(as_tuple=True)[0]
         logits = causal_lm.get_output_embeddings()(hidden.index_select(0, where))
         ce_sum = F.cross_entropy(logits.float(), flat_targets.index_select(0, where), reduction="sum")
         if is_moe and out.router_logits:
-            aux_sum = sequence_load_balancing_loss(out.router_logits, seq_index, num_seqs, self.top_k).sum()
+            logits_per_layer = out.router_logits
+            if attention_mask is not None:  # padding tokens are routed too; they are no sequence's load
+                real = (seq_index < num_seqs).nonzero(as_tuple=True)[0]
+                logits_per_layer = tuple(layer.index_select(0, real) for layer in logits_per_layer)
+                seq_index = seq_index.index_select(0, real)
+            aux_sum = sequence_load_balancing_loss(logits_per_layer, seq_index, num_seqs, self.top_k).sum()
         else:
             aux_sum = ce_sum.new_zeros(())
         return ce_sum, aux_sum

@@ -17,6 +17,7 @@ or SIGUSR1 checkpoints at the next step and exits with code 75; rerunning resume
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from aigp_train.config import help_field
 from aigp_train.llm.models import ModelRecipe
@@ -31,6 +32,8 @@ class SftData:
     train_path: str = help_field("JSONL of chat examples to train on (aigp judge: <judge>/sft/train.jsonl)")
     heldout_path: str = help_field("JSONL of held-out chat examples for early stopping")
     cutoff_len: int = help_field("maximum tokens per example (longer ones are truncated)")
+    batching: Literal["packed", "padded"] = help_field(
+        "packed: one padding-free row per micro-batch (flash-attention); padded: a row per sequence (SDPA on CPU)")
 
 
 @dataclass
@@ -69,10 +72,12 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     from aigp_train.llm.models import build_model
     from aigp_train.llm.tokenizer import load_tokenizer
     from aigp_train.sft.loop import train_sft
+    from aigp_train.train.engine import zero3_loading
 
     dist = init_distributed()
     try:
         tokenizer = load_tokenizer(recipe.model)
+        zero3 = zero3_loading(recipe.optim, recipe.engine, dist)  # noqa: F841 (must stay alive)
         model = build_model(recipe.model, "cpu")
         if dist.is_cuda:
             model = model.to(dist.device)

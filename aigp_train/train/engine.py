@@ -18,7 +18,8 @@ from torch import nn
 from aigp_train.distributed.dist import DistInfo
 from aigp_train.train.recipe import EngineRecipe, OptimRecipe
 
-__all__ = ["resolve_precision", "deepspeed_config", "build_engine", "warmup_steps", "WarmupCosine", "lr_ratio"]
+__all__ = ["resolve_precision", "deepspeed_config", "build_engine", "warmup_steps", "WarmupCosine", "lr_ratio",
+           "zero3_loading"]
 
 
 def resolve_precision(engine: EngineRecipe, dist: DistInfo) -> str:
@@ -123,3 +124,18 @@ def build_engine(module: nn.Module, optim: OptimRecipe, engine: EngineRecipe, nu
     ds_engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=params, config=config,
                                               lr_scheduler=scheduler, dist_init_required=False)
     return ds_engine
+
+
+def zero3_loading(optim: OptimRecipe, engine: EngineRecipe, dist: DistInfo):
+    """Keep the returned object alive while the model is loaded (and trained): with it, transformers'
+    ``from_pretrained`` loads a checkpoint straight into ZeRO-3 partitions (``deepspeed.zero.Init``)
+    instead of materialising the whole model on every rank (Qwen3-30B-A3B in bf16 is 61 GB per rank,
+    8 ranks per node). A model built from a config (the tiny random init) is unaffected."""
+    import deepspeed
+    from transformers.integrations import HfDeepSpeedConfig
+
+    if not dist.is_cuda:
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    # DeepSpeed's comm layer must know the process group before it sizes the batch and partitions.
+    deepspeed.init_distributed(dist_backend=dist.backend)
+    return HfDeepSpeedConfig(deepspeed_config(optim, engine, 1, dist))
