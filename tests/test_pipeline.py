@@ -83,9 +83,13 @@ steps:
     # 'first' now simulates another market (new seed, new folder); 'second', whose own recipe did not
     # change, is rerun because a step before it changed.
     log = run("steps.first.overrides=['output_dir={run}/a2','num_skus=40','logging.skus_per_part=40','seed=7']")
-    assert "step 'second'" in log and "(upstream changed: rerun; old output moved to" in log
+    assert "step 'second'" in log and "(upstream or recipe changed: rerun; old output moved to" in log
     assert (tmp_path / "a2" / "manifest.json").is_file() and _sha(tmp_path / "b" / "manifest.json") != b
     assert _sha(tmp_path / "b.stale" / "manifest.json") == b
+    # an edited recipe of a finished step: the old folder is moved aside, never resumed into
+    log = run("steps.first.overrides=['output_dir={run}/a2','num_skus=40','logging.skus_per_part=40','seed=8']")
+    assert "step 'first'" in log and f"old output moved to {tmp_path}/a2.stale" in log
+    assert (tmp_path / "a2" / "manifest.json").is_file() and (tmp_path / "a2.stale" / "manifest.json").is_file()
     report = (tmp_path / "report" / "report.md").read_text()
     assert "## Table 3" in report and "no `aigp evaluate` step" in report
     steps = json.loads((tmp_path / "report" / "steps.json").read_text())
