@@ -148,6 +148,11 @@ def test_cli_simulate_and_misspelt_key(tmp_path):
     bad = subprocess.run(["aigp", "simulate", str(TINY), f"output_dir={out}", "demand.rank_memroy=0.5"],
                          capture_output=True, text=True, cwd=REPO)
     assert bad.returncode != 0 and "demand.rank_memroy" in bad.stderr
+    before = read_logs(out)
+    forced = subprocess.run(["aigp", "simulate", str(TINY), f"output_dir={out}", "num_skus=20", "--force"],
+                            capture_output=True, text=True, cwd=REPO)
+    assert forced.returncode == 0, forced.stderr  # a finished market (parts/ removed) can be forced again
+    assert read_logs(out).equals(before)
 
 
 # ---------------------------------------------------------------- long-horizon structure

@@ -128,7 +128,9 @@ def _part_paths(out: Path, part: int) -> dict[str, Path]:
 
 def _simulate_part(recipe: MarketRecipe, out: Path, part: int, start: int, stop: int) -> int:
     paths = _part_paths(out, part)
-    if paths["logs"].is_file():  # the logs part is written last: its presence means the part is complete
+    # The logs part is written last, so its presence means the part is complete -- unless the
+    # run was finalised (which removes parts/) and is now forced again: then redo the part.
+    if all(p.is_file() for p in paths.values()):
         return 0
     sim = MarketSimulator(recipe)
     table, summary, reviews = simulate_skus(sim, np.arange(start, stop, dtype=np.int64))
