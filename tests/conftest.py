@@ -54,7 +54,8 @@ def sft_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_dpo_chain(tiny_market, tiny_prompts, tmp_path_factory) -> dict[str, Path]:
     """The DPO inputs on the tiny market, through the real stages: ``aigp ltve`` (100 steps), ``aigp
-    candidates`` (recipes/tiny/candidates.yaml: the scripted stand-in policy, 24 [ACT_ONLY] prompts,
+    candidates`` (recipes/tiny/candidates.yaml with backend.kind=scripted: the stand-in policy, for
+    speed; tests/test_candidates.py runs the recipe's constrained hf policy; 24 [ACT_ONLY] prompts,
     M=6) and ``aigp pairs`` (recipes/tiny/pairs.yaml). Returns {"ltve", "candidates", "pairs"} folders."""
     from aigp_train.cli import run_stage
 
@@ -65,7 +66,8 @@ def tiny_dpo_chain(tiny_market, tiny_prompts, tmp_path_factory) -> dict[str, Pat
                "train.checkpoint_every=100"])
     run_stage("candidates", str(REPO / "recipes" / "tiny" / "candidates.yaml"),
               [f"output_dir={out['candidates']}", f"prompts_dir={tiny_prompts}", f"market_dir={tiny_market}",
-               f"ltve_path={out['ltve']}", "adapter=''", "max_prompts=24", "shard_size=12"])
+               f"ltve_path={out['ltve']}", "adapter=''", "max_prompts=24", "shard_size=12",
+               "backend.kind=scripted"])
     run_stage("pairs", str(REPO / "recipes" / "tiny" / "pairs.yaml"),
               [f"output_dir={out['pairs']}", f"candidates_dir={out['candidates']}"])
     return out

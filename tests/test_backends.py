@@ -48,7 +48,8 @@ def tiny():
 
 @pytest.fixture(scope="module")
 def hf(tiny):
-    return make_backend(BackendConfig(kind="hf", hf=HFBackendConfig(batch_size=4, device="cpu")), tiny)
+    return make_backend(BackendConfig(kind="hf", hf=HFBackendConfig(batch_size=4, device="cpu",
+                                                                    constrain_act_only="none")), tiny)
 
 
 def test_hf_act_only_sampling_shape_order_and_seed(hf):
@@ -95,7 +96,8 @@ def test_hf_adapter_per_request(hf, tiny, tmp_path):
     assert outs[:3] != before
 
     merged_recipe = load_model_recipe(TINY, [f"model.weights_path={tmp_path / 'merged'}"])
-    merged_backend = make_backend(BackendConfig(kind="hf", hf=HFBackendConfig(batch_size=4, device="cpu")),
+    merged_backend = make_backend(BackendConfig(kind="hf", hf=HFBackendConfig(batch_size=4, device="cpu",
+                                                                              constrain_act_only="none")),
                                   merged_recipe)
     assert merged_backend.generate(plain, GREEDY) == outs[:3]
 
@@ -104,7 +106,8 @@ def test_make_backend_errors_name_the_fix(tiny):
     with pytest.raises(RecipeError, match="no backend.hf block"):
         make_backend(BackendConfig(kind="hf"), tiny)
     with pytest.raises(ValueError, match="needs a model: block"):
-        make_backend(BackendConfig(kind="hf", hf=HFBackendConfig(batch_size=1, device="cpu")), None)
+        make_backend(BackendConfig(kind="hf", hf=HFBackendConfig(batch_size=1, device="cpu",
+                                                                 constrain_act_only="none")), None)
     with pytest.raises(RecipeError, match="top_p"):
         SamplingConfig(n=1, temperature=1.0, top_k=0, top_p=0.0, max_new_tokens=4, seed=0)
     with pytest.raises(RecipeError, match="identical greedy answers"):
@@ -114,7 +117,8 @@ def test_make_backend_errors_name_the_fix(tiny):
 # ---------------------------------------------------------------------------- vllm (not installed here)
 
 VLLM_CFG = VLLMBackendConfig(tensor_parallel_size=8, gpu_memory_utilization=0.9, max_model_len=8192,
-                             enable_prefix_caching=True, max_lora_rank=64, max_loras=4, dtype="bfloat16")
+                             enable_prefix_caching=True, max_lora_rank=64, max_loras=4, dtype="bfloat16",
+                             constrain_act_only="none")
 
 
 def test_vllm_module_does_not_import_vllm():
@@ -156,7 +160,35 @@ def test_vllm_sampling_params_per_request():
                      "max_tokens": 6, "stop_token_ids": [2], "detokenize": False}
     assert len({k["seed"] for k in kw}) == 3  # one seed per request: batch-independent sampling
     assert sampling_kwargs(SAMPLE, reqs[0], [2])["seed"] == kw[0]["seed"]  # stable across calls and restarts
-    assert sampling_kwargs(GREEDY, reqs[0], [2])["top_k"] == -1  # vLLM's "off"
+    assert sampling_kwargs(GREEDY, reqs[0], [2])["top_k"] == -1  # vLLM's "none"
+
+
+def test_vllm_constrained_act_only_requests_carry_the_action_regex(tmp_path):
+    """constrain_act_only maps to vLLM structured outputs on [ACT_ONLY] requests only, and keeps the
+    engine's tokenizer (vLLM refuses structured outputs under skip_tokenizer_init)."""
+    import re
+
+    from aigp_train.config import load_recipe
+    from aigp_train.llm.backends.action_constraint import ACTION_REGEX
+    from aigp_train.pricing import format_action, in_a_safe, load_pricing_config
+    from aigp_train.stages import candidates, infer
+
+    pricing = load_pricing_config()
+    act, full = _requests(1)[0], _requests(1, act_only=False)[0]  # d_prev 0.8: A_safe = [-0.2, 0.2]
+    assert sampling_kwargs(SAMPLE, act, [2], "action")["structured_outputs"] == {"regex": ACTION_REGEX}
+    regex = sampling_kwargs(SAMPLE, act, [2], "a_safe", pricing)["structured_outputs"]["regex"]
+    accepted = [k / 100 for k in range(-100, 101) if re.fullmatch(regex, format_action(k / 100))]
+    assert accepted == [k / 100 for k in range(-20, 21)] and all(in_a_safe(a, 0.8, pricing) for a in accepted)
+    assert "structured_outputs" not in sampling_kwargs(SAMPLE, full, [2], "a_safe", pricing)
+    assert "structured_outputs" not in sampling_kwargs(SAMPLE, act, [2], "none")
+    recipe = load_model_recipe("recipes/models/qwen3-235b-a22b.yaml", [f"model.weights_path={tmp_path}"])
+    on = VLLMBackendConfig(**{**VLLM_CFG.__dict__, "constrain_act_only": "a_safe"})
+    assert engine_args(on, recipe)["skip_tokenizer_init"] is False
+    with pytest.raises(RecipeError, match="a_safe needs the pricing rules"):
+        make_backend(BackendConfig(kind="vllm", vllm=on), recipe)
+    # the paper's candidates recipe turns it on (and so needs the tokenizer); nightly inference does not
+    assert load_recipe("recipes/paper/candidates.yaml", candidates.Recipe).backend.vllm.constrain_act_only == "a_safe"
+    assert load_recipe("recipes/paper/infer.yaml", infer.Recipe).backend.vllm.constrain_act_only == "none"
 
 
 def test_vllm_lora_requests_are_stable(tmp_path):

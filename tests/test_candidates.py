@@ -57,21 +57,30 @@ def test_candidates_stage_scores_with_min_of_twin_critics(tiny_dpo_chain, tiny_m
     assert np.allclose(q, [c["q"] for c in r["candidates"]], atol=1e-6)
 
 
-def test_candidates_through_hf_backend_on_tiny_model(tiny_dpo_chain, tiny_prompts, tiny_market, tmp_path):
-    """The real sampling path: tiny Qwen3-MoE via transformers generate. A random tiny model writes
-    no valid JSON, so its samples must all be counted as rejected, with the stage still finishing."""
+def test_candidates_from_the_tiny_policy_with_constrained_decoding_yield_pairs(tiny_dpo_chain, tiny_prompts,
+                                                                               tiny_market, tmp_path):
+    """The recipe's own path (paper §3.4): M samples from the tiny Qwen3-MoE through hf with
+    constrain_act_only a_safe. Unconstrained, this random model writes no JSON at all; constrained,
+    every sample is a canonical action inside A_safe (no parse failure, none outside), the numbers
+    are the model's (several distinct per prompt), and `aigp pairs` builds pairs from them."""
     from aigp_train.cli import run_stage
+    from aigp_train.llm.backends.action_constraint import ACTION_TEXTS
 
+    out = tmp_path / "candidates"
     manifest = run_stage("candidates", "recipes/tiny/candidates.yaml", [
-        f"output_dir={tmp_path}", f"prompts_dir={tiny_prompts}", f"market_dir={tiny_market}",
-        f"ltve_path={tiny_dpo_chain['ltve']}", "adapter=''", "max_prompts=2", "shard_size=2",
-        "backend.kind=hf", "sampling.n=3", "sampling.max_new_tokens=8"])
+        f"output_dir={out}", f"prompts_dir={tiny_prompts}", f"market_dir={tiny_market}",
+        f"ltve_path={tiny_dpo_chain['ltve']}", "adapter=''", "max_prompts=8", "shard_size=8"])
     stats = manifest["summary"]
-    assert stats["backend"].startswith("hf") and stats["samples"] == 6
-    gen = [json.loads(line) for line in (tmp_path / "generations" / "shard-00000.jsonl").read_text().splitlines()]
-    assert [len(g["completions"]) for g in gen] == [3, 3]
-    rejected = sum(v for k, v in stats["rejected_samples"].items() if k != "duplicate")
-    assert rejected + stats["valid_samples"] == 6
+    assert stats["backend"] == "hf" and stats["samples"] == 8 * 6
+    assert set(stats["rejected_samples"]) <= {"duplicate"}  # no parse failure, nothing outside A_safe
+    gen = [json.loads(line) for line in (out / "generations" / "shard-00000.jsonl").read_text().splitlines()]
+    assert all(len(g["completions"]) == 6 and set(g["completions"]) <= ACTION_TEXTS for g in gen)
+    assert stats["distinct_candidates"] > 8  # sampled numbers differ within prompts
+    pairs = run_stage("pairs", "recipes/tiny/pairs.yaml", [f"output_dir={tmp_path / 'pairs'}",
+                                                           f"candidates_dir={out}"])
+    assert pairs["rows"]["pairs"] >= 1
+    for p in (json.loads(line) for line in (tmp_path / "pairs" / "pairs.jsonl").read_text().splitlines()):
+        assert p["chosen"] in ACTION_TEXTS and p["rejected"] in ACTION_TEXTS and p["chosen"] != p["rejected"]
 
 
 def test_candidates_missing_adapter_is_a_clear_error(tiny_dpo_chain, tiny_prompts, tiny_market, tmp_path):

@@ -35,7 +35,8 @@ from aigp_train.llm.generation import run_generation
 from aigp_train.llm.models import load_model_recipe
 sys.path.insert(0, {tests!r})
 from test_generation import requests, SAMPLING
-backend = make_backend(BackendConfig(kind="hf", hf=HFBackendConfig(batch_size=1, device="cpu")),
+backend = make_backend(BackendConfig(kind="hf", hf=HFBackendConfig(batch_size=1, device="cpu",
+                                                                   constrain_act_only="none")),
                        load_model_recipe({tiny!r}))
 print("ready", flush=True)
 run_generation(requests(), backend, SamplingConfig(**SAMPLING), sys.argv[1], shard_size=1,
@@ -51,7 +52,8 @@ def requests(adapter: dict[int, str] | None = None) -> list[GenerationRequest]:
 
 @pytest.fixture(scope="module")
 def hf():
-    return make_backend(BackendConfig(kind="hf", hf=HFBackendConfig(batch_size=1, device="cpu")),
+    return make_backend(BackendConfig(kind="hf", hf=HFBackendConfig(batch_size=1, device="cpu",
+                                                                    constrain_act_only="none")),
                         load_model_recipe(TINY))
 
 

@@ -123,7 +123,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
                           f"first, or set adapter: '' to sample from the base model (DPO-only).")
     requests = [GenerationRequest(p["prompt_id"], p["messages"], p["state"], act_only=recipe.variant == "act_only",
                                   adapter=adapter) for p in prompts]
-    backend = make_backend(backend_with_pricing(recipe.backend, recipe.pricing), recipe.model)
+    backend = make_backend(backend_with_pricing(recipe.backend, recipe.pricing), recipe.model, recipe.pricing)
     gen_dir = out.path / "generations"
     result = run_generation(requests, backend, recipe.sampling, gen_dir, recipe.shard_size)
     rank, world = rank_and_world()

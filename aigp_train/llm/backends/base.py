@@ -94,6 +94,10 @@ class Backend(Protocol):
 class HFBackendConfig:
     batch_size: int = help_field("requests per left-padded generate() call")
     device: str = help_field("torch device: cpu, cuda, cuda:0, or auto (cuda if present, else cpu)")
+    constrain_act_only: Literal["none", "action", "a_safe"] = help_field(
+        "[ACT_ONLY] completions forced into {\"discount_change\": <number>}, the number sampled from the model's "
+        "logits over allowed tokens: none, action (any 0.01 step in [-1, 1]) or a_safe (inside A_safe(d_prev)); "
+        "see llm/backends/action_constraint.py")
 
 
 @dataclass
@@ -105,6 +109,8 @@ class VLLMBackendConfig:
     max_lora_rank: int = help_field("largest LoRA rank an adapter may have")
     max_loras: int = help_field("adapters resident in one batch")
     dtype: str = help_field("weights dtype: bfloat16, float16 or auto")
+    constrain_act_only: Literal["none", "action", "a_safe"] = help_field(
+        "as backend.hf.constrain_act_only, through vLLM structured outputs (a regex); needs the engine tokenizer")
 
 
 @dataclass
@@ -124,20 +130,25 @@ def _require(block: Any, kind: str) -> Any:
     return block
 
 
-def make_backend(cfg: BackendConfig, model_recipe: Any = None) -> Backend:
-    """Build the backend ``cfg.kind`` names. Heavy imports happen here, not at module import."""
+def make_backend(cfg: BackendConfig, model_recipe: Any = None, pricing: Any = None) -> Backend:
+    """Build the backend ``cfg.kind`` names. Heavy imports happen here, not at module import.
+    ``pricing`` (a PricingConfig) is needed by ``constrain_act_only: a_safe`` only."""
+    block = cfg.hf if cfg.kind == "hf" else cfg.vllm if cfg.kind == "vllm" else None
+    if block is not None and block.constrain_act_only == "a_safe" and pricing is None:
+        raise RecipeError(f"backend.{cfg.kind}.constrain_act_only a_safe needs the pricing rules: the stage must pass "
+                         f"its pricing block to make_backend, or set constrain_act_only to action or none.")
     if cfg.kind == "hf":
         from aigp_train.llm.backends.hf_backend import HFBackend
 
         if model_recipe is None:
             raise RecipeError("backend.kind 'hf' needs a model: block in the recipe (which model to load).")
-        return HFBackend(_require(cfg.hf, "hf"), model_recipe)
+        return HFBackend(_require(cfg.hf, "hf"), model_recipe, pricing)
     elif cfg.kind == "vllm":
         from aigp_train.llm.backends.vllm_backend import VLLMBackend
 
         if model_recipe is None:
             raise RecipeError("backend.kind 'vllm' needs a model: block in the recipe (which model to serve).")
-        return VLLMBackend(_require(cfg.vllm, "vllm"), model_recipe)
+        return VLLMBackend(_require(cfg.vllm, "vllm"), model_recipe, pricing=pricing)
     elif cfg.kind == "scripted":
         from aigp_train.llm.backends.scripted import ScriptedBackend
 

@@ -7,6 +7,11 @@ models continue from the last position, so padding goes on the left) and sampled
 ``adapter=None`` runs with every adapter disabled, so the base model and SFT/DPO adapters share one
 copy of the weights. Outputs come back in request order whatever the grouping.
 
+With ``constrain_act_only``, the [ACT_ONLY] rows of a batch get an ``ActOnlyLogitsProcessor``
+(``action_constraint.py``): their text is forced into the canonical action JSON, the number
+sampled from the model's own logits over the allowed tokens; other rows in the same batch sample
+freely.
+
 Reproducibility: each batch seeds torch from (sampling.seed, the batch's request ids), so the same
 requests with the same batch size give the same completions, on restart too. Completions do not
 depend on what other adapters' batches ran before.
@@ -40,7 +45,7 @@ def render_prompts(tokenizer, requests: list[GenerationRequest]) -> list[str]:
 class HFBackend:
     name = "hf"
 
-    def __init__(self, cfg: HFBackendConfig, model_recipe: Any) -> None:
+    def __init__(self, cfg: HFBackendConfig, model_recipe: Any, pricing: Any = None) -> None:
         if cfg.batch_size < 1:
             raise RecipeError(f"backend.hf.batch_size must be >= 1, got {cfg.batch_size}.")
         self.cfg = cfg
@@ -50,6 +55,11 @@ class HFBackend:
         self.eos_id = self.tokenizer.convert_tokens_to_ids(EOS_TOKEN)
         self.model = build_model(model_recipe, self.device).eval()
         self._adapters: dict[str, str] = {}  # resolved folder -> PEFT adapter name
+        self.constraint, self.pricing = None, pricing
+        if cfg.constrain_act_only != "none":
+            from aigp_train.llm.backends.action_constraint import ActionConstraint
+
+            self.constraint = ActionConstraint(self.tokenizer, self.eos_id)  # vocabulary read once, states cached
 
     def _select(self, adapter: str | None):
         """The module to call for ``adapter`` (loading it on first use) and a context to run it in."""
@@ -84,6 +94,25 @@ class HFBackend:
         if not greedy:
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p,
                           top_k=max(sampling.top_k, 0))  # 0 switches top-k off (None would mean the default 50)
+        constrained = {}  # row of generate's output (request-major) -> the action texts it may produce
+        if self.constraint is not None:
+            from aigp_train.llm.backends.action_constraint import request_language
+
+            for i, r in enumerate(batch):
+                if r.act_only:
+                    language = request_language(self.cfg.constrain_act_only, r.state, self.pricing)
+                    constrained.update({i * sampling.n + k: language for k in range(sampling.n)})
+        if constrained:
+            from transformers import LogitsProcessorList
+
+            from aigp_train.llm.backends.action_constraint import ActOnlyLogitsProcessor
+
+            if sampling.max_new_tokens < self.constraint.min_new_tokens:
+                raise RecipeError(f"sampling.max_new_tokens={sampling.max_new_tokens} can cut a constrained [ACT_ONLY] "
+                                  f"action short; set it to >= {self.constraint.min_new_tokens} (or set "
+                                  f"backend.hf.constrain_act_only: none).")
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [ActOnlyLogitsProcessor(self.constraint, constrained, enc["input_ids"].shape[1])])
         with ctx, torch.random.fork_rng(devices=[self.device] if self.device.startswith("cuda") else []):
             torch.manual_seed(batch_seed(sampling.seed, [r.request_id for r in batch]))
             out = model.generate(**enc, **kwargs)

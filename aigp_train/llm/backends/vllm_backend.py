@@ -14,6 +14,14 @@ come back as token ids decoded by it: the checkpoint's tokenizer in vLLM does no
 would see other tokens than in training. Each request has its own ``SamplingParams`` seeded from
 (sampling.seed, request_id), so completions do not depend on batching or on the replica count.
 
+With ``constrain_act_only`` (action or a_safe), each [ACT_ONLY] request carries vLLM structured
+outputs with ``action_constraint.action_regex`` of its language (the one the hf backend enforces
+token by token), so its
+samples are canonical action JSON with the number drawn from the model. Structured outputs need
+the engine's tokenizer (vLLM refuses them under ``skip_tokenizer_init``), so the engine then loads
+it from the checkpoint; prompts still go in as our token ids. Unlike the hf backend, vLLM does not
+force the scaffold's own tokenization: the grammar admits any tokens that spell it.
+
 vllm is imported only inside ``VLLMBackend`` (it cannot be installed on the CPU box; DESIGN.md).
 Everything else here is pure and unit-tested without it: engine arguments, sampling parameters,
 LoRA request ids, the replica layout.
@@ -57,7 +65,8 @@ def engine_args(cfg: VLLMBackendConfig, model_recipe: Any, seed: int = 0) -> dic
         "max_loras": max(cfg.max_loras, 1),
         "seed": seed,
         "trust_remote_code": False,  # architectures come from vLLM itself, never from checkpoint code
-        "skip_tokenizer_init": True,  # we send token ids and decode ourselves (see module docstring)
+        # we send token ids and decode ourselves (module docstring); structured outputs need the tokenizer
+        "skip_tokenizer_init": cfg.constrain_act_only == "none",
     }
 
 
@@ -66,9 +75,11 @@ def request_seed(seed: int, request_id: str) -> int:
     return int.from_bytes(digest[:4], "little") & 0x7FFF_FFFF
 
 
-def sampling_kwargs(sampling: SamplingConfig, request: GenerationRequest, stop_token_ids: list[int]) -> dict:
-    """Keyword arguments of ``vllm.SamplingParams`` for one request."""
-    return {
+def sampling_kwargs(sampling: SamplingConfig, request: GenerationRequest, stop_token_ids: list[int],
+                    constrain_act_only: str = "none", pricing: Any = None) -> dict:
+    """Keyword arguments of ``vllm.SamplingParams`` for one request. ``structured_outputs`` (only for
+    a constrained [ACT_ONLY] request) is the keyword dict of ``vllm.sampling_params.StructuredOutputsParams``."""
+    kwargs = {
         "n": sampling.n,
         "temperature": sampling.temperature,
         "top_k": sampling.top_k if sampling.top_k > 0 else -1,  # vLLM: -1 disables top-k
@@ -78,6 +89,12 @@ def sampling_kwargs(sampling: SamplingConfig, request: GenerationRequest, stop_t
         "stop_token_ids": list(stop_token_ids),
         "detokenize": False,
     }
+    if constrain_act_only != "none" and request.act_only:
+        from aigp_train.llm.backends.action_constraint import action_regex, request_language
+
+        kwargs["structured_outputs"] = {"regex": action_regex(request_language(constrain_act_only, request.state,
+                                                                                pricing))}
+    return kwargs
 
 
 class LoRARegistry:
@@ -120,7 +137,7 @@ def replica_devices(local_id: int, tensor_parallel_size: int) -> str:
 class VLLMBackend:
     name = "vllm"
 
-    def __init__(self, cfg: VLLMBackendConfig, model_recipe: Any, seed: int = 0) -> None:
+    def __init__(self, cfg: VLLMBackendConfig, model_recipe: Any, seed: int = 0, pricing: Any = None) -> None:
         try:
             from vllm import LLM  # lazy: vllm is an optional extra, absent on CPU boxes
         except ImportError as err:
@@ -128,7 +145,7 @@ class VLLMBackend:
                               f"(pip install 'aigp-train[vllm]'), or use backend.kind hf on a CPU box.") from err
         from aigp_train.llm.tokenizer import EOS_TOKEN, load_tokenizer
 
-        self.cfg = cfg
+        self.cfg, self.pricing = cfg, pricing
         tasks_per_node = int(os.environ.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0])
         if tasks_per_node > 1 and "SLURM_LOCALID" in os.environ:
             # several replicas per node: each task takes its own GPUs (set before vLLM touches CUDA)
@@ -141,6 +158,7 @@ class VLLMBackend:
 
     def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig) -> list[list[str]]:
         from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
         from vllm.inputs import TokensPrompt
         from vllm.lora.request import LoRARequest
 
@@ -148,7 +166,12 @@ class VLLMBackend:
 
         texts = render_prompts(self.tokenizer, requests)
         prompts = [TokensPrompt(prompt_token_ids=self.tokenizer.encode(t, add_special_tokens=False)) for t in texts]
-        params = [SamplingParams(**sampling_kwargs(sampling, r, self.stop_ids)) for r in requests]
+        params = []
+        for r in requests:
+            kwargs = sampling_kwargs(sampling, r, self.stop_ids, self.cfg.constrain_act_only, self.pricing)
+            if "structured_outputs" in kwargs:
+                kwargs["structured_outputs"] = StructuredOutputsParams(**kwargs["structured_outputs"])
+            params.append(SamplingParams(**kwargs))
         lora = [self.loras.args(r.adapter) for r in requests]
         lora_requests = [LoRARequest(*a) if a else None for a in lora]
         outputs = self.engine.generate(prompts, params, lora_request=lora_requests, use_tqdm=False)
