@@ -19,7 +19,7 @@ from aigp_train.llm.backends.action_constraint import (
     request_language,
 )
 from aigp_train.llm.backends.hf_backend import render_prompts
-from aigp_train.llm.models import load_model_recipe
+from aigp_train.llm.models import build_model, load_model_recipe
 from aigp_train.llm.tokenizer import ACT_ONLY
 from aigp_train.pricing import format_action, in_a_safe, load_pricing_config, parse_action
 
@@ -175,13 +175,15 @@ def test_sampled_sign_follows_the_models_constrained_distribution(backends):
     assert abs(freq - p_negative) < 4 * sigma + 1e-3, (freq, p_negative)
 
 
-def test_a_safe_mode_samples_the_model_over_a_safe_only(backends):
-    """constrain_act_only a_safe: the language is the canonical actions of A_safe(d_prev), per request."""
-    on, _ = backends
+def test_a_safe_mode_samples_the_model_over_a_safe_only(tmp_path):
+    """constrain_act_only a_safe: the language is the canonical actions of A_safe(d_prev), per request;
+    with a LoRA adapter (the SFT policy in the recipe) the samples are the adapter's."""
+    from peft import LoraConfig, get_peft_model
+
     tiny = load_model_recipe(TINY)
     safe = make_backend(BackendConfig(kind="hf", hf=HFBackendConfig(batch_size=4, device="cpu",
                                                                     constrain_act_only="a_safe")), tiny, PRICING)
-    safe.model = on.model
+    # its own copy of the weights: loading an adapter injects LoRA layers into the model in place
     assert request_language("a_safe", {"d_prev": 0.95}, PRICING) == {format_action(k / 100) for k in range(-20, 6)}
     reqs = _requests(2)
     reqs[1].state = {"d_prev": 0.55}  # A_safe = [-0.05, 0.2]: a different language in the same batch
@@ -191,6 +193,16 @@ def test_a_safe_mode_samples_the_model_over_a_safe_only(backends):
         assert all(t in ACTION_TEXTS for t in texts)
         assert all(a.ok and not a.projected and in_a_safe(a.action, req.state["d_prev"], PRICING) for a in actions)
     assert len({t for texts in outs for t in texts}) > 3
+    torch.manual_seed(1)
+    lora = get_peft_model(build_model(tiny, "cpu"), LoraConfig(r=4, lora_alpha=64, init_lora_weights=False,
+                                                               target_modules=["q_proj", "v_proj", "o_proj"]))
+    lora.save_pretrained(tmp_path / "adapter")
+    for r in reqs:
+        r.adapter = str(tmp_path / "adapter")
+    with_adapter = safe.generate(reqs, SAMPLE)
+    assert with_adapter != outs
+    assert all(parse_action(t, r.state["d_prev"], PRICING).projected is False and t in ACTION_TEXTS
+               for r, texts in zip(reqs, with_adapter) for t in texts)
     with pytest.raises(RecipeError, match="needs the pricing rules"):
         make_backend(BackendConfig(kind="hf", hf=HFBackendConfig(batch_size=4, device="cpu",
                                                                  constrain_act_only="a_safe")), tiny)

@@ -23,7 +23,7 @@ The language is ``format_action(a)`` for the actions a of one of two sets (``con
   A_safe(d_{t-1}) are left for the candidates stage to reject and count;
 * ``a_safe``: the 0.01 grid inside A_safe(d_{t-1}) (``pricing.action_grid``; d_{t-1} from the
   request's ``state["d_prev"]``): the policy's distribution conditioned on the safe actions. A
-  near-random policy (the tiny model after a few SFT steps) puts ~90 % of its mass outside A_safe,
+  near-random policy (the tiny model after a few SFT steps) puts ~90 % of its samples outside A_safe,
   so ``action`` leaves it almost no valid candidates and no DPO pairs; ``a_safe`` keeps every
   sample a candidate, still ranked by the model's own logits.
 
