@@ -106,7 +106,8 @@ def action_regex(language: frozenset[str]) -> str:
 
 
 class ActionConstraint:
-    """Token-level automaton of ACTION_TEXTS for one tokenizer; build once per backend."""
+    """Token-level automaton of the action languages (subsets of ACTION_TEXTS) for one tokenizer;
+    build once per backend."""
 
     def __init__(self, tokenizer, eos_id: int) -> None:
         self.eos_id = int(eos_id)
@@ -124,7 +125,7 @@ class ActionConstraint:
             if "".join(self.token_text.get(i, "\x00") for i in ids) != text:
                 raise RecipeError(f"constrain_act_only: the tokenizer's per-token texts of {ids} do not concatenate "
                                   f"to {text!r}, so allowed tokens cannot be read from its vocabulary; set "
-                                  f"backend.*.constrain_act_only: false for this tokenizer.")
+                                  f"backend.*.constrain_act_only: none for this tokenizer.")
         # Forced scaffold: the longest token prefix every canonical action shares that stays in the scaffold.
         forced: list[int] = []
         for column in zip(*encodings):
