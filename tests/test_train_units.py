@@ -60,6 +60,17 @@ class Outer(nn.Module):
         self.attn = nn.Linear(8, 8)
         self.layers = nn.ModuleList([ListExpertsMoE(), FusedExpertsMoE()])
         self.dense = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))  # two Linears, no router: not MoE
+        self.mixer = ConvMixer()
+
+
+class ConvMixer(nn.Module):
+    """Shaped like Qwen3.5's Gated-DeltaNet: a 3-D conv1d kernel [C, 1, K] beside a projection with a
+    dimension C. Structurally it resembles fused experts + router, but it is not an MoE block."""
+
+    def __init__(self):
+        super().__init__()
+        self.in_proj = nn.Linear(8, 12)
+        self.conv1d = nn.Conv1d(12, 12, kernel_size=4, groups=12)
 
 
 def test_zero3_finds_qwen3_moe_blocks(tiny_model):

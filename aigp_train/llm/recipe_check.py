@@ -140,10 +140,7 @@ def model_facts(model, lora: Any) -> ModelFacts:
     modules = dict(model.named_modules())
     lora_params = sum(lora.rank * (modules[n].in_features + modules[n].out_features) for n in chosen
                       if isinstance(modules[n], nn.Linear))
-    # Keep blocks that hold routed experts (E-leading 3-D weights): a conv1d weight is 3-D too (Qwen3.5's
-    # Gated-DeltaNet), and find_moe_blocks' structural test alone counts those as MoE blocks.
-    num_experts = model.config.num_experts
-    blocks = [(n, b) for n, b in find_moe_blocks(model) if any(is_expert_param(p, num_experts) for p in b.parameters())]
+    blocks = find_moe_blocks(model)
     block_params = max((sum(p.numel() for p in b.parameters()) for _, b in blocks), default=0)
     direct = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
     return ModelFacts(param_counts(model), chosen, lora_params, max(block_params, direct), direct, len(blocks))

@@ -35,6 +35,10 @@ def _num_experts(child: nn.Module) -> int | None:
         if len(child) >= 2 and len({type(m) for m in child}) == 1:
             return len(child)
         return None
+    if isinstance(child, nn.modules.conv._ConvNd):
+        # A convolution's kernel is 3-D too ([C, C/groups, K], e.g. Qwen3.5's Gated-DeltaNet conv1d),
+        # and a neighbouring projection often has a dimension C: it is not a stack of experts.
+        return None
     leading = {p.shape[0] for p in child.parameters(recurse=False) if p.dim() == 3}
     if len(leading) == 1:
         (e,) = leading
