@@ -153,3 +153,28 @@ def test_warmup_cosine_schedule():
     assert lr_ratio(total, total, warm, 0.1) == pytest.approx(0.1)
     mid = warm + (total - warm) // 2
     assert lr_ratio(mid, total, warm, 0.0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+# ---- process group -------------------------------------------------------------------------------------
+
+
+def test_child_process_does_not_join_its_parents_world_of_one():
+    """A stage run in-process (world of one, its TCPStore bound to MASTER_PORT) and then an `aigp`
+    subprocess: the child inherits RANK/MASTER_PORT and must make its own world, not bind that port."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as held:  # the parent's store, still listening
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        env = dict(os.environ, RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), AIGP_WORLD_OF_ONE=f"{os.getpid()}:{port}", DS_ACCELERATOR="cpu")
+        code = ("import os; from aigp_train.distributed.dist import init_distributed, cleanup_distributed; "
+                "info = init_distributed(); print(info.world_size, os.environ['MASTER_PORT']); cleanup_distributed()")
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    world, child_port = out.stdout.split()
+    assert world == "1" and int(child_port) != port

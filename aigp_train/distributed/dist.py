@@ -31,6 +31,9 @@ class DistInfo:
         return self.device.startswith("cuda")
 
 
+_WORLD_OF_ONE = "AIGP_WORLD_OF_ONE"  # "<pid>:<port>" of the process that made a world of one for itself
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -42,11 +45,18 @@ def init_distributed(backend: str = "auto") -> DistInfo:
     import torch
     import torch.distributed as dist
 
-    if "RANK" not in os.environ:
+    # A world of one that a *parent* process set up for itself (e.g. pytest running a stage in-process,
+    # then launching `aigp` subprocesses) is inherited through the environment; joining it would bind
+    # the parent's MASTER_PORT again (EADDRINUSE). Only torchrun/srun worlds and our own are joined.
+    own = os.environ.get(_WORLD_OF_ONE, "")
+    inherited = bool(own) and own != f"{os.getpid()}:{os.environ.get('MASTER_PORT')}" \
+        and own.split(":")[-1] == os.environ.get("MASTER_PORT")
+    if "RANK" not in os.environ or inherited:
         # A world of one: what torchrun --nproc_per_node 1 would export.
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+        port = str(_free_port()) if inherited or "MASTER_PORT" not in os.environ else os.environ["MASTER_PORT"]
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", MASTER_PORT=port)
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ[_WORLD_OF_ONE] = f"{os.getpid()}:{port}"
     rank = int(os.environ["RANK"])
     world_size = int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
