@@ -17,8 +17,9 @@ import torch
 from aigp_train.ltve.checkpoint import read_model
 from aigp_train.ltve.ensemble import ensemble_forward
 from aigp_train.ltve.features import Normalizer, state_features
+from aigp_train.pricing.a_safe import safe_grid
 
-__all__ = ["LTVE", "load_ltve", "safe_grid"]
+__all__ = ["LTVE", "load_ltve"]
 
 
 class LTVE:
@@ -88,17 +89,6 @@ class LTVE:
         values = (self.q_normalized(torch.as_tensor(features), actions, reduce) if normalized
                   else self.q(features, actions, reduce=reduce))
         return grid[np.where(feasible, values, -np.inf).argmax(1)]
-
-
-def safe_grid(d_prev: Any, pricing) -> tuple[np.ndarray, np.ndarray]:
-    """(grid over [-max_step, max_step] at ``pricing.grid_step``, [N, K] mask of A_safe(d_prev))."""
-    from aigp_train.pricing import feasible_interval
-
-    k = int(round(2 * pricing.max_step / pricing.grid_step))
-    grid = np.round(np.linspace(-pricing.max_step, pricing.max_step, k + 1), 10)
-    lo, hi = feasible_interval(np.asarray(d_prev, dtype=np.float64), pricing)
-    feasible = (grid[None, :] >= np.asarray(lo)[:, None] - 1e-9) & (grid[None, :] <= np.asarray(hi)[:, None] + 1e-9)
-    return grid, feasible
 
 
 def load_ltve(path: str | Path) -> LTVE:
