@@ -114,6 +114,9 @@ SlurmctldHost=$host
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# cred_expire is also how long a requeued job waits before it may start again (default 120 s). Starting it
+# earlier (scontrol update StartTime=now) races the node's revoked credential and fails with RunTime 0.
+AuthInfo=cred_expire=10
 CryptoType=crypto/munge
 MpiDefault=none
 ProctrackType=proctrack/linuxproc
@@ -130,7 +133,7 @@ SlurmdPidFile=$dir/slurmd.pid
 SlurmctldPort=6817
 SlurmdPort=6818
 ReturnToService=2
-# Requeue on preemption (launch/*.slurm use --requeue) and a short delay before restart.
+# Requeue on preemption (launch/*.slurm use --requeue); the restart delay is cred_expire above.
 JobRequeue=1
 MinJobAge=300
 KillWait=30
