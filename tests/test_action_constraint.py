@@ -40,9 +40,11 @@ def _requests(num: int, act_only: bool = True, tag: str = "r") -> list[Generatio
 def backends():
     tiny = load_model_recipe(TINY)
     on = make_backend(BackendConfig(kind="hf", hf=HFBackendConfig(batch_size=4, device="cpu",
-                                                                  constrain_act_only="action")), tiny)
+                                                                  constrain_act_only="action",
+                                                                  force_decision="none")), tiny)
     off = make_backend(BackendConfig(kind="hf", hf=HFBackendConfig(batch_size=4, device="cpu",
-                                                                   constrain_act_only="none")), tiny)
+                                                                   constrain_act_only="none",
+                                                                   force_decision="none")), tiny)
     off.model = on.model  # one copy of the (identical, init_seed) weights
     return on, off
 
@@ -182,7 +184,8 @@ def test_a_safe_mode_samples_the_model_over_a_safe_only(tmp_path):
 
     tiny = load_model_recipe(TINY)
     safe = make_backend(BackendConfig(kind="hf", hf=HFBackendConfig(batch_size=4, device="cpu",
-                                                                    constrain_act_only="a_safe")), tiny, PRICING)
+                                                                    constrain_act_only="a_safe",
+                                                                    force_decision="none")), tiny, PRICING)
     # its own copy of the weights: loading an adapter injects LoRA layers into the model in place
     assert request_language("a_safe", {"d_prev": 0.95}, PRICING) == {format_action(k / 100) for k in range(-20, 6)}
     reqs = _requests(2)
@@ -205,4 +208,67 @@ def test_a_safe_mode_samples_the_model_over_a_safe_only(tmp_path):
                for r, texts in zip(reqs, with_adapter) for t in texts)
     with pytest.raises(RecipeError, match="needs the pricing rules"):
         make_backend(BackendConfig(kind="hf", hf=HFBackendConfig(batch_size=4, device="cpu",
-                                                                 constrain_act_only="a_safe")), tiny)
+                                                                 constrain_act_only="a_safe",
+                                                                 force_decision="none")), tiny)
+
+
+# ---------------------------------------------------------------------------- forced decisions (full mode)
+
+
+def test_forced_decision_continues_the_models_own_reasoning_with_its_own_a_safe_action():
+    """force_decision a_safe equals a hand-written greedy decode: the model's reasoning until EOS or the
+    budget less the reserve, the separator, then the argmax of its logits over A_safe's tokens given the
+    prompt and that very reasoning (this random model never writes an action of its own)."""
+    tiny = load_model_recipe(TINY)
+    forcing = make_backend(BackendConfig(kind="hf", hf=HFBackendConfig(batch_size=1, device="cpu",
+                                                                       constrain_act_only="none",
+                                                                       force_decision="a_safe")), tiny, PRICING)
+    reqs = _requests(3, act_only=False, tag="full")
+    reqs[1].state = {"d_prev": 0.55}
+    sampling = SamplingConfig(n=1, temperature=0.0, top_k=0, top_p=1.0, max_new_tokens=28, seed=0)
+    outs = forcing.generate(reqs, sampling)
+    assert forcing.last_forced == [[True]] * 3
+    tok, model, constraint = forcing.tokenizer, forcing.model, forcing.constraint
+    separator = tok.encode("\n", add_special_tokens=False)
+    budget = sampling.max_new_tokens - len(separator) - constraint.min_new_tokens
+    for req, [text] in zip(reqs, outs):
+        prompt = tok.encode(render_prompts(tok, [req])[0], add_special_tokens=False)
+        language = request_language("a_safe", req.state, PRICING)
+        own: list[int] = []
+        decision: list[int] = []
+        with torch.no_grad():
+            while len(own) < budget and (not own or own[-1] != forcing.eos_id):
+                own.append(int(model(torch.tensor([prompt + own])).logits[0, -1].argmax()))
+            own = [t for t in own if t != forcing.eos_id]
+            assert not parse_action(tok.decode(own, skip_special_tokens=True), req.state["d_prev"], PRICING).ok
+            while (allowed := constraint.next_allowed(decision, language)) is not None:
+                logits = model(torch.tensor([prompt + own + separator + decision])).logits[0, -1]
+                decision.append(max(allowed, key=lambda i: logits[i].item()))
+        assert text == tok.decode(own + separator + decision, skip_special_tokens=True)
+        assert len(own) + len(separator) + len(decision) <= sampling.max_new_tokens
+        assert text.rpartition("\n")[2] in language  # the canonical JSON of an action in A_safe(d_prev)
+        parsed = parse_action(text, req.state["d_prev"], PRICING)
+        assert parsed.ok and not parsed.projected
+
+
+def test_forced_decision_leaves_act_only_rows_and_answers_with_an_action_alone():
+    from aigp_train.llm.backends.action_constraint import decision_needed
+
+    assert decision_needed("The demand is rising, so", {"d_prev": 0.8}, PRICING)
+    assert not decision_needed('Rising demand.\n{"discount_change": -0.05}', {"d_prev": 0.8}, PRICING)
+    with pytest.raises(ValueError, match="d_prev"):
+        decision_needed("no state", {}, PRICING)
+    tiny = load_model_recipe(TINY)
+    both = make_backend(BackendConfig(kind="hf", hf=HFBackendConfig(batch_size=4, device="cpu",
+                                                                    constrain_act_only="a_safe",
+                                                                    force_decision="a_safe")), tiny, PRICING)
+    mixed = _requests(2, act_only=True) + _requests(2, act_only=False, tag="full")
+    outs = both.generate(mixed, SamplingConfig(n=2, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=24, seed=3))
+    assert both.last_forced == [[False, False]] * 2 + [[True, True]] * 2  # [ACT_ONLY] rows are constrained, not forced
+    assert all(t in ACTION_TEXTS for texts in outs[:2] for t in texts)
+    assert all("\n" in t and parse_action(t, 0.8, PRICING).ok for texts in outs[2:] for t in texts)
+    with pytest.raises(RecipeError, match="no room for reasoning"):
+        both.generate(mixed[2:], SamplingConfig(n=1, temperature=0.0, top_k=0, top_p=1.0, max_new_tokens=8, seed=0))
+    with pytest.raises(RecipeError, match="force_decision a_safe needs the pricing rules"):
+        make_backend(BackendConfig(kind="hf", hf=HFBackendConfig(batch_size=4, device="cpu", constrain_act_only="none",
+                                                                 force_decision="a_safe")), tiny)

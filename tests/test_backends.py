@@ -49,7 +49,7 @@ def tiny():
 @pytest.fixture(scope="module")
 def hf(tiny):
     return make_backend(BackendConfig(kind="hf", hf=HFBackendConfig(batch_size=4, device="cpu",
-                                                                    constrain_act_only="none")), tiny)
+                                                                    constrain_act_only="none", force_decision="none")), tiny)
 
 
 def test_hf_act_only_sampling_shape_order_and_seed(hf):
@@ -97,7 +97,7 @@ def test_hf_adapter_per_request(hf, tiny, tmp_path):
 
     merged_recipe = load_model_recipe(TINY, [f"model.weights_path={tmp_path / 'merged'}"])
     merged_backend = make_backend(BackendConfig(kind="hf", hf=HFBackendConfig(batch_size=4, device="cpu",
-                                                                              constrain_act_only="none")),
+                                                                              constrain_act_only="none", force_decision="none")),
                                   merged_recipe)
     assert merged_backend.generate(plain, GREEDY) == outs[:3]
 
@@ -107,7 +107,7 @@ def test_make_backend_errors_name_the_fix(tiny):
         make_backend(BackendConfig(kind="hf"), tiny)
     with pytest.raises(ValueError, match="needs a model: block"):
         make_backend(BackendConfig(kind="hf", hf=HFBackendConfig(batch_size=1, device="cpu",
-                                                                 constrain_act_only="none")), None)
+                                                                 constrain_act_only="none", force_decision="none")), None)
     with pytest.raises(RecipeError, match="top_p"):
         SamplingConfig(n=1, temperature=1.0, top_k=0, top_p=0.0, max_new_tokens=4, seed=0)
     with pytest.raises(RecipeError, match="identical greedy answers"):
@@ -118,7 +118,7 @@ def test_make_backend_errors_name_the_fix(tiny):
 
 VLLM_CFG = VLLMBackendConfig(tensor_parallel_size=8, gpu_memory_utilization=0.9, max_model_len=8192,
                              enable_prefix_caching=True, max_lora_rank=64, max_loras=4, dtype="bfloat16",
-                             constrain_act_only="none")
+                             constrain_act_only="none", force_decision="none")
 
 
 def test_vllm_module_does_not_import_vllm():
@@ -189,6 +189,33 @@ def test_vllm_constrained_act_only_requests_carry_the_action_regex(tmp_path):
     # the paper's candidates recipe turns it on (and so needs the tokenizer); nightly inference does not
     assert load_recipe("recipes/paper/candidates.yaml", candidates.Recipe).backend.vllm.constrain_act_only == "a_safe"
     assert load_recipe("recipes/paper/infer.yaml", infer.Recipe).backend.vllm.constrain_act_only == "none"
+
+
+def test_vllm_forced_decision_is_a_regex_constrained_continuation_within_budget(tmp_path):
+    """force_decision on vLLM: the first pass keeps the reserve free, the continuation of completion k is
+    seeded apart from the others and constrained to A_safe(d_prev)'s actions; the engine keeps its tokenizer."""
+    import re
+
+    from aigp_train.llm.backends.vllm_backend import decision_kwargs, decision_reserve
+    from aigp_train.pricing import format_action, load_pricing_config
+
+    pricing = load_pricing_config()
+    full = _requests(1, act_only=False)[0]  # d_prev 0.8: A_safe = [-0.2, 0.2]
+    sampling = SamplingConfig(**{**SAMPLE.__dict__, "max_new_tokens": 64})
+    reserve = decision_reserve(sampling, [7])
+    assert reserve == 1 + len('{"discount_change": -0.05}') + 1
+    kw = [decision_kwargs(sampling, full, k, [2], "a_safe", pricing, reserve) for k in range(3)]
+    assert len({k["seed"] for k in kw}) == 3 and all(k["n"] == 1 and k["max_tokens"] == reserve for k in kw)
+    accepted = [a / 100 for a in range(-100, 101) if re.fullmatch(kw[0]["structured_outputs"]["regex"],
+                                                                   format_action(a / 100))]
+    assert accepted == [a / 100 for a in range(-20, 21)]
+    with pytest.raises(RecipeError, match="no room for reasoning"):
+        decision_reserve(SamplingConfig(**{**SAMPLE.__dict__, "max_new_tokens": reserve}), [7])
+    recipe = load_model_recipe("recipes/models/qwen3-235b-a22b.yaml", [f"model.weights_path={tmp_path}"])
+    forcing = VLLMBackendConfig(**{**VLLM_CFG.__dict__, "force_decision": "a_safe"})
+    assert engine_args(forcing, recipe)["skip_tokenizer_init"] is False
+    with pytest.raises(RecipeError, match="force_decision a_safe needs the pricing rules"):
+        make_backend(BackendConfig(kind="vllm", vllm=forcing), recipe)
 
 
 def test_vllm_lora_requests_are_stable(tmp_path):

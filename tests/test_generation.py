@@ -36,7 +36,7 @@ from aigp_train.llm.models import load_model_recipe
 sys.path.insert(0, {tests!r})
 from test_generation import requests, SAMPLING
 backend = make_backend(BackendConfig(kind="hf", hf=HFBackendConfig(batch_size=1, device="cpu",
-                                                                   constrain_act_only="none")),
+                                                                   constrain_act_only="none", force_decision="none")),
                        load_model_recipe({tiny!r}))
 print("ready", flush=True)
 run_generation(requests(), backend, SamplingConfig(**SAMPLING), sys.argv[1], shard_size=1,
@@ -53,7 +53,7 @@ def requests(adapter: dict[int, str] | None = None) -> list[GenerationRequest]:
 @pytest.fixture(scope="module")
 def hf():
     return make_backend(BackendConfig(kind="hf", hf=HFBackendConfig(batch_size=1, device="cpu",
-                                                                    constrain_act_only="none")),
+                                                                    constrain_act_only="none", force_decision="none")),
                         load_model_recipe(TINY))
 
 

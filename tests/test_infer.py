@@ -92,3 +92,8 @@ def test_resume_after_sigkill_no_loss_no_duplicate(tiny_market, tmp_path):
     assert len(ids) == len(set(ids)) == summary["num_skus"] == plan["num_requests"]
     assert len(list((out / "decisions").glob("part-*.parquet"))) == plan["num_shards"]
     assert pq.read_table(out / "decisions" / "part-00000.parquet").num_rows == 2
+    # recipes/tiny/infer.yaml forces the decision after the tiny model's reasoning (force_decision a_safe):
+    # every night's decision is read from the text, and how many were forced is counted, not hidden
+    forced = table.column("decision_forced").to_pylist()
+    assert summary["parse_failures"] == 0 and summary["decisions_forced"] == sum(forced) > 0
+    assert all(r.rpartition("\n")[2].startswith('{"discount_change": ') for r in table.column("response").to_pylist())

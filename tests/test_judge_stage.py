@@ -161,7 +161,7 @@ def test_act_only_sampling_from_the_tiny_model_through_hf(tiny_prompts):
 
     model = load_recipe(TINY / "teacher.yaml", Recipe).model
     backend = make_backend(BackendConfig(kind="hf", hf=HFBackendConfig(batch_size=4, device="cpu",
-                                                                       constrain_act_only="none")), model)
+                                                                       constrain_act_only="none", force_decision="none")), model)
     prompts = read_prompts(tiny_prompts, "act_only")[:2]
     requests = [GenerationRequest(p["prompt_id"], p["messages"], p["state"], True, None) for p in prompts]
     outs = backend.generate(requests, SamplingConfig(n=2, temperature=1.0, top_k=50, top_p=0.95, max_new_tokens=8,
@@ -183,7 +183,7 @@ def test_judge_stage_with_the_tiny_model_as_judge_counts_unreadable_verdicts(cha
                                                       f"output_dir={tmp_path / 'teacher'}"])
     summary = run_stage("judge", str(TINY / "judge.yaml"), [
         f"prompts_dir={chain['prompts']}", f"teacher_dir={tmp_path / 'teacher'}", f"output_dir={out}",
-        "backend.kind=hf", "backend.hf.batch_size=8", "backend.hf.device=cpu", "backend.hf.constrain_act_only=none",
+        "backend.kind=hf", "backend.hf.batch_size=8", "backend.hf.device=cpu", "backend.hf.constrain_act_only=none", "backend.hf.force_decision=none",
         "sampling.max_new_tokens=6",
         "shard_size=500"])["summary"]
     judged = [r for r in read_jsonl(out / "scores.jsonl") if r["judged"]]

@@ -6,7 +6,8 @@
 Deployment mode (paper §3.4): the ``[ACT_ONLY]`` control token is removed and the model writes
 its reasoning, then the JSON action; prompts flagged ``act_only`` are refused here. Each output
 goes through ``parse_action`` (Ψ projection; a failure holds the price), and the counts of
-failures and projections are returned with the decisions.
+failures and projections are returned with the decisions. A decision the backend had to append
+after the reasoning (``backend.*.force_decision``) is flagged ``decision_forced`` and counted.
 
 Crash safety: generation runs through the sharded runner (``aigp_train.llm.generation``), which
 writes each shard of requests once, atomically, and skips finished shards on restart. Each
@@ -40,6 +41,7 @@ DECISION_SCHEMA = pa.schema([
     ("raw_action", pa.float64()),   # as written, before Ψ (null on failure)
     ("projected", pa.bool_()),
     ("failure", pa.string()),       # null or the parse failure reason
+    ("decision_forced", pa.bool_()),  # the backend appended the action after the reasoning (force_decision)
     ("adapter", pa.string()),
     ("response", pa.string()),      # the full reasoning text, for audit and the judge
 ])
@@ -51,6 +53,11 @@ class InferenceResult:
     stats: ParseStats
     num_shards_written: int
     num_shards_skipped: int
+
+    def parse_summary(self) -> dict:
+        """The parse counts and how many decisions the backend had to force (``num_decision_forced``)."""
+        forced = sum(bool(f) for f in self.decisions.column("decision_forced").to_pylist())
+        return {**self.stats.to_dict(), "num_decision_forced": forced}
 
 
 def build_requests(prompts: list[dict], adapter: str | None) -> list[GenerationRequest]:
@@ -84,6 +91,7 @@ def _decisions(rows: list[dict], by_id: dict[str, dict], pricing, stats: ParseSt
         cols["raw_action"].append(parsed.raw_action)
         cols["projected"].append(parsed.projected)
         cols["failure"].append(parsed.failure)
+        cols["decision_forced"].append(bool(row.get("decision_forced", [False])[0]))
         cols["adapter"].append(row.get("adapter"))
         cols["response"].append(text if isinstance(text, str) else None)
     return pa.table(cols, schema=DECISION_SCHEMA)

@@ -315,4 +315,4 @@ class LLMPolicy:
         order = [by_id[str(p["prompt_id"])] for p in prompts]
         actions = np.asarray(result.decisions.column("action").to_numpy(), dtype=np.float64)[order]
         responses = result.decisions.column("response").to_pylist()
-        return Decisions(np.round(actions, 2), [responses[i] for i in order], result.stats.to_dict())
+        return Decisions(np.round(actions, 2), [responses[i] for i in order], result.parse_summary())

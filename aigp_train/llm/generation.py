@@ -15,8 +15,9 @@ A backend exception in one shard does not lose the others: the runner writes
 ``shard-00007.error.txt`` (the traceback), carries on with the remaining shards, then raises
 ``GenerationError`` naming every failed shard. A rerun retries exactly the failed shards.
 
-Rows: ``{"request_id", "shard", "completions": [n strings], "backend", "act_only", "adapter"}``
-plus whatever the caller's ``extra(request)`` returns (e.g. ``sku_id``, ``d_prev``).
+Rows: ``{"request_id", "shard", "completions": [n strings], "decision_forced": [n bools], "backend",
+"act_only", "adapter"}`` (``decision_forced`` from the backend's ``last_forced``, all false for a
+backend that forces nothing) plus whatever the caller's ``extra(request)`` returns (e.g. ``sku_id``, ``d_prev``).
 """
 
 from __future__ import annotations
@@ -137,9 +138,11 @@ def run_generation(
             failed.append(index)
             log(f"[generation] shard {index} failed on rank {rank}; traceback in {_error_path(out, index)}")
             continue
+        forced = getattr(backend, "last_forced", None) or [[False] * sampling.n for _ in chunk]
         rows = []
-        for req, outs in zip(chunk, completions):
-            row = {"request_id": req.request_id, "shard": index, "completions": list(outs), "backend": backend.name,
+        for req, outs, flags in zip(chunk, completions, forced):
+            row = {"request_id": req.request_id, "shard": index, "completions": list(outs),
+                   "decision_forced": [bool(f) for f in flags], "backend": backend.name,
                    "act_only": req.act_only, "adapter": req.adapter}
             if extra is not None:
                 row.update(extra(req))

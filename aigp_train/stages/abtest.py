@@ -99,7 +99,7 @@ def _policies(recipe: Recipe, sim, out: StageOutput):
         from aigp_train.stages.teacher import backend_with_pricing
 
         inf = load_recipe(recipe.infer_recipe, infer.Recipe, [f"market_dir={recipe.market_dir}", *recipe.infer_overrides])
-        backend = make_backend(backend_with_pricing(inf.backend, recipe.pricing), inf.model)
+        backend = make_backend(backend_with_pricing(inf.backend, recipe.pricing), inf.model, recipe.pricing)
         source = CohortSource(MarketSource(recipe.market_dir, None), sim,
                               sim.init_states(_cohort_index(recipe)))
         builder = llm_prompt_builder(source, infer.prompt_config(inf), recipe.pricing, load_tokenizer(inf.model))

@@ -124,8 +124,10 @@ class _LLMSide:
         # The price-sales hint in the prompts is fitted on the training period only (no look-ahead).
         self.source = MarketSource(recipe.market_dir, cutoff_date - 1)
         self.tokenizer = load_tokenizer(self.infer.model)
-        self.backend = make_backend(backend_with_pricing(self.infer.backend, recipe.pricing), self.infer.model)
-        self.judge_backend = make_backend(backend_with_pricing(self.judge.backend, recipe.pricing), self.judge.model)
+        self.backend = make_backend(backend_with_pricing(self.infer.backend, recipe.pricing), self.infer.model,
+                                    recipe.pricing)
+        self.judge_backend = make_backend(backend_with_pricing(self.judge.backend, recipe.pricing), self.judge.model,
+                                          recipe.pricing)
         self.out = out
         self.pricing = recipe.pricing
 

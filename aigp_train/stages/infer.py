@@ -70,14 +70,15 @@ def night_prompts(recipe: Recipe, source: MarketSource | None = None, tokenizer=
 
 def run(recipe: Recipe, out: StageOutput) -> dict:
     prompts = night_prompts(recipe)
-    backend = make_backend(backend_with_pricing(recipe.backend, recipe.pricing), recipe.model)
+    backend = make_backend(backend_with_pricing(recipe.backend, recipe.pricing), recipe.model, recipe.pricing)
     result = run_inference(prompts, backend, recipe.sampling, recipe.adapter, recipe.pricing, out.path,
                            recipe.shard_size)
-    stats = result.stats.to_dict()
+    stats = result.parse_summary()
     discounts = result.decisions.column("discount").to_pylist()
     summary = {
         "date": prompts[0]["date"], "num_skus": len(prompts), "backend": backend.name, "adapter": recipe.adapter,
-        "parse_failures": stats["num_failed"], "projected": stats["num_projected"], "parse": stats,
+        "parse_failures": stats["num_failed"], "projected": stats["num_projected"],
+        "decisions_forced": stats["num_decision_forced"], "parse": stats,
         "shards_written": result.num_shards_written, "shards_skipped": result.num_shards_skipped,
         "mean_discount": sum(discounts) / len(discounts) if discounts else None,
     }

@@ -142,7 +142,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     to_judge = [(rid, p, text) for rid, p, _, text, _ in items
                 if checks[rid].passed or not recipe.skip_llm_on_failed_checks]
     requests = JudgeRequests(to_judge)
-    backend = make_backend(backend_with_pricing(recipe.backend, recipe.pricing), recipe.model)
+    backend = make_backend(backend_with_pricing(recipe.backend, recipe.pricing), recipe.model, recipe.pricing)
     verdict_dir = out.path / "verdicts"
     result = run_generation(requests, backend, recipe.sampling, verdict_dir, recipe.shard_size)
     rank, world = rank_and_world()

@@ -74,7 +74,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
         cfg = inf.backend
         if cfg.kind == "hf":
             cfg = dataclasses.replace(cfg, hf=dataclasses.replace(cfg.hf, batch_size=batch))
-        return make_backend(backend_with_pricing(cfg, inf.pricing), inf.model)
+        return make_backend(backend_with_pricing(cfg, inf.pricing), inf.model, inf.pricing)
 
     rows = measure(backend_at, requests, inf.sampling, lambda r: count_prompt_tokens(tokenizer, r.messages),
                    lambda text: len(tokenizer(text or "", add_special_tokens=False)["input_ids"]), recipe.batch_sizes)

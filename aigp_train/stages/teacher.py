@@ -65,7 +65,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     if recipe.max_prompts > 0:
         prompts = prompts[: recipe.max_prompts]
     requests = [GenerationRequest(p["prompt_id"], p["messages"], p["state"], p["act_only"], None) for p in prompts]
-    backend = make_backend(backend_with_pricing(recipe.backend, recipe.pricing), recipe.model)
+    backend = make_backend(backend_with_pricing(recipe.backend, recipe.pricing), recipe.model, recipe.pricing)
     extra = None
     if hasattr(backend, "defects"):  # the stand-in knows the defects it injected: ground truth labels
         def extra(req: GenerationRequest) -> dict:

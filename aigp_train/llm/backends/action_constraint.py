@@ -36,6 +36,15 @@ every canonical action concatenate to the action (else the tokenizer cannot be c
 way and the error says so). The allowed set per state is computed on first use and cached.
 
 vLLM gets the same language as a regex (``action_regex``) for its structured outputs.
+
+Forced decisions (``force_decision``, full reasoning mode): a full answer is "reasoning, then the
+action JSON on its last line" (the teacher's format, ``prompts.py``). When a completion holds no
+parseable action (``decision_needed``: the model ran out of its budget mid-thought, or never wrote
+the JSON), the backend continues that very completion with ``DECISION_SEPARATOR`` and then the
+same constrained action language as above: the decision is still the model's own (its logits,
+conditioned on the prompt and on its own reasoning), only its form is fixed. Backends reserve
+``1 + min_new_tokens`` of ``max_new_tokens`` for it and report which completions were forced
+(``last_forced``), so inference counts them next to parse failures instead of hiding them.
 """
 
 from __future__ import annotations
@@ -46,10 +55,13 @@ from functools import lru_cache
 import torch
 
 from aigp_train.config import RecipeError
-from aigp_train.pricing.parse import ACTION_DECIMALS, format_action
+from aigp_train.pricing.parse import ACTION_DECIMALS, format_action, parse_action
 
-__all__ = ["ACTION_NUMBERS", "ACTION_REGEX", "ACTION_TEXTS", "ActionConstraint", "ActOnlyLogitsProcessor",
-           "action_regex", "action_scaffold", "request_language"]
+__all__ = ["ACTION_NUMBERS", "ACTION_REGEX", "ACTION_TEXTS", "DECISION_SEPARATOR", "ActionConstraint",
+           "ActOnlyLogitsProcessor", "action_regex", "action_scaffold", "decision_needed", "request_language"]
+
+# What goes between a full answer's reasoning and a forced decision: the JSON's own line.
+DECISION_SEPARATOR = "\n"
 
 
 def action_scaffold() -> tuple[str, str]:
@@ -95,6 +107,14 @@ def request_language(mode: str, state: dict, pricing) -> frozenset[str]:
     from aigp_train.pricing import action_grid
 
     return frozenset(format_action(a) for a in action_grid(float(state["d_prev"]), pricing, 10.0 ** -ACTION_DECIMALS))
+
+
+def decision_needed(text: str, state: dict, pricing) -> bool:
+    """True when a full-mode completion holds no action ``parse_action`` can read (so a forced
+    decision would be appended); ``state["d_prev"]`` is the request's d_{t-1}."""
+    if "d_prev" not in state:
+        raise ValueError("force_decision needs d_prev in each request's state (the prompts' state has it).")
+    return not parse_action(text, float(state["d_prev"]), pricing).ok
 
 
 def action_regex(language: frozenset[str]) -> str:

@@ -83,6 +83,9 @@ class GenerationRequest:
 
 @runtime_checkable
 class Backend(Protocol):
+    """``last_forced`` (optional): after ``generate``, per request and completion, whether the
+    backend appended a forced decision (``force_decision``); backends without it force none."""
+
     name: str
 
     def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig) -> list[list[str]]:
@@ -98,6 +101,9 @@ class HFBackendConfig:
         "[ACT_ONLY] completions forced into {\"discount_change\": <number>}, the number sampled from the model's "
         "logits over allowed tokens: none, action (any 0.01 step in [-1, 1]) or a_safe (inside A_safe(d_prev)); "
         "see llm/backends/action_constraint.py")
+    force_decision: Literal["none", "action", "a_safe"] = help_field(
+        "full-mode completions with no parseable action get one appended after their reasoning, sampled from the "
+        "model's logits over that language (none, action or a_safe); counted as forced, never hidden")
 
 
 @dataclass
@@ -111,6 +117,8 @@ class VLLMBackendConfig:
     dtype: str = help_field("weights dtype: bfloat16, float16 or auto")
     constrain_act_only: Literal["none", "action", "a_safe"] = help_field(
         "as backend.hf.constrain_act_only, through vLLM structured outputs (a regex); needs the engine tokenizer")
+    force_decision: Literal["none", "action", "a_safe"] = help_field(
+        "as backend.hf.force_decision: a second, regex-constrained request continues a completion with no action")
 
 
 @dataclass
@@ -132,11 +140,15 @@ def _require(block: Any, kind: str) -> Any:
 
 def make_backend(cfg: BackendConfig, model_recipe: Any = None, pricing: Any = None) -> Backend:
     """Build the backend ``cfg.kind`` names. Heavy imports happen here, not at module import.
-    ``pricing`` (a PricingConfig) is needed by ``constrain_act_only: a_safe`` only."""
+    ``pricing`` (a PricingConfig) is needed by ``constrain_act_only: a_safe`` and by ``force_decision``."""
     block = cfg.hf if cfg.kind == "hf" else cfg.vllm if cfg.kind == "vllm" else None
     if block is not None and block.constrain_act_only == "a_safe" and pricing is None:
         raise RecipeError(f"backend.{cfg.kind}.constrain_act_only a_safe needs the pricing rules: the stage must pass "
                          f"its pricing block to make_backend, or set constrain_act_only to action or none.")
+    if block is not None and block.force_decision != "none" and pricing is None:
+        raise RecipeError(f"backend.{cfg.kind}.force_decision {block.force_decision} needs the pricing rules (it "
+                         f"parses each answer): the stage must pass its pricing block to make_backend, or set "
+                         f"force_decision: none.")
     if cfg.kind == "hf":
         from aigp_train.llm.backends.hf_backend import HFBackend
 

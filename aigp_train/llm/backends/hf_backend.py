@@ -10,7 +10,10 @@ copy of the weights. Outputs come back in request order whatever the grouping.
 With ``constrain_act_only``, the [ACT_ONLY] rows of a batch get an ``ActOnlyLogitsProcessor``
 (``action_constraint.py``): their text is forced into the canonical action JSON, the number
 sampled from the model's own logits over the allowed tokens; other rows in the same batch sample
-freely.
+freely. With ``force_decision``, full-mode rows first sample their reasoning within
+``max_new_tokens`` minus the decision's reserve; each completion with no parseable action is then
+continued, token ids as generated, by ``DECISION_SEPARATOR`` and a constrained action (a second,
+smaller ``generate`` over those rows only). ``last_forced`` says which completions got one.
 
 Reproducibility: each batch seeds torch from (sampling.seed, the batch's request ids), so the same
 requests with the same batch size give the same completions, on restart too. Completions do not
@@ -56,7 +59,8 @@ class HFBackend:
         self.model = build_model(model_recipe, self.device).eval()
         self._adapters: dict[str, str] = {}  # resolved folder -> PEFT adapter name
         self.constraint, self.pricing = None, pricing
-        if cfg.constrain_act_only != "none":
+        self.last_forced: list[list[bool]] = []
+        if cfg.constrain_act_only != "none" or cfg.force_decision != "none":
             from aigp_train.llm.backends.action_constraint import ActionConstraint
 
             self.constraint = ActionConstraint(self.tokenizer, self.eos_id)  # vocabulary read once, states cached
@@ -82,20 +86,38 @@ class HFBackend:
         self.model.set_adapter(self._adapters[path])
         return self.model, nullcontext()
 
-    @torch.inference_mode()
-    def _generate_batch(self, batch: list[GenerationRequest], sampling: SamplingConfig) -> list[list[str]]:
-        model, ctx = self._select(batch[0].adapter)
-        enc = self.tokenizer(render_prompts(self.tokenizer, batch), return_tensors="pt", padding=True,
-                             add_special_tokens=False).to(self.device)
+    def _sampling_kwargs(self, sampling: SamplingConfig, max_new_tokens: int, n: int) -> dict[str, Any]:
         greedy = sampling.temperature == 0
-        kwargs: dict[str, Any] = dict(max_new_tokens=sampling.max_new_tokens, do_sample=not greedy,
-                                      num_return_sequences=sampling.n, eos_token_id=self.eos_id,
-                                      pad_token_id=self.tokenizer.pad_token_id)
+        kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=not greedy, num_return_sequences=n,
+                                      eos_token_id=self.eos_id, pad_token_id=self.tokenizer.pad_token_id)
         if not greedy:
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p,
                           top_k=max(sampling.top_k, 0))  # 0 switches top-k off (None would mean the default 50)
+        return kwargs
+
+    def _decision_reserve(self, batch: list[GenerationRequest], sampling: SamplingConfig) -> int:
+        """Tokens of ``max_new_tokens`` kept for a forced decision (0 when none can be forced)."""
+        if self.cfg.force_decision == "none" or all(r.act_only for r in batch):
+            return 0
+        from aigp_train.llm.backends.action_constraint import DECISION_SEPARATOR
+
+        reserve = len(self.tokenizer.encode(DECISION_SEPARATOR, add_special_tokens=False)) + self.constraint.min_new_tokens
+        if sampling.max_new_tokens <= reserve:
+            raise RecipeError(f"sampling.max_new_tokens={sampling.max_new_tokens} leaves no room for reasoning before a "
+                              f"forced decision ({reserve} tokens); raise it above {reserve} or set "
+                              f"backend.hf.force_decision: none.")
+        return reserve
+
+    @torch.inference_mode()
+    def _generate_batch(self, batch: list[GenerationRequest], sampling: SamplingConfig) -> tuple[list[list[str]],
+                                                                                                 list[list[bool]]]:
+        model, ctx = self._select(batch[0].adapter)
+        enc = self.tokenizer(render_prompts(self.tokenizer, batch), return_tensors="pt", padding=True,
+                             add_special_tokens=False).to(self.device)
+        kwargs = self._sampling_kwargs(sampling, sampling.max_new_tokens - self._decision_reserve(batch, sampling),
+                                       sampling.n)
         constrained = {}  # row of generate's output (request-major) -> the action texts it may produce
-        if self.constraint is not None:
+        if self.cfg.constrain_act_only != "none":
             from aigp_train.llm.backends.action_constraint import request_language
 
             for i, r in enumerate(batch):
@@ -116,18 +138,68 @@ class HFBackend:
         with ctx, torch.random.fork_rng(devices=[self.device] if self.device.startswith("cuda") else []):
             torch.manual_seed(batch_seed(sampling.seed, [r.request_id for r in batch]))
             out = model.generate(**enc, **kwargs)
-        new = out[:, enc["input_ids"].shape[1]:]
-        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
-        return [texts[i * sampling.n:(i + 1) * sampling.n] for i in range(len(batch))]
+            new = out[:, enc["input_ids"].shape[1]:]
+            texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+            forced = [False] * len(texts)
+            if self.cfg.force_decision != "none":
+                texts, forced = self._force_decisions(model, batch, enc, new, texts, sampling)
+        n = sampling.n
+        return ([texts[i * n:(i + 1) * n] for i in range(len(batch))],
+                [forced[i * n:(i + 1) * n] for i in range(len(batch))])
+
+    def _force_decisions(self, model, batch: list[GenerationRequest], enc, new: torch.Tensor, texts: list[str],
+                         sampling: SamplingConfig) -> tuple[list[str], list[bool]]:
+        """Continue every full-mode completion that holds no parseable action with the separator and a
+        constrained action sampled from the model (runs inside the batch's seeded RNG)."""
+        from transformers import LogitsProcessorList
+
+        from aigp_train.llm.backends.action_constraint import (DECISION_SEPARATOR, ActOnlyLogitsProcessor,
+                                                               decision_needed, request_language)
+
+        n = sampling.n
+        rows = [j for j, text in enumerate(texts)
+                if not batch[j // n].act_only and decision_needed(text, batch[j // n].state, self.pricing)]
+        forced = [False] * len(texts)
+        if not rows:
+            return texts, forced
+        separator = self.tokenizer.encode(DECISION_SEPARATOR, add_special_tokens=False)
+        pad = self.tokenizer.pad_token_id
+        heads = []  # the completion's own tokens (up to EOS) + separator, per forced row
+        sequences = []
+        for j in rows:
+            prompt = enc["input_ids"][j // n][enc["attention_mask"][j // n].bool()].tolist()
+            own = new[j].tolist()
+            own = own[:own.index(self.eos_id)] if self.eos_id in own else own
+            own = [t for t in own if t != pad]
+            heads.append(own + separator)
+            sequences.append(prompt + own + separator)
+        width = max(len(seq) for seq in sequences)
+        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, seq in enumerate(sequences):  # left padding, as for the first pass
+            input_ids[i, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+            attention[i, width - len(seq):] = 1
+        languages = {i: request_language(self.cfg.force_decision, batch[j // n].state, self.pricing)
+                     for i, j in enumerate(rows)}
+        kwargs = self._sampling_kwargs(sampling, self.constraint.min_new_tokens, 1)
+        kwargs["logits_processor"] = LogitsProcessorList([ActOnlyLogitsProcessor(self.constraint, languages, width)])
+        out = model.generate(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device), **kwargs)
+        for i, j in enumerate(rows):
+            texts[j] = self.tokenizer.decode(heads[i] + out[i, width:].tolist(), skip_special_tokens=True)
+            forced[j] = True
+        return texts, forced
 
     def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig) -> list[list[str]]:
         results: list[list[str] | None] = [None] * len(requests)
+        forced: list[list[bool] | None] = [None] * len(requests)
         groups: dict[str | None, list[int]] = {}
         for i, r in enumerate(requests):
             groups.setdefault(r.adapter, []).append(i)
         for indices in groups.values():
             for start in range(0, len(indices), self.cfg.batch_size):
                 chunk = indices[start:start + self.cfg.batch_size]
-                for i, outs in zip(chunk, self._generate_batch([requests[i] for i in chunk], sampling)):
-                    results[i] = outs
+                outs, flags = self._generate_batch([requests[i] for i in chunk], sampling)
+                for i, o, f in zip(chunk, outs, flags):
+                    results[i], forced[i] = o, f
+        self.last_forced = forced  # type: ignore[assignment]
         return results  # type: ignore[return-value]

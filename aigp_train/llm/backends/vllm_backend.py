@@ -22,6 +22,11 @@ the engine's tokenizer (vLLM refuses them under ``skip_tokenizer_init``), so the
 it from the checkpoint; prompts still go in as our token ids. Unlike the hf backend, vLLM does not
 force the scaffold's own tokenization: the grammar admits any tokens that spell it.
 
+With ``force_decision``, full-mode completions with no parseable action are continued by a second
+``generate`` call: prompt ids + the completion's own ids + ``DECISION_SEPARATOR``, one sample,
+structured outputs with the regex of the decision language (``decision_kwargs``); the first pass
+keeps ``decision_reserve`` tokens of ``max_new_tokens`` free for it. ``last_forced`` says which.
+
 vllm is imported only inside ``VLLMBackend`` (it cannot be installed on the CPU box; DESIGN.md).
 Everything else here is pure and unit-tested without it: engine arguments, sampling parameters,
 LoRA request ids, the replica layout.
@@ -37,7 +42,7 @@ from aigp_train.config import RecipeError
 from aigp_train.llm.backends.base import GenerationRequest, SamplingConfig, VLLMBackendConfig
 from aigp_train.llm.models import resolve_path
 
-__all__ = ["LoRARegistry", "VLLMBackend", "engine_args", "replica_devices", "replica_layout", "request_seed",
+__all__ = ["LoRARegistry", "VLLMBackend", "decision_kwargs", "decision_reserve", "engine_args", "replica_devices", "replica_layout", "request_seed",
            "sampling_kwargs"]
 
 
@@ -66,7 +71,7 @@ def engine_args(cfg: VLLMBackendConfig, model_recipe: Any, seed: int = 0) -> dic
         "seed": seed,
         "trust_remote_code": False,  # architectures come from vLLM itself, never from checkpoint code
         # we send token ids and decode ourselves (module docstring); structured outputs need the tokenizer
-        "skip_tokenizer_init": cfg.constrain_act_only == "none",
+        "skip_tokenizer_init": cfg.constrain_act_only == "none" and cfg.force_decision == "none",
     }
 
 
@@ -95,6 +100,28 @@ def sampling_kwargs(sampling: SamplingConfig, request: GenerationRequest, stop_t
         kwargs["structured_outputs"] = {"regex": action_regex(request_language(constrain_act_only, request.state,
                                                                                 pricing))}
     return kwargs
+
+
+def decision_reserve(sampling: SamplingConfig, separator_ids: list[int]) -> int:
+    """Tokens of ``max_new_tokens`` kept for a forced decision: the separator and the longest action."""
+    from aigp_train.llm.backends.action_constraint import ACTION_TEXTS
+
+    reserve = len(separator_ids) + max(len(t) for t in ACTION_TEXTS) + 1  # a token spells at least one character
+    if sampling.max_new_tokens <= reserve:
+        raise RecipeError(f"sampling.max_new_tokens={sampling.max_new_tokens} leaves no room for reasoning before a "
+                          f"forced decision ({reserve} tokens); raise it or set backend.vllm.force_decision: none.")
+    return reserve
+
+
+def decision_kwargs(sampling: SamplingConfig, request: GenerationRequest, completion: int, stop_token_ids: list[int],
+                    force_decision: str, pricing: Any, max_tokens: int) -> dict:
+    """``SamplingParams`` keywords of the forced-decision continuation of completion ``completion``."""
+    from aigp_train.llm.backends.action_constraint import action_regex, request_language
+
+    return {"n": 1, "temperature": sampling.temperature, "top_k": sampling.top_k if sampling.top_k > 0 else -1,
+            "top_p": sampling.top_p, "seed": request_seed(sampling.seed, f"{request.request_id}\x00decision{completion}"),
+            "max_tokens": max_tokens, "stop_token_ids": list(stop_token_ids), "detokenize": False,
+            "structured_outputs": {"regex": action_regex(request_language(force_decision, request.state, pricing))}}
 
 
 class LoRARegistry:
@@ -154,6 +181,7 @@ class VLLMBackend:
         self.tokenizer = load_tokenizer(model_recipe)
         self.stop_ids = [self.tokenizer.convert_tokens_to_ids(EOS_TOKEN)]
         self.loras = LoRARegistry()
+        self.last_forced: list[list[bool]] = []
         self.engine = LLM(**engine_args(cfg, model_recipe, seed))
 
     def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig) -> list[list[str]]:
@@ -162,18 +190,44 @@ class VLLMBackend:
         from vllm.inputs import TokensPrompt
         from vllm.lora.request import LoRARequest
 
+        from aigp_train.llm.backends.action_constraint import DECISION_SEPARATOR, decision_needed
         from aigp_train.llm.backends.hf_backend import render_prompts
 
         texts = render_prompts(self.tokenizer, requests)
         prompts = [TokensPrompt(prompt_token_ids=self.tokenizer.encode(t, add_special_tokens=False)) for t in texts]
+        separator = self.tokenizer.encode(DECISION_SEPARATOR, add_special_tokens=False)
+        reserve = decision_reserve(sampling, separator) if self.cfg.force_decision != "none" else 0
         params = []
         for r in requests:
             kwargs = sampling_kwargs(sampling, r, self.stop_ids, self.cfg.constrain_act_only, self.pricing)
+            if not r.act_only:
+                kwargs["max_tokens"] -= reserve
             if "structured_outputs" in kwargs:
                 kwargs["structured_outputs"] = StructuredOutputsParams(**kwargs["structured_outputs"])
             params.append(SamplingParams(**kwargs))
         lora = [self.loras.args(r.adapter) for r in requests]
         lora_requests = [LoRARequest(*a) if a else None for a in lora]
         outputs = self.engine.generate(prompts, params, lora_request=lora_requests, use_tqdm=False)
-        return [[self.tokenizer.decode(list(c.token_ids), skip_special_tokens=True) for c in out.outputs]
-                for out in outputs]
+        ids = [[list(c.token_ids) for c in out.outputs] for out in outputs]
+        texts = [[self.tokenizer.decode(c, skip_special_tokens=True) for c in row] for row in ids]
+        self.last_forced = [[False] * len(row) for row in ids]
+        if self.cfg.force_decision == "none":
+            return texts
+        todo = [(i, k) for i, r in enumerate(requests) if not r.act_only for k in range(len(ids[i]))
+                if decision_needed(texts[i][k], r.state, self.pricing)]
+        if todo:
+            heads = {(i, k): [t for t in ids[i][k] if t not in self.stop_ids] + separator for i, k in todo}
+            more = [TokensPrompt(prompt_token_ids=prompts[i]["prompt_token_ids"] + heads[i, k]) for i, k in todo]
+            more_params = []
+            for i, k in todo:
+                kwargs = decision_kwargs(sampling, requests[i], k, self.stop_ids, self.cfg.force_decision,
+                                         self.pricing, reserve)
+                kwargs["structured_outputs"] = StructuredOutputsParams(**kwargs["structured_outputs"])
+                more_params.append(SamplingParams(**kwargs))
+            decided = self.engine.generate(more, more_params, lora_request=[lora_requests[i] for i, _ in todo],
+                                           use_tqdm=False)
+            for (i, k), out in zip(todo, decided):
+                texts[i][k] = self.tokenizer.decode(heads[i, k] + list(out.outputs[0].token_ids),
+                                                    skip_special_tokens=True)
+                self.last_forced[i][k] = True
+        return texts
