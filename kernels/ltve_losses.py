@@ -9,6 +9,11 @@ multiply by the incoming scalar gradient. This only pays on a GPU (launch latenc
 and memory round-trips); on CPU the trainer uses the eager references, and the
 tests run these kernels under ``TRITON_INTERPRET=1`` against the references.
 
+The fused trainer does not build an autograd graph (``aigp_train.ltve.ensemble.ensemble_backward``):
+on a GPU it calls ``expectile_loss_grad`` / ``td_critic_loss_grad``, which return the loss AND its
+gradient w.r.t. the network output from the same single kernel launch (on CPU it uses the closed
+forms in ``aigp_train.ltve.losses``).
+
 Partial sums are per block and reduced with ``torch.sum`` (not ``atomic_add``) so the
 result is deterministic run to run.
 """
@@ -26,7 +31,7 @@ except ImportError:  # pragma: no cover - exercised only on boxes without triton
     triton = None
 
 __all__ = ["expectile_loss", "expectile_loss_reference", "td_critic_loss", "td_critic_loss_reference",
-           "triton_enabled_for"]
+           "expectile_loss_grad", "td_critic_loss_grad", "triton_enabled_for"]
 
 BLOCK = 1024
 
@@ -81,16 +86,37 @@ def _blocks(n: int) -> int:
     return (n + BLOCK - 1) // BLOCK
 
 
+def _expectile_launch(q_min: torch.Tensor, v: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    q_min, v = q_min.detach().contiguous(), v.detach().contiguous()
+    n = v.numel()
+    partial = torch.empty(_blocks(n), device=v.device, dtype=v.dtype)
+    grad = torch.empty_like(v)
+    _expectile_kernel[(_blocks(n),)](q_min, v, partial, grad, n, float(tau), BLOCK=BLOCK)
+    return partial.sum() / n, grad
+
+
+def _autograd_loss_grad(loss_of, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, d loss / d out) of an eager reference ``loss_of(out)`` via autograd (the non-Triton fallback)."""
+    with torch.enable_grad():
+        out = out.detach().requires_grad_(True)
+        loss = loss_of(out)
+        (grad,) = torch.autograd.grad(loss, out)
+    return loss.detach(), grad
+
+
+def expectile_loss_grad(q_min: torch.Tensor, v: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, d loss / d v) of the expectile loss in one kernel (Triton where enabled, else eager autograd)."""
+    if triton_enabled_for(v):
+        return _expectile_launch(q_min, v, tau)
+    return _autograd_loss_grad(lambda x: expectile_loss_reference(q_min, x, tau), v)
+
+
 class _ExpectileLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q_min, v, tau):
-        q_min, v = q_min.detach().contiguous(), v.detach().contiguous()
-        n = v.numel()
-        partial = torch.empty(_blocks(n), device=v.device, dtype=v.dtype)
-        grad = torch.empty_like(v)
-        _expectile_kernel[(_blocks(n),)](q_min, v, partial, grad, n, float(tau), BLOCK=BLOCK)
+        loss, grad = _expectile_launch(q_min, v, tau)
         ctx.save_for_backward(grad)
-        return partial.sum() / n
+        return loss
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -113,17 +139,30 @@ def td_critic_loss_reference(q: torch.Tensor, ret: torch.Tensor, boot: torch.Ten
     return (q - y).square().mean(1).sum()
 
 
+def _td_critic_launch(q, ret, boot, v_next, q_lo: float, q_hi: float) -> tuple[torch.Tensor, torch.Tensor]:
+    q = q.detach().contiguous()
+    num_members, n = q.shape
+    partial = torch.empty(num_members, _blocks(n), device=q.device, dtype=q.dtype)
+    grad = torch.empty_like(q)
+    _td_critic_kernel[(_blocks(n), num_members)](q, ret.contiguous(), boot.contiguous(), v_next.detach().contiguous(),
+                                                 partial, grad, n, num_members, float(q_lo), float(q_hi), BLOCK=BLOCK)
+    return partial.sum() / n, grad
+
+
+def td_critic_loss_grad(q: torch.Tensor, ret: torch.Tensor, boot: torch.Tensor, v_next: torch.Tensor,
+                        q_lo: float, q_hi: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, d loss / d q) of the clipped n-step critic loss: one Triton kernel where enabled, else eager."""
+    if triton_enabled_for(q):
+        return _td_critic_launch(q, ret, boot, v_next, q_lo, q_hi)
+    return _autograd_loss_grad(lambda x: td_critic_loss_reference(x, ret, boot, v_next, q_lo, q_hi), q)
+
+
 class _TDCriticLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, ret, boot, v_next, q_lo, q_hi):
-        q = q.detach().contiguous()
-        num_members, n = q.shape
-        partial = torch.empty(num_members, _blocks(n), device=q.device, dtype=q.dtype)
-        grad = torch.empty_like(q)
-        _td_critic_kernel[(_blocks(n), num_members)](q, ret.contiguous(), boot.contiguous(), v_next.detach().contiguous(),
-                                                     partial, grad, n, num_members, float(q_lo), float(q_hi), BLOCK=BLOCK)
+        loss, grad = _td_critic_launch(q, ret, boot, v_next, q_lo, q_hi)
         ctx.save_for_backward(grad)
-        return partial.sum() / n
+        return loss
 
     @staticmethod
     def backward(ctx, grad_out):

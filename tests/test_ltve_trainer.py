@@ -10,10 +10,10 @@ import torch
 
 from aigp_train.ltve.checkpoint import load_checkpoint, save_checkpoint
 from aigp_train.ltve.config import TrainConfig
-from aigp_train.ltve.ensemble import ensemble_forward, init_ensemble
+from aigp_train.ltve.ensemble import ensemble_backward, ensemble_forward, init_ensemble
 from aigp_train.ltve.features import Normalizer
 from aigp_train.ltve.layout import Columns
-from aigp_train.ltve.losses import critic_loss, nstep_target, value_loss
+from aigp_train.ltve.losses import critic_loss, critic_loss_grad, nstep_target, value_loss, value_loss_grad
 from aigp_train.ltve.trainer import FusedLTVETrainer
 
 F = 6
@@ -63,6 +63,50 @@ def test_ensemble_equals_two_separate_mlps():
         torch.testing.assert_close(out[e], mlp(x).squeeze(-1), rtol=1e-5, atol=1e-6)
     # per-member inputs [E, B, in] give the same as the shared-input path
     torch.testing.assert_close(ensemble_forward(params, x.expand(2, *x.shape).contiguous()), out)
+
+
+@pytest.mark.parametrize("shared_input", [True, False])
+def test_hand_written_backward_equals_autograd(shared_input):
+    """ensemble_backward (the fused trainer's) against autograd, float64, with and without reused buffers."""
+    g = torch.Generator().manual_seed(3)
+    params = init_ensemble(3, F + 1, HIDDEN, g, dtype=torch.float64)
+    ws_fwd, ws_bwd = {}, {}
+    for call in range(2):  # the second call reuses the first call's buffers: nothing stale may leak through
+        x = torch.randn(40, F + 1, generator=g, dtype=torch.float64)
+        if not shared_input:
+            x = torch.randn(3, 40, F + 1, generator=g, dtype=torch.float64)
+        grad_out = torch.randn(3, 40, generator=g, dtype=torch.float64)
+        leaves = {k: t.clone().requires_grad_() for k, t in params.items()}
+        expected = torch.autograd.grad((grad_out * ensemble_forward(leaves, x)).sum(), list(leaves.values()))
+        kept: list[torch.Tensor] = []
+        with torch.no_grad():
+            out = ensemble_forward(params, x, keep=kept, ws=ws_fwd)
+            got = ensemble_backward(params, x, kept, grad_out, ws=ws_bwd)
+        torch.testing.assert_close(out, ensemble_forward(leaves, x).detach(), rtol=1e-12, atol=1e-12)
+        assert len(kept) == len(HIDDEN) and len(got) == len(params)
+        for name, a, b in zip(params, got, expected):
+            assert a.shape == params[name].shape
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=f"{name} call {call}")
+    assert set(ws_bwd) >= {"gW0", "gb0", "dh1"}  # the buffers were really used
+
+
+def test_closed_form_loss_gradients_equal_autograd():
+    g = torch.Generator().manual_seed(4)
+    q_min, v = torch.randn(64, generator=g, dtype=torch.float64), torch.randn(64, generator=g, dtype=torch.float64)
+    leaf, v_before = v.clone().requires_grad_(), v.clone()
+    delta = q_min - leaf
+    ref = (torch.where(delta < 0, 0.2, 0.8).to(delta.dtype) * delta.square()).mean()
+    loss, grad = value_loss_grad(q_min, v, 0.8)
+    torch.testing.assert_close(loss, ref.detach())
+    torch.testing.assert_close(grad, torch.autograd.grad(ref, leaf)[0])
+    q, y = torch.randn(2, 64, generator=g, dtype=torch.float64), torch.randn(64, generator=g, dtype=torch.float64)
+    leaf = q.clone().requires_grad_()
+    ref = (leaf - y).square().mean(1).sum()
+    loss, grad = critic_loss_grad(q, y)
+    torch.testing.assert_close(loss, ref.detach())
+    torch.testing.assert_close(grad, torch.autograd.grad(ref, leaf)[0])
+    # the inputs are not overwritten in place (the trainer reads q and v again afterwards)
+    assert torch.equal(q, leaf.detach()) and torch.equal(v, v_before)
 
 
 def test_gradient_isolation():

@@ -4,6 +4,11 @@ Kept apart from the trainer so that the gradient-isolation test can call each lo
 on its own and check which parameters it reaches, and so that the CQL baseline
 (``cql.py``) reuses the same critic loss and target.
 
+``value_loss_grad`` and ``critic_loss_grad`` are the same two losses as functions of the
+network outputs, returning the gradient w.r.t. those outputs in closed form: the fused
+trainer back-propagates it by hand (``ensemble.ensemble_backward``) instead of through an
+autograd graph.
+
 Batch layout (one row per transition, see ``transitions.TransitionColumns``):
 ``sa = [s_t (F, normalised), a_t / max_step]`` is one contiguous slice, so the
 critic input is a view, not a concatenation.
@@ -15,7 +20,7 @@ import torch
 
 from aigp_train.ltve.ensemble import ensemble_forward
 
-__all__ = ["expectile_weights", "value_loss", "nstep_target", "critic_loss"]
+__all__ = ["expectile_weights", "value_loss", "nstep_target", "critic_loss", "value_loss_grad", "critic_loss_grad"]
 
 
 def expectile_weights(delta: torch.Tensor, tau: float) -> torch.Tensor:
@@ -49,3 +54,17 @@ def nstep_target(v: dict, s_next: torch.Tensor, ret: torch.Tensor, boot: torch.T
 def critic_loss(q: dict, sa: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """sum_i E[(Q_i(s, a) - y)^2] over the twin critics (eq. 5, line 13); moves only Q."""
     return (ensemble_forward(q, sa) - y).square().mean(1).sum()
+
+
+def value_loss_grad(q_min: torch.Tensor, v_s: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, d loss / d V(s)) of ``value_loss`` from its values: d/dV = -2 w delta / B."""
+    delta = q_min - v_s
+    wd = expectile_weights(delta, tau).mul_(delta)
+    return torch.dot(wd, delta) / delta.numel(), wd.mul_(-2.0 / delta.numel())
+
+
+def critic_loss_grad(q: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, d loss / d Q) of ``critic_loss`` from the critics' values ``[E, B]``: d/dQ_i = 2 (Q_i - y) / B."""
+    diff = q - y
+    flat = diff.reshape(-1)
+    return torch.dot(flat, flat) / diff.shape[-1], diff.mul_(2.0 / diff.shape[-1])

@@ -2,9 +2,16 @@
 
 What "fused" means here, and why each piece is there:
 
-* **One batched ensemble** for the twin critics (``[2, in, out]`` weights) and one for
-  their targets; V is the same code with E=1 (``ensemble.py``). One ``baddbmm`` per layer
-  serves both critics.
+* **One batched ensemble** for the twin critics AND their targets: each layer is one
+  ``[4, in, out]`` tensor (Q1, Q2, Qbar1, Qbar2); ``self.q`` and ``self.q_target`` are its
+  halves (views). Line 8's target values and line 13's critic values are both taken on the
+  same (s, a) with parameters that do not change in between (line 13 only uses phi, which
+  moves after it), so one E=4 forward per update serves both: one ``baddbmm`` per layer.
+  V is the same code with E=1 (``ensemble.py``).
+* **No autograd graph**: the losses return their gradient w.r.t. the network outputs in
+  closed form (``aigp_kernels.ltve_losses.*_grad``) and ``ensemble_backward`` propagates it
+  by hand (ReLU masks from the kept activations, one ``bmm`` per weight gradient for all
+  members, no input gradient). Tested against autograd and a float64 Algorithm 1.
 * **Dataset resident on the device**, one contiguous ``[N, 2F+6]`` tensor (``layout.py``),
   sampled there with ``torch.randint`` on a device ``Generator`` and ``index_select``: no
   host-side indexing, no host-to-device copy per step.
@@ -13,12 +20,12 @@ What "fused" means here, and why each piece is there:
   or branches on a tensor value.
 * **Fused/foreach optimiser and target updates**: ``FusedAdam`` (one ``_fused_adam_`` kernel
   over all tensors of a network, on CPU and CUDA, without torch.optim's per-step Python),
-  gradients by ``torch.autograd.grad`` (no ``.grad`` accumulation, no ``zero_grad``), and one
+  gradients passed in (no ``.grad`` accumulation, no ``zero_grad``), and one
   ``torch._foreach_lerp_`` for ``phi_bar <- eta*phi + (1-eta)*phi_bar`` over every target tensor.
 * **CUDA**: ``log_every`` updates are captured once as a CUDA graph and replayed
   (``cuda_graph: true``); the warm-up that graph capture needs is undone afterwards so a
   captured run is the same run as an eager one. Optionally the two losses run as fused
-  Triton kernels (``aigp_kernels.ltve_losses``). Neither path can run on the CPU box this
+  Triton kernels (``aigp_kernels.ltve_losses``), each returning loss and gradient in one pass. Neither path can run on the CPU box this
   was written on: they are exercised only by hand on a GPU (see docs/ltve.md).
 
 Algorithm 1 order is kept exactly: V is updated first (toward min of the *target*
@@ -35,9 +42,9 @@ from typing import Callable
 import torch
 
 from aigp_train.ltve.config import TrainConfig
-from aigp_train.ltve.ensemble import ensemble_flops, ensemble_forward, init_ensemble
+from aigp_train.ltve.ensemble import ensemble_backward, ensemble_flops, ensemble_forward, init_ensemble
 from aigp_train.ltve.layout import Columns
-from aigp_train.ltve.losses import critic_loss, nstep_target, value_loss
+from aigp_train.ltve.losses import critic_loss_grad, value_loss_grad
 
 __all__ = ["FusedLTVETrainer", "FusedAdam", "METRIC_NAMES", "intra_op_threads", "resolve_device", "update_flops"]
 
@@ -125,9 +132,13 @@ class FusedLTVETrainer:
         self.dtype = dtype
 
         init_gen = torch.Generator().manual_seed(cfg.seed)
-        self.q = init_ensemble(2, state_dim + 1, hidden_sizes, init_gen, dtype, self.device)
+        q = init_ensemble(2, state_dim + 1, hidden_sizes, init_gen, dtype, self.device)
         self.v = init_ensemble(1, state_dim, hidden_sizes, init_gen, dtype, self.device)
-        self.q_target = {k: t.clone() for k, t in self.q.items()}  # line 5: phi_bar <- phi
+        # [Q1, Q2, Qbar1, Qbar2] per layer; line 5: phi_bar <- phi
+        self.q_and_target = {k: torch.cat([t, t]) for k, t in q.items()}
+        self.q = {k: t[:2] for k, t in self.q_and_target.items()}
+        self.q_target = {k: t[2:] for k, t in self.q_and_target.items()}
+        # the fused update needs no autograd; subclasses with other losses (CQL) use autograd.grad
         for t in (*self.q.values(), *self.v.values()):
             t.requires_grad_(True)
         on_cuda = self.device.type == "cuda"
@@ -140,42 +151,42 @@ class FusedLTVETrainer:
         self._qt_list = list(self.q_target.values())
         self._graph: torch.cuda.CUDAGraph | None = None
         self._use_triton = bool(cfg.triton_kernels and on_cuda)
+        # reusable outputs (see ensemble._buffer): the sampled batch, and one workspace per call site
+        self._batch = torch.empty(cfg.batch_size, self.cols.width, dtype=dtype, device=self.device)
+        self._ws: dict[str, dict] = {k: {} for k in ("q_fwd", "q_bwd", "v_fwd", "v_bwd", "v_next")}
 
     # ------------------------------------------------------------------ one update
     def _sample(self) -> dict[str, torch.Tensor]:
         idx = torch.randint(self.data.shape[0], (self.cfg.batch_size,), generator=self.gen, device=self.device)
-        return self.cols.split(self.data.index_select(0, idx))
+        return self.cols.split(torch.index_select(self.data, 0, idx, out=self._batch))
 
+    @torch.no_grad()
     def _update(self) -> None:
         b = self._sample()
-        tau = self.cfg.expectile
+        if self._use_triton:
+            from aigp_kernels.ltve_losses import expectile_loss_grad as expectile
+        else:
+            expectile = value_loss_grad
+        # lines 8 and 13's forward in one: [Q1, Q2, Qbar1, Qbar2](s, a), the critics' activations kept
+        q_kept: list[torch.Tensor] = []
+        q_all = ensemble_forward(self.q_and_target, b["sa"], keep=q_kept, ws=self._ws["q_fwd"])
         # lines 8-10: V toward the tau-expectile of min(target Q1, target Q2)
-        if self._use_triton:
-            from aigp_kernels.ltve_losses import expectile_loss
-            with torch.no_grad():
-                q_min = ensemble_forward(self.q_target, b["sa"]).amin(0)
-            v_s = ensemble_forward(self.v, b["s"])[0]
-            loss_v = expectile_loss(q_min, v_s, tau)
+        v_kept: list[torch.Tensor] = []
+        v_s = ensemble_forward(self.v, b["s"], keep=v_kept, ws=self._ws["v_fwd"])[0]
+        loss_v, grad_v = expectile(q_all[2:].amin(0), v_s, self.cfg.expectile)
+        self.opt_v.step(ensemble_backward(self.v, b["s"], v_kept, grad_v[None], ws=self._ws["v_bwd"]))
+        # lines 11-12: n-step target from the UPDATED V, clipped; line 13: both critics toward it
+        v_next = ensemble_forward(self.v, b["s_next"], ws=self._ws["v_next"])[0]
+        y = (b["ret"] + b["boot"] * v_next).clamp_(self.q_min, self.q_max)
+        if self._use_triton:  # target, clipping, loss and gradient in one kernel (y above is the metric)
+            from aigp_kernels.ltve_losses import td_critic_loss_grad
+            loss_q, grad_q = td_critic_loss_grad(q_all[:2], b["ret"], b["boot"], v_next, self.q_min, self.q_max)
         else:
-            loss_v = value_loss(self.q_target, self.v, b["sa"], b["s"], tau)
-        self.opt_v.step(torch.autograd.grad(loss_v, self.opt_v.params))
-        # lines 11-12: n-step target from the updated V, clipped; line 13: both critics toward it
-        if self._use_triton:
-            from aigp_kernels.ltve_losses import td_critic_loss
-            with torch.no_grad():
-                v_next = ensemble_forward(self.v, b["s_next"])[0]
-                y = (b["ret"] + b["boot"] * v_next).clamp_(self.q_min, self.q_max)  # for the metric only
-            loss_q = td_critic_loss(ensemble_forward(self.q, b["sa"]), b["ret"], b["boot"], v_next,
-                                    self.q_min, self.q_max)
-        else:
-            y = nstep_target(self.v, b["s_next"], b["ret"], b["boot"], self.q_min, self.q_max)
-            loss_q = critic_loss(self.q, b["sa"], y)
-        self.opt_q.step(torch.autograd.grad(loss_q, self.opt_q.params))
+            loss_q, grad_q = critic_loss_grad(q_all[:2], y)
+        self.opt_q.step(ensemble_backward(self.q, b["sa"], [h[:2] for h in q_kept], grad_q, ws=self._ws["q_bwd"]))
         # line 14: soft target update, one foreach kernel over all target tensors
-        with torch.no_grad():
-            torch._foreach_lerp_(self._qt_list, self._q_list, self.cfg.eta)
-            stats = torch.stack([loss_v.detach(), loss_q.detach(), y.mean()])
-            self.metric_sums.add_(stats.to(torch.float64))
+        torch._foreach_lerp_(self._qt_list, self._q_list, self.cfg.eta)
+        self.metric_sums.add_(torch.stack([loss_v, loss_q, y.mean()]).to(torch.float64))
 
     def _run_chunk(self, num_updates: int) -> None:
         if self.device.type == "cuda" and self.cfg.cuda_graph and num_updates == self.cfg.log_every:
