@@ -113,6 +113,10 @@ def test_ci_pipeline_end_to_end(tmp_path):
     row = tables["table3"]["AIGP (SFT+DPO)"]
     assert row["avg_q"] is not None and row["parse"]["num_total"] == tables["num_test_states"] == 6
     assert tables["judge"]["AIGP (SFT+DPO)"]["num_judged"] == 6
+    # every LLM decision is read from the answer: written by the model or forced after its reasoning
+    # (force_decision in recipes/tiny/infer.yaml), never a parse failure that holds the price
+    assert row["parse"]["num_failed"] == 0 and 0 <= row["parse"]["num_decision_forced"] <= 6
+    assert "Actions written / forced / failed" in report
     for name in ("fig5a_tail_probability.png", "ltve_fig3_deciles.png", "abtest_fig5b_action_bins.png"):
         assert (run_root / "report" / ("offline_" + name if name.startswith("fig5") else name)).is_file()
     ab = json.loads((run_root / "abtest" / "table4.json").read_text())

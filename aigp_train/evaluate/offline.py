@@ -111,13 +111,23 @@ def _fmt(v, spec: str) -> str:
     return "–" if v is None else format(v, spec)
 
 
+def _decision_sources(parse: dict | None) -> str:
+    """Text policies: actions the model wrote / forced after its reasoning (force_decision) / failed (held)."""
+    if parse is None:
+        return "–"
+    forced = parse.get("num_decision_forced", 0)
+    return f"{parse['num_parsed'] - forced} / {forced} / {parse['num_failed']}"
+
+
 def table3_markdown(rows: dict[str, dict]) -> str:
-    lines = ["| Model | Avg. Q-Score | MAE | EAMA | EAMA-R | KIPS | True value (simulator) | Judge total |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| Model | Avg. Q-Score | MAE | EAMA | EAMA-R | KIPS | True value (simulator) | Judge total | "
+             "Actions written / forced / failed |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in rows.items():
         tv = "–" if r.get("true_value") is None else f"{r['true_value']:.3f} ± {r['true_value_se']:.3f}"
         lines.append(f"| {name} | {_fmt(r.get('avg_q'), '.3f')} | {r['mae']:.3f} | {100 * r['eama']:.2f}% | "
-                     f"{r['eama_r']:.4f} | {r['kips']:.4f} | {tv} | {_fmt(r.get('judge_total'), '.2f')} |")
+                     f"{r['eama_r']:.4f} | {r['kips']:.4f} | {tv} | {_fmt(r.get('judge_total'), '.2f')} | "
+                     f"{_decision_sources(r.get('parse'))} |")
     return "\n".join(lines) + "\n"
 
 

@@ -112,7 +112,10 @@ def write_report(out_dir: str | Path, outputs: dict[str, dict]) -> Path:
                   f"see aigp_train/evaluate/metrics.py). True value: the simulator's discounted eq.-3 return of the "
                   f"policy's action followed by the {tables.get('true_value', {}).get('continuation', '?')} policy "
                   f"(beyond the paper). Spearman correlation of the LTVE ranking with the true ranking over the "
-                  f"policies: {'n/a (needs the LTVE and at least 3 policies)' if rho is None else f'{rho:.2f}'}."]
+                  f"policies: {'n/a (needs the LTVE and at least 3 policies)' if rho is None else f'{rho:.2f}'}. "
+                  f"Actions written / forced / failed (text policies): decisions the model wrote in its answer, "
+                  f"decisions the backend appended after its reasoning, sampled from the model's own logits over "
+                  f"A_safe (backend force_decision), and parse failures (price held)."]
     else:
         lines.append(missing("evaluate"))
     lines += ["", "## Fig. 4: reasoning quality (LLM-as-judge, four dimensions, total out of 20)", "",

@@ -166,6 +166,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
         "distinct_candidates": int(sum(per_prompt)),
         "mean_candidates_per_prompt": float(np.mean(per_prompt)) if per_prompt else 0.0,
         "prompts_with_fewer_than_2_candidates": int(sum(n < 2 for n in per_prompt)),
+        "decisions_forced": sum(sum(map(bool, row.get("decision_forced", []))) for row in generated),
         "ltve_reduce": recipe.ltve_reduce, "backend": backend.name, "adapter": recipe.adapter,
         "critics_disagree_on_order": _critic_disagreement(rows),
     }
