@@ -19,7 +19,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -56,17 +56,20 @@ def atomic_write_jsonl(path: str | Path, rows: list[dict]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in rows))
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    rows = []
+def iter_jsonl(path: str | Path, fix: str = "delete the shard to regenerate it") -> Iterator[tuple[int, Any]]:
+    """(line number, decoded row) of every non-blank line; a bad line's error names it and ``fix``."""
     with open(path) as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                yield lineno, json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno} is not valid JSON ({err}); delete the shard to regenerate it.") from err
-    return rows
+                raise ValueError(f"{path}:{lineno} is not valid JSON ({err}); {fix}.") from err
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    return [row for _, row in iter_jsonl(path)]
 
 
 def file_hash(path: str | Path) -> str:

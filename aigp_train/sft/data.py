@@ -30,12 +30,13 @@ world size 1 == 2 and batch 8 x GA 1 == batch 1 x GA 8 hold.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from aigp_train.outputs import iter_jsonl
 
 __all__ = ["TokenizedExample", "PackedBatch", "read_chat_rows", "tokenize_chat", "tokenize_rows",
            "pack", "pad", "collate", "epoch_order", "micro_batch_indices", "steps_per_epoch"]
@@ -73,24 +74,17 @@ def read_chat_rows(path: str | Path) -> list[list[dict]]:
         raise FileNotFoundError(f"SFT data {path} not found: run `aigp judge` first (it writes sft/train.jsonl and "
                                 f"sft/heldout.jsonl) or point data.train_path / data.heldout_path at your JSONL.")
     rows = []
-    with open(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno} is not valid JSON ({err}).") from err
-            messages = row.get("messages") if isinstance(row, dict) else None
-            if not isinstance(messages, list) or not messages:
-                raise ValueError(f"{path}:{lineno} has no 'messages' list; each row must be "
-                                 f'{{"messages": [{{"role": ..., "content": ...}}, ...]}}.')
-            for m in messages:
-                if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-                    raise ValueError(f"{path}:{lineno}: every message needs string 'role' and 'content', got {m!r}.")
-            if not any(m["role"] == "assistant" for m in messages):
-                raise ValueError(f"{path}:{lineno} has no assistant message: nothing to train on.")
-            rows.append(messages)
+    for lineno, row in iter_jsonl(path, "fix or drop that line"):
+        messages = row.get("messages") if isinstance(row, dict) else None
+        if not isinstance(messages, list) or not messages:
+            raise ValueError(f"{path}:{lineno} has no 'messages' list; each row must be "
+                             f'{{"messages": [{{"role": ..., "content": ...}}, ...]}}.')
+        for m in messages:
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise ValueError(f"{path}:{lineno}: every message needs string 'role' and 'content', got {m!r}.")
+        if not any(m["role"] == "assistant" for m in messages):
+            raise ValueError(f"{path}:{lineno} has no assistant message: nothing to train on.")
+        rows.append(messages)
     return rows
 
 
