@@ -13,7 +13,7 @@ sampled from the model's own logits over the allowed tokens; other rows in the s
 freely. With ``force_decision``, full-mode rows first sample their reasoning within
 ``max_new_tokens`` minus the decision's reserve; each completion with no parseable action is then
 continued, token ids as generated, by ``DECISION_SEPARATOR`` and a constrained action (a second,
-smaller ``generate`` over those rows only). ``last_forced`` says which completions got one.
+smaller ``generate`` over those rows only, on the first pass's KV cache). ``last_forced`` says which completions got one.
 
 Reproducibility: each batch seeds torch from (sampling.seed, the batch's request ids), so the same
 requests with the same batch size give the same completions, on restart too. Completions do not
@@ -137,20 +137,27 @@ class HFBackend:
                 [ActOnlyLogitsProcessor(self.constraint, constrained, enc["input_ids"].shape[1])])
         with ctx, torch.random.fork_rng(devices=[self.device] if self.device.startswith("cuda") else []):
             torch.manual_seed(batch_seed(sampling.seed, [r.request_id for r in batch]))
-            out = model.generate(**enc, **kwargs)
-            new = out[:, enc["input_ids"].shape[1]:]
+            forcing = self.cfg.force_decision != "none"
+            out = model.generate(**enc, **kwargs, return_dict_in_generate=forcing)  # forcing reuses its KV cache
+            sequences = out.sequences if forcing else out
+            new = sequences[:, enc["input_ids"].shape[1]:]
             texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
             forced = [False] * len(texts)
             if self.cfg.force_decision != "none":
-                texts, forced = self._force_decisions(model, batch, enc, new, texts, sampling)
+                texts, forced = self._force_decisions(model, batch, enc, out, texts, sampling)
         n = sampling.n
         return ([texts[i * n:(i + 1) * n] for i in range(len(batch))],
                 [forced[i * n:(i + 1) * n] for i in range(len(batch))])
 
-    def _force_decisions(self, model, batch: list[GenerationRequest], enc, new: torch.Tensor, texts: list[str],
+    def _force_decisions(self, model, batch: list[GenerationRequest], enc, first, texts: list[str],
                          sampling: SamplingConfig) -> tuple[list[str], list[bool]]:
         """Continue every full-mode completion that holds no parseable action with the separator and a
-        constrained action sampled from the model (runs inside the batch's seeded RNG)."""
+        constrained action sampled from the model (runs inside the batch's seeded RNG).
+
+        The continuation reuses the first pass's KV cache (``first.past_key_values``, rows selected):
+        only the separator is new input. The completion's EOS and the padding after it stay in the
+        cache but are masked out, so the decision attends to exactly the prompt and the reasoning.
+        """
         from transformers import LogitsProcessorList
 
         from aigp_train.llm.backends.action_constraint import (DECISION_SEPARATOR, ActOnlyLogitsProcessor,
@@ -162,30 +169,28 @@ class HFBackend:
         forced = [False] * len(texts)
         if not rows:
             return texts, forced
-        separator = self.tokenizer.encode(DECISION_SEPARATOR, add_special_tokens=False)
-        pad = self.tokenizer.pad_token_id
-        heads = []  # the completion's own tokens (up to EOS) + separator, per forced row
-        sequences = []
-        for j in rows:
-            prompt = enc["input_ids"][j // n][enc["attention_mask"][j // n].bool()].tolist()
-            own = new[j].tolist()
-            own = own[:own.index(self.eos_id)] if self.eos_id in own else own
-            own = [t for t in own if t != pad]
-            heads.append(own + separator)
-            sequences.append(prompt + own + separator)
-        width = max(len(seq) for seq in sequences)
-        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, seq in enumerate(sequences):  # left padding, as for the first pass
-            input_ids[i, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-            attention[i, width - len(seq):] = 1
+        prompt_len = enc["input_ids"].shape[1]
+        index = torch.tensor(rows, device=first.sequences.device)
+        sequences = first.sequences[index]
+        own = sequences[:, prompt_len:]
+        # 1 up to (not including) the first EOS of each completion: what the decision may attend to
+        live = (own == self.eos_id).long().cumsum(dim=1) == 0
+        separator = torch.tensor(self.tokenizer.encode(DECISION_SEPARATOR, add_special_tokens=False),
+                                 device=sequences.device).expand(len(rows), -1)
+        input_ids = torch.cat([sequences, separator], dim=1)
+        attention = torch.cat([enc["attention_mask"].repeat_interleave(n, dim=0)[index], live.long(),
+                               torch.ones_like(separator)], dim=1)
+        cache = first.past_key_values
+        cache.batch_select_indices(index)
         languages = {i: request_language(self.cfg.force_decision, batch[j // n].state, self.pricing)
                      for i, j in enumerate(rows)}
+        width = input_ids.shape[1]
         kwargs = self._sampling_kwargs(sampling, self.constraint.min_new_tokens, 1)
         kwargs["logits_processor"] = LogitsProcessorList([ActOnlyLogitsProcessor(self.constraint, languages, width)])
-        out = model.generate(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device), **kwargs)
+        out = model.generate(input_ids=input_ids, attention_mask=attention, past_key_values=cache, **kwargs)
         for i, j in enumerate(rows):
-            texts[j] = self.tokenizer.decode(heads[i] + out[i, width:].tolist(), skip_special_tokens=True)
+            head = own[i][live[i]].tolist() + separator[i].tolist()
+            texts[j] = self.tokenizer.decode(head + out[i, width:].tolist(), skip_special_tokens=True)
             forced[j] = True
         return texts, forced
 
