@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,6 +80,20 @@ class Measurement:
         return d
 
 
+@contextmanager
+def _no_forced_decisions(backend):
+    """The backend with ``force_decision`` off for the duration (prefill-only runs)."""
+    cfg = getattr(backend, "cfg", None)
+    if cfg is None or getattr(cfg, "force_decision", "none") == "none":
+        yield backend
+        return
+    backend.cfg = dataclasses.replace(cfg, force_decision="none")
+    try:
+        yield backend
+    finally:
+        backend.cfg = cfg
+
+
 def measure(make_backend_at, requests: list, sampling, count_prompt_tokens, count_tokens,
             batch_sizes: list[int]) -> list[Measurement]:
     """Time prefill-only and full generation of ``requests`` at each batch size.
@@ -94,10 +109,11 @@ def measure(make_backend_at, requests: list, sampling, count_prompt_tokens, coun
         if b < 1:
             raise ValueError(f"batch sizes must be >= 1, got {b}.")
         backend = make_backend_at(b)
-        backend.generate(requests[:b], prefill_sampling)  # warm-up: allocations, kernels, caches
-        t0 = time.perf_counter()
-        backend.generate(requests, prefill_sampling)
-        t1 = time.perf_counter()
+        with _no_forced_decisions(backend):  # a 1-token answer holds no reasoning to force a decision after
+            backend.generate(requests[:b], prefill_sampling)  # warm-up: allocations, kernels, caches
+            t0 = time.perf_counter()
+            backend.generate(requests, prefill_sampling)
+            t1 = time.perf_counter()
         outs = backend.generate(requests, full_sampling)
         t2 = time.perf_counter()
         generated = sum(count_tokens(o[0]) for o in outs)
