@@ -7,8 +7,9 @@
 Prints one JSON line. Both trainers run Algorithm 1 on the same synthetic transitions, with
 the same networks (Q1, Q2, their targets, V), batch, state width and Adam:
 
-* ours: ``FusedLTVETrainer`` (batched ensemble, device-resident data and sampling, fused Adam,
-  foreach lerp, metrics read every ``log_every`` updates);
+* ours: ``FusedLTVETrainer`` (Q1, Q2 and their targets as one E=4 ensemble forward, a
+  hand-written backward instead of autograd, reused output buffers, device-resident data and
+  sampling, fused Adam, foreach lerp, metrics read every ``log_every`` updates);
 * reference ("plain PyTorch"): five ``nn.Sequential`` MLPs, ``torch.optim.Adam`` with its
   defaults, host-side NumPy sampling and ``torch.from_numpy`` per step, a Python loop over
   parameters for the soft target update, ``loss.item()`` per step for logging.
@@ -16,13 +17,16 @@ the same networks (Q1, Q2, their targets, V), batch, state width and Adam:
 The machine is shared and noisy, so rounds alternate ours / reference / matmul and the
 medians are compared. The roofline is this CPU's fp32 GEMM rate, measured in the same run
 with ``torch.mm`` on the layer shape that dominates the update ([B, H] @ [H, H]); the
-fraction is (update FLOPs x updates/s) / that rate.
+fraction is (update FLOPs x updates/s) / that rate. ``setup.loadavg`` records the 1-minute
+load average before and after the run: on a shared 2-core box a second busy process makes
+every two-thread OpenMP region wait, and both trainers then slow down by up to 10x.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -180,6 +184,7 @@ def main() -> None:
         return
     if args.threads:
         torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
     res = throughput(args)
     line = {"metric": "ltve_updates_per_s", "unit": "updates/s", "ours": round(res["ours_ups"], 2),
             "reference": {"name": "plain per-step PyTorch (nn.Module MLPs, host NumPy sampling, loop target update)",
@@ -189,7 +194,8 @@ def main() -> None:
                          "ours_fraction": round(res["roofline_fraction"], 3),
                          "reference_fraction": round(res["ref_roofline_fraction"], 3)},
             "setup": {"device": args.device, "threads": torch.get_num_threads(), "state_dim": args.state_dim,
-                      "hidden": args.hidden, "batch": args.batch, "rounds": args.rounds, "chunk": args.chunk}}
+                      "hidden": args.hidden, "batch": args.batch, "rounds": args.rounds, "chunk": args.chunk,
+                      "loadavg": [round(load_before, 2), round(os.getloadavg()[0], 2)]}}
     if args.memory:
         for which in ("ours", "reference"):
             out = subprocess.run([sys.executable, __file__, "--_child", which, "--state-dim", str(args.state_dim),
