@@ -182,6 +182,44 @@ def test_myopic_loses_to_long_horizon_expert(sim, tiny_market):
     assert (first["myopic"] >= first["expert"] - 1e-9).mean() > 0.8
 
 
+def test_lookahead_follow_up_and_gamma(sim):
+    s = sim.init_states(np.arange(500, 540))
+    d = np.clip(s.d_prev[:, None] + np.array([[-0.1, 0.0, 0.1]]), 0.5, 1.0)
+    held = sim.lookahead_value(s, d, sim.horizon)
+    assert np.array_equal(held, sim.lookahead_value(s, d, sim.horizon, then=d))  # then = today: held
+    deeper = sim.lookahead_value(s, d, sim.horizon, then=np.clip(d - 0.2, 0.5, 1.0))
+    assert not np.allclose(held, deeper)  # tomorrow's discount changes the value ...
+    today_only = sim.lookahead_value(s, d, 1)  # ... but not today's reward
+    assert np.allclose(sim.lookahead_value(s, d, 1, then=np.clip(d - 0.2, 0.5, 1.0)), today_only)
+    assert np.allclose(sim.lookahead_value(s, d, sim.horizon, gamma=0.0), today_only)  # 0**0 = 1: today only
+    assert (sim.lookahead_value(s, d, sim.horizon, gamma=0.95) < held).all()  # later days count less
+
+
+def _discounted_return(sim, idx, refs, choose) -> np.ndarray:
+    state, total = sim.init_states(idx), np.zeros(idx.size)
+    while state.day[0] < sim.horizon:
+        state, row = sim.step(state, choose(state), 0)
+        r = rewards_from_arrays(sim.category_array(state.category), row["day"], row["gmv"], row["marketing_spend"],
+                                refs, sim.pricing)
+        total += sim.recipe.gamma ** row["day"] * r
+    return total
+
+
+def test_expert_follow_up_lookahead_beats_holding_the_new_price(tiny_market):
+    """The expert values an action by its best follow-up (a one-day promotion can be taken back):
+    under the gamma-discounted eq.-3 return the oracle scores, that beats "hold the new price"."""
+    from aigp_train.market.policies import _greedy, act
+
+    greedy = MarketSimulator(_recipe("policies.expert_noise=0"))
+    refs = References.load(tiny_market / "references.json")
+    idx = np.arange(300_000, 301_000)  # fresh SKUs, each priced both ways (paired)
+    step, gamma = greedy.recipe.policies.expert_grid_step, greedy.recipe.gamma
+    expert = _discounted_return(greedy, idx, refs, lambda s: act(greedy, s, "expert", 0))
+    hold = _discounted_return(greedy, idx, refs, lambda s: _greedy(greedy, s, step, greedy.horizon, gamma=gamma))
+    diff = expert - hold
+    assert diff.mean() > 4 * diff.std(ddof=1) / np.sqrt(diff.size), (expert.mean(), hold.mean())
+
+
 def _poisson_fe_elasticity(sku: np.ndarray, y: np.ndarray, offset: np.ndarray, x: np.ndarray):
     """Poisson regression y ~ exp(offset + alpha_sku + x @ beta), SKU fixed effects concentrated out.
 

@@ -28,9 +28,11 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from aigp_train.evaluate.metrics import cda, eama, mae
+from aigp_train.market.simulator import POLICIES
 from aigp_train.pricing import project_action
 
-__all__ = ["counterfactual_pairs", "offline_metrics", "true_cda", "decile_table", "spearman_table", "plot_deciles"]
+__all__ = ["behaviour_policies", "counterfactual_pairs", "offline_metrics", "true_cda", "decile_table", "spearman_table",
+           "plot_deciles"]
 
 
 def counterfactual_pairs(a_expert: np.ndarray, d_prev: np.ndarray, offsets: list[float], pricing) -> tuple[np.ndarray, np.ndarray]:
@@ -48,8 +50,13 @@ def counterfactual_pairs(a_expert: np.ndarray, d_prev: np.ndarray, offsets: list
 
 def offline_metrics(model, states: Any, a_expert: np.ndarray, d_prev: np.ndarray, day: np.ndarray, pricing,
                     offsets: list[float], cold_start_max_day: int, boundary_abs_action: float,
-                    greedy: bool = True) -> dict:
-    """MAE, EAMA, CDA (overall / cold-start / boundary) of a model with ``q_normalized``."""
+                    greedy: bool = True, subsets: dict[str, np.ndarray] | None = None) -> dict:
+    """MAE, EAMA, CDA (overall / cold-start / boundary) of a model with ``q_normalized``.
+
+    ``subsets``: extra CDA subsets, name -> boolean mask over the states (e.g. the labelled
+    experts that the simulator's expert policy priced: ``behaviour_policies(sku_index) == "expert"``);
+    reported as ``cda_<name>`` and ``num_pairs_<name>``.
+    """
     out: dict = {"num_states": int(len(a_expert))}
     if greedy:
         a_greedy = model.greedy(states, d_prev, pricing, normalized=True)
@@ -60,10 +67,21 @@ def offline_metrics(model, states: Any, a_expert: np.ndarray, d_prev: np.ndarray
     q_cf = model.q_normalized(states[idx], a_cf)
     out["num_pairs"] = int(len(idx))
     out["cda"] = cda(q_e[idx], q_cf)
-    for name, sel in (("cold_start", day[idx] <= cold_start_max_day), ("boundary", np.abs(a_cf) >= boundary_abs_action - 1e-9)):
+    masks = {"cold_start": day[idx] <= cold_start_max_day, "boundary": np.abs(a_cf) >= boundary_abs_action - 1e-9}
+    for name, mask in (subsets or {}).items():
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (len(a_expert),):
+            raise ValueError(f"subset {name!r} has {mask.shape} entries; it needs one boolean per state ({len(a_expert)}).")
+        masks[name] = mask[idx]
+    for name, sel in masks.items():
         out[f"cda_{name}"] = cda(q_e[idx][sel], q_cf[sel]) if sel.any() else float("nan")
         out[f"num_pairs_{name}"] = int(sel.sum())
     return out
+
+
+def behaviour_policies(sim, sku_index: np.ndarray) -> np.ndarray:
+    """Name of the behaviour policy that priced each simulated SKU (a pure function of the market seed)."""
+    return np.asarray(POLICIES)[sim.init_states(np.asarray(sku_index, dtype=np.int64)).policy]
 
 
 def true_cda(models: dict, sim, references, sku_index: np.ndarray, day: np.ndarray, states, a_expert: np.ndarray,
@@ -78,11 +96,21 @@ def true_cda(models: dict, sim, references, sku_index: np.ndarray, day: np.ndarr
                                 references=references)
     q_true_cf, se_cf = sim.true_q(st.take(idx), a_cf, continuation=continuation, num_rollouts=num_rollouts,
                                   references=references)
+    # Both true_q calls use rollout streams 1..R of the same (SKU, day): the expert and the
+    # counterfactual branch share their random numbers (common random numbers), so the gap's
+    # noise is that of the difference, far below either Q's own stderr.
     gap = q_true_e[idx] - q_true_cf
     resolved = np.abs(gap) > 2 * np.sqrt(se_e[idx] ** 2 + se_cf ** 2)
     out: dict = {"num_states": int(len(pick)), "num_pairs": int(len(idx)), "num_resolved": int(resolved.sum()),
-                 "oracle_expert_better": float(np.mean(gap > 0)), "continuation": continuation,
-                 "num_rollouts": num_rollouts}
+                 "oracle_expert_better": float(np.mean(gap > 0)),
+                 "oracle_expert_better_resolved": float(np.mean(gap[resolved] > 0)) if resolved.any() else float("nan"),
+                 "continuation": continuation, "num_rollouts": num_rollouts}
+    # "Expert" is an outcome label (top GMV within category), not a pricing policy: split the
+    # oracle's verdict by the behaviour policy that actually priced each labelled SKU.
+    policy = behaviour_policies(sim, sku_index[pick])[idx]
+    out["pairs_by_policy"] = {p: int((policy == p).sum()) for p in POLICIES}
+    out["oracle_expert_better_by_policy"] = {p: float(np.mean(gap[policy == p] > 0)) if (policy == p).any()
+                                             else float("nan") for p in POLICIES}
     s = states[pick]
     for name, model in models.items():
         d_hat = model.q_normalized(s, a_expert[pick])[idx] - model.q_normalized(s[idx], a_cf)

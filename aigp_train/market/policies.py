@@ -9,13 +9,16 @@ so a policy's action for (SKU, day, rollout) is the same in every batch.
   Model"): on the action grid, the action maximising today's expected eq.-3 terms
   (lambda1 * GMV / tier + lambda2 * log(1 + ROI)) under the simulator's own demand
   means (a perfectly calibrated price-sales model) and nothing after today.
-* ``expert``: the long-horizon policy: one step of policy improvement over "hold the
-  price". For each action on a grid of ``expert_grid_step`` it runs the mean model to the
-  end of the horizon holding the new discount (rank, reviews, inventory and reference
-  price evolve) and takes the best sum of eq.-3 terms. It thus sees what the myopic policy
-  cannot: a sale today buys exposure and reviews tomorrow, a price cut today lowers the
-  reference price, stock sold today is not there later. With probability ``expert_noise``
-  it explores +-0.05 (coverage for the logs).
+* ``expert``: the long-horizon policy, a two-step lookahead under the same objective the
+  oracle (``true_q``) judges it by: gamma-discounted eq.-3 terms to the end of the horizon.
+  For each action a on a grid of ``expert_grid_step`` and each follow-up b on every other
+  point of that grid (hold, +-2 steps, ...) it runs the mean model with d_prev + a today and d_prev + a + b held from tomorrow on
+  (rank, reviews, inventory and reference price evolve), values a by its best follow-up and
+  takes the best a. It thus sees what the myopic policy cannot (a sale today buys exposure
+  and reviews tomorrow, a price cut today lowers the reference price, stock sold today is
+  not there later), and, unlike a "hold the new price" lookahead, that a one-day promotion
+  can be taken back tomorrow. With probability ``expert_noise`` it explores +-0.05
+  (coverage for the logs).
 * ``random_walk``: uniform daily steps in [-step, step] (two decimals).
 * ``conservative``: small steps (<= ``conservative_step``) drifting toward a target discount.
 """
@@ -28,15 +31,30 @@ from aigp_train.market import rng
 from aigp_train.market.simulator import POLICIES, MarketSimulator, SkuState
 
 
-def _greedy(sim: MarketSimulator, state: SkuState, step: float, days: int) -> np.ndarray:
-    """The grid action (spacing ``step``) whose hold-for-``days`` mean-model value is highest."""
+def _greedy(sim: MarketSimulator, state: SkuState, step: float, days: int, follow_up: bool = False,
+            gamma: float = 1.0) -> np.ndarray:
+    """The grid action (spacing ``step``) with the highest mean-model value over ``days`` days.
+
+    Without ``follow_up`` the new discount is held; with it, every action is valued by its
+    best follow-up step on the same grid (new discount today, that one held from tomorrow on).
+    """
     p = sim.pricing
     k = int(round(p.max_step / step))
     grid = np.round(np.arange(-k, k + 1) * step, 2)
     lo = np.maximum(-p.max_step, p.d_min - state.d_prev)
     hi = np.minimum(p.max_step, p.d_max - state.d_prev)
     d = np.clip(np.round(state.d_prev[:, None] + grid[None, :], 2), p.d_min, p.d_max)
-    score = sim.lookahead_value(state, d, days)
+    if follow_up:
+        # Follow-ups on every other grid point (hold, +-2 steps, ...): 5 instead of 9 at step 0.05
+        # halves the cost (bench/simulate.py) for little value (measured in docs/simulator.md).
+        # Ψ of a follow-up is a clip to [d_min, d_max]: |b| <= max_step by construction.
+        follow = grid[(np.arange(grid.size) - k) % 2 == 0]
+        today = np.repeat(d, follow.size, axis=1)
+        then = np.clip(np.round(today + np.tile(follow, grid.size)[None, :], 2), p.d_min, p.d_max)
+        score = sim.lookahead_value(state, today, days, then=then, gamma=gamma)
+        score = score.reshape(len(state), grid.size, follow.size).max(axis=2)
+    else:
+        score = sim.lookahead_value(state, d, days, gamma=gamma)
     feasible = (grid[None, :] >= lo[:, None] - 1e-9) & (grid[None, :] <= hi[:, None] + 1e-9)
     return grid[np.argmax(np.where(feasible, score, -np.inf), axis=1)]
 
@@ -47,7 +65,7 @@ def myopic(sim: MarketSimulator, state: SkuState, rollout) -> np.ndarray:
 
 def expert(sim: MarketSimulator, state: SkuState, rollout) -> np.ndarray:
     p = sim.recipe.policies
-    a = _greedy(sim, state, p.expert_grid_step, sim.horizon)
+    a = _greedy(sim, state, p.expert_grid_step, sim.horizon, follow_up=True, gamma=sim.recipe.gamma)
     u = rng.uniform(sim.recipe.seed, state.sku_index, state.day, rng.DAY_POLICY_EXPLORE, rollout)
     explore = np.where(u < p.expert_noise / 2, -0.05, np.where(u > 1 - p.expert_noise / 2, 0.05, 0.0))
     return np.round(a + explore, 2)

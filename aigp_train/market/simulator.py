@@ -355,32 +355,37 @@ class MarketSimulator:
                           "review_count", "rating_sum", "last_competitor_mean", "competitor_ratio", "reference_price",
                           "elasticity", "inventory", "true_rating")
 
-    def lookahead_value(self, state: SkuState, discounts: np.ndarray, days: int) -> np.ndarray:
-        """Expected reward terms of setting each candidate discount today and holding it for ``days`` days.
+    def lookahead_value(self, state: SkuState, discounts: np.ndarray, days: int, then: np.ndarray | None = None,
+                        gamma: float = 1.0) -> np.ndarray:
+        """Expected reward terms of setting each candidate discount today, then holding a discount for ``days`` days.
 
-        ``discounts`` is [N, K]. Runs the noise-free mean model forward (rank, reviews,
-        inventory and reference price all evolve; reviews carry the SKU's true rating),
-        scoring each day by the eq.-3 terms lambda1 * GMV / tier + lambda2 * log(1 + ROI)
-        (the category references are constants per day and do not change the argmax).
-        ``days=1`` is the myopic price-sales view.
+        ``discounts`` is [N, K]: today's candidate discounts; ``then`` ([N, K], default
+        ``discounts``) the discount held from tomorrow on. Runs the noise-free mean model
+        forward (rank, reviews, inventory and reference price all evolve; reviews carry the
+        SKU's true rating), scoring each day by the eq.-3 terms lambda1 * GMV / tier +
+        lambda2 * log(1 + ROI), day k weighted gamma**k (the category references are
+        constants per day and do not change the argmax). ``days=1`` is the myopic price-sales view.
         """
         n, k = discounts.shape
         sub = SkuState({f: np.repeat(state.arrays[f], k) for f in self._MEAN_MODEL_FIELDS})
         a = sub.arrays
         d = discounts.reshape(-1)
+        d_then = d if then is None else np.asarray(then, dtype=np.float64).reshape(-1)
         tier = self.cat_gmv_tier[a["category"]]
         horizon_left = self.horizon - a["day"]
         total = np.zeros(n * k)
-        terms = self.discount_terms(d)  # the discount is held: its terms are the same every day
+        terms = self.discount_terms(d)  # a held discount's terms are the same every day
+        terms_then = terms if then is None else self.discount_terms(d_then)
         sku = self.sku_terms(sub)  # ... and so are the SKU's (competitor price: yesterday's)
         day_state = state.take(slice(None))  # calendar of the N SKUs, advanced one day per step
         for step in range(min(days, int(horizon_left.max()))):
             sku["day"] = tuple(np.repeat(x, k) for x in self.day_terms(day_state))
             day_state.arrays["day"] = day_state.arrays["day"] + 1
-            m = self.expected(sub, d, terms=terms, sku=sku)
+            m = (self.expected(sub, d, terms=terms, sku=sku) if step == 0
+                 else self.expected(sub, d_then, terms=terms_then, sku=sku))
             score = (self.pricing.lambda1 * m["gmv"] / tier
                      + self.pricing.lambda2 * np.log1p(roi(m["gmv"], m["spend"], self.pricing.roi_spend_floor)))
-            total += np.where(step < horizon_left, score, 0.0)
+            total += np.where(step < horizon_left, gamma**step * score, 0.0)
             if step == days - 1:
                 break
             units = m["units"]
