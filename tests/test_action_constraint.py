@@ -263,7 +263,9 @@ def test_forced_decision_leaves_act_only_rows_and_answers_with_an_action_alone()
                                                                     constrain_act_only="a_safe",
                                                                     force_decision="a_safe")), tiny, PRICING)
     mixed = _requests(2, act_only=True) + _requests(2, act_only=False, tag="full")
-    outs = both.generate(mixed, SamplingConfig(n=2, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=24, seed=3))
+    with pytest.raises(RecipeError, match="after 13 reserved for forced decisions"):  # 24 - 13 < 12 for [ACT_ONLY]
+        both.generate(mixed, SamplingConfig(n=2, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=24, seed=3))
+    outs = both.generate(mixed, SamplingConfig(n=2, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=28, seed=3))
     assert both.last_forced == [[False, False]] * 2 + [[True, True]] * 2  # [ACT_ONLY] rows are constrained, not forced
     assert all(t in ACTION_TEXTS for texts in outs[:2] for t in texts)
     assert all("\n" in t and parse_action(t, 0.8, PRICING).ok for texts in outs[2:] for t in texts)

@@ -114,8 +114,9 @@ class HFBackend:
         model, ctx = self._select(batch[0].adapter)
         enc = self.tokenizer(render_prompts(self.tokenizer, batch), return_tensors="pt", padding=True,
                              add_special_tokens=False).to(self.device)
-        kwargs = self._sampling_kwargs(sampling, sampling.max_new_tokens - self._decision_reserve(batch, sampling),
-                                       sampling.n)
+        # one generate call, one budget: a forced decision's reserve comes off every row of the batch
+        budget = sampling.max_new_tokens - self._decision_reserve(batch, sampling)
+        kwargs = self._sampling_kwargs(sampling, budget, sampling.n)
         constrained = {}  # row of generate's output (request-major) -> the action texts it may produce
         if self.cfg.constrain_act_only != "none":
             from aigp_train.llm.backends.action_constraint import request_language
@@ -129,9 +130,12 @@ class HFBackend:
 
             from aigp_train.llm.backends.action_constraint import ActOnlyLogitsProcessor
 
-            if sampling.max_new_tokens < self.constraint.min_new_tokens:
-                raise RecipeError(f"sampling.max_new_tokens={sampling.max_new_tokens} can cut a constrained [ACT_ONLY] "
-                                  f"action short; set it to >= {self.constraint.min_new_tokens} (or set "
+            if budget < self.constraint.min_new_tokens:
+                reserved = f" (after {sampling.max_new_tokens - budget} reserved for forced decisions)" * (
+                    budget < sampling.max_new_tokens)
+                raise RecipeError(f"sampling.max_new_tokens={sampling.max_new_tokens}{reserved} can cut a constrained "
+                                  f"[ACT_ONLY] action short; set it to >= "
+                                  f"{self.constraint.min_new_tokens + sampling.max_new_tokens - budget} (or set "
                                   f"backend.hf.constrain_act_only: none).")
             kwargs["logits_processor"] = LogitsProcessorList(
                 [ActOnlyLogitsProcessor(self.constraint, constrained, enc["input_ids"].shape[1])])
