@@ -31,7 +31,8 @@ for n in (7, 1500):  # one partial block; a full block and a tail
     q_min, v = torch.randn(n, generator=g), torch.randn(n, generator=g)
     (lk, gk), (lr, gr) = K.expectile_loss_grad(q_min, v, 0.7), value_loss_grad(q_min, v, 0.7)
     out[f"exp{n}"] = [abs(lk.item() - lr.item()), (gk - gr).abs().max().item(), lr.item()]
-    q, ret, boot, vn = torch.randn(2, n, generator=g), torch.randn(n, generator=g), torch.rand(n, generator=g), torch.randn(n, generator=g) * 4
+    q, ret = torch.randn(2, n, generator=g), torch.randn(n, generator=g)
+    boot, vn = torch.rand(n, generator=g), torch.randn(n, generator=g) * 4
     y = (ret + boot * vn).clamp(-1.5, 1.5)
     (lk, gk), (lr, gr) = K.td_critic_loss_grad(q, ret, boot, vn, -1.5, 1.5), critic_loss_grad(q, y)
     out[f"td{n}"] = [abs(lk.item() - lr.item()), (gk - gr).abs().max().item(), lr.item()]

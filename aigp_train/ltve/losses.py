@@ -20,7 +20,8 @@ import torch
 
 from aigp_train.ltve.ensemble import ensemble_forward
 
-__all__ = ["expectile_weights", "value_loss", "nstep_target", "critic_loss", "value_loss_grad", "critic_loss_grad"]
+__all__ = ["expectile_weights", "value_loss", "nstep_target", "clipped_target", "critic_loss", "value_loss_grad",
+           "critic_loss_grad"]
 
 
 def expectile_weights(delta: torch.Tensor, tau: float) -> torch.Tensor:
@@ -48,7 +49,13 @@ def nstep_target(v: dict, s_next: torch.Tensor, ret: torch.Tensor, boot: torch.T
     gamma^n, or 0 for a transition whose window reached the end of the 14-day
     trajectory (terminal: the bootstrap term is dropped).
     """
-    return (ret + boot * ensemble_forward(v, s_next)[0]).clamp_(q_min, q_max)
+    return clipped_target(ensemble_forward(v, s_next)[0], ret, boot, q_min, q_max)
+
+
+def clipped_target(v_next: torch.Tensor, ret: torch.Tensor, boot: torch.Tensor, q_min: float,
+                   q_max: float) -> torch.Tensor:
+    """``nstep_target`` from given bootstrap values V(s_{t+n}) (the fused trainer's form)."""
+    return (ret + boot * v_next).clamp_(q_min, q_max)
 
 
 def critic_loss(q: dict, sa: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

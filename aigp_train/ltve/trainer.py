@@ -9,7 +9,8 @@ What "fused" means here, and why each piece is there:
   moves after it), so one E=4 forward per update serves both: one ``baddbmm`` per layer.
   V is the same code with E=1 (``ensemble.py``).
 * **No autograd graph**: the losses return their gradient w.r.t. the network outputs in
-  closed form (``aigp_kernels.ltve_losses.*_grad``) and ``ensemble_backward`` propagates it
+  closed form (``losses.value_loss_grad`` / ``critic_loss_grad``; on CUDA optionally the
+  Triton kernels' ``*_grad`` entry points) and ``ensemble_backward`` propagates it
   by hand (ReLU masks from the kept activations, one ``bmm`` per weight gradient for all
   members, no input gradient). Tested against autograd and a float64 Algorithm 1.
 * **Dataset resident on the device**, one contiguous ``[N, 2F+6]`` tensor (``layout.py``),
@@ -25,8 +26,9 @@ What "fused" means here, and why each piece is there:
 * **CUDA**: ``log_every`` updates are captured once as a CUDA graph and replayed
   (``cuda_graph: true``); the warm-up that graph capture needs is undone afterwards so a
   captured run is the same run as an eager one. Optionally the two losses run as fused
-  Triton kernels (``aigp_kernels.ltve_losses``), each returning loss and gradient in one pass. Neither path can run on the CPU box this
-  was written on: they are exercised only by hand on a GPU (see docs/ltve.md).
+  Triton kernels (``aigp_kernels.ltve_losses``), each returning loss and gradient in one
+  pass. Neither path can run on the CPU box this was written on: they are exercised only by
+  hand on a GPU (see docs/ltve.md).
 
 Algorithm 1 order is kept exactly: V is updated first (toward min of the *target*
 critics), then the n-step target is bootstrapped from the *updated* V, then Q1, Q2 are
@@ -44,7 +46,7 @@ import torch
 from aigp_train.ltve.config import TrainConfig
 from aigp_train.ltve.ensemble import ensemble_backward, ensemble_flops, ensemble_forward, init_ensemble
 from aigp_train.ltve.layout import Columns
-from aigp_train.ltve.losses import critic_loss_grad, value_loss_grad
+from aigp_train.ltve.losses import clipped_target, critic_loss_grad, value_loss_grad
 
 __all__ = ["FusedLTVETrainer", "FusedAdam", "METRIC_NAMES", "intra_op_threads", "resolve_device", "update_flops"]
 
@@ -177,7 +179,7 @@ class FusedLTVETrainer:
         self.opt_v.step(ensemble_backward(self.v, b["s"], v_kept, grad_v[None], ws=self._ws["v_bwd"]))
         # lines 11-12: n-step target from the UPDATED V, clipped; line 13: both critics toward it
         v_next = ensemble_forward(self.v, b["s_next"], ws=self._ws["v_next"])[0]
-        y = (b["ret"] + b["boot"] * v_next).clamp_(self.q_min, self.q_max)
+        y = clipped_target(v_next, b["ret"], b["boot"], self.q_min, self.q_max)
         if self._use_triton:  # target, clipping, loss and gradient in one kernel (y above is the metric)
             from aigp_kernels.ltve_losses import td_critic_loss_grad
             loss_q, grad_q = td_critic_loss_grad(q_all[:2], b["ret"], b["boot"], v_next, self.q_min, self.q_max)
