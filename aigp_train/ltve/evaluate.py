@@ -31,8 +31,8 @@ from aigp_train.evaluate.metrics import cda, eama, mae
 from aigp_train.market.simulator import POLICIES
 from aigp_train.pricing import project_action
 
-__all__ = ["behaviour_policies", "counterfactual_pairs", "offline_metrics", "true_cda", "decile_table", "spearman_table",
-           "plot_deciles"]
+__all__ = ["behaviour_policies", "counterfactual_pairs", "offline_metrics", "true_cda", "decile_table",
+           "spearman_table", "plot_deciles"]
 
 
 def counterfactual_pairs(a_expert: np.ndarray, d_prev: np.ndarray, offsets: list[float], pricing) -> tuple[np.ndarray, np.ndarray]:
@@ -71,7 +71,8 @@ def offline_metrics(model, states: Any, a_expert: np.ndarray, d_prev: np.ndarray
     for name, mask in (subsets or {}).items():
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != (len(a_expert),):
-            raise ValueError(f"subset {name!r} has {mask.shape} entries; it needs one boolean per state ({len(a_expert)}).")
+            raise ValueError(f"subset {name!r} has {mask.shape} entries; "
+                             f"it needs one boolean per state ({len(a_expert)}).")
         masks[name] = mask[idx]
     for name, sel in masks.items():
         out[f"cda_{name}"] = cda(q_e[idx][sel], q_cf[sel]) if sel.any() else float("nan")

@@ -12,12 +12,12 @@ so a policy's action for (SKU, day, rollout) is the same in every batch.
 * ``expert``: the long-horizon policy, a two-step lookahead under the same objective the
   oracle (``true_q``) judges it by: gamma-discounted eq.-3 terms to the end of the horizon.
   For each action a on a grid of ``expert_grid_step`` and each follow-up b on every other
-  point of that grid (hold, +-2 steps, ...) it runs the mean model with d_prev + a today and d_prev + a + b held from tomorrow on
-  (rank, reviews, inventory and reference price evolve), values a by its best follow-up and
-  takes the best a. It thus sees what the myopic policy cannot (a sale today buys exposure
-  and reviews tomorrow, a price cut today lowers the reference price, stock sold today is
-  not there later), and, unlike a "hold the new price" lookahead, that a one-day promotion
-  can be taken back tomorrow. With probability ``expert_noise`` it explores +-0.05
+  point of that grid (hold, +-2 steps, ...) it runs the mean model with d_prev + a today and
+  d_prev + a + b held from tomorrow on (rank, reviews, inventory and reference price
+  evolve), values a by its best follow-up and takes the best a. It thus sees what the
+  myopic policy cannot (a sale today buys exposure and reviews tomorrow, a price cut today
+  lowers the reference price, stock sold today is not there later), and, unlike a "hold
+  the new price" lookahead, that a one-day promotion can be taken back tomorrow. With probability ``expert_noise`` it explores +-0.05
   (coverage for the logs).
 * ``random_walk``: uniform daily steps in [-step, step] (two decimals).
 * ``conservative``: small steps (<= ``conservative_step``) drifting toward a target discount.
