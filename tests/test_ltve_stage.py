@@ -138,6 +138,10 @@ def test_ltve_eval_writes_tables_and_figure(tiny_market, tmp_path):
             assert 0.0 <= row[k] <= 1.0 if k != "mae" else 0.0 <= row[k] <= 0.4
     t7 = json.loads((out / "table7.json").read_text())
     assert set(t7) == {"ltve", "cql"} and t7["ltve"]["num_pairs_cold_start"] > 0
+    # CDA also on the labelled experts that the simulator's expert policy priced (a subset of the pairs)
+    assert 0 < t7["ltve"]["num_pairs_expert_policy"] < t7["ltve"]["num_pairs"]
+    assert t7["cql"]["num_pairs_expert_policy"] == t7["ltve"]["num_pairs_expert_policy"]
+    assert "| SKUs the expert policy priced |" in (out / "table7.md").read_text()
     fig = json.loads((out / "fig3.json").read_text())
     assert len(fig["deciles"]) == 10 and "rho_decile_milestone" in fig["spearman"]
     assert "| CDA |" in (out / "table2.md").read_text()
