@@ -20,14 +20,15 @@ import torch
 from aigp_train.ltve.config import CQLConfig, TrainConfig
 from aigp_train.ltve.ensemble import ensemble_forward
 from aigp_train.ltve.trainer import FusedLTVETrainer
+from aigp_train.pricing.a_safe import feasible_interval
 
 __all__ = ["CQLTrainer", "safe_grid_mask"]
 
 
-def safe_grid_mask(grid: torch.Tensor, d_prev: torch.Tensor, max_step: float, d_min: float, d_max: float) -> torch.Tensor:
-    """[B, K] bool: grid action k is in A_safe(d_prev_b) (eq. 15), with a little float slack."""
-    lo = torch.clamp(d_min - d_prev, min=-max_step)
-    hi = torch.clamp(d_max - d_prev, max=max_step)
+def safe_grid_mask(grid: torch.Tensor, d_prev: torch.Tensor, pricing) -> torch.Tensor:
+    """[B, K] bool: grid action k is in A_safe(d_prev_b) (eq. 15, ``pricing.feasible_interval``), with a
+    little float slack."""
+    lo, hi = feasible_interval(d_prev, pricing)
     return (grid[None, :] >= lo[:, None] - 1e-6) & (grid[None, :] <= hi[:, None] + 1e-6)
 
 
@@ -54,11 +55,11 @@ class CQLTrainer(FusedLTVETrainer):
         b = self._sample()
         p = self.pricing
         with torch.no_grad():
-            mask_next = safe_grid_mask(self.grid, b["d_prev_next"], p.max_step, p.d_min, p.d_max)
+            mask_next = safe_grid_mask(self.grid, b["d_prev_next"], p)
             q_next = self._grid_values(self.q_target, b["s_next"]).amin(0).masked_fill(~mask_next, float("-inf"))
             y = (b["ret"] + b["boot"] * q_next.amax(1)).clamp_(self.q_min, self.q_max)
         q_data = ensemble_forward(self.q, b["sa"])                                     # [2, B]
-        mask = safe_grid_mask(self.grid, b["d_prev"], p.max_step, p.d_min, p.d_max)
+        mask = safe_grid_mask(self.grid, b["d_prev"], p)
         q_grid = self._grid_values(self.q, b["s"]).masked_fill(~mask, float("-inf"))   # [2, B, K]
         penalty = (torch.logsumexp(q_grid, 2) - q_data).mean(1).sum()
         td = (q_data - y).square().mean(1).sum()
