@@ -101,10 +101,11 @@ class HFBackend:
             return 0
         from aigp_train.llm.backends.action_constraint import DECISION_SEPARATOR
 
-        reserve = len(self.tokenizer.encode(DECISION_SEPARATOR, add_special_tokens=False)) + self.constraint.min_new_tokens
+        separator = self.tokenizer.encode(DECISION_SEPARATOR, add_special_tokens=False)
+        reserve = len(separator) + self.constraint.min_new_tokens
         if sampling.max_new_tokens <= reserve:
-            raise RecipeError(f"sampling.max_new_tokens={sampling.max_new_tokens} leaves no room for reasoning before a "
-                              f"forced decision ({reserve} tokens); raise it above {reserve} or set "
+            raise RecipeError(f"sampling.max_new_tokens={sampling.max_new_tokens} leaves no room for reasoning "
+                              f"before a forced decision ({reserve} tokens); raise it above {reserve} or set "
                               f"backend.hf.force_decision: none.")
         return reserve
 
@@ -147,7 +148,7 @@ class HFBackend:
             new = sequences[:, enc["input_ids"].shape[1]:]
             texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
             forced = [False] * len(texts)
-            if self.cfg.force_decision != "none":
+            if forcing:
                 texts, forced = self._force_decisions(model, batch, enc, out, texts, sampling)
         n = sampling.n
         return ([texts[i * n:(i + 1) * n] for i in range(len(batch))],

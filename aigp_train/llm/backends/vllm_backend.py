@@ -119,7 +119,8 @@ def decision_kwargs(sampling: SamplingConfig, request: GenerationRequest, comple
     from aigp_train.llm.backends.action_constraint import action_regex, request_language
 
     return {"n": 1, "temperature": sampling.temperature, "top_k": sampling.top_k if sampling.top_k > 0 else -1,
-            "top_p": sampling.top_p, "seed": request_seed(sampling.seed, f"{request.request_id}\x00decision{completion}"),
+            "top_p": sampling.top_p,
+            "seed": request_seed(sampling.seed, f"{request.request_id}\x00decision{completion}"),
             "max_tokens": max_tokens, "stop_token_ids": list(stop_token_ids), "detokenize": False,
             "structured_outputs": {"regex": action_regex(request_language(force_decision, request.state, pricing))}}
 
