@@ -117,9 +117,6 @@ def review_table(sim: MarketSimulator, state0, days: list[dict]) -> pa.Table:
                                 schema=_REVIEW_SCHEMA)
 
 
-_reviews = review_table  # the name aigp_train.evaluate.abtest imported first
-
-
 def _part_paths(out: Path, part: int) -> dict[str, Path]:
     name = f"part-{part:05d}.parquet"
     return {"logs": out / "logs" / name, "skus": out / "parts" / "skus" / name,

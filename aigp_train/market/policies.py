@@ -17,8 +17,8 @@ so a policy's action for (SKU, day, rollout) is the same in every batch.
   evolve), values a by its best follow-up and takes the best a. It thus sees what the
   myopic policy cannot (a sale today buys exposure and reviews tomorrow, a price cut today
   lowers the reference price, stock sold today is not there later), and, unlike a "hold
-  the new price" lookahead, that a one-day promotion can be taken back tomorrow. With probability ``expert_noise`` it explores +-0.05
-  (coverage for the logs).
+  the new price" lookahead, that a one-day promotion can be taken back tomorrow. With
+  probability ``expert_noise`` it explores +-0.05 (coverage for the logs).
 * ``random_walk``: uniform daily steps in [-step, step] (two decimals).
 * ``conservative``: small steps (<= ``conservative_step``) drifting toward a target discount.
 """
@@ -29,6 +29,7 @@ import numpy as np
 
 from aigp_train.market import rng
 from aigp_train.market.simulator import POLICIES, MarketSimulator, SkuState
+from aigp_train.pricing import feasible_interval
 
 
 def _greedy(sim: MarketSimulator, state: SkuState, step: float, days: int, follow_up: bool = False,
@@ -41,8 +42,7 @@ def _greedy(sim: MarketSimulator, state: SkuState, step: float, days: int, follo
     p = sim.pricing
     k = int(round(p.max_step / step))
     grid = np.round(np.arange(-k, k + 1) * step, 2)
-    lo = np.maximum(-p.max_step, p.d_min - state.d_prev)
-    hi = np.minimum(p.max_step, p.d_max - state.d_prev)
+    lo, hi = feasible_interval(state.d_prev, p)
     d = np.clip(np.round(state.d_prev[:, None] + grid[None, :], 2), p.d_min, p.d_max)
     if follow_up:
         # Follow-ups on every other grid point (hold, +-2 steps, ...): 5 instead of 9 at step 0.05

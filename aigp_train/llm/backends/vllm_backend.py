@@ -115,13 +115,15 @@ def decision_reserve(sampling: SamplingConfig, separator_ids: list[int]) -> int:
 
 def decision_kwargs(sampling: SamplingConfig, request: GenerationRequest, completion: int, stop_token_ids: list[int],
                     force_decision: str, pricing: Any, max_tokens: int) -> dict:
-    """``SamplingParams`` keywords of the forced-decision continuation of completion ``completion``."""
+    """``SamplingParams`` keywords of the forced-decision continuation of completion ``completion``:
+    the request's own sampling, one sample of at most ``max_tokens``, seeded apart per completion."""
+    import dataclasses
+
     from aigp_train.llm.backends.action_constraint import action_regex, request_language
 
-    return {"n": 1, "temperature": sampling.temperature, "top_k": sampling.top_k if sampling.top_k > 0 else -1,
-            "top_p": sampling.top_p,
+    one = dataclasses.replace(sampling, n=1, max_new_tokens=max_tokens)
+    return {**sampling_kwargs(one, request, stop_token_ids),
             "seed": request_seed(sampling.seed, f"{request.request_id}\x00decision{completion}"),
-            "max_tokens": max_tokens, "stop_token_ids": list(stop_token_ids), "detokenize": False,
             "structured_outputs": {"regex": action_regex(request_language(force_decision, request.state, pricing))}}
 
 
