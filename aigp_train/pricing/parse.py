@@ -1,33 +1,47 @@
-"""The model's action JSON: the canonical text, and a parser that never raises on model output.
+"""The model's action JSON: the canonical text, one unit rule, and a parser that never raises.
 
 Canonical form (teacher, prompts, [ACT_ONLY] targets, DPO pairs all use it)::
 
     {"discount_change": -0.05}                          a_t = d_t - d_{t-1}, two decimals
     {"discount_change": -0.05, "new_discount": 0.85}    the optional absolute d_t may follow
 
-``parse_action(text, d_prev, cfg)`` reads the decision out of free text. Rules, in order:
+The unit rule (``ACTION_UNIT_RULE``; the system prompt quotes it, docs/pricing.md states it):
+
+* ``discount_change`` is a decimal fraction of the list price: -0.05 lowers the price by 5 points
+  of the list price (d 0.90 -> 0.85). A percent string means the same (``"-5%"`` = -0.05). A bare
+  number with ``|x| > 1`` (``-5``, ``"-5"``) is failure ``ambiguous_unit``: it could be percent
+  points or a literal multiple of the list price, and the parser never guesses.
+* ``new_discount`` is the fraction of the list price paid, in [0, 1] (0.85 = pay 85 %, i.e. 15 %
+  off). A percent string (``"20%"``: 20 % off, or pay 20 %?) or a number outside [0, 1] is
+  ``ambiguous_unit``.
+* One decision per answer: every JSON object (at any depth) holding an action key is an action
+  object; repeats of the same action object (the same action keys with the same values, e.g. the
+  JSON in a code fence and again on the last line) count once, and two distinct action objects are
+  failure ``several_actions`` (a draft, an echoed review injection or a list of options next to
+  the decision: a person could not tell which one is meant either).
+
+``parse_action(text, d_prev, cfg)`` reads the decision out of free text:
 
 1. Every ``{`` in the text starts a candidate (code fences and prose around it do not
    matter). A candidate is decoded as JSON; failing that (only for the last few braces, see
    ``LENIENT_MAX_BRACES``), its balanced ``{...}`` is decoded as JSON without trailing commas,
    then as a Python literal (single quotes). A candidate that decodes to none of these is
    skipped and the scan continues inside it.
-2. Of the decoded objects (and the objects nested in them), the LAST one that holds an
-   action key wins: a chain of thought quotes or weighs options first and ends with the
-   decision, and a model asked for "reasoning, then JSON" puts the answer last.
+2. The action objects of the decoded objects (nested ones and those inside lists included) are
+   collected; none is ``no_action_key``, more than one distinct is ``several_actions``.
 3. Keys are matched case-insensitively, with ``-`` or space read as ``_``. ``discount_change``
    is the action. ``new_discount`` alone gives a = new_discount - d_prev. With both,
    ``discount_change`` wins and ``conflict`` records whether they disagree.
 4. Values: numbers; numeric strings (``"-0.05"``, ``"+0.05"``, ``"−0.05"`` with a Unicode
-   minus); percentages (``"-5%"`` -> -0.05, ``"85%"`` -> 0.85). A bare number with
-   ``|value| > 1`` is read as percent (``-5`` -> -0.05; ``new_discount: 85`` -> 0.85): a
-   change beyond 1.0 or a discount above list price cannot be meant literally, and models
-   often write percentages. NaN/inf, booleans, null, lists and unreadable strings are failures.
+   minus, ASCII digits); percent strings where the unit rule allows them. NaN/inf (``NaN``,
+   ``"-inf"``, ``1e999``) are ``non_finite``; booleans, null, lists and objects ``bad_type``;
+   other strings ``bad_value``. An integer too large for a float (310+ digits) is just a number
+   with ``|x| > 1``.
 5. The action is projected by Ψ (``projected`` says whether that moved it).
 
-A failure (no JSON, no action key, bad value) is never an exception: the result holds the
-reason and the hold-price fallback, action = Ψ(0.0) (= 0.0 whenever d_prev is inside the
-band). ``ParseStats`` counts outcomes so each stage can report them.
+A failure is never an exception: the result holds the reason and the hold-price fallback,
+action = Ψ(0.0) (= 0.0 whenever d_prev is inside the band). ``ParseStats`` counts outcomes so
+each stage can report them.
 """
 
 from __future__ import annotations
@@ -36,6 +50,7 @@ import ast
 import json
 import math
 import re
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -58,7 +73,22 @@ NO_ACTION_KEY = "no_action_key"  # JSON present, but no discount_change / new_di
 BAD_TYPE = "bad_type"            # value is null, a boolean, a list or an object
 BAD_VALUE = "bad_value"          # a string that is not a number or percentage
 NON_FINITE = "non_finite"        # NaN or +-inf (written as NaN/Infinity, "nan", 1e999, ...)
-FAILURES = (NOT_TEXT, NO_JSON, NO_ACTION_KEY, BAD_TYPE, BAD_VALUE, NON_FINITE)
+AMBIGUOUS_UNIT = "ambiguous_unit"    # a form the unit rule does not read one way (-5, new_discount "20%")
+SEVERAL_ACTIONS = "several_actions"  # two distinct action objects in one answer
+FAILURES = (NOT_TEXT, NO_JSON, NO_ACTION_KEY, BAD_TYPE, BAD_VALUE, NON_FINITE, AMBIGUOUS_UNIT, SEVERAL_ACTIONS)
+# The failures of an answer that holds no action object at all: only these leave room for a
+# forced decision (llm.backends.action_constraint.decision_needed); after any other failure an
+# appended action would be a second action object.
+NO_DECISION = (NOT_TEXT, NO_JSON, NO_ACTION_KEY)
+
+# The unit rule as the model reads it (quoted in the system prompt, llm/prompts.py).
+ACTION_UNIT_RULE = (
+    f"Units: {ACTION_KEY} is a decimal fraction of the list price (-0.05 lowers the price by 5% of the list "
+    f'price, e.g. d from 0.90 to 0.85; "-5%" means the same); a bare number beyond ±1 such as -5 is rejected as '
+    f"ambiguous. The optional {DISCOUNT_KEY} is the fraction of the list price paid, between 0 and 1 (0.85 = "
+    f"15% off), never a percentage. Write exactly one action object: an answer with two different ones is "
+    f"rejected and the price is held."
+)
 
 # Outputs longer than this are cut to their tail before scanning: the decision is at the
 # end, and a runaway generation must not make parsing quadratic.
@@ -168,24 +198,24 @@ LENIENT_MAX_BRACES = 64
 LENIENT_MAX_CHARS = 4096
 
 
+# A double-quoted string (an unterminated one runs to the end), or a brace: what _balanced_end
+# steps over. One regex match per token instead of a Python step per character.
+_BALANCE_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[{}]', re.DOTALL)
+
+
 def _balanced_end(text: str, start: int, limit: int) -> int:
     """Index of the ``}`` closing the ``{`` at ``start`` within ``limit`` chars, or -1. Skips
     double-quoted strings (single quotes are not tracked: apostrophes in prose would derail
     them, and single-quoted keys and numbers hold no braces)."""
-    depth, i, n = 0, start, min(len(text), start + limit)
-    while i < n:
-        ch = text[i]
-        if ch == '"':
-            i += 1
-            while i < n and text[i] != '"':
-                i += 2 if text[i] == "\\" else 1
-        elif ch == "{":
+    depth = 0
+    for m in _BALANCE_TOKEN.finditer(text, start, min(len(text), start + limit)):
+        token = m.group()
+        if token == "{":
             depth += 1
-        elif ch == "}":
+        elif token == "}":
             depth -= 1
             if depth == 0:
-                return i
-        i += 1
+                return m.start()
     return -1
 
 
@@ -240,39 +270,49 @@ def _norm(key: Any) -> str:
     return str(key).strip().lower().replace("-", "_").replace(" ", "_")
 
 
-def _with_action_key(obj: dict) -> dict | None:
-    """The last dict holding an action key in post-order (children, in order, before their
-    parent; dicts inside lists included), keys normalised. Iterative: a decoded object can be
-    nested a thousand levels deep."""
-    stack: list[Any] = [obj]
+def _action_objects(obj: dict) -> list[dict]:
+    """Every dict in ``obj`` (itself, nested ones and those inside lists) holding an action key, keys
+    normalised. Iterative: a decoded object can be nested a thousand levels deep."""
+    found, stack = [], [obj]
     while stack:
-        # Visiting a node before its children, children last-first, is post-order reversed,
-        # so the first hit here is the last hit in post-order.
         node = stack.pop()
         if isinstance(node, dict):
             normalised = {_norm(k): v for k, v in node.items()}
             if ACTION_KEY in normalised or DISCOUNT_KEY in normalised:
-                return normalised
+                found.append(normalised)
             stack.extend(v for v in node.values() if isinstance(v, (dict, list)))
         else:
             stack.extend(v for v in node if isinstance(v, (dict, list)))
-    return None
+    return found
 
 
-_NUMBER = re.compile(r"^([+-]?)\s*(\d+(?:\.\d*)?|\.\d+)(?:[eE]([+-]?\d+))?\s*(%?)$")
+def _identity(action_obj: dict) -> tuple:
+    """What makes two action objects the same decision: their action keys and values as written
+    (type included: 0 and 0.0 print alike but are different texts; repr keeps NaN equal to NaN)."""
+    scalar = (str, int, float, bool, type(None))
+    items = [(k, action_obj[k]) for k in (ACTION_KEY, DISCOUNT_KEY) if k in action_obj]
+    return tuple((k, type(v).__name__, repr(v) if isinstance(v, scalar) else id(v)) for k, v in items)
+
+
+_NUMBER = re.compile(r"^([+-]?)\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE]([+-]?[0-9]+))?\s*(%?)$")
+
+
+def _float(value: int | float) -> float:
+    """``float(value)`` that does not raise: an int beyond the float range (310+ digits) becomes
+    the largest float of its sign, still finite and still > 1 in magnitude."""
+    try:
+        return float(value)
+    except OverflowError:
+        return sys.float_info.max if value > 0 else -sys.float_info.max  # copysign would convert it too
 
 
 def _number(value: Any) -> tuple[float | None, bool, str | None]:
-    """(value, read as percent, failure) for one JSON value."""
-    if isinstance(value, bool) or value is None or isinstance(value, (list, dict, tuple)):
+    """(value, written as a percent string, failure) for one JSON value; percent already /100."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         return None, False, BAD_TYPE
-    if isinstance(value, (int, float)):
-        x = float(value)
-        if not math.isfinite(x):
-            return None, False, NON_FINITE
-        return x, False, None
     if not isinstance(value, str):
-        return None, False, BAD_TYPE
+        x = _float(value)
+        return (x, False, None) if math.isfinite(x) else (None, False, NON_FINITE)
     s = value.strip().replace("\u2212", "-").replace("\u2013", "-").replace("％", "%")
     if s.lower().lstrip("+-") in {"nan", "inf", "infinity"}:
         return None, False, NON_FINITE
@@ -280,16 +320,26 @@ def _number(value: Any) -> tuple[float | None, bool, str | None]:
     if not m:
         return None, False, BAD_VALUE
     sign, digits, exponent, pct = m.groups()
-    x = float(f"{sign}{digits}" + (f"e{exponent}" if exponent else ""))
+    x = float(f"{sign}{digits}" + (f"e{exponent}" if exponent else ""))  # float() of a str never overflows
     if not math.isfinite(x):
         return None, False, NON_FINITE
     return (x / 100.0, True, None) if pct else (x, False, None)
 
 
-def _from_percent(x: float, is_percent: bool) -> tuple[float, bool]:
-    if not is_percent and abs(x) > 1.0:
-        return x / 100.0, True
-    return x, is_percent
+def _read_change(value: Any) -> tuple[float | None, bool, str | None]:
+    """(a, percent, failure) of a ``discount_change`` value under the unit rule."""
+    x, pct, reason = _number(value)
+    if reason is None and not pct and abs(x) > 1.0:
+        return None, False, AMBIGUOUS_UNIT  # -5: five points or five list prices? never guessed
+    return x, pct, reason
+
+
+def _read_discount(value: Any) -> tuple[float | None, str | None]:
+    """(d, failure) of a ``new_discount`` value under the unit rule."""
+    x, pct, reason = _number(value)
+    if reason is None and (pct or not 0.0 <= x <= 1.0):
+        return None, AMBIGUOUS_UNIT  # "20%": 20 % off or pay 20 %?; 85: percent or not a fraction
+    return x, reason
 
 
 def _failure(reason: str, d_prev: float, cfg: "PricingConfig") -> ParsedAction:
@@ -309,37 +359,33 @@ def parse_action(text: Any, d_prev: float, cfg: "PricingConfig") -> ParsedAction
         raise ValueError(f"d_prev must be a finite discount, got {d_prev}; fix the state (discount_prev column).")
     if not isinstance(text, str):
         return _failure(NOT_TEXT, d_prev, cfg)
-    text = text[-MAX_SCAN_CHARS:]
-    objects = _objects(text)
+    objects = _objects(text[-MAX_SCAN_CHARS:])
     if not objects:
         return _failure(NO_JSON, d_prev, cfg)
-    hit = None
-    for obj in objects:
-        hit = _with_action_key(obj) or hit
-    if hit is None:
+    distinct = {_identity(a): a for obj in objects for a in _action_objects(obj)}
+    if not distinct:
         return _failure(NO_ACTION_KEY, d_prev, cfg)
+    if len(distinct) > 1:
+        return _failure(SEVERAL_ACTIONS, d_prev, cfg)
+    return _read_action(next(iter(distinct.values())), d_prev, cfg)
 
-    change = discount = None
-    change_pct = discount_pct = False
+
+def _read_action(hit: dict, d_prev: float, cfg: "PricingConfig") -> ParsedAction:
+    """The ParsedAction of the answer's one action object."""
+    discount, discount_reason = _read_discount(hit[DISCOUNT_KEY]) if DISCOUNT_KEY in hit else (None, None)
     if ACTION_KEY in hit:
-        change, change_pct, reason = _number(hit[ACTION_KEY])
+        raw, percent, reason = _read_change(hit[ACTION_KEY])
         if reason:
             return _failure(reason, d_prev, cfg)
-        change, change_pct = _from_percent(change, change_pct)
-    if DISCOUNT_KEY in hit:
-        discount, discount_pct, reason = _number(hit[DISCOUNT_KEY])
-        if reason and change is None:
-            return _failure(reason, d_prev, cfg)
-        if discount is not None:
-            discount, discount_pct = _from_percent(discount, discount_pct)
-
-    if change is not None:
-        raw, source, percent = change, ACTION_KEY, change_pct
-        # Both written: the change is the canonical field; note a disagreement for the judge.
-        conflict = discount is not None and abs(d_prev + change - discount) >= 0.5 * 10 ** -ACTION_DECIMALS
+        source = ACTION_KEY
+        # Both written: the change is the canonical field (an unreadable new_discount beside it is
+        # ignored); note a disagreement for the judge.
+        conflict = discount is not None and abs(d_prev + raw - discount) >= 0.5 * 10 ** -ACTION_DECIMALS
     else:
+        if discount_reason:
+            return _failure(discount_reason, d_prev, cfg)
         # Rounded: 0.85 - 0.9 is -0.05, not -0.050000000000000044 (float noise, not intent).
-        raw, source, percent, conflict = round(discount - d_prev, 12), DISCOUNT_KEY, discount_pct, False
+        raw, source, percent, conflict = round(discount - d_prev, 12), DISCOUNT_KEY, False, False
     action = project_action(raw, d_prev, cfg)
     # A tolerance, not !=: new_discount 0.7 from d_prev 0.9 gives raw -0.20000000000000007,
     # which Ψ clips by one ulp; that is float noise, not a rule violation.

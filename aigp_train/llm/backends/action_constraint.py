@@ -39,7 +39,7 @@ vLLM gets the same language as a regex (``action_regex``) for its structured out
 
 Forced decisions (``force_decision``, full reasoning mode): a full answer is "reasoning, then the
 action JSON on its last line" (the teacher's format, ``prompts.py``). When a completion holds no
-parseable action (``decision_needed``: the model ran out of its budget mid-thought, or never wrote
+action object (``decision_needed``: the model ran out of its budget mid-thought, or never wrote
 the JSON), the backend continues that very completion with ``DECISION_SEPARATOR`` and then the
 same constrained action language as above: the decision is still the model's own (its logits,
 conditioned on the prompt and on its own reasoning), only its form is fixed. Backends reserve
@@ -55,7 +55,7 @@ from functools import lru_cache
 import torch
 
 from aigp_train.config import RecipeError
-from aigp_train.pricing.parse import ACTION_DECIMALS, format_action, parse_action
+from aigp_train.pricing.parse import ACTION_DECIMALS, NO_DECISION, format_action, parse_action
 
 __all__ = ["ACTION_NUMBERS", "ACTION_REGEX", "ACTION_TEXTS", "DECISION_SEPARATOR", "ActionConstraint",
            "ActOnlyLogitsProcessor", "action_regex", "action_scaffold", "decision_needed", "request_language"]
@@ -110,11 +110,12 @@ def request_language(mode: str, state: dict, pricing) -> frozenset[str]:
 
 
 def decision_needed(text: str, state: dict, pricing) -> bool:
-    """True when a full-mode completion holds no action ``parse_action`` can read (so a forced
-    decision would be appended); ``state["d_prev"]`` is the request's d_{t-1}."""
+    """True when a full-mode completion holds no action object at all (``parse.NO_DECISION``), so a
+    forced decision would be its only one; after an unreadable or ambiguous action object a forced
+    one would be a second (``several_actions``). ``state["d_prev"]`` is the request's d_{t-1}."""
     if "d_prev" not in state:
         raise ValueError("force_decision needs d_prev in each request's state (the prompts' state has it).")
-    return not parse_action(text, float(state["d_prev"]), pricing).ok
+    return parse_action(text, float(state["d_prev"]), pricing).failure in NO_DECISION
 
 
 def action_regex(language: frozenset[str]) -> str:
