@@ -7,9 +7,18 @@ A stage module (``aigp_train/stages/<stage>.py``) defines:
   returns ``{"inputs": {...}, "rows": {...}, "summary": {...}}`` for the manifest.
 
 The CLI loads and validates the recipe, opens the output folder (resolved
-recipe + hash), skips the stage when a finished manifest with the same recipe
-hash is there (``--force`` reruns), runs it, writes the manifest on rank 0 and
-prints the summary. Any failure exits non-zero with the error on stderr.
+recipe + hash + provenance, ``aigp_train.outputs``), skips the stage when a finished
+manifest of the same recipe and inputs is there, refuses a folder whose pieces were made from
+another recipe or other inputs (``--force`` starts over in it), runs it, writes the manifest on
+rank 0 and prints the summary.
+
+A stage module may also define ``RESUMABLE_CHANGES`` (recipe keys whose change keeps a resume
+valid) and ``extra_inputs(recipe) -> {name: fingerprint}`` (inputs its recipe's paths do not show).
+
+Errors: an input a person can fix (``UserError`` and the ``ValueError`` / missing-file errors the
+stages raise with the key, column or path and the fix) prints as ``aigp <stage>: <message>``
+without a traceback and exits 2; ``--debug`` prints the traceback too. A folder created by a run
+that failed before writing any piece is removed again. Anything else is a bug: traceback, exit 1.
 
 Commands that are not recipe-driven stages (``recipe check``, ``cluster-doctor``,
 ``export``) have their own ``main(argv)``.
@@ -22,9 +31,14 @@ import json
 import os
 import sys
 import textwrap
+import traceback
+from pathlib import Path
 
-from aigp_train.config import RecipeError, field_help, load_recipe
+from aigp_train.config import RecipeError, UserError, field_help, load_recipe
 from aigp_train.outputs import StageOutput
+
+# Errors a person fixes by changing an input: printed in one or two lines, exit code 2, no traceback.
+USER_ERRORS = (UserError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 # stage name -> (module, one-line description). Modules are imported only when
 # their stage runs, so `aigp simulate` never pays for torch/transformers imports.
@@ -55,7 +69,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _usage() -> str:
-    lines = ["usage: aigp <stage> <recipe.yaml> [key=value ...] [--force]", "", "stages:"]
+    lines = ["usage: aigp <stage> <recipe.yaml> [key=value ...] [--force] [--debug]", "",
+             "  --force  start over in an output folder that holds another recipe's or other inputs' pieces",
+             "  --debug  print the traceback of an input error", "", "stages:"]
     lines += [f"  {name:<16} {desc}" for name, (_, desc) in STAGES.items()]
     lines += ["", "commands:"]
     lines += [f"  {name:<16} {desc}" for name, (_, desc) in COMMANDS.items()]
@@ -75,19 +91,40 @@ def is_rank_zero() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def stage_output(name: str, module, recipe) -> StageOutput:
+    """The output folder of ``name`` for ``recipe``, with the stage's resume rules; nothing written yet."""
+    extra = module.extra_inputs(recipe) if hasattr(module, "extra_inputs") else {}
+    return StageOutput(Path(recipe.output_dir), name, recipe, tuple(getattr(module, "RESUMABLE_CHANGES", ())), extra)
+
+
 def run_stage(name: str, recipe_path: str, overrides: list[str], force: bool = False) -> dict:
     """Load, run and record one stage; the programmatic twin of the command line."""
     module = importlib.import_module(STAGES[name][0])
     recipe = load_recipe(recipe_path, module.Recipe, overrides)
-    out = StageOutput.open(recipe.output_dir, name, recipe)
-    if out.is_done() and not force:
+    out = stage_output(name, module, recipe)
+    if out.is_done() and not force and not out.changes():
         print(f"[aigp] {name}: {out.path} already holds a finished run of this recipe; skipping (--force reruns).",
               file=sys.stderr)
         return json.loads((out.path / "manifest.json").read_text())
-    result = module.run(recipe, out) or {}
+    created = out.begin(force)
+    try:
+        result = module.run(recipe, out) or {}
+    except USER_ERRORS:
+        if created and is_rank_zero():
+            out.discard_if_unstarted()  # a start that failed on its inputs leaves no folder that looks like a run
+        raise
     if is_rank_zero():
         return out.finish(**result)
     return {"summary": result.get("summary", {})}
+
+
+def _report(name: str, err: BaseException, debug: bool) -> int:
+    """Print an input error as the person who can fix it needs it; the traceback only with --debug."""
+    if debug:
+        traceback.print_exception(err)
+    kind = "recipe error: " if isinstance(err, RecipeError) else ""
+    print(f"aigp {name}: {kind}{err}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,6 +133,15 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     name, rest = argv[0], argv[1:]
+    debug = "--debug" in rest
+    rest = [a for a in rest if a != "--debug"]
+    try:
+        return _dispatch(name, rest)
+    except USER_ERRORS as err:
+        return _report(name, err, debug)
+
+
+def _dispatch(name: str, rest: list[str]) -> int:
     if name in COMMANDS:
         return int(importlib.import_module(COMMANDS[name][0]).main(rest) or 0)
     if name not in STAGES:
@@ -107,11 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     force = "--force" in rest
     rest = [a for a in rest if a != "--force"]
     recipe_path, overrides = rest[0], rest[1:]
-    try:
-        manifest = run_stage(name, recipe_path, overrides, force=force)
-    except RecipeError as err:
-        print(f"aigp {name}: recipe error: {err}", file=sys.stderr)
-        return 2
+    manifest = run_stage(name, recipe_path, overrides, force=force)
     if is_rank_zero():
         print(json.dumps(manifest.get("summary", {}), indent=2, sort_keys=True, default=str))
     return 0

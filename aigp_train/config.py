@@ -35,10 +35,15 @@ from omegaconf.errors import OmegaConfBaseException
 
 T = TypeVar("T")
 
-__all__ = ["MISSING", "RecipeError", "load_recipe", "recipe_hash", "recipe_to_dict", "help_field"]
+__all__ = ["MISSING", "UserError", "RecipeError", "load_recipe", "recipe_hash", "recipe_to_dict", "help_field"]
 
 
-class RecipeError(ValueError):
+class UserError(ValueError):
+    """An input a person can fix (a path, a column, a value, a folder from another run); the message
+    names it and the fix, and the CLI prints it without a traceback (exit code 2)."""
+
+
+class RecipeError(UserError):
     """A recipe is malformed: unknown key, wrong type, missing value or bad include."""
 
 
@@ -61,7 +66,10 @@ def _read_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise RecipeError(f"{path} is not valid YAML: {err}") from err
+        mark = getattr(err, "problem_mark", None)  # str(err) is a multi-line excerpt; the position says it in one
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise RecipeError(f"{path} is not valid YAML{where}: {getattr(err, 'problem', None) or err}. "
+                          f"Fix the file there.") from err
     if not isinstance(data, dict):
         raise RecipeError(f"{path} must hold a mapping of keys to values at top level, got {type(data).__name__}.")
     return data
@@ -175,9 +183,14 @@ def load_recipe(path: str | Path, schema: type[T], overrides: list[str] | tuple[
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
         raise RecipeError(
-            f"bad value for '{key}' (set in {_source_of(str(key), layers)}): {err.msg if hasattr(err, 'msg') else err}. "
+            f"bad value for '{key}' (set in {_source_of(str(key), layers)}): {_first_line(err)}. "
             f"Expected the type declared in {schema.__name__}."
         ) from None
+
+
+def _first_line(err: OmegaConfBaseException) -> str:
+    """OmegaConf's message without the full_key / object_type lines it appends (the key is named already)."""
+    return str(getattr(err, "msg", None) or err).splitlines()[0]
 
 
 # ---------------------------------------------------------------------------

@@ -7,6 +7,18 @@ counts and wall time. A rerun with the same recipe finds the manifest and skips
 the stage; a crashed run has no manifest and continues from what its
 atomically written pieces left (each stage decides what a "piece" is: a JSONL
 shard, a checkpoint, a Parquet part).
+
+A resume is only a resume when nothing its pieces depend on changed. ``provenance.json`` records
+what they are made from: the resolved recipe and a fingerprint of every input (each existing path
+the recipe names: prompts, logs, model weights, adapter, tokenizer; plus any the stage adds, e.g.
+the resolved prompt block of ``aigp infer``). ``begin`` compares a rerun against it and refuses a
+folder whose recipe or inputs changed, naming what changed and the fix (``--force`` starts over
+in the folder, or a new ``output_dir``), except for the keys a stage declares safe to change on
+resume (``RESUMABLE_CHANGES``, e.g. a trainer's step budget). Nothing is written before ``begin``,
+so a stage whose inputs fail their checks leaves no folder behind.
+
+Files are written with the permissions the umask gives (``0644`` under the usual ``022``), not
+the ``0600`` of a bare ``mkstemp``: other users of a cluster read these outputs.
 """
 
 from __future__ import annotations
@@ -14,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -23,9 +36,31 @@ from typing import Any, Iterator
 
 import yaml
 
-from aigp_train.config import recipe_hash, recipe_to_dict
+from aigp_train.config import UserError, recipe_hash, recipe_to_dict
 
 MANIFEST = "manifest.json"
+PROVENANCE = "provenance.json"
+BOOKKEEPING = ("recipe.yaml", "recipe.sha256", PROVENANCE)  # what ``begin`` writes; no piece of work
+# Files above this size (model weights) are fingerprinted by size and mtime: hashing 60 GB of
+# weights at every start would cost minutes.
+CONTENT_HASH_MAX_BYTES = 64 << 20
+
+
+class ResumeMismatch(UserError):
+    """An output folder holds pieces made from another recipe or other inputs than this run's."""
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it (``os.umask`` can only be read by setting it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -34,6 +69,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; outputs are for the cluster's users
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -73,7 +109,9 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def file_hash(path: str | Path) -> str:
-    """sha256 of a file, or of a folder's manifest if it has one (cheap and stable)."""
+    """Fingerprint of an input: a folder's manifest hash if it has one (a finished stage output);
+    else its files' names, sizes and mtimes (cheap, and a rewritten adapter or weight file shows);
+    a file's content (files above ``CONTENT_HASH_MAX_BYTES`` by size and mtime)."""
     path = Path(path)
     if path.is_dir():
         manifest = path / MANIFEST
@@ -82,9 +120,12 @@ def file_hash(path: str | Path) -> str:
         digest = hashlib.sha256()
         for p in sorted(path.rglob("*")):
             if p.is_file():
-                digest.update(str(p.relative_to(path)).encode())
-                digest.update(str(p.stat().st_size).encode())
+                st = p.stat()
+                digest.update(f"{p.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         return digest.hexdigest()
+    st = path.stat()
+    if st.st_size > CONTENT_HASH_MAX_BYTES:
+        return hashlib.sha256(f"size={st.st_size} mtime_ns={st.st_mtime_ns}".encode()).hexdigest()
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -108,26 +149,168 @@ def code_version() -> str:
             return "unknown"
 
 
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay values."""
+    if not isinstance(tree, dict):
+        return {prefix.rstrip("."): tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_flatten(value, f"{prefix}{key}."))
+    return flat
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def recipe_inputs(recipe: Any) -> dict[str, str]:
+    """Fingerprint of every existing path the resolved recipe names, by dotted key: the inputs a
+    stage's pieces are made from. The output folder, paths inside it and folders holding it are not
+    inputs (the stage writes them)."""
+    from aigp_train.llm.models import resolve_path  # same lookup the stages use (cwd, then the repo)
+
+    out_dir = Path(recipe.output_dir).resolve()
+    found = {}
+    for key, value in _flatten(recipe_to_dict(recipe)).items():
+        # only path-like values: a bare word ("cpu", "bf16") that happens to name a file here is no input
+        if not isinstance(value, str) or not ("/" in value or Path(value).suffix) or key.rsplit(".", 1)[-1] == "output_dir":
+            continue
+        try:
+            path = resolve_path(value).resolve()
+        except (OSError, ValueError):  # a value that is no path (a name, a template) is not an input
+            continue
+        if path.exists() and not _is_within(path, out_dir) and not _is_within(out_dir, path):
+            found[key] = file_hash(path)
+    return found
+
+
+def _launch_token() -> str | None:
+    """Id of this multi-process launch (torchrun's run id, or SLURM's job.step), shared by its ranks."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        return os.environ["TORCHELASTIC_RUN_ID"]
+    if "SLURM_JOB_ID" in os.environ:
+        return f"{os.environ['SLURM_JOB_ID']}.{os.environ.get('SLURM_STEP_ID', '')}"
+    return None
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+
+
 @dataclass
 class StageOutput:
-    """One stage's output folder. ``open`` it, write into ``path``, then ``finish``."""
+    """One stage's output folder. ``begin`` it (after the inputs are checked), write into ``path``,
+    then ``finish``.
+
+    ``resumable_changes``: dotted recipe keys (or prefixes) whose change keeps a resume valid (a
+    trainer's step budget); ``extra_inputs``: fingerprints the recipe's paths do not show."""
 
     path: Path
     stage: str
     recipe: Any
+    resumable_changes: tuple[str, ...] = ()
+    extra_inputs: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
 
     @classmethod
-    def open(cls, output_dir: str | Path, stage: str, recipe: Any) -> "StageOutput":
-        out = cls(Path(output_dir), stage, recipe)
-        out.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out.path / "recipe.yaml", yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
-        atomic_write_text(out.path / "recipe.sha256", out.recipe_hash + "\n")
+    def open(cls, output_dir: str | Path, stage: str, recipe: Any, force: bool = False, **kwargs: Any) -> "StageOutput":
+        """``StageOutput(...)`` then ``begin(force)``: for callers with nothing to check first."""
+        out = cls(Path(output_dir), stage, recipe, **kwargs)
+        out.begin(force)
         return out
 
     @property
     def recipe_hash(self) -> str:
         return recipe_hash(self.recipe)
+
+    def provenance(self) -> dict:
+        """What this run's pieces are made from: the resolved recipe and its inputs' fingerprints."""
+        return {"stage": self.stage, "recipe_sha256": self.recipe_hash, "recipe": _flatten(recipe_to_dict(self.recipe)),
+                "inputs": {**recipe_inputs(self.recipe), **self.extra_inputs}, "launch": _launch_token()}
+
+    def _resumable(self, key: str) -> bool:
+        return any(key == k or key.startswith(k + ".") or k == "" for k in self.resumable_changes)
+
+    def _recorded(self) -> dict | None:
+        """The provenance recorded in the folder; for a folder written before provenance was
+        recorded, its ``recipe.yaml`` (inputs unknown); None for a fresh folder."""
+        path = self.path / PROVENANCE
+        if path.is_file():
+            return json.loads(path.read_text())
+        if (self.path / "recipe.yaml").is_file():
+            return {"stage": self.stage, "recipe": _flatten(yaml.safe_load((self.path / "recipe.yaml").read_text())),
+                    "inputs": None}
+        return None
+
+    def changes(self, current: dict | None = None) -> list[str]:
+        """One line per recipe key or input that differs between the folder's record and this run
+        (none for a fresh folder), leaving out the stage's ``resumable_changes``."""
+        old = self._recorded()
+        if old is None:
+            return []
+        current = current or self.provenance()
+        lines = [] if old.get("stage") == self.stage else [f"the stage ({old.get('stage')} -> {self.stage})"]
+        for key in sorted((set(old["recipe"]) | set(current["recipe"])) - {"output_dir"}):  # a moved folder is the same run
+            before, after = old["recipe"].get(key, "<unset>"), current["recipe"].get(key, "<unset>")
+            if before != after and not self._resumable(key):
+                lines.append(f"recipe key {key}: {before!r} -> {after!r}")
+        if old["inputs"] is None:  # a folder from before inputs were recorded: only its recipe can be compared
+            return lines
+        for key in sorted(set(old["inputs"]) | set(current["inputs"])):
+            if old["inputs"].get(key) != current["inputs"].get(key) and not self._resumable(key):
+                what = "appeared" if key not in old["inputs"] else "is gone" if key not in current["inputs"] else "changed"
+                lines.append(f"input {key} ({current['recipe'].get(key, 'stage input')}) {what}")
+        return lines
+
+    def begin(self, force: bool = False) -> bool:
+        """Check the folder against this run, then write the resolved recipe, its hash and the
+        provenance. Refuses (``ResumeMismatch``) a folder whose pieces were made from another recipe
+        or other inputs; ``force`` clears such a folder first. Returns whether the folder is new."""
+        current = self.provenance()
+        if force and _rank() != 0:
+            self._wait_for_rank_zero(current)
+            return False
+        changed = self.changes(current)
+        if changed and not force:
+            shown = "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
+            raise ResumeMismatch(
+                f"{self.path} holds {self.stage} output made from other inputs than this run's: {shown}.\n"
+                f"Resuming would mix the two; rerun with --force to start over in it, or set a new output_dir.")
+        created = not self.path.exists()
+        if force and _rank() == 0:
+            self.clear()
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path / "recipe.yaml", yaml.safe_dump(recipe_to_dict(self.recipe), sort_keys=False))
+        atomic_write_text(self.path / "recipe.sha256", self.recipe_hash + "\n")
+        atomic_write_json(self.path / PROVENANCE, current)
+        return created
+
+    def _wait_for_rank_zero(self, current: dict, timeout_s: float = 600.0) -> None:
+        """Under ``--force`` rank 0 clears the folder: the others start once its new provenance is
+        there (same launch), so no rank writes a piece that the clearing then deletes."""
+        deadline = time.monotonic() + timeout_s
+        while current["launch"] is not None and time.monotonic() < deadline:
+            try:
+                if json.loads((self.path / PROVENANCE).read_text()).get("launch") == current["launch"]:
+                    return
+            except (OSError, json.JSONDecodeError):
+                pass
+            time.sleep(0.2)
+
+    def clear(self) -> None:
+        """Remove everything in the folder, if it is a stage output (never a folder this code did not write)."""
+        if not any((self.path / name).is_file() for name in BOOKKEEPING):
+            return
+        for child in self.path.iterdir():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+
+    def discard_if_unstarted(self) -> None:
+        """Remove the folder if it holds nothing but what ``begin`` wrote (a start that failed)."""
+        if not self.path.is_dir():
+            return
+        files = [p for p in self.path.rglob("*") if not p.is_dir()]
+        if all(p.parent == self.path and p.name in BOOKKEEPING for p in files):
+            shutil.rmtree(self.path)
 
     def is_done(self) -> bool:
         """True if a previous run with the same recipe finished here."""

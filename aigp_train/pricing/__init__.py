@@ -41,6 +41,12 @@ class PricingConfig:
     grid_step: float = help_field("spacing of the action grid for greedy / candidate grids")
 
     def __post_init__(self) -> None:
+        # a non-finite value is refused by key first: inf passes every "> 0" test below, then overflows
+        non_finite = [f"pricing.{name}={value}" for name, value in vars(self).items()
+                      if isinstance(value, float) and not math.isfinite(value)]
+        if non_finite:
+            raise RecipeError(f"bad pricing block: {', '.join(non_finite)} is not a finite number. Set a finite value in "
+                              f"recipes/paper/pricing.yaml or the including recipe.")
         problems = []
         if not (self.max_step > 0):
             problems.append(f"max_step must be > 0 (got {self.max_step})")

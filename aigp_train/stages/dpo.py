@@ -31,6 +31,9 @@ from aigp_train.llm.models import ModelRecipe
 from aigp_train.outputs import StageOutput
 from aigp_train.train.recipe import CheckpointRecipe, EngineRecipe, LoggingRecipe, LoraRecipe, OptimRecipe
 
+# a run is extended by raising its step or epoch budget: it resumes from its last checkpoint (aigp_train.outputs)
+RESUMABLE_CHANGES = ("train.max_steps", "train.epochs")
+
 __all__ = ["Recipe", "DpoData", "DpoTrain", "run"]
 
 

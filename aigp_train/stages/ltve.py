@@ -40,6 +40,9 @@ from aigp_train.outputs import StageOutput, atomic_write_bytes, atomic_write_jso
 from aigp_train.pricing import PricingConfig
 from aigp_train.train.signals import Preempted, PreemptionHandler
 
+# a finished run is extended by raising num_steps: it resumes from its checkpoint (aigp_train.outputs)
+RESUMABLE_CHANGES = ("train.num_steps",)
+
 META_STRINGS = ("sku_id", "category")
 
 

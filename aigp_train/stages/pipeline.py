@@ -38,6 +38,9 @@ from aigp_train.config import RecipeError, help_field, load_recipe
 from aigp_train.outputs import MANIFEST, StageOutput, atomic_write_json
 
 STEPS_FILE = "steps.json"
+# Any edit keeps the pipeline resumable: each step's stage checks its own folder, and steps.json
+# says which steps' upstream changed (those are rerun in fresh folders, above).
+RESUMABLE_CHANGES = ("",)
 
 
 @dataclass
