@@ -109,6 +109,45 @@ def test_parse_scores_never_raises_on_odd_input():
         assert parse_scores(text).scores is None
 
 
+def _verdict(data_accuracy: str) -> str:
+    return ('{"data_accuracy": %s, "content_completeness": 5, "reasoning_internal_coherence": 5, '
+            '"reasoning_decision_consistency": 5}' % data_accuracy)
+
+
+@pytest.mark.parametrize("value, failure", [
+    ("NaN", "unreadable"), ("Infinity", "unreadable"), ("-Infinity", "unreadable"), ("1e999", "unreadable"),
+    ("9" * 400, "out_of_range"), ("-" + "9" * 4000, "out_of_range"), ('"%s"' % ("9" * 400), "out_of_range"),
+    ('"%s/5"' % ("5" * 400), "out_of_range"), ('"5.000000000000000000001"', "out_of_range"), ('"-0"', "out_of_range"), ('"5.0"', None),
+    ('"٥"', "unreadable"), ("[5]", "unreadable"), ("null", "unreadable"),
+])
+def test_score_values_that_once_raised_are_counted_failures(value, failure):
+    parsed = parse_scores(_verdict(value))
+    if failure is None:
+        assert parsed.scores is not None and parsed.scores["data_accuracy"] == 5
+    else:
+        assert parsed.scores is None and parsed.failure.startswith(f"{failure}:data_accuracy")
+
+
+def test_score_lines_and_runaway_verdicts_never_raise():
+    import time
+
+    from aigp_train.llm.judge import JudgeStats
+
+    lines = "\nContent Completeness: 5\nReasoning Internal Coherence: 5\nReasoning-Decision Consistency: 5"
+    texts = ["Data Accuracy: " + "9" * 400 + lines, "Data Accuracy: " + "4" * 100_000 + lines,
+             "Data Accuracy: nan" + lines, '{"a":' * 50_000, "{" * 200_000, '{"data_accuracy": ' + "1" * 5000 + "}",
+             "Data Accuracy: " + "-" * 100_000, ("x" * 1000 + "\n") * 300]
+    stats = JudgeStats()
+    for text in texts:
+        start = time.perf_counter()
+        parsed = parse_scores(text)
+        assert time.perf_counter() - start < 2.0
+        assert parsed.scores is None and parsed.failure
+        stats.score_failures[parsed.failure.split(":")[0].split(",")[0]] += 1
+    assert parse_scores("Data Accuracy: " + "9" * 400 + lines).failure.startswith("out_of_range:data_accuracy")
+    assert sum(stats.score_failures.values()) == len(texts)
+
+
 # ---------------------------------------------------------------------------
 # Deterministic checks
 # ---------------------------------------------------------------------------

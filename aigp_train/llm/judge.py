@@ -12,8 +12,9 @@ actions satisfying A_safe"):
   Internal Coherence, Reasoning–Decision Consistency. Its answer is parsed by ``parse_scores``:
   JSON in or out of code fences, inside prose, several objects (the last one with a dimension
   key wins), key spellings ("Data Accuracy", "data_accuracy", "Acc."), values as ``5``, ``"5"``
-  or ``"5/5"``, and a plain ``Data Accuracy: 5`` line format. A missing dimension or a value
-  outside 1..5 is a counted failure (``failure`` names it) and the response is not kept.
+  or ``"5/5"``, and a plain ``Data Accuracy: 5`` line format. A missing dimension, a value
+  outside 1..5 (a 400-digit integer included) or an unreadable one (NaN, Infinity, text) is a
+  counted failure (``failure`` names it) and the response is not kept; no input raises.
 
 The deterministic number check is deliberately narrow: it checks only numbers it can attribute
 to a state field by label; anything else is left to the LLM judge's Data Accuracy.
@@ -21,7 +22,7 @@ to a state field by label; anything else is left to the LLM judge's Data Accurac
 
 from __future__ import annotations
 
-import json
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from aigp_train.llm.prompts import (
     parse_field_value,
     quote_pattern,
 )
+from aigp_train.pricing.parse import json_objects
 
 __all__ = [
     "DIMENSIONS",
@@ -236,22 +238,33 @@ def _canonical_key(key: str) -> str | None:
     return None
 
 
+_SCORE_TEXT = re.compile(r"\s*(-?[0-9]+(?:\.[0-9]+)?)\s*(?:/\s*5)?\s*")
+
+
 def _score_value(value: Any) -> int | None | str:
-    """An int 1..5, None for unreadable, or 'range' for a readable value outside 1..5."""
+    """An int 1..5, None for unreadable (NaN, inf, text, a list), or 'range' for a readable number
+    outside 1..5 (a 400-digit integer included). Never raises: comparisons are exact on ints, and
+    a float is checked for finiteness before int() sees it."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        number = float(value)
-    elif isinstance(value, str):
-        m = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*(?:/\s*5)?\s*", value)
+    if isinstance(value, str):
+        m = _SCORE_TEXT.fullmatch(value)
         if not m:
             return None
-        number = float(m.group(1))
-    else:
+        whole, _, frac = m.group(1).partition(".")
+        digits = whole.lstrip("-").lstrip("0")
+        if frac.strip("0") or len(digits) > 1:
+            return "range"  # 4.5 or a 400-digit line: numbers, not scores (and no int() of 5000 digits)
+        value = -int(digits or "0") if whole.startswith("-") else int(digits or "0")
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        if value != int(value):
+            return "range"
+        value = int(value)
+    if not isinstance(value, int):
         return None
-    if number != int(number):
-        return "range"
-    return int(number) if 1 <= number <= 5 else "range"
+    return value if 1 <= value <= 5 else "range"
 
 
 @dataclass
@@ -264,32 +277,17 @@ class ScoreParse:
         return self.scores is not None and all(v == 5 for v in self.scores.values())
 
 
-def _json_objects(text: str) -> list[dict]:
-    """Every JSON object in ``text`` (fenced or inline), in order of appearance."""
-    decoder = json.JSONDecoder()
-    objs, i = [], 0
-    while True:
-        i = text.find("{", i)
-        if i < 0:
-            return objs
-        try:
-            obj, end = decoder.raw_decode(text, i)
-        except json.JSONDecodeError:
-            i += 1
-            continue
-        if isinstance(obj, dict):
-            objs.append(obj)
-        i = end
-
-
-_LINE = re.compile(r"^\W*([A-Za-z][A-Za-z _\-–]{1,40}?)\W*[:=]\s*\**\s*(-?\d+(?:\.\d+)?)\s*(?:/\s*5)?\b", re.MULTILINE)
+_LINE = re.compile(r"^\W*([A-Za-z][A-Za-z _\-–]{1,40}?)\W*[:=]\s*\**\s*(-?[0-9]+(?:\.[0-9]+)?)\s*(?:/\s*5)?\b",
+                   re.MULTILINE)
+# The verdict is at the end of the judge's answer; a runaway one is read from its tail (as actions are).
+MAX_SCORE_CHARS = 20_000
 
 
 def parse_scores(text: str) -> ScoreParse:
-    """The judge's four scores from its free text; never raises."""
-    text = str(text)
+    """The judge's four scores from its free text; never raises (any input is a ScoreParse)."""
+    text = text[-MAX_SCORE_CHARS:] if isinstance(text, str) else ""
     candidates = []
-    for obj in _json_objects(text):
+    for obj in json_objects(text):
         mapped = {dim: val for key, val in obj.items() if (dim := _canonical_key(str(key))) is not None}
         if mapped:
             candidates.append(mapped)

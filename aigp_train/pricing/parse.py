@@ -231,8 +231,9 @@ def _decode_lenient(candidate: str) -> Any:
         return None
 
 
-def _objects(text: str) -> list[dict]:
-    """Decodable ``{...}`` objects of the text, in order of their start, none inside another.
+def json_objects(text: str) -> list[dict]:
+    """Decodable ``{...}`` objects of the text, in order of their start, none inside another; never
+    raises, bounded work (the judge's score parser reads its verdicts with it too).
 
     Strict pass: ``json.JSONDecoder.raw_decode`` (C speed) at each ``{`` (the last
     STRICT_MAX_BRACES), skipping the span of each object found. Lenient pass: the last
@@ -359,7 +360,7 @@ def parse_action(text: Any, d_prev: float, cfg: "PricingConfig") -> ParsedAction
         raise ValueError(f"d_prev must be a finite discount, got {d_prev}; fix the state (discount_prev column).")
     if not isinstance(text, str):
         return _failure(NOT_TEXT, d_prev, cfg)
-    objects = _objects(text[-MAX_SCAN_CHARS:])
+    objects = json_objects(text[-MAX_SCAN_CHARS:])
     if not objects:
         return _failure(NO_JSON, d_prev, cfg)
     distinct = {_identity(a): a for obj in objects for a in _action_objects(obj)}
