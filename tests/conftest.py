@@ -69,5 +69,6 @@ def tiny_dpo_chain(tiny_market, tiny_prompts, tmp_path_factory) -> dict[str, Pat
                f"ltve_path={out['ltve']}", "adapter=''", "max_prompts=24", "shard_size=12",
                "backend.kind=scripted"])
     run_stage("pairs", str(REPO / "recipes" / "tiny" / "pairs.yaml"),
-              [f"output_dir={out['pairs']}", f"candidates_dir={out['candidates']}"])
+              [f"output_dir={out['pairs']}", f"candidates_dir={out['candidates']}", f"truth.market_dir={tiny_market}",
+               "truth.max_pairs=40", "truth.num_rollouts=4"])
     return out

@@ -77,7 +77,7 @@ def test_candidates_from_the_tiny_policy_with_constrained_decoding_yield_pairs(t
     assert all(len(g["completions"]) == 6 and set(g["completions"]) <= ACTION_TEXTS for g in gen)
     assert stats["distinct_candidates"] > 8  # sampled numbers differ within prompts
     pairs = run_stage("pairs", "recipes/tiny/pairs.yaml", [f"output_dir={tmp_path / 'pairs'}",
-                                                           f"candidates_dir={out}"])
+                                                           f"candidates_dir={out}", "truth.market_dir=null"])
     assert pairs["rows"]["pairs"] >= 1
     for p in (json.loads(line) for line in (tmp_path / "pairs" / "pairs.jsonl").read_text().splitlines()):
         assert p["chosen"] in ACTION_TEXTS and p["rejected"] in ACTION_TEXTS and p["chosen"] != p["rejected"]

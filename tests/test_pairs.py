@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 
+import numpy as np
 import pytest
 
-from aigp_train.stages.pairs import Recipe, select_pairs
+from aigp_train.stages.pairs import Recipe, TruthConfig, select_pairs
 
 
 def _recipe(**kw) -> Recipe:
     base = dict(output_dir="x", candidates_dir="x", delta_q=0.1, delta_a=0.05, policy="best_vs_worse",
-                max_pairs_per_prompt=3)
+                max_pairs_per_prompt=3, truth=TruthConfig(market_dir=None, max_pairs=0, num_rollouts=2,
+                                                          continuation="expert", seed=0))
     base.update(kw)
     return Recipe(**base)
 
@@ -52,7 +54,7 @@ def test_all_separated_policy_uses_every_ordered_pair():
 def test_pairs_stage_through_cli(tiny_dpo_chain, tmp_path):
     cand_dir = tiny_dpo_chain["candidates"]
     res = subprocess.run(["aigp", "pairs", "recipes/tiny/pairs.yaml", f"output_dir={tmp_path}",
-                          f"candidates_dir={cand_dir}", "max_pairs_per_prompt=2"],
+                          f"candidates_dir={cand_dir}", "max_pairs_per_prompt=2", "truth.market_dir=null"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     pairs = [json.loads(line) for line in (tmp_path / "pairs.jsonl").read_text().splitlines()]
@@ -69,7 +71,7 @@ def test_pairs_stage_through_cli(tiny_dpo_chain, tmp_path):
         assert p["messages"] == cands[p["prompt_id"]]["messages"]
     # the manifest makes a rerun a no-op
     again = subprocess.run(["aigp", "pairs", "recipes/tiny/pairs.yaml", f"output_dir={tmp_path}",
-                            f"candidates_dir={cand_dir}", "max_pairs_per_prompt=2"],
+                            f"candidates_dir={cand_dir}", "max_pairs_per_prompt=2", "truth.market_dir=null"],
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "skipping" in again.stderr
 
@@ -79,4 +81,36 @@ def test_no_pair_is_a_clear_error(tiny_dpo_chain, tmp_path):
 
     with pytest.raises(ValueError, match="no pair passed eq. 7"):
         run_stage("pairs", "recipes/tiny/pairs.yaml", [f"output_dir={tmp_path}",
-                                                       f"candidates_dir={tiny_dpo_chain['candidates']}", "delta_q=100"])
+                                                       f"candidates_dir={tiny_dpo_chain['candidates']}", "delta_q=100",
+                                                       "truth.market_dir=null"])
+
+
+def test_pair_accuracy_is_the_simulators_verdict(tiny_market):
+    """Pairs built from the oracle's own best and worst grid actions score 1.0; the same pairs swapped score 0.0."""
+    from aigp_train.config import load_recipe
+    from aigp_train.ltve.evaluate import true_pair_accuracy
+    from aigp_train.market.recipe import MarketRecipe
+    from aigp_train.market.simulator import MarketSimulator
+    from aigp_train.pricing.reward import References
+
+    sim = MarketSimulator(load_recipe(tiny_market / "recipe.yaml", MarketRecipe))
+    refs = References.load(tiny_market / "references.json")
+    sku, day = np.arange(12), np.tile([2, 6, 9], 4)
+    grid = np.array([-0.2, 0.0, 0.2])
+    st = sim.replay_states(sku, day)
+    q = np.stack([sim.true_q(st, np.full(12, a), num_rollouts=8, references=refs)[0] for a in grid], 1)
+    keep = q.max(1) - q.min(1) > 1e-9  # at d_prev = 1.0, +0.2 projects onto the same price as 0.0
+    sku, day, q = sku[keep], day[keep], q[keep]
+    best, worst = grid[q.argmax(1)], grid[q.argmin(1)]
+    right = true_pair_accuracy(sim, refs, sku, day, best, worst, num_rollouts=8, continuation="expert")
+    wrong = true_pair_accuracy(sim, refs, sku, day, worst, best, num_rollouts=8, continuation="expert")
+    assert right["pair_accuracy"] == 1.0 and wrong["pair_accuracy"] == 0.0
+    assert right["pair_accuracy_num_resolved"] == wrong["pair_accuracy_num_resolved"] > 0
+    assert right["pair_accuracy_resolved"] == 1.0 and wrong["pair_accuracy_resolved"] == 0.0
+
+
+def test_pairs_stage_writes_the_pair_accuracy_on_a_simulated_market(tiny_dpo_chain):
+    stats = json.loads((tiny_dpo_chain["pairs"] / "stats.json").read_text())
+    n = stats["pair_accuracy_num_pairs"]
+    assert n == min(40, stats["pairs"]) and 0 <= stats["pair_accuracy_num_resolved"] <= n
+    assert 0.0 <= stats["pair_accuracy"] <= 1.0 and stats["pair_accuracy_rollouts"] == 4

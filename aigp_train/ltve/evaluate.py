@@ -31,7 +31,8 @@ from aigp_train.evaluate.metrics import cda, eama, mae
 from aigp_train.market.simulator import POLICIES
 from aigp_train.pricing import project_action
 
-__all__ = ["behaviour_policies", "counterfactual_pairs", "offline_metrics", "true_cda", "decile_table",
+__all__ = ["behaviour_policies", "counterfactual_pairs", "offline_metrics", "resolve_gap", "true_cda",
+           "true_pair_accuracy", "decile_table",
            "spearman_table", "plot_deciles"]
 
 
@@ -85,6 +86,37 @@ def behaviour_policies(sim, sku_index: np.ndarray) -> np.ndarray:
     return np.asarray(POLICIES)[sim.init_states(np.asarray(sku_index, dtype=np.int64)).policy]
 
 
+def resolve_gap(q_a: np.ndarray, se_a: np.ndarray, q_b: np.ndarray, se_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """True gap Q(s, a) - Q(s, b) and whether it is resolved (|gap| > 2 s.e.), the oracle's resolution rule.
+
+    Both ``true_q`` calls of a pair use rollout streams 1..R of the same (SKU, day): the two
+    branches share their random numbers (common random numbers), so the gap's noise is that of
+    the difference, far below either Q's own stderr; the rule stays the conservative sum.
+    """
+    gap = q_a - q_b
+    return gap, np.abs(gap) > 2 * np.sqrt(se_a ** 2 + se_b ** 2)
+
+
+def true_pair_accuracy(sim, references, sku_index: np.ndarray, day: np.ndarray, a_chosen: np.ndarray,
+                       a_rejected: np.ndarray, num_rollouts: int, continuation: str) -> dict:
+    """Share of (chosen, rejected) action pairs whose chosen action is truly better (simulator's true Q).
+
+    The oracle protocol of ``true_cda``: the logged state replayed, each action forced, the
+    ``continuation`` policy to the horizon, common random numbers, resolved = |gap| > 2 s.e.
+    """
+    st = sim.replay_states(sku_index, day)
+    q_c, se_c = sim.true_q(st, a_chosen, continuation=continuation, num_rollouts=num_rollouts, references=references)
+    q_r, se_r = sim.true_q(st, a_rejected, continuation=continuation, num_rollouts=num_rollouts, references=references)
+    gap, resolved = resolve_gap(q_c, se_c, q_r, se_r)
+    nan = float("nan")
+    return {"pair_accuracy": float(np.mean(gap > 0)) if gap.size else nan,
+            "pair_accuracy_resolved": float(np.mean(gap[resolved] > 0)) if resolved.any() else nan,
+            "pair_accuracy_num_pairs": int(gap.size), "pair_accuracy_num_resolved": int(resolved.sum()),
+            "pair_accuracy_resolved_share": float(resolved.mean()) if gap.size else nan,
+            "pair_accuracy_mean_true_gap": float(gap.mean()) if gap.size else nan,
+            "pair_accuracy_rollouts": num_rollouts, "pair_accuracy_continuation": continuation}
+
+
 def true_cda(models: dict, sim, references, sku_index: np.ndarray, day: np.ndarray, states, a_expert: np.ndarray,
              d_prev: np.ndarray, pricing, offsets: list[float], max_states: int, num_rollouts: int,
              continuation: str, seed: int) -> dict:
@@ -97,11 +129,7 @@ def true_cda(models: dict, sim, references, sku_index: np.ndarray, day: np.ndarr
                                 references=references)
     q_true_cf, se_cf = sim.true_q(st.take(idx), a_cf, continuation=continuation, num_rollouts=num_rollouts,
                                   references=references)
-    # Both true_q calls use rollout streams 1..R of the same (SKU, day): the expert and the
-    # counterfactual branch share their random numbers (common random numbers), so the gap's
-    # noise is that of the difference, far below either Q's own stderr.
-    gap = q_true_e[idx] - q_true_cf
-    resolved = np.abs(gap) > 2 * np.sqrt(se_e[idx] ** 2 + se_cf ** 2)
+    gap, resolved = resolve_gap(q_true_e[idx], se_e[idx], q_true_cf, se_cf)
     out: dict = {"num_states": int(len(pick)), "num_pairs": int(len(idx)), "num_resolved": int(resolved.sum()),
                  "oracle_expert_better": float(np.mean(gap > 0)),
                  "oracle_expert_better_resolved": float(np.mean(gap[resolved] > 0)) if resolved.any() else float("nan"),

@@ -17,7 +17,10 @@ are discarded. Several pairs per prompt (``policy``):
 Writes ``pairs.jsonl`` (pair_id, prompt_id, sku_id, day, messages, chosen, rejected, a_chosen,
 a_rejected, q_chosen, q_rejected, delta_q, delta_a) and ``stats.json``: prompts with and without a
 pair and why, and for every candidate comparison whether it was kept or failed delta_q, delta_a,
-both, or the cap.
+both, or the cap. On a simulated market (``truth.market_dir``), ``stats.json`` also holds the
+pair accuracy: the share of a seeded sample of the written pairs whose chosen action is truly
+better by the simulator's true Q (``pair_accuracy_resolved`` on pairs the oracle resolves),
+the number that says whether DPO can learn anything right from these pairs.
 """
 
 from __future__ import annotations
@@ -27,10 +30,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+
 from aigp_train.config import RecipeError, help_field
 from aigp_train.outputs import StageOutput, atomic_write_json, atomic_write_jsonl, read_jsonl
 
 __all__ = ["Recipe", "run", "select_pairs"]
+
+
+@dataclass
+class TruthConfig:
+    market_dir: str | None = help_field("output folder of `aigp simulate` the prompts came from; null = real logs, "
+                                        "no ground truth (the pair accuracy is then absent, not faked)")
+    max_pairs: int = help_field("pairs scored by the simulator's true Q at most (seeded sample)")
+    num_rollouts: int = help_field("Monte-Carlo rollouts per true Q")
+    continuation: Literal["expert", "myopic", "random_walk", "conservative"] = help_field(
+        "behaviour policy after the forced action in true Q (as ltve-eval's true CDA)")
+    seed: int = help_field("seed of the pair sample")
 
 
 @dataclass
@@ -41,6 +57,7 @@ class Recipe:
     delta_a: float = help_field("eq. 7: minimum |a+ - a-|")
     policy: Literal["best_vs_worse", "all_separated"] = help_field("which pairs of a prompt's candidates to form")
     max_pairs_per_prompt: int = help_field("at most this many pairs per prompt (the clearest first)")
+    truth: TruthConfig = help_field("the simulator's verdict on the written pairs (pair accuracy)")
 
 
 _EPS = 1e-9  # actions are on a 0.01 grid: compare with a tolerance, not exact floats
@@ -69,6 +86,24 @@ def select_pairs(candidates: list[dict], recipe: Recipe) -> tuple[list[tuple[dic
     outcome["kept"] += len(kept)
     outcome["over_cap"] += len(passing) - len(kept)
     return kept, outcome
+
+
+def pair_accuracy(pairs: list[dict], truth: TruthConfig) -> dict:
+    """The simulator's verdict on a seeded sample of the pairs (``ltve.evaluate.true_pair_accuracy``)."""
+    from aigp_train.config import load_recipe
+    from aigp_train.ltve.evaluate import true_pair_accuracy
+    from aigp_train.market.recipe import MarketRecipe
+    from aigp_train.market.simulator import MarketSimulator, sku_index_of
+    from aigp_train.pricing.reward import References
+
+    root = Path(truth.market_dir)
+    sim = MarketSimulator(load_recipe(root / "recipe.yaml", MarketRecipe))
+    pick = np.sort(np.random.default_rng(truth.seed).choice(len(pairs), min(truth.max_pairs, len(pairs)), replace=False))
+    sample = [pairs[i] for i in pick]
+    col = lambda key: np.array([p[key] for p in sample])  # noqa: E731
+    return true_pair_accuracy(sim, References.load(root / "references.json"), sku_index_of(col("sku_id")),
+                              col("day").astype(np.int64), col("a_chosen").astype(np.float64),
+                              col("a_rejected").astype(np.float64), truth.num_rollouts, truth.continuation)
 
 
 def run(recipe: Recipe, out: StageOutput) -> dict:
@@ -116,6 +151,8 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
         "chosen_lower_price_fraction": (sum(p["a_chosen"] < p["a_rejected"] for p in pairs) / len(pairs))
         if pairs else 0.0,
     }
+    if pairs and recipe.truth.market_dir:
+        stats.update(pair_accuracy(pairs, recipe.truth))
     atomic_write_json(out.path / "stats.json", stats)
     if not pairs:
         raise ValueError(f"no pair passed eq. 7 (delta_q={recipe.delta_q}, delta_a={recipe.delta_a}) among {len(rows)} "
