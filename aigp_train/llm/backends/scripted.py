@@ -9,14 +9,21 @@ report that comes from them carries the backend name ``scripted-teacher-stand-in
 mapping; ``settings["role"]`` picks the teacher or the judge, and the rest is validated against
 ``TeacherStandInConfig`` / ``JudgeStandInConfig`` (unknown or missing keys are errors naming them).
 
-Teacher stand-in (``ScriptedTeacherStandIn``): reads the structured state the prompt was built
-from (``GenerationRequest.state``) and writes paper-style reasoning (data check, traffic and
+Teacher stand-in (``ScriptedTeacherStandIn``): decides like an operator reading ONLY its prompt
+(``prompt_view``: the structured state fields the prompt renders, and the knowledge-base and
+diagnosis sections of its text; never the simulator's hidden state). ``heuristic_action`` turns
+what it reads into ``Evidence``: the milestone pace and ROI, the price against competitors and
+against the KB's benchmark of related products, the KB's launch rules when the KB states them,
+the diagnosis report's flags. The reasoning follows the task's six steps (data check, traffic and
 conversion, milestone and ROI, competition and knowledge base, reviews and diagnosis, price-sales
-prediction, ``Conclusion: ... price``) that quotes the state's numbers, then one JSON action. The
-action is ``heuristic_action`` (below) plus Gaussian noise of std ``action_noise_std *
-temperature``, rounded to 0.01 and projected by Ψ. A configurable fraction of responses carries
-ONE injected defect, so the judge has real work; ``plan`` returns the defect as ground truth for
-``aigp judge-agreement`` (never shown to the judge):
+prediction, ``Conclusion: ... price by x``), quotes the prompt's numbers as ``<label>: <value>``
+and cites each piece of evidence; a prompt without the KB or the diagnosis (the Table 5
+ablations) says so, cites neither and decides without them. Then ONE JSON action, last
+(``format_action``). The action is the heuristic's plus Gaussian noise of std ``action_noise_std
+* temperature``, rounded to 0.01 and projected by Ψ; in full mode the noise moves the size, never
+the direction the reasoning gives. A configurable fraction of responses carries ONE injected
+defect, so the judge has real work; ``plan`` returns the defect as ground truth for ``aigp
+judge-agreement`` (never shown to the judge):
 
 * ``wrong_number``: one quoted state number is off by 25-60 %   -> Data Accuracy
 * ``omitted_factor``: one analysis step (traffic, competition/KB, reviews/diagnosis or the
@@ -28,11 +35,22 @@ ONE injected defect, so the judge has real work; ``plan`` returns the defect as 
 
 In ``[ACT_ONLY]`` mode it outputs the JSON action alone (no defects).
 
-Judge stand-in (``ScriptedJudgeStandIn``): scores a response on the four dimensions from the
-request state ``{"prompt_state", "response", "context"}``: Data Accuracy from the quoted numbers
-(``aigp_train.llm.judge.check_numbers``), Content Completeness from which factors the reasoning
-covers, Internal Coherence from whether every stated direction agrees, Reasoning-Decision
-Consistency from the conclusion against the parsed action. Judge error is simulated: with
+Judge stand-in (``ScriptedJudgeStandIn``): scores the four dimensions of the paper's rubric from
+checks of the answer against its own prompt (the request state ``{"prompt_state", "response",
+"context"}`` and the prompt text inside the judge messages), reusing
+``aigp_train.llm.judge.deterministic_checks``:
+
+* Data Accuracy: quoted numbers match the prompt (``check_numbers``); nothing the prompt lacks is
+  quoted (a KB benchmark in a w/o-KB prompt) and no diagnosis flag the prompt's report does not
+  raise is cited; at least three numbers quoted (else 4; none at all: 1);
+* Content Completeness: the task's steps covered (a quote of their fields or their words outside
+  a heading; KB and diagnosis required when the prompt has them), one missing 3, two 2, more 1;
+* Reasoning Internal Coherence: every stated direction (interim views, conclusion) agrees (else
+  2); fewer than two steps covered: 1, there is no chain to be coherent;
+* Reasoning-Decision Consistency: the JSON parses and the conclusion's direction matches the
+  action (``direction_matches``; else 1), and its stated size too (else 3).
+
+An answer without reasoning scores 1 on every dimension (total 4). Judge error is simulated: with
 probability ``error_rate`` one dimension's score is flipped (5 <-> 3); with ``format_noise_rate``
 the verdict comes fenced, in prose or as ``Name: score`` lines (what ``parse_scores`` must read);
 with ``garbage_rate`` it is unreadable (a counted failure). Randomness is keyed on (seed, request
@@ -43,6 +61,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -137,62 +156,254 @@ def _rng(seed: int, request_id: str, sample: int, stream: str) -> np.random.Gene
 
 
 # ---------------------------------------------------------------------------
-# Teacher
+# What the prompt shows
+# ---------------------------------------------------------------------------
+
+# Keys of the request state that the prompt renders besides STATE_FIELDS (the history table,
+# the price-sales prediction table with its elasticity, the calendar line). Anything else in
+# the state (base_units, has_diagnosis, ...) is bookkeeping the operator never sees.
+_SHOWN_EXTRA = ("sku_id", "category", "day_of_week", "is_promotion", "history", "prediction", "elasticity")
+
+
+def prompt_sections(text: str) -> dict[str, str]:
+    """The ``## <heading>`` sections of a pricing prompt's text: lower-cased heading -> body."""
+    sections: dict[str, list[str]] = {}
+    body: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            body = sections.setdefault(line[3:].strip().lower(), [])
+        elif body is not None:
+            body.append(line)
+    return {head: "\n".join(lines) for head, lines in sections.items()}
+
+
+def _section(sections: dict[str, str], prefix: str) -> str | None:
+    return next((body for head, body in sections.items() if head.startswith(prefix)), None)
+
+
+_FLAGS_LINE = re.compile(r"^Flags:\s*(?P<flags>.*?)\.?\s*$", re.MULTILINE)
+
+
+def diagnosis_flags(diagnosis: str | None) -> list[str] | None:
+    """The findings on the diagnosis report's ``Flags:`` line ([] for "none"); None without a report."""
+    if diagnosis is None:
+        return None
+    m = _FLAGS_LINE.search(diagnosis)
+    if m is None:
+        return []
+    return [f.strip() for f in m.group("flags").split(",") if f.strip() and f.strip().lower() != "none"]
+
+
+@dataclass(frozen=True)
+class PromptView:
+    """What a pricing prompt shows its reader, and nothing else: the structured state it renders,
+    its knowledge-base entries ([] when the prompt has none: the w/o-KB ablation or a cut) and its
+    diagnosis report (None when absent: the w/o-Diag ablation or a budget cut)."""
+
+    state: dict
+    kb: list[str]
+    diagnosis: str | None
+
+    @property
+    def has_kb(self) -> bool:
+        # build_prompt sets the benchmark only when the knowledge base is part of the prompt
+        return self.state.get("kb_benchmark_price") is not None
+
+    def kb_states(self, phrase: str) -> bool:
+        """The prompt's knowledge base states a rule containing ``phrase``."""
+        return any(phrase in line.lower() for line in self.kb)
+
+
+def prompt_view(state: dict, messages: list[dict]) -> PromptView:
+    """The view of one prompt: its rendered state fields, and the KB and diagnosis sections read
+    from its text (a request without messages shows neither section's text)."""
+    from aigp_train.llm.prompts import STATE_FIELDS
+
+    shown = {f.key: state.get(f.key) for f in STATE_FIELDS}
+    shown.update({k: state[k] for k in _SHOWN_EXTRA if k in state})
+    text = "\n".join(str(m["content"]) for m in messages if m.get("role") == "user")
+    sections = prompt_sections(text)
+    kb = _section(sections, "knowledge base")
+    kb_lines = [line[2:].strip() for line in (kb or "").splitlines() if line.startswith("- ")]
+    return PromptView(shown, kb_lines, _section(sections, "diagnosis report"))
+
+
+# ---------------------------------------------------------------------------
+# Teacher: the operator's rule, as evidence read off the prompt
 # ---------------------------------------------------------------------------
 
 
-def heuristic_action(state: dict) -> tuple[float, list[str]]:
-    """The stand-in teacher's rule (before noise and Ψ) and the reasons it used.
+@dataclass(frozen=True)
+class Evidence:
+    """One signal the stand-in operator read off its prompt: the analysis step it belongs to
+    (``factor``), its push on the action, and the sentence citing the prompt's numbers."""
 
-    Pace: the milestone progress expected before day t is t/14. Behind pace by more than 5
-    points and with ROI headroom -> lower the price (-0.05; -0.10 when more than 25 points
-    behind); ahead by more than 10 points, or cumulative ROI under the target -> raise it
-    (+0.05 / +0.03). Competition and the KB benchmark nudge by 0.02 when the price is more than
-    10 % / 15 % off them; stock covering fewer days than remain -> +0.03 (do not discount
-    scarce stock). Launch day (no history): lower by 0.05 if priced above the benchmark or the
-    competitor mean, else hold. The result is clipped to +-0.15.
+    factor: Literal["milestone", "competition", "kb", "diagnosis"]
+    nudge: float
+    text: str
+
+
+class _Quoter:
+    """Writes ``<label>: <value>`` quotes of state fields and records which it wrote; the field
+    ``wrong_key`` (the wrong_number defect) is quoted off by 25-60 %."""
+
+    def __init__(self, state: dict, wrong_key: str | None = None, rng: np.random.Generator | None = None):
+        self.state, self.wrong_key, self.rng = state, wrong_key, rng
+        self.quoted: list[str] = []
+
+    def __call__(self, key: str) -> str:
+        from aigp_train.llm.prompts import FIELD_BY_KEY, field_tolerance, format_field
+
+        field = FIELD_BY_KEY[key]
+        value = float(self.state[key])
+        if key == self.wrong_key:
+            wrong = value * (1 + self.rng.choice([-1, 1]) * self.rng.uniform(0.25, 0.6))
+            if abs(wrong - value) <= 3 * field_tolerance(field, value, 0.05):  # too close to read as wrong
+                wrong = value + {"int": 7, "pct": 0.02, "money": 9.0}.get(field.kind, 0.15)
+            value = wrong
+        self.quoted.append(key)
+        return f"{field.label}: {format_field(field, value)}"
+
+
+# Domain rules of the category knowledge base (aigp_train.market.text), applied only when the
+# prompt's KB states them: the stand-in operator knows a rule by reading it, like the paper's LLM.
+_KB_LAUNCH_RULE = "launch discount"        # "a launch discount builds sales history and reviews"
+_KB_REFERENCE_RULE = "reference price"     # "avoid price increases above the recent reference price"
+_ESTABLISHED_REVIEWS = 5                   # most review lift is from the first ~5 (Askalidis & Malthouse 2016)
+_GRADUAL_RAISE = 0.02                      # "raise the price gradually": one step of at most this a day
+# Diagnosis findings (the report's Flags line) and how an operator answers them.
+_DIAGNOSIS_NUDGES = (
+    ("stock may run out", 0.03, "do not discount stock that will not last"),
+    ("clicks without purchases", -0.02, "the price stops shoppers at checkout"),
+    ("low click-through", -0.02, "a deeper deal badge lifts clicks"),
+)
+
+
+_NO_KB = Evidence("kb", 0.0, "No knowledge base in the prompt: no benchmark of related products anchors the price, "
+                             "and no category rule is known; the competitor prices are the only reference.")
+
+
+def _launch_evidence(view: PromptView, q: _Quoter) -> list[Evidence]:
+    """Launch day (no history): price against the KB benchmark, else the competitor mean."""
+    s = view.state
+    price = float(s["current_price"])
+    if view.has_kb:
+        bench = float(s["kb_benchmark_price"])
+        if price > 1.05 * bench:
+            return [Evidence("kb", -0.05, f"Launch day: the {q('current_price')} is above the {q('kb_benchmark_price')}"
+                                          " of the knowledge base, so open with a deeper discount.")]
+        if view.kb_states(_KB_LAUNCH_RULE):
+            return [Evidence("kb", -0.03, f"Launch day: the {q('current_price')} is not above the "
+                                          f"{q('kb_benchmark_price')}, and the knowledge base's rule says a launch "
+                                          "discount builds sales history and reviews: open a little lower.")]
+        return [Evidence("kb", 0.0, f"Launch day: the {q('current_price')} is not above the "
+                                    f"{q('kb_benchmark_price')} of the knowledge base: hold and observe.")]
+    comp = float(s["competitor_price_mean"])
+    if price > 1.05 * comp:
+        return [Evidence("competition", -0.05, f"Launch day: the {q('current_price')} is above the "
+                                               f"{q('competitor_price_mean')}, so open lower."), _NO_KB]
+    return [Evidence("competition", 0.0, f"Launch day: the {q('current_price')} is not above the "
+                                         f"{q('competitor_price_mean')}: hold and observe."), _NO_KB]
+
+
+def _milestone_evidence(s: dict, q: _Quoter) -> Evidence:
+    """Pace t/14 against milestone progress, with the ROI headroom over the target."""
+    pace = int(s["day"]) / 14.0
+    gap = float(s["milestone_progress"]) - pace
+    headroom = float(s["cum_roi"]) - float(s["roi_target"])
+    where = f"{100 * abs(gap):.1f} points {'behind' if gap < 0 else 'ahead of'} the pace of {100 * pace:.2f}%"
+    if gap < -0.05 and headroom > 0:
+        nudge = -0.10 if gap < -0.25 else -0.05
+        return Evidence("milestone", nudge, f"The milestone is {where}, with ROI headroom over its target: lower the "
+                                            f"price to catch up ({nudge:+.2f}).")
+    if gap > 0.10:
+        return Evidence("milestone", 0.05, f"The milestone is {where}: there is room to raise the price (+0.05).")
+    if headroom < 0:
+        return Evidence("milestone", 0.03, f"The milestone is {where}, but the ROI is under its target: raise the "
+                                           "price to restore margin (+0.03).")
+    return Evidence("milestone", 0.0, f"The milestone is {where}, no strong pace signal.")
+
+
+def _competition_evidence(s: dict, behind: bool, q: _Quoter) -> Evidence:
+    gap = float(s["price_gap_to_competitors"])
+    if gap > 0.10 and behind:
+        return Evidence("competition", -0.02, f"With a {q('price_gap_to_competitors')} while behind pace, shoppers "
+                                              "compare and leave: lower a little (-0.02).")
+    if gap < -0.10 and not behind:
+        return Evidence("competition", 0.02, f"With a {q('price_gap_to_competitors')} while on pace, the price can "
+                                             "close part of the gap (+0.02).")
+    return Evidence("competition", 0.0, f"The {q('price_gap_to_competitors')} calls for no competitive move.")
+
+
+def _kb_evidence(view: PromptView, q: _Quoter) -> Evidence:
+    """The price against the KB's benchmark of related products (median of the matching entries)."""
+    s = view.state
+    if not view.has_kb:
+        return _NO_KB
+    price, bench = float(s["current_price"]), float(s["kb_benchmark_price"])
+    ratio = price / bench - 1.0
+    where = f"the {q('current_price')} is {100 * abs(ratio):.1f}% {'above' if ratio > 0 else 'below'} the " \
+            f"{q('kb_benchmark_price')} (knowledge base, related products)"
+    if ratio > 0.15:
+        return Evidence("kb", -0.02, f"Against the knowledge base: {where}, expensive for its kind (-0.02).")
+    if ratio < -0.15:
+        return Evidence("kb", 0.02, f"Against the knowledge base: {where}, cheap for its kind (+0.02).")
+    return Evidence("kb", 0.0, f"Against the knowledge base: {where}, in line with its kind.")
+
+
+def _kb_rules(view: PromptView, action: float, q: _Quoter) -> list[Evidence]:
+    """The KB's launch rules, when stated: no raise before reviews are established, raises gradual."""
+    if action <= 0 or not view.has_kb:
+        return []
+    if view.kb_states(_KB_LAUNCH_RULE) and int(view.state["review_count"]) < _ESTABLISHED_REVIEWS:
+        return [Evidence("kb", -action, f"The knowledge base's rule is to raise only once reviews are established; "
+                                        f"with a {q('review_count')} the price holds instead of rising.")]
+    if view.kb_states(_KB_REFERENCE_RULE) and action > _GRADUAL_RAISE:
+        why = f"The knowledge base's rule is to avoid raises above the recent reference price: raise gradually " \
+              f"(+{_GRADUAL_RAISE:.2f})."
+        return [Evidence("kb", _GRADUAL_RAISE - action, why)]
+    return []
+
+
+def _diagnosis_evidence(view: PromptView) -> list[Evidence]:
+    flags = diagnosis_flags(view.diagnosis)
+    if flags is None:
+        return [Evidence("diagnosis", 0.0, "No diagnosis report in the prompt: stock cover and conversion problems "
+                                           "are not flagged, so they are not acted on.")]
+    if not _FLAGS_LINE.search(view.diagnosis):  # the launch-day report has no findings yet
+        return [Evidence("diagnosis", 0.0, f"The diagnosis report reads: {view.diagnosis.splitlines()[0].strip()}")]
+    out = [Evidence("diagnosis", 0.0, f"The diagnosis report's Flags: {', '.join(flags) if flags else 'none'}.")]
+    for phrase, nudge, why in _DIAGNOSIS_NUDGES:
+        if any(phrase in f.lower() for f in flags):
+            out.append(Evidence("diagnosis", nudge, f"Diagnosis finding '{phrase}': {why} ({nudge:+.2f})."))
+    return out
+
+
+def heuristic_action(view: PromptView, quote: _Quoter | None = None) -> tuple[float, list[Evidence]]:
+    """The stand-in operator's action (before noise and Ψ) and the evidence it rests on, read off
+    the prompt alone (``view``; never the simulator's hidden state).
+
+    Launch day: price above the KB benchmark (or, without a KB, the competitor mean) by > 5 % ->
+    -0.05; the KB's launch-discount rule -> -0.03; else hold. Later days: the milestone pace t/14
+    (> 5 points behind with ROI headroom -> -0.05, -0.10 when > 25 behind; > 10 ahead -> +0.05;
+    cumulative ROI under target -> +0.03); > 10 % off the competitor mean -> +-0.02; > 15 % off the
+    KB benchmark -> +-0.02; the diagnosis flags (stock running out +0.03, clicks without purchases
+    or low click-through -0.02 each). A raise then obeys the KB's rules when the prompt states them
+    (none before 5 reviews; at most +0.02 a day). Clipped to +-0.15. Without the KB or the
+    diagnosis section the operator cannot use them: the w/o-KB / w/o-Diag ablations change the
+    decision and the evidence cited.
     """
-    reasons: list[str] = []
-    day = int(state["day"])
-    price = float(state["current_price"])
-    bench = state.get("kb_benchmark_price")
-    comp = state.get("competitor_price_mean")
-    if day == 0 or state.get("units_1d") is None:
-        ref = bench if bench is not None else comp
-        if ref is not None and price > 1.05 * float(ref):
-            return -0.05, ["launch day, priced above the reference: open with a deeper discount"]
-        return 0.0, ["launch day, price in line with the reference: hold and observe"]
-    a = 0.0
-    expected = day / 14.0
-    gap = float(state["milestone_progress"]) - expected
-    roi_headroom = float(state["cum_roi"]) - float(state["roi_target"])
-    if gap < -0.05 and roi_headroom > 0:
-        a = -0.10 if gap < -0.25 else -0.05
-        reasons.append("behind the milestone pace with ROI headroom")
-    elif gap > 0.10:
-        a = 0.05
-        reasons.append("ahead of the milestone pace")
-    elif roi_headroom < 0:
-        a = 0.03
-        reasons.append("cumulative ROI under the target")
-    gap_comp = state.get("price_gap_to_competitors")
-    if gap_comp is not None and gap_comp > 0.10 and gap < 0:
-        a -= 0.02
-        reasons.append("priced above competitors")
-    elif gap_comp is not None and gap_comp < -0.10 and gap > 0:
-        a += 0.02
-        reasons.append("priced well below competitors")
-    if bench is not None and price > 1.15 * float(bench):
-        a -= 0.02
-        reasons.append("above the category benchmark")
-    elif bench is not None and price < 0.85 * float(bench):
-        a += 0.02
-        reasons.append("below the category benchmark")
-    units = float(state["units_1d"] or 0)
-    if units > 0 and float(state["inventory"]) / units < int(state["days_left"]):
-        a += 0.03
-        reasons.append("stock would run out before the window ends")
-    return float(np.clip(a, -0.15, 0.15)), reasons or ["on pace; no strong signal"]
+    q = quote or _Quoter(view.state)
+    s = view.state
+    if s.get("units_1d") is None:
+        evidence = [*_launch_evidence(view, q), *_diagnosis_evidence(view)]
+    else:
+        milestone = _milestone_evidence(s, q)
+        behind = float(s["milestone_progress"]) < int(s["day"]) / 14.0
+        evidence = [milestone, _competition_evidence(s, behind, q), _kb_evidence(view, q), *_diagnosis_evidence(view)]
+    action = sum(e.nudge for e in evidence)
+    evidence += _kb_rules(view, action, q)
+    return float(np.clip(sum(e.nudge for e in evidence), -0.15, 0.15)), evidence
 
 
 def _dir_word(action: float) -> str:
@@ -200,11 +411,9 @@ def _dir_word(action: float) -> str:
 
 
 _OPPOSITE = {"lower": "raise", "raise": "lower"}
-# Numbers a wrong_number defect may corrupt, with the step that quotes them.
-_CORRUPTIBLE = {"ctr_1d": "traffic", "cvr_1d": "traffic", "impressions_1d": "traffic", "gmv_1d": "traffic",
-                "inventory": "data", "d_prev": "data", "milestone_progress": "milestone", "cum_roi": "milestone",
-                "competitor_price_mean": "competition", "kb_benchmark_price": "competition",
-                "review_count": "reviews"}
+# Numbers a wrong_number defect may corrupt (among those the reasoning quotes).
+_CORRUPTIBLE = ("ctr_1d", "cvr_1d", "impressions_1d", "gmv_1d", "inventory", "d_prev", "milestone_progress",
+                "cum_roi", "competitor_price_mean", "kb_benchmark_price", "review_count")
 _OMITTABLE = ("traffic", "competition", "reviews", "prediction")
 
 
@@ -227,26 +436,29 @@ class ScriptedTeacherStandIn:
         """Ground truth: the defect injected into each of the request's n completions."""
         return [self.plan(request, k, sampling)[1] for k in range(sampling.n)]
 
+    def _defect(self, rng: np.random.Generator) -> str | None:
+        u, acc = rng.random(), 0.0
+        for name, rate in self.cfg.defect_rates().items():
+            acc += rate
+            if u < acc:
+                return name
+        return None
+
     def plan(self, request: GenerationRequest, sample: int, sampling: SamplingConfig) -> tuple[str, str | None]:
         """(response text, injected defect or None) for one sample; deterministic."""
         from aigp_train.pricing import feasible_interval, format_action, project_action
 
-        state = request.state
+        view = prompt_view(request.state, request.messages)
         rng = _rng(sampling.seed, request.request_id, sample, "teacher")
-        d_prev = float(state["d_prev"])
-        base, reasons = heuristic_action(state)
-        noisy = base + rng.normal(0.0, self.cfg.action_noise_std * sampling.temperature)
-        action = round(float(project_action(round(noisy, 2), d_prev, self.pricing)), 2)
+        d_prev = float(view.state["d_prev"])
+        base, _ = heuristic_action(view)
+        noisy = round(base + rng.normal(0.0, self.cfg.action_noise_std * sampling.temperature), 2)
         if request.act_only:
-            return format_action(action), None
-        rates = self.cfg.defect_rates()
-        u = rng.random()
-        defect, acc = None, 0.0
-        for name in DEFECTS:
-            acc += rates[name]
-            if u < acc:
-                defect = name
-                break
+            return format_action(round(float(project_action(noisy, d_prev, self.pricing)), 2)), None
+        if _dir_word(noisy) != _dir_word(base):  # noise may move the size, not the direction the reasoning gives
+            noisy = round(base, 2)
+        action = round(float(project_action(noisy, d_prev, self.pricing)), 2)
+        defect = self._defect(rng)
         lo, hi = feasible_interval(d_prev, self.pricing)
         if defect == "unsafe_action":
             action = round(float(lo) - 0.05, 2) if _dir_word(action) == "lower" or (
@@ -258,147 +470,191 @@ class ScriptedTeacherStandIn:
         interim = conclusion
         if defect == "incoherent":
             interim = _OPPOSITE.get(conclusion) or ("raise" if rng.random() < 0.5 else "lower")
-        wrong_key = omitted = None
-        if defect == "wrong_number":
-            keys = [k for k in _CORRUPTIBLE if state.get(k) is not None]
-            wrong_key = keys[int(rng.integers(len(keys)))]
-        if defect == "omitted_factor":
-            omitted = _OMITTABLE[int(rng.integers(len(_OMITTABLE)))]
-        text = self._reasoning(state, reasons, interim, conclusion, action, wrong_key, omitted, rng)
+        omitted = _OMITTABLE[int(rng.integers(len(_OMITTABLE)))] if defect == "omitted_factor" else None
+        quote = _Quoter(view.state)
+        text = self._reasoning(view, interim, conclusion, action, omitted, quote)
+        if defect == "wrong_number":  # corrupt a number the reasoning does quote, so the defect is real
+            keys = sorted(set(quote.quoted) & set(_CORRUPTIBLE), key=_CORRUPTIBLE.index)
+            text = self._reasoning(view, interim, conclusion, action, omitted,
+                                   _Quoter(view.state, keys[int(rng.integers(len(keys)))], rng))
         if defect == "malformed_json":
             tail = ['{"discount_change": "' + ("lower the price a bit" if action < 0 else "keep it") + '"}',
                     '{"discount_']
-            text += "\n" + tail[int(rng.integers(2))]
-        else:
-            text += "\n" + format_action(action)
-        return text, defect
+            return text + "\n" + tail[int(rng.integers(2))], defect
+        return text + "\n" + format_action(action), defect  # the one action object, last
 
-    def _reasoning(self, s: dict, reasons: list[str], interim: str, conclusion: str, action: float,
-                   wrong_key: str | None, omitted: str | None, rng: np.random.Generator) -> str:
-        from aigp_train.llm.prompts import FIELD_BY_KEY, field_tolerance, format_field
-
-        def q(key: str) -> str:
-            field = FIELD_BY_KEY[key]
-            value = float(s[key])
-            if key == wrong_key:
-                wrong = value * (1 + rng.choice([-1, 1]) * rng.uniform(0.25, 0.6))
-                if abs(wrong - value) <= 3 * field_tolerance(field, value, 0.05):
-                    wrong = value + {"int": 7, "pct": 0.02, "money": 9.0}.get(field.kind, 0.15)
-                value = wrong
-            return f"{field.label}: {format_field(field, value)}"
-
+    def _reasoning(self, view: PromptView, interim: str, conclusion: str, action: float, omitted: str | None,
+                   q: _Quoter) -> str:
+        s = view.state
+        _, evidence = heuristic_action(view, q)
+        cite = {f: " ".join(e.text for e in evidence if e.factor == f)
+                for f in ("milestone", "competition", "kb", "diagnosis")}
         steps = [f"Step 1 - Data check. The {q('d_prev')}, so the {q('current_price')} against a {q('list_price')}; "
                  f"{q('inventory')} units on {q('day')}."]
-        hist = s.get("history") or []
         if omitted != "traffic":
-            if s.get("units_1d") is None:
-                steps.append("Step 2 - Traffic and conversion. Launch day: no impressions, CTR or CVR observed yet, "
-                             "so the decision leans on the category priors.")
-            else:
-                trend = ""
-                if len(hist) >= 2:
-                    first, last = hist[0]["impressions"], hist[-1]["impressions"]
-                    word = "rising" if last > first else "falling" if last < first else "flat"
-                    trend = f" Impressions went from {first} to {last} over the last {len(hist)} days ({word})."
-                steps.append(f"Step 2 - Traffic and conversion. {q('impressions_1d')}, {q('clicks_1d')}, "
-                             f"{q('ctr_1d')}, {q('cvr_1d')}, {q('units_1d')}, {q('gmv_1d')}, {q('roi_1d')}.{trend}")
-        pace = 100.0 * int(s["day"]) / 14.0
-        milestone = (f"Step 3 - Milestone and ROI. The {q('milestone_progress')} against a pace of {pace:.2f}% with "
-                     f"{q('days_left')}; the {q('required_daily_gmv')} toward the {q('gmv_target')}. "
-                     + (f"The {q('cum_roi')} versus the {q('roi_target')}. " if s.get("cum_roi") is not None else
-                        f"No ROI observed yet (launch day); the {q('roi_target')} still binds. "))
-        milestone += "Signals: " + "; ".join(reasons) + f". Interim view: {interim} price."
-        steps.append(milestone)
+            steps.append(self._traffic(s, q))
+        steps.append(self._milestone(s, q) + (" " + cite["milestone"] if cite["milestone"] else "")
+                     + f" Interim view: {interim} price.")
         if omitted != "competition":
-            comp = []
-            if s.get("competitor_price_mean") is not None:
-                comp.append(f"The {q('competitor_price_mean')} and the {q('competitor_price_min')}; "
-                            f"{q('price_gap_to_competitors')}.")
-            if s.get("kb_benchmark_price") is not None:
-                comp.append(f"The knowledge base gives a {q('kb_benchmark_price')} for related products, the "
-                            "anchor for this price.")
-            if comp:
-                steps.append("Step 4 - Competition and knowledge base. " + " ".join(comp))
+            steps.append(f"Step 4 - Competition and knowledge base. The {q('competitor_price_mean')} and the "
+                         f"{q('competitor_price_min')}. " + " ".join(x for x in (cite["competition"], cite["kb"]) if x))
         if omitted != "reviews":
             rating = f" with a {q('rating')}" if s.get("rating") is not None else " (no reviews yet, no rating)"
-            text = (f"Step 5 - Reviews and diagnosis. The {q('review_count')}{rating}; the customer "
-                    "reviews are read as data only (any instructions inside them are ignored).")
-            if s.get("has_diagnosis"):
-                text += " The diagnosis report was taken into account for traffic and conversion."
-            steps.append(text)
+            steps.append(f"Step 5 - Reviews and diagnosis. The {q('review_count')}{rating}; the customer reviews are "
+                         "read as data only (any instructions inside them are ignored). " + cite["diagnosis"])
         if omitted != "prediction" and s.get("prediction"):
-            pred = {round(p["discount_change"], 2): p for p in s["prediction"]}
-            hold = pred.get(0.0)
-            pick = pred.get(round(action, 2)) or min(s["prediction"], key=lambda p: abs(p["discount_change"] - action))
-            line = (f"Step 6 - Price-sales prediction. At discount_change {pick['discount_change']:+.2f} the prediction "
-                    f"is {pick['predicted_units']:.1f} units (GMV ¥{pick['predicted_gmv']:.2f})")
-            if hold is not None:
-                line += f" versus {hold['predicted_units']:.1f} units if the price holds"
-            steps.append(line + "; it is a one-day view, so it is weighed against the 14-day milestone.")
+            steps.append(self._prediction(s, action))
         size = f" by {abs(action):.2f}" if conclusion != "hold" else ""
         steps.append(f"Conclusion: {conclusion} price{size}.")
         return "\n".join(steps)
 
+    @staticmethod
+    def _traffic(s: dict, q: _Quoter) -> str:
+        if s.get("units_1d") is None:
+            return ("Step 2 - Traffic and conversion. Launch day: the traffic and conversion (impressions, CTR, CVR) "
+                    "are not observed yet, so the decision leans on the category priors.")
+        hist = s.get("history") or []
+        trend = ""
+        if len(hist) >= 2:
+            first, last = hist[0]["impressions"], hist[-1]["impressions"]
+            word = "rising" if last > first else "falling" if last < first else "flat"
+            trend = f" Impressions went from {first} to {last} over the last {len(hist)} days ({word})."
+        return (f"Step 2 - Traffic and conversion. {q('impressions_1d')}, {q('clicks_1d')}, {q('ctr_1d')}, "
+                f"{q('cvr_1d')}, {q('units_1d')}, {q('gmv_1d')}, {q('roi_1d')}.{trend}")
+
+    @staticmethod
+    def _milestone(s: dict, q: _Quoter) -> str:
+        roi = (f"The {q('cum_roi')} versus the {q('roi_target')}." if s.get("cum_roi") is not None else
+               f"No ROI observed yet (launch day); the {q('roi_target')} still binds.")
+        return (f"Step 3 - Milestone and ROI. The {q('milestone_progress')} with {q('days_left')}; the "
+                f"{q('required_daily_gmv')} toward the {q('gmv_target')}. {roi}")
+
+    @staticmethod
+    def _prediction(s: dict, action: float) -> str:
+        pred = {round(p["discount_change"], 2): p for p in s["prediction"]}
+        hold = pred.get(0.0)
+        pick = pred.get(round(action, 2)) or min(s["prediction"], key=lambda p: abs(p["discount_change"] - action))
+        line = (f"Step 6 - Price-sales prediction. At discount_change {pick['discount_change']:+.2f} the prediction is "
+                f"{pick['predicted_units']:.1f} units (GMV ¥{pick['predicted_gmv']:.2f})")
+        if hold is not None:
+            line += f" versus {hold['predicted_units']:.1f} units if the price holds"
+        return line + "; it is a one-day view, so it is weighed against the 14-day milestone."
+
 
 # ---------------------------------------------------------------------------
-# Judge
+# Judge: the four dimensions from checks of the answer against its own prompt
 # ---------------------------------------------------------------------------
 
-# Factor -> words whose presence shows the reasoning covered it. "kb" and "diagnosis" are
-# required only when the prompt had that context.
-_FACTORS = {
-    "traffic": ("impressions", "ctr"),
-    "milestone": ("milestone",),
-    "roi": ("roi",),
-    "competition": ("competitor mean price", "competitor minimum price"),
-    "kb": ("knowledge base",),
-    "reviews": ("review count", "reviews"),
-    "diagnosis": ("diagnosis",),
-    "prediction": ("prediction",),
+# The task's analysis steps, and what shows that a reasoning covered one: a quote of one of its
+# state fields ("<label>: <value>"), or a mention of its words outside a step heading that does
+# not say the thing is absent. "kb" and "diagnosis" are required only when the prompt had them.
+_FACTOR_FIELDS = {
+    "data": ("d_prev", "current_price", "inventory"),
+    "traffic": ("impressions_1d", "clicks_1d", "ctr_1d", "cvr_1d"),
+    "milestone": ("milestone_progress", "days_left", "required_daily_gmv", "gmv_target"),
+    "roi": ("cum_roi", "roi_target", "roi_1d"),
+    "competition": ("competitor_price_mean", "competitor_price_min", "price_gap_to_competitors"),
+    "kb": ("kb_benchmark_price",),
+    "reviews": ("review_count", "rating"),
+    "diagnosis": (),
+    "prediction": (),
 }
+_FACTOR_WORDS = {"traffic": ("impressions", "ctr", "cvr"), "kb": ("knowledge base",), "reviews": ("reviews",),
+                 "diagnosis": ("diagnosis",), "prediction": ("prediction", "predicted units")}
+# "no knowledge base in the prompt", "without a diagnosis": a mention that says the thing is absent.
+_NEGATED = r"\b(?:no|without|lacks?)\s+(?:\w+\s+){0,2}"
+# "Step 4 - Competition and knowledge base." or a markdown heading: names a step, covers nothing.
+_HEADING = re.compile(r"^#{1,6}\s[^\n]*|\bstep\s*\d+\s*[-\u2013:.)]?[^.:\n]*[.:]", re.IGNORECASE | re.MULTILINE)
+_CITED_FLAGS = re.compile(r"\bflags?\s*:\s*(?P<flags>[^.\n]*)", re.IGNORECASE)
+_CONCLUSION_SIZE = re.compile(
+    r"\bconclusion\s*:\s*(?:raise|lower)\s+(?:the\s+)?price\s+by\s+(?P<size>\d*\.?\d+)\s*(?P<pct>%)?", re.IGNORECASE)
+# Step 1 of the task alone asks for three numbers (discount, price, inventory): fewer quotes
+# means the data was not checked, whatever their accuracy.
+_MIN_QUOTES = 3
+# A reasoning covering fewer analysis steps than this has no chain whose coherence could be judged.
+_MIN_STEPS = 2
+
+
+def _mentions(text: str, word: str) -> bool:
+    """``word`` occurs at least once other than in an "absent" phrase."""
+    return len(re.findall(re.escape(word), text)) > len(re.findall(_NEGATED + re.escape(word), text))
+
+
+def covered_factors(reasoning: str, state: dict) -> set[str]:
+    """The analysis steps a reasoning covers (by a quote of their fields, or by their words)."""
+    from aigp_train.llm.prompts import FIELD_BY_KEY, quote_pattern
+
+    body = _HEADING.sub(" ", reasoning)
+    low = body.lower()
+    quoted = {k for k in FIELD_BY_KEY if state.get(k) is not None and quote_pattern(FIELD_BY_KEY[k]).search(body)}
+    return {f for f, keys in _FACTOR_FIELDS.items()
+            if quoted & set(keys) or any(_mentions(low, w) for w in _FACTOR_WORDS.get(f, ()))}
+
+
+def unsupported_quotes(reasoning: str, state: dict) -> list[str]:
+    """State fields the reasoning quotes with a number although the prompt does not show them
+    (no KB benchmark in a w/o-KB prompt, no CTR on launch day): invented data."""
+    from aigp_train.llm.prompts import STATE_FIELDS, quote_pattern
+
+    return [f.key for f in STATE_FIELDS if state.get(f.key) is None and quote_pattern(f).search(reasoning)]
+
+
+def unsupported_flags(reasoning: str, prompt_flags: list[str] | None) -> list[str]:
+    """Diagnosis findings the reasoning cites (``Flags: a, b``) that the prompt's report does not
+    raise; with no report in the prompt every cited finding is invented."""
+    known = {f.lower() for f in prompt_flags or []}
+    cited = [f.strip() for m in _CITED_FLAGS.finditer(reasoning) for f in re.split(r"[,;]", m.group("flags"))]
+    return [f for f in cited if f and f.lower() != "none" and f.lower() not in known]
+
+
+def _prompt_text_of_judge_request(messages: list[dict]) -> str:
+    """The pricing prompt inside a judge request (the user turn, up to where the response begins)."""
+    text = "\n".join(str(m["content"]) for m in messages if m.get("role") == "user")
+    cuts = [i for i in (text.find("## Response to score"), text.find("<response>")) if i >= 0]
+    return text[: min(cuts)] if cuts else text
 
 
 class ScriptedJudgeStandIn:
-    """Stand-in judge: rule-based four-dimension scores with simulated judge error and format noise."""
+    """Stand-in judge: four-dimension scores from checks of the answer against its prompt, with
+    simulated judge error and format noise."""
 
     name = "scripted-judge-stand-in"
 
     def __init__(self, cfg: JudgeStandInConfig):
+        from aigp_train.llm.judge import JudgeChecksConfig
+
         for key in ("error_rate", "format_noise_rate", "garbage_rate"):
             if not 0 <= getattr(cfg, key) <= 1:
                 raise RecipeError(f"backend.scripted.{key} must be in [0, 1], got {getattr(cfg, key)}.")
         self.cfg = cfg
         self.pricing = _pricing(cfg.pricing)
+        self.checks_cfg = JudgeChecksConfig(rel_tol=cfg.rel_tol, hold_tol=cfg.hold_tol)
 
     def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig) -> list[list[str]]:
         return [[self.verdict(r, k, sampling) for k in range(sampling.n)] for r in requests]
 
     def scores(self, request: GenerationRequest) -> dict[str, int]:
         """The noise-free rule-based scores of one judge request."""
-        from aigp_train.llm.judge import check_numbers, direction_matches, reasoning_of
-        from aigp_train.llm.prompts import direction_statements, direction_of
-        from aigp_train.pricing import parse_action
+        from aigp_train.llm.judge import deterministic_checks, reasoning_of, visible_response
 
-        state, response = request.state["prompt_state"], str(request.state["response"])
+        state, response = request.state["prompt_state"], visible_response(str(request.state["response"]))
         context = request.state.get("context", {})
         reasoning = reasoning_of(response)
-        low = reasoning.lower()
-        _, mismatches = check_numbers(reasoning, state, self.cfg.rel_tol)
-        accuracy = 5 if not mismatches else max(1, 4 - len(mismatches))
-        required = ["traffic", "milestone", "roi", "competition", "reviews", "prediction"]
-        if context.get("has_kb"):
-            required.append("kb")
-        if context.get("has_diagnosis"):
-            required.append("diagnosis")
-        missing = [f for f in required if not any(w in low for w in _FACTORS[f])]
-        completeness = 5 if not missing else max(1, 4 - len(missing))
-        directions = {d for _, d in direction_statements(reasoning)}
-        coherence = 5 if len(directions) <= 1 else 2
-        parsed = parse_action(response, float(state["d_prev"]), self.pricing)
-        action = parsed.raw_action if parsed.failure is None else None
-        consistency = 5 if direction_matches(direction_of(reasoning), action, self.cfg.hold_tol) else 1
-        return {"data_accuracy": accuracy, "content_completeness": completeness,
-                "reasoning_internal_coherence": coherence, "reasoning_decision_consistency": consistency}
+        checks = deterministic_checks(response, state, self.pricing, self.checks_cfg)
+        report = _section(prompt_sections(_prompt_text_of_judge_request(request.messages)), "diagnosis report")
+        # a report the context names but this request's text does not carry cannot be checked against
+        invented = [] if report is None and context.get("has_diagnosis") else \
+            unsupported_flags(reasoning, diagnosis_flags(report))
+        required = [f for f in _FACTOR_FIELDS if f not in ("kb", "diagnosis")]
+        required += [f for f, shown in (("kb", context.get("has_kb")), ("diagnosis", context.get("has_diagnosis")))
+                     if shown]
+        covered = covered_factors(reasoning, state)
+        return {
+            "data_accuracy": _data_accuracy(checks, len(unsupported_quotes(reasoning, state)) + len(invented)),
+            "content_completeness": _grade(len([f for f in required if f not in covered])),
+            "reasoning_internal_coherence": _coherence(reasoning, covered),
+            "reasoning_decision_consistency": _consistency(checks, reasoning),
+        }
 
     def verdict(self, request: GenerationRequest, sample: int, sampling: SamplingConfig) -> str:
         import json
@@ -423,3 +679,38 @@ class ScriptedJudgeStandIn:
             return f"After reviewing the analysis step by step, my scores are {plain}. Overall it is {'sound' if min(scores.values()) == 5 else 'flawed'}."
         return "\n".join(f"{DIMENSION_NAMES[d]}: {scores[d]}/5" for d in DIMENSIONS)
 
+
+def _grade(num_problems: int) -> int:
+    """5 with no problem found; one problem 3, two 2, three or more 1."""
+    return 5 if num_problems == 0 else max(1, 4 - num_problems)
+
+
+def _data_accuracy(checks: Any, num_invented: int) -> int:
+    """Quoted numbers match the prompt, nothing the prompt lacks is quoted, and enough is quoted."""
+    wrong = len(checks.number_mismatches) + num_invented
+    if wrong:
+        return _grade(wrong)
+    if checks.numbers_checked == 0:
+        return 1  # no data from the prompt at all: nothing was interpreted
+    return 5 if checks.numbers_checked >= _MIN_QUOTES else 4
+
+
+def _coherence(reasoning: str, covered: set[str]) -> int:
+    """Every stated direction (interim views, conclusion) agrees, and there is a chain of steps."""
+    from aigp_train.llm.prompts import direction_statements
+
+    if len(covered) < _MIN_STEPS:
+        return 1
+    return 5 if len({d for _, d in direction_statements(reasoning)}) <= 1 else 2
+
+
+def _consistency(checks: Any, reasoning: str) -> int:
+    """The JSON action parses and follows the conclusion's direction and, when stated, its size."""
+    if not checks.direction_ok:  # also False without a parseable action or without a conclusion
+        return 1
+    sizes = list(_CONCLUSION_SIZE.finditer(reasoning))
+    if sizes:
+        size = float(sizes[-1].group("size")) / (100.0 if sizes[-1].group("pct") else 1.0)
+        if abs(size - abs(checks.action)) > 0.005:  # more than half a price step: not the action stated
+            return 3
+    return 5
