@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from aigp_train.evaluate.infer import build_requests, read_decisions
+from aigp_train.llm.generation import FAULT_AFTER_SHARD
 from aigp_train.pricing import in_a_safe, load_pricing_config
 
 from conftest import REPO
@@ -68,17 +68,13 @@ def test_resume_after_sigkill_no_loss_no_duplicate(tiny_market, tmp_path):
     out = tmp_path / "night"
     args = ["recipes/tiny/infer.yaml", f"market_dir={tiny_market}", f"output_dir={out}", "max_skus=12",
             "shard_size=2", "sampling.max_new_tokens=24"]
-    proc = subprocess.Popen([sys.executable, "-m", "aigp_train.cli", "infer", *args], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    # the fault hook SIGKILLs the run right after generation shard 1: mid-run on any box
+    killed = _aigp(*args, env={**os.environ, FAULT_AFTER_SHARD: "1"}, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     gen = out / "generations"
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list(gen.glob("shard-*.jsonl"))) < 1 and proc.poll() is None:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
     done_at_kill = len(list(gen.glob("shard-*.jsonl")))
     plan = json.loads((gen / "plan.json").read_text())
-    assert 1 <= done_at_kill < plan["num_shards"], "the kill must land mid-run"
+    assert done_at_kill == 2 < plan["num_shards"], "the kill must land mid-run"
     assert not (out / "manifest.json").exists()
     before = {p.name: p.read_bytes() for p in gen.glob("shard-*.jsonl")}
 
@@ -97,3 +93,30 @@ def test_resume_after_sigkill_no_loss_no_duplicate(tiny_market, tmp_path):
     forced = table.column("decision_forced").to_pylist()
     assert summary["parse_failures"] == 0 and summary["decisions_forced"] == sum(forced) > 0
     assert all(r.rpartition("\n")[2].startswith('{"discount_change": ') for r in table.column("response").to_pylist())
+
+
+def test_two_ranks_killed_mid_run_then_restarted_answer_every_sku_exactly_once(tiny_market, tmp_path):
+    """torchrun, 2 ranks: rank 1 is SIGKILLed after its first shard (the fault hook), torchrun tears
+    the job down; the restart finishes, and rank 0 writes the manifest only over every rank's shards."""
+    recipe = tmp_path / "infer.yaml"
+    recipe.write_text(SCRIPTED.format(repo=REPO))
+    out = tmp_path / "night"
+    args = [str(recipe), f"market_dir={tiny_market}", f"output_dir={out}", "max_skus=8", "shard_size=2"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "aigp_train.cli", "infer", *args]
+    run = dict(cwd=REPO, capture_output=True, text=True, timeout=300)
+    killed = subprocess.run(torchrun, env={**os.environ, FAULT_AFTER_SHARD: "1"}, **run)  # shard 1 is rank 1's
+    gen = out / "generations"
+    assert killed.returncode != 0 and not (out / "manifest.json").exists(), killed.stderr[-3000:]
+    assert (gen / "shard-00001.jsonl").is_file() and not (gen / "shard-00003.jsonl").exists()
+    kept = (gen / "shard-00001.jsonl").read_bytes()
+
+    again = subprocess.run(torchrun, env=dict(os.environ), **run)
+    assert again.returncode == 0, again.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    plan = json.loads((gen / "plan.json").read_text())
+    assert plan["num_shards"] == 4 and manifest["rows"]["decisions"] == plan["num_requests"] == 8
+    assert manifest["summary"]["num_skus"] == 8
+    assert (gen / "shard-00001.jsonl").read_bytes() == kept  # rank 1's finished shard was kept, not redone
+    ids = read_decisions(out).column("prompt_id").to_pylist()
+    assert len(ids) == len(set(ids)) == 8  # every SKU decided exactly once over both ranks

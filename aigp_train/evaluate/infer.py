@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from aigp_train.llm.backends.base import GenerationRequest
-from aigp_train.llm.generation import read_generations, run_generation, shard_path
+from aigp_train.llm.generation import run_generation, shard_path, wait_for_generations
 from aigp_train.outputs import atomic_write_bytes, read_jsonl
 from aigp_train.pricing import ParseStats, parse_action
 
@@ -53,6 +53,7 @@ class InferenceResult:
     stats: ParseStats
     num_shards_written: int
     num_shards_skipped: int
+    rank: int = 0  # rank 0 holds every rank's decisions; another rank only its own
 
     def parse_summary(self) -> dict:
         """The parse counts and how many decisions the backend had to force (``num_decision_forced``)."""
@@ -104,10 +105,12 @@ def _write_parquet(path: Path, table: pa.Table) -> None:
 
 
 def run_inference(prompts: list[dict], backend, sampling, adapter: str | None, pricing, out_dir: str | Path,
-                  shard_size: int) -> InferenceResult:
+                  shard_size: int, wait_for_ranks_s: float = 0.0) -> InferenceResult:
     """Decisions for ``prompts`` into ``out_dir`` (resumable); returns them with parse counts.
 
-    Under several ranks (RANK/WORLD_SIZE or SLURM), each rank generates and returns its own shards.
+    Under several ranks (RANK/WORLD_SIZE or SLURM) each rank generates its own shards and returns
+    their decisions; rank 0 then waits up to ``wait_for_ranks_s`` for every rank's shards, checks
+    exactly-once over all of them and returns every decision (what the manifest records).
     """
     if sampling.n != 1:
         raise ValueError(f"inference takes one decision per SKU: sampling.n must be 1, got {sampling.n}.")
@@ -117,9 +120,14 @@ def run_inference(prompts: list[dict], backend, sampling, adapter: str | None, p
     if len(by_id) != len(prompts):
         raise ValueError("prompt ids repeat; each SKU must have one prompt per day.")
     result = run_generation(build_requests(prompts, adapter), backend, sampling, gen_dir, shard_size)
+    if result.rank == 0:  # every rank's shards, each request exactly once, before a decision is returned
+        wait_for_generations(gen_dir, wait_for_ranks_s if result.world_size > 1 else 0.0)
+        shards = range(result.num_shards)
+    else:
+        shards = range(result.rank, result.num_shards, result.world_size)
     stats = ParseStats()
     tables = []
-    for index in range(result.rank, result.num_shards, result.world_size):
+    for index in shards:
         part = dec_dir / f"part-{index:05d}.parquet"
         # Re-derived from the generation shard even when the part exists, so the parse counts are
         # complete after a resume; the part itself is only written once.
@@ -127,10 +135,8 @@ def run_inference(prompts: list[dict], backend, sampling, adapter: str | None, p
         if not part.is_file():
             _write_parquet(part, table)
         tables.append(table)
-    if result.world_size == 1:
-        read_generations(gen_dir)  # exactly-once check over the whole plan
     decisions = pa.concat_tables(tables) if tables else DECISION_SCHEMA.empty_table()
-    return InferenceResult(decisions, stats, len(result.written), len(result.skipped))
+    return InferenceResult(decisions, stats, len(result.written), len(result.skipped), result.rank)
 
 
 def read_decisions(out_dir: str | Path) -> pa.Table:

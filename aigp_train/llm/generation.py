@@ -7,9 +7,20 @@ backend call and written as ``shard-00007.jsonl`` by rename (``atomic_write_json
 file either holds all its rows or does not exist. A restarted run skips the shards it finds,
 which is what makes "killed mid-way, restarted" end with every request answered exactly once.
 
-``plan.json`` pins the request ids (their hash), the shard size and the sampling; a restart with
-a different request list or shard size is an error (mixing two plans would duplicate or lose
+``plan.json`` pins the request ids (their hash), the requests' content (messages and adapter), the
+shard size, the sampling and the backend; a restart with a different request list, prompt content
+or shard size is an error (mixing two plans would duplicate or lose
 rows), naming the fix (a new output folder, or delete it).
+
+Under several ranks each rank generates its shards and rank 0 alone reads the result:
+``wait_for_generations`` waits (up to the stage's ``wait_for_ranks_s``) until every rank's shards
+are there and checks each request is answered exactly once over all ranks. Every generation
+stage (teacher, judge, candidates, infer) ends that way, so a manifest never says done while
+another node is still generating.
+
+Fault injection: ``AIGP_FAULT_AFTER_SHARD=k`` makes the process SIGKILL itself right after
+shard ``k`` is written (only the rank owning shard ``k`` dies), so a kill test kills at a chosen
+point instead of after a sleep that a quiet box outruns.
 
 A backend exception in one shard does not lose the others: the runner writes
 ``shard-00007.error.txt`` (the traceback), carries on with the remaining shards, then raises
@@ -25,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -36,9 +48,10 @@ from aigp_train.llm.backends.base import Backend, GenerationRequest, SamplingCon
 from aigp_train.outputs import atomic_write_json, atomic_write_jsonl, read_jsonl
 
 __all__ = ["GenerationError", "GenerationResult", "rank_and_world", "run_generation", "read_generations",
-           "shard_path"]
+           "shard_path", "wait_for_generations", "FAULT_AFTER_SHARD"]
 
 PLAN = "plan.json"
+FAULT_AFTER_SHARD = "AIGP_FAULT_AFTER_SHARD"  # env: SIGKILL this process once that shard index is written
 
 
 class GenerationError(RuntimeError):
@@ -80,8 +93,20 @@ def _plan(requests: Sequence[GenerationRequest], shard_size: int, sampling: Samp
         dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
         raise ValueError(f"request ids must be unique; repeated: {dup}. Fix the request builder.")
     digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()
-    return {"num_requests": len(ids), "request_ids_sha256": digest, "shard_size": shard_size,
-            "num_shards": -(-len(ids) // shard_size), "sampling": asdict(sampling), "backend": backend}
+    return {"num_requests": len(ids), "request_ids_sha256": digest, "requests_sha256": _content_hash(requests),
+            "shard_size": shard_size, "num_shards": -(-len(ids) // shard_size), "sampling": asdict(sampling),
+            "backend": backend}
+
+
+def _content_hash(requests: Sequence[GenerationRequest]) -> str:
+    """sha256 of what each request asks (messages, state, adapter, mode): a rerun whose prompts changed under
+    the same ids must not reuse the old answers. Built one request at a time (lazy sequences stay lazy)."""
+    digest = hashlib.sha256()
+    for i in range(len(requests)):
+        r = requests[i]
+        digest.update(json.dumps([r.request_id, r.messages, r.state, r.adapter, r.act_only], sort_keys=True,
+                                 default=str).encode())
+    return digest.hexdigest()
 
 
 def _check_plan(out_dir: Path, plan: dict) -> None:
@@ -152,12 +177,19 @@ def run_generation(
         written.append(index)
         log(f"[generation] rank {rank}/{world_size}: shard {index + 1}/{plan['num_shards']} written "
             f"({len(rows)} requests)")
+        _maybe_fault(index)
     if failed:
         raise GenerationError(
             f"{len(failed)} shard(s) failed on rank {rank}: {failed} (tracebacks in {out}/shard-*.error.txt); "
             f"{len(written) + len(skipped)} other shard(s) are written and kept. Fix the cause and rerun: only "
             f"the failed shards are regenerated.")
     return GenerationResult(plan["num_shards"], written, skipped, rank, world_size, time.perf_counter() - start)
+
+
+def _maybe_fault(index: int) -> None:
+    """The fault-injection hook (``AIGP_FAULT_AFTER_SHARD``): a real SIGKILL, no cleanup, no flush."""
+    if os.environ.get(FAULT_AFTER_SHARD) == str(index):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def read_generations(out_dir: str | Path) -> list[dict]:
@@ -178,3 +210,17 @@ def read_generations(out_dir: str | Path) -> list[dict]:
         raise GenerationError(f"{out} holds {len(ids)} rows ({len(set(ids))} distinct) for {plan['num_requests']} "
                               f"requests; delete the folder and rerun.")
     return rows
+
+
+def wait_for_generations(out_dir: str | Path, timeout_s: float) -> list[dict]:
+    """All rows of a generation once every rank's shards are written (``read_generations``: each
+    request exactly once), waiting up to ``timeout_s`` for the other ranks; a failed shard ends the wait."""
+    out = Path(out_dir)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return read_generations(out)
+        except GenerationError:
+            if time.monotonic() > deadline or list(out.glob("shard-*.error.txt")):
+                raise
+            time.sleep(2.0)

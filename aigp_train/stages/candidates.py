@@ -105,11 +105,11 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     import numpy as np
 
     from aigp_train.llm.backends.base import GenerationRequest, make_backend
-    from aigp_train.llm.generation import rank_and_world, run_generation
+    from aigp_train.llm.generation import rank_and_world, run_generation, wait_for_generations
     from aigp_train.llm.prompts import read_prompts
     from aigp_train.ltve.model import load_ltve
     from aigp_train.market.schema import read_logs
-    from aigp_train.stages.teacher import backend_with_pricing, wait_for_all_shards
+    from aigp_train.stages.teacher import backend_with_pricing
 
     prompts = read_prompts(recipe.prompts_dir, recipe.variant)
     if recipe.max_prompts > 0:
@@ -129,7 +129,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     rank, world = rank_and_world()
     if rank != 0:  # every rank generated its shards; rank 0 scores once all are written
         return {"summary": {"rank": rank, "shards_written": len(result.written)}}
-    generated = wait_for_all_shards(gen_dir, recipe.wait_for_ranks_s if world > 1 else 0.0)
+    generated = wait_for_generations(gen_dir, recipe.wait_for_ranks_s if world > 1 else 0.0)
     completions = {row["request_id"]: row["completions"] for row in generated}
 
     rows, rejected_total, num_samples = [], Counter(), 0

@@ -39,6 +39,7 @@ class Recipe:
     seed: int = help_field("seed of that sample")
     adapter: str | None = help_field("LoRA adapter folder (PEFT); null = the base model")
     shard_size: int = help_field("SKUs per atomically written shard (the unit of resume)")
+    wait_for_ranks_s: float = help_field("rank 0 waits this long for other ranks' shards before writing the manifest")
     prompt_recipe: str = help_field("the aigp prompts recipe whose prompt: block builds these prompts (same as training)")
     model: ModelRecipe = help_field("the deployed model")
     backend: BackendConfig = help_field("generation backend (vllm on the cluster, hf on CPU)")
@@ -52,6 +53,13 @@ def prompt_config(recipe: Recipe) -> PromptConfig:
     from aigp_train.stages import prompts
 
     return load_recipe(recipe.prompt_recipe, prompts.Recipe).prompt
+
+
+def extra_inputs(recipe: Recipe) -> dict[str, str]:
+    """The resolved prompt block (``prompt_recipe`` and its includes): the recipe names only its file."""
+    from aigp_train.config import recipe_hash
+
+    return {"prompt_recipe.prompt": recipe_hash(prompt_config(recipe))}
 
 
 def night_prompts(recipe: Recipe, source: MarketSource | None = None, tokenizer=None) -> list[dict]:
@@ -72,7 +80,9 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     prompts = night_prompts(recipe)
     backend = make_backend(backend_with_pricing(recipe.backend, recipe.pricing), recipe.model, recipe.pricing)
     result = run_inference(prompts, backend, recipe.sampling, recipe.adapter, recipe.pricing, out.path,
-                           recipe.shard_size)
+                           recipe.shard_size, recipe.wait_for_ranks_s)
+    if result.rank != 0:
+        return {"summary": {"rank": result.rank, "shards_written": result.num_shards_written}}
     stats = result.parse_summary()
     discounts = result.decisions.column("discount").to_pylist()
     summary = {

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from aigp_train.config import help_field
 from aigp_train.llm.backends import BackendConfig, GenerationRequest, SamplingConfig, make_backend
-from aigp_train.llm.generation import rank_and_world, read_generations, run_generation
+from aigp_train.llm.generation import rank_and_world, read_generations, run_generation, wait_for_generations
 from aigp_train.llm.judge import (
     JudgeChecksConfig,
     JudgeStats,
@@ -40,7 +40,7 @@ from aigp_train.llm.prompts import PromptConfig, read_prompts
 from aigp_train.outputs import StageOutput, atomic_write_jsonl
 from aigp_train.pricing import PricingConfig
 from aigp_train.pricing.ab import assign_groups
-from aigp_train.stages.teacher import backend_with_pricing, wait_for_all_shards
+from aigp_train.stages.teacher import backend_with_pricing
 
 
 @dataclass
@@ -149,7 +149,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     if rank != 0:
         return {"summary": {"rank": rank, "shards_written": len(result.written)}}
     verdicts = {r["request_id"]: r["completions"][0]
-                for r in wait_for_all_shards(verdict_dir, recipe.wait_for_ranks_s if world > 1 else 0.0)}
+                for r in wait_for_generations(verdict_dir, recipe.wait_for_ranks_s if world > 1 else 0.0)}
 
     stats = JudgeStats()
     score_rows, kept = [], []

@@ -14,14 +14,13 @@ of ``aigp judge-agreement``; never read by the judge).
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from aigp_train.config import help_field
 from aigp_train.llm.backends import BackendConfig, GenerationRequest, SamplingConfig, make_backend
-from aigp_train.llm.generation import GenerationError, rank_and_world, read_generations, run_generation
+from aigp_train.llm.generation import rank_and_world, run_generation, wait_for_generations
 from aigp_train.llm.models import ModelRecipe
 from aigp_train.llm.prompts import read_prompts
 from aigp_train.outputs import StageOutput
@@ -48,18 +47,6 @@ def backend_with_pricing(cfg: BackendConfig, pricing: PricingConfig) -> BackendC
     return dataclasses.replace(cfg, scripted={**dict(cfg.scripted), "pricing": dataclasses.asdict(pricing)})
 
 
-def wait_for_all_shards(out_dir: Path, timeout_s: float) -> list[dict]:
-    """All rows, after waiting up to ``timeout_s`` for other ranks to finish their shards."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return read_generations(out_dir)
-        except GenerationError:
-            if time.monotonic() > deadline or list(out_dir.glob("shard-*.error.txt")):
-                raise
-            time.sleep(2.0)
-
-
 def run(recipe: Recipe, out: StageOutput) -> dict:
     prompts = [p for p in read_prompts(recipe.prompts_dir, "full")]
     if recipe.max_prompts > 0:
@@ -75,7 +62,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     rank, world = rank_and_world()
     if rank != 0:
         return {"summary": {"rank": rank, "shards_written": len(result.written)}}
-    rows = wait_for_all_shards(responses, recipe.wait_for_ranks_s if world > 1 else 0.0)
+    rows = wait_for_generations(responses, recipe.wait_for_ranks_s if world > 1 else 0.0)
     by_id = {p["prompt_id"]: p for p in prompts}
     stats, defects, chars = ParseStats(), Counter(), 0
     for row in rows:
