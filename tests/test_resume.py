@@ -1,0 +1,158 @@
+"""A resume is only a resume when nothing it depends on changed: teacher, judge, infer, candidates and
+the LTVE trainer, rerun into their folder after a recipe value or an input changed, refuse with a
+message naming what changed and the fix (exit 2, nothing rewritten); ``--force`` starts over."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "recipes" / "tiny"
+SCRIPTED_INFER = """include: [{repo}/recipes/tiny/infer.yaml]
+backend:
+  kind: scripted
+  hf: null
+  scripted: {{role: teacher, action_noise_std: 0.02, wrong_number_rate: 0.05, omitted_factor_rate: 0.0,
+              incoherent_rate: 0.0, contradiction_rate: 0.0, malformed_json_rate: 0.0, unsafe_action_rate: 0.0}}
+"""
+
+
+def aigp(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "aigp_train.cli", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "WANDB_MODE": "disabled"})
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def refused(proc: subprocess.CompletedProcess, *names: str) -> None:
+    """Exit 2, no traceback, the message names each of ``names`` and both fixes."""
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    for name in (*names, "--force", "output_dir"):
+        assert name in proc.stderr, (name, proc.stderr[-3000:])
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory) -> dict[str, Path]:
+    """market (60 SKUs) -> prompts (12) -> teacher -> judge, and a 20-step LTVE, in-process."""
+    from aigp_train.cli import run_stage
+
+    root = tmp_path_factory.mktemp("resume")
+    run = {k: root / k for k in ("market", "prompts", "teacher", "judge", "ltve")}
+    run_stage("simulate", str(TINY / "market.yaml"), [f"output_dir={run['market']}", "num_skus=60"])
+    run_stage("prompts", str(TINY / "prompts.yaml"), [f"market_dir={run['market']}", f"output_dir={run['prompts']}",
+                                                      "selection.max_prompts=12", "shard_size=6"])
+    run_stage("teacher", str(TINY / "teacher.yaml"), [f"prompts_dir={run['prompts']}", f"output_dir={run['teacher']}",
+                                                      "shard_size=4"])
+    run_stage("judge", str(TINY / "judge.yaml"), [f"prompts_dir={run['prompts']}", f"teacher_dir={run['teacher']}",
+                                                  f"output_dir={run['judge']}", "shard_size=8"])
+    run_stage("ltve", str(TINY / "ltve.yaml"), [f"data.logs_dir={run['market']}", f"output_dir={run['ltve']}",
+                                                *LTVE_STEPS(20)])
+    run["root"] = root
+    return run
+
+
+def LTVE_STEPS(num_steps: int) -> list[str]:
+    return [f"train.num_steps={num_steps}", "train.log_every=10", "train.checkpoint_every=10"]
+
+
+def test_teacher_refuses_a_changed_backend_setting_then_force_starts_over(chain, tmp_path):
+    out = tmp_path / "teacher"
+    args = ["teacher", TINY / "teacher.yaml", f"prompts_dir={chain['prompts']}", f"output_dir={out}", "shard_size=4"]
+    assert aigp(*args).returncode == 0
+    before = snapshot(out / "responses")
+    proc = aigp(*args, "backend.scripted.wrong_number_rate=0.6")  # the issue's 0.06 -> 0.6
+    refused(proc, "backend.scripted.wrong_number_rate", "0.06 -> 0.6")
+    assert snapshot(out / "responses") == before  # nothing rewritten, nothing reused
+    forced = aigp(*args, "backend.scripted.wrong_number_rate=0.6", "--force")
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    summary = json.loads((out / "manifest.json").read_text())["summary"]
+    assert summary["shards_written"] == 3 and summary["shards_skipped"] == 0  # started over
+    assert snapshot(out / "responses") != before
+    again = aigp(*args, "backend.scripted.wrong_number_rate=0.6")  # same recipe, same inputs: a skip
+    assert again.returncode == 0 and "skipping" in again.stderr
+
+
+def test_teacher_refuses_changed_prompt_shards(chain, tmp_path):
+    import shutil
+
+    prompts = tmp_path / "prompts"
+    shutil.copytree(chain["prompts"], prompts)
+    out = tmp_path / "teacher"
+    args = ["teacher", TINY / "teacher.yaml", f"prompts_dir={prompts}", f"output_dir={out}", "shard_size=4"]
+    assert aigp(*args).returncode == 0
+    manifest = prompts / "manifest.json"  # what a rerun of `aigp prompts` into the same folder changes
+    manifest.write_text(manifest.read_text().replace('"rows"', '"rows" ', 1))
+    refused(aigp(*args), "input prompts_dir", "changed")
+
+
+def test_judge_refuses_a_teacher_rerun_under_it(chain, tmp_path):
+    import shutil
+
+    teacher, out = tmp_path / "teacher", tmp_path / "judge"
+    shutil.copytree(chain["teacher"], teacher)
+    judge = ["judge", TINY / "judge.yaml", f"prompts_dir={chain['prompts']}", f"teacher_dir={teacher}",
+             f"output_dir={out}", "shard_size=8"]
+    assert aigp(*judge).returncode == 0
+    before = snapshot(out)
+    rerun = aigp("teacher", TINY / "teacher.yaml", f"prompts_dir={chain['prompts']}", f"output_dir={teacher}",
+                 "shard_size=4", "sampling.seed=7", "--force")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    refused(aigp(*judge), "input teacher_dir", "changed")
+    assert snapshot(out) == before
+
+
+def test_infer_refuses_a_new_adapter_or_a_retrained_one(chain, tmp_path):
+    recipe = tmp_path / "infer.yaml"
+    recipe.write_text(SCRIPTED_INFER.format(repo=REPO))
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter / "adapter_model.safetensors").write_bytes(b"v1")
+    out = tmp_path / "night"
+    args = ["infer", recipe, f"market_dir={chain['market']}", f"output_dir={out}", "max_skus=6", "shard_size=3"]
+    assert aigp(*args, f"adapter={adapter}").returncode == 0
+    before = snapshot(out)
+    refused(aigp(*args, f"adapter={tmp_path / 'other_adapter'}"), "recipe key adapter")
+    (adapter / "adapter_model.safetensors").write_bytes(b"v2")  # retrained in place: same path, new weights
+    refused(aigp(*args, f"adapter={adapter}"), "input adapter", "changed")
+    assert snapshot(out) == before
+
+
+def test_candidates_refuse_a_retrained_ltve(chain, tmp_path):
+    import shutil
+
+    ltve, out = tmp_path / "ltve", tmp_path / "candidates"
+    shutil.copytree(chain["ltve"], ltve)
+    args = ["candidates", TINY / "candidates.yaml", f"prompts_dir={chain['prompts']}", f"market_dir={chain['market']}",
+            f"ltve_path={ltve}", f"output_dir={out}", "adapter=''", "max_prompts=6", "shard_size=3",
+            "backend.kind=scripted"]
+    first = aigp(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    retrain = aigp("ltve", TINY / "ltve.yaml", f"data.logs_dir={chain['market']}", f"output_dir={ltve}",
+                   *LTVE_STEPS(20), "train.seed=1", "--force")
+    assert retrain.returncode == 0, retrain.stderr[-3000:]
+    refused(aigp(*args), "input ltve_path", "changed")
+
+
+def test_trainer_refuses_a_changed_hyperparameter_but_resumes_a_longer_run(chain, tmp_path):
+    import shutil
+
+    out = tmp_path / "ltve"
+    shutil.copytree(chain["ltve"], out)
+    args = ["ltve", TINY / "ltve.yaml", f"data.logs_dir={chain['market']}", f"output_dir={out}"]
+    checkpoint = (out / "checkpoint.safetensors").read_bytes()
+    refused(aigp(*args, *LTVE_STEPS(20), "train.lr=0.5"), "recipe key train.lr")
+    assert (out / "checkpoint.safetensors").read_bytes() == checkpoint
+    longer = aigp(*args, *LTVE_STEPS(30))  # a bigger step budget is the same run, continued
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    assert json.loads((out / "manifest.json").read_text())["summary"]["steps"] == 30
+    assert "training steps 20..30" in longer.stderr
