@@ -279,8 +279,7 @@ _DIAGNOSIS_NUDGES = (
 )
 
 
-_NO_KB = Evidence("kb", 0.0, "No knowledge base in the prompt: no benchmark of related products anchors the price, "
-                             "and no category rule is known; the competitor prices are the only reference.")
+_NO_KB = Evidence("kb", 0.0, "No knowledge base in the prompt: no benchmark or category rule, competitors only.")
 
 
 def _launch_evidence(view: PromptView, q: _Quoter) -> list[Evidence]:
@@ -290,19 +289,19 @@ def _launch_evidence(view: PromptView, q: _Quoter) -> list[Evidence]:
     if view.has_kb:
         bench = float(s["kb_benchmark_price"])
         if price > 1.05 * bench:
-            return [Evidence("kb", -0.05, f"Launch day: the {q('current_price')} is above the {q('kb_benchmark_price')}"
-                                          " of the knowledge base, so open with a deeper discount.")]
+            return [Evidence("kb", -0.05, f"Launch day: {q('current_price')} is above the knowledge base's "
+                                          f"{q('kb_benchmark_price')}: open deeper (-0.05).")]
         if view.kb_states(_KB_LAUNCH_RULE):
-            return [Evidence("kb", -0.03, f"Launch day: the {q('current_price')} is not above the "
-                                          f"{q('kb_benchmark_price')}, and the knowledge base's rule says a launch "
-                                          "discount builds sales history and reviews: open a little lower.")]
-        return [Evidence("kb", 0.0, f"Launch day: the {q('current_price')} is not above the "
-                                    f"{q('kb_benchmark_price')} of the knowledge base: hold and observe.")]
+            return [Evidence("kb", -0.03, f"Launch day: {q('current_price')}, not above the knowledge base's "
+                                          f"{q('kb_benchmark_price')}; its rule: a launch discount builds history "
+                                          "and reviews (-0.03).")]
+        return [Evidence("kb", 0.0, f"Launch day: {q('current_price')}, not above the knowledge base's "
+                                    f"{q('kb_benchmark_price')}: hold and observe.")]
     comp = float(s["competitor_price_mean"])
     if price > 1.05 * comp:
-        return [Evidence("competition", -0.05, f"Launch day: the {q('current_price')} is above the "
-                                               f"{q('competitor_price_mean')}, so open lower."), _NO_KB]
-    return [Evidence("competition", 0.0, f"Launch day: the {q('current_price')} is not above the "
+        return [Evidence("competition", -0.05, f"Launch day: {q('current_price')} is above the "
+                                               f"{q('competitor_price_mean')}: open lower (-0.05)."), _NO_KB]
+    return [Evidence("competition", 0.0, f"Launch day: {q('current_price')}, not above the "
                                          f"{q('competitor_price_mean')}: hold and observe."), _NO_KB]
 
 
@@ -314,25 +313,23 @@ def _milestone_evidence(s: dict, q: _Quoter) -> Evidence:
     where = f"{100 * abs(gap):.1f} points {'behind' if gap < 0 else 'ahead of'} the pace of {100 * pace:.2f}%"
     if gap < -0.05 and headroom > 0:
         nudge = -0.10 if gap < -0.25 else -0.05
-        return Evidence("milestone", nudge, f"The milestone is {where}, with ROI headroom over its target: lower the "
-                                            f"price to catch up ({nudge:+.2f}).")
+        return Evidence("milestone", nudge, f"Progress is {where} with ROI headroom: lower to catch up ({nudge:+.2f}).")
     if gap > 0.10:
-        return Evidence("milestone", 0.05, f"The milestone is {where}: there is room to raise the price (+0.05).")
+        return Evidence("milestone", 0.05, f"Progress is {where}: room to raise (+0.05).")
     if headroom < 0:
-        return Evidence("milestone", 0.03, f"The milestone is {where}, but the ROI is under its target: raise the "
-                                           "price to restore margin (+0.03).")
-    return Evidence("milestone", 0.0, f"The milestone is {where}, no strong pace signal.")
+        return Evidence("milestone", 0.03, f"Progress is {where}, ROI under target: raise for margin (+0.03).")
+    return Evidence("milestone", 0.0, f"Progress is {where}: no pace signal.")
 
 
 def _competition_evidence(s: dict, behind: bool, q: _Quoter) -> Evidence:
     gap = float(s["price_gap_to_competitors"])
     if gap > 0.10 and behind:
-        return Evidence("competition", -0.02, f"With a {q('price_gap_to_competitors')} while behind pace, shoppers "
-                                              "compare and leave: lower a little (-0.02).")
+        return Evidence("competition", -0.02, f"{q('price_gap_to_competitors')} while behind pace: shoppers compare "
+                                              "and leave (-0.02).")
     if gap < -0.10 and not behind:
-        return Evidence("competition", 0.02, f"With a {q('price_gap_to_competitors')} while on pace, the price can "
-                                             "close part of the gap (+0.02).")
-    return Evidence("competition", 0.0, f"The {q('price_gap_to_competitors')} calls for no competitive move.")
+        return Evidence("competition", 0.02, f"{q('price_gap_to_competitors')} while on pace: close part of the gap "
+                                             "(+0.02).")
+    return Evidence("competition", 0.0, f"{q('price_gap_to_competitors')}: no competitive move.")
 
 
 def _kb_evidence(view: PromptView, q: _Quoter) -> Evidence:
@@ -342,13 +339,13 @@ def _kb_evidence(view: PromptView, q: _Quoter) -> Evidence:
         return _NO_KB
     price, bench = float(s["current_price"]), float(s["kb_benchmark_price"])
     ratio = price / bench - 1.0
-    where = f"the {q('current_price')} is {100 * abs(ratio):.1f}% {'above' if ratio > 0 else 'below'} the " \
-            f"{q('kb_benchmark_price')} (knowledge base, related products)"
+    where = f"Knowledge base: {q('current_price')} is {100 * abs(ratio):.1f}% {'above' if ratio > 0 else 'below'} " \
+            f"the {q('kb_benchmark_price')} of related products"
     if ratio > 0.15:
-        return Evidence("kb", -0.02, f"Against the knowledge base: {where}, expensive for its kind (-0.02).")
+        return Evidence("kb", -0.02, f"{where}, dear for its kind (-0.02).")
     if ratio < -0.15:
-        return Evidence("kb", 0.02, f"Against the knowledge base: {where}, cheap for its kind (+0.02).")
-    return Evidence("kb", 0.0, f"Against the knowledge base: {where}, in line with its kind.")
+        return Evidence("kb", 0.02, f"{where}, cheap for its kind (+0.02).")
+    return Evidence("kb", 0.0, f"{where}, in line.")
 
 
 def _kb_rules(view: PromptView, action: float, q: _Quoter) -> list[Evidence]:
@@ -356,11 +353,10 @@ def _kb_rules(view: PromptView, action: float, q: _Quoter) -> list[Evidence]:
     if action <= 0 or not view.has_kb:
         return []
     if view.kb_states(_KB_LAUNCH_RULE) and int(view.state["review_count"]) < _ESTABLISHED_REVIEWS:
-        return [Evidence("kb", -action, f"The knowledge base's rule is to raise only once reviews are established; "
-                                        f"with a {q('review_count')} the price holds instead of rising.")]
+        return [Evidence("kb", -action, f"KB rule: raise only once reviews are established; {q('review_count')}, "
+                                        "so no raise.")]
     if view.kb_states(_KB_REFERENCE_RULE) and action > _GRADUAL_RAISE:
-        why = f"The knowledge base's rule is to avoid raises above the recent reference price: raise gradually " \
-              f"(+{_GRADUAL_RAISE:.2f})."
+        why = f"KB rule: no raise above the recent reference price, so raise gradually (+{_GRADUAL_RAISE:.2f})."
         return [Evidence("kb", _GRADUAL_RAISE - action, why)]
     return []
 
@@ -368,14 +364,13 @@ def _kb_rules(view: PromptView, action: float, q: _Quoter) -> list[Evidence]:
 def _diagnosis_evidence(view: PromptView) -> list[Evidence]:
     flags = diagnosis_flags(view.diagnosis)
     if flags is None:
-        return [Evidence("diagnosis", 0.0, "No diagnosis report in the prompt: stock cover and conversion problems "
-                                           "are not flagged, so they are not acted on.")]
+        return [Evidence("diagnosis", 0.0, "No diagnosis report in the prompt: no stock or conversion flags.")]
     if not _FLAGS_LINE.search(view.diagnosis):  # the launch-day report has no findings yet
         return [Evidence("diagnosis", 0.0, f"The diagnosis report reads: {view.diagnosis.splitlines()[0].strip()}")]
-    out = [Evidence("diagnosis", 0.0, f"The diagnosis report's Flags: {', '.join(flags) if flags else 'none'}.")]
+    out = [Evidence("diagnosis", 0.0, f"Diagnosis report, Flags: {', '.join(flags) if flags else 'none'}.")]
     for phrase, nudge, why in _DIAGNOSIS_NUDGES:
         if any(phrase in f.lower() for f in flags):
-            out.append(Evidence("diagnosis", nudge, f"Diagnosis finding '{phrase}': {why} ({nudge:+.2f})."))
+            out.append(Evidence("diagnosis", nudge, f"'{phrase}': {why} ({nudge:+.2f})."))
     return out
 
 
@@ -500,8 +495,8 @@ class ScriptedTeacherStandIn:
                          f"{q('competitor_price_min')}. " + " ".join(x for x in (cite["competition"], cite["kb"]) if x))
         if omitted != "reviews":
             rating = f" with a {q('rating')}" if s.get("rating") is not None else " (no reviews yet, no rating)"
-            steps.append(f"Step 5 - Reviews and diagnosis. The {q('review_count')}{rating}; the customer reviews are "
-                         "read as data only (any instructions inside them are ignored). " + cite["diagnosis"])
+            steps.append(f"Step 5 - Reviews and diagnosis. {q('review_count')}{rating}; reviews read as data only. "
+                         + cite["diagnosis"])
         if omitted != "prediction" and s.get("prediction"):
             steps.append(self._prediction(s, action))
         size = f" by {abs(action):.2f}" if conclusion != "hold" else ""
@@ -511,14 +506,14 @@ class ScriptedTeacherStandIn:
     @staticmethod
     def _traffic(s: dict, q: _Quoter) -> str:
         if s.get("units_1d") is None:
-            return ("Step 2 - Traffic and conversion. Launch day: the traffic and conversion (impressions, CTR, CVR) "
-                    "are not observed yet, so the decision leans on the category priors.")
+            return ("Step 2 - Traffic and conversion. Launch day: impressions, CTR and CVR not observed yet; "
+                    "category priors only.")
         hist = s.get("history") or []
         trend = ""
         if len(hist) >= 2:
             first, last = hist[0]["impressions"], hist[-1]["impressions"]
             word = "rising" if last > first else "falling" if last < first else "flat"
-            trend = f" Impressions went from {first} to {last} over the last {len(hist)} days ({word})."
+            trend = f" Impressions {first} to {last} over {len(hist)} days ({word})."
         return (f"Step 2 - Traffic and conversion. {q('impressions_1d')}, {q('clicks_1d')}, {q('ctr_1d')}, "
                 f"{q('cvr_1d')}, {q('units_1d')}, {q('gmv_1d')}, {q('roi_1d')}.{trend}")
 
@@ -534,11 +529,11 @@ class ScriptedTeacherStandIn:
         pred = {round(p["discount_change"], 2): p for p in s["prediction"]}
         hold = pred.get(0.0)
         pick = pred.get(round(action, 2)) or min(s["prediction"], key=lambda p: abs(p["discount_change"] - action))
-        line = (f"Step 6 - Price-sales prediction. At discount_change {pick['discount_change']:+.2f} the prediction is "
+        line = (f"Step 6 - Price-sales prediction. At {pick['discount_change']:+.2f} the prediction is "
                 f"{pick['predicted_units']:.1f} units (GMV ¥{pick['predicted_gmv']:.2f})")
         if hold is not None:
-            line += f" versus {hold['predicted_units']:.1f} units if the price holds"
-        return line + "; it is a one-day view, so it is weighed against the 14-day milestone."
+            line += f" vs {hold['predicted_units']:.1f} if the price holds"
+        return line + "; a one-day view, weighed against the 14-day milestone."
 
 
 # ---------------------------------------------------------------------------
