@@ -271,11 +271,12 @@ _KB_LAUNCH_RULE = "launch discount"        # "a launch discount builds sales his
 _KB_REFERENCE_RULE = "reference price"     # "avoid price increases above the recent reference price"
 _ESTABLISHED_REVIEWS = 5                   # most review lift is from the first ~5 (Askalidis & Malthouse 2016)
 _GRADUAL_RAISE = 0.02                      # "raise the price gradually": one step of at most this a day
-# Diagnosis findings (the report's Flags line) and how an operator answers them.
+# Diagnosis findings (phrases of aigp_train.market.text.diagnosis_report) and how an operator answers them.
 _DIAGNOSIS_NUDGES = (
     ("stock may run out", 0.03, "do not discount stock that will not last"),
     ("clicks without purchases", -0.02, "the price stops shoppers at checkout"),
     ("low click-through", -0.02, "a deeper deal badge lifts clicks"),
+    ("the first reviews matter most", -0.02, "a discount buys the first reviews"),
 )
 
 
@@ -369,7 +370,7 @@ def _diagnosis_evidence(view: PromptView) -> list[Evidence]:
         return [Evidence("diagnosis", 0.0, f"The diagnosis report reads: {view.diagnosis.splitlines()[0].strip()}")]
     out = [Evidence("diagnosis", 0.0, f"Diagnosis report, Flags: {', '.join(flags) if flags else 'none'}.")]
     for phrase, nudge, why in _DIAGNOSIS_NUDGES:
-        if any(phrase in f.lower() for f in flags):
+        if phrase in view.diagnosis.lower():
             out.append(Evidence("diagnosis", nudge, f"'{phrase}': {why} ({nudge:+.2f})."))
     return out
 
