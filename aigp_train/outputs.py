@@ -63,13 +63,20 @@ def current_umask() -> int:
     return old
 
 
+def mkstemp_beside(path: Path) -> tuple[int, str]:
+    """A temp file next to ``path`` (same filesystem, so the final rename is atomic), with the
+    permissions the umask gives: mkstemp makes 0600, and outputs are for the cluster's users."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~current_umask())
+    return fd, tmp
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write via a temp file in the same folder and rename: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = mkstemp_beside(path)
     try:
-        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; outputs are for the cluster's users
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from aigp_train.config import RecipeError, help_field
 
-__all__ = ["ModelRecipe", "build_model", "load_model_recipe", "hf_config", "param_counts", "is_expert_param", "resolve_path",
+__all__ = ["ModelRecipe", "build_model", "require_safetensors", "load_model_recipe", "hf_config", "param_counts", "is_expert_param", "resolve_path",
            "REPO_ROOT"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -111,6 +111,18 @@ def hf_config(recipe: ModelRecipe):
     return cfg
 
 
+def require_safetensors(folder: str | Path, what: str) -> None:
+    """Refuse a weights folder without safetensors: a ``.bin`` / ``.pt`` file is a pickle, which
+    ``torch.load`` would run as code (DESIGN: safetensors for every tensor on disk)."""
+    folder = Path(folder)
+    if any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")) if folder.is_dir() else []
+    found = f"it holds only pickle weights ({', '.join(pickles[:3])})" if pickles else "it holds no *.safetensors file"
+    raise RecipeError(f"{what} {folder}: {found}. Convert it to safetensors (e.g. load it once where you trust it "
+                      f"and save_pretrained(..., safe_serialization=True)); pickle weights are never loaded.")
+
+
 def build_model(recipe: ModelRecipe, device: str = "cpu"):
     """The causal LM of ``recipe`` on ``device`` ("meta" builds shapes only, no memory)."""
     import torch
@@ -126,8 +138,9 @@ def build_model(recipe: ModelRecipe, device: str = "cpu"):
         if not path.is_dir():
             raise RecipeError(f"model.weights_path {recipe.weights_path} of {recipe.name} is not a folder; download "
                               f"the checkpoint there (no hub access at run time) or leave it empty for a random init.")
+        require_safetensors(path, f"model.weights_path of {recipe.name}")
         model = model_cls.from_pretrained(path, config=cfg, dtype=dtype, attn_implementation=recipe.attn_implementation,
-                                          experts_implementation=recipe.experts_implementation)
+                                          experts_implementation=recipe.experts_implementation, use_safetensors=True)
         return model.to(device)
     # Random init: the global RNG is saved and restored so building a model never shifts the
     # caller's random stream (a resumed run must not depend on whether a model was built first).

@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -38,7 +37,7 @@ from aigp_train.market.recipe import MarketRecipe
 from aigp_train.market.schema import SKU_SCHEMA, read_logs, to_arrow
 from aigp_train.market.simulator import POLICIES, MarketSimulator, review_stars, sku_id_of
 from aigp_train.market.text import descriptions, knowledge_base_rows, review_texts
-from aigp_train.outputs import atomic_write_json
+from aigp_train.outputs import atomic_write_json, mkstemp_beside
 from aigp_train.pricing.reward import category_references, milestone_reached, roi
 
 _REVIEW_SCHEMA = pa.schema([("sku_id", pa.string()), ("review_id", pa.string()), ("day", pa.int16()),
@@ -48,7 +47,7 @@ _REVIEW_SCHEMA = pa.schema([("sku_id", pa.string()), ("review_id", pa.string()),
 def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     """Write a Parquet file via a temp name in the same folder + rename (readers never see half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = mkstemp_beside(path)
     os.close(fd)
     try:
         pq.write_table(table, tmp, compression="zstd", compression_level=1)

@@ -11,6 +11,10 @@ backward) rather than the ``6 * N`` of full fine-tuning, plus attention: ``6 * L
 for a causal sequence of length ``s`` (QK^T and AV, forward and backward). Recomputation from
 gradient checkpointing is not counted (model FLOPs, not hardware FLOPs). The denominator is
 ``logging.peak_tflops_per_device`` x world size.
+
+``metrics.jsonl`` is appended to, so a resumed run first drops the rows logged after the
+checkpoint it resumes from (``resumed_from``: they belong to the lost segment and are logged again),
+keeping one row per step and event in the file and in the curves drawn from it.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch
 from aigp_train.distributed.dist import DistInfo
 from aigp_train.train.recipe import LoggingRecipe
 
-__all__ = ["MetricsLogger", "train_flops_per_token", "peak_memory_gib"]
+__all__ = ["MetricsLogger", "drop_rows_after", "train_flops_per_token", "peak_memory_gib"]
 
 
 def train_flops_per_token(base_model, mean_seq_len: float) -> float:
@@ -48,11 +52,24 @@ def peak_memory_gib(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
+def drop_rows_after(path: Path, step: int) -> None:
+    """Keep the rows of ``path`` up to optimizer ``step`` (the checkpoint a run resumes from; the rows
+    of that step were logged before it was written). Rewritten atomically: a crash keeps the old file."""
+    from aigp_train.outputs import atomic_write_jsonl, read_jsonl
+
+    if not path.is_file():
+        return
+    rows = read_jsonl(path)
+    kept = [row for row in rows if int(row.get("step", 0)) <= step]
+    if len(kept) != len(rows):
+        atomic_write_jsonl(path, kept)
+
+
 class MetricsLogger:
     """Rank 0 writes ``metrics.jsonl`` and logs to wandb; other ranks do nothing."""
 
     def __init__(self, out_dir: str | Path, cfg: LoggingRecipe, dist: DistInfo, *, run_name: str,
-                 config: dict[str, Any], flops_per_token: float, run_id: str | None = None):
+                 config: dict[str, Any], flops_per_token: float, run_id: str | None = None, resumed_from: int = 0):
         self.cfg, self.dist, self.flops_per_token = cfg, dist, flops_per_token
         self.path = Path(out_dir) / "metrics.jsonl"
         self.run = None
@@ -61,6 +78,7 @@ class MetricsLogger:
         self._tokens = 0
         if dist.rank != 0:
             return
+        drop_rows_after(self.path, resumed_from)
         mode = os.environ.get("WANDB_MODE", cfg.wandb_mode)
         if mode != "disabled":
             import wandb

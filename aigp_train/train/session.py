@@ -104,7 +104,8 @@ def start_session(*, base_model: nn.Module, wrap: Callable[[nn.Module], nn.Modul
         resumed_from = int(ds_engine.global_steps)
     preemption = PreemptionHandler().install()
     logger = MetricsLogger(out_dir, logging, dist, run_name=run_name, config=config,
-                           flops_per_token=flops_per_token, run_id=loop_state.get("wandb_run_id"))
+                           flops_per_token=flops_per_token, run_id=loop_state.get("wandb_run_id"),
+                           resumed_from=resumed_from)
     return TrainSession(dist=dist, model=model, engine=ds_engine, checkpointer=checkpointer,
                         checkpoint_cfg=checkpoint, preemption=preemption, logger=logger,
                         moe_leaf_classes=leaf_classes, resumed_from=resumed_from, loop_state=loop_state)

@@ -29,7 +29,7 @@ import torch
 
 from aigp_train.config import RecipeError
 from aigp_train.llm.backends.base import GenerationRequest, HFBackendConfig, SamplingConfig
-from aigp_train.llm.models import build_model, resolve_path
+from aigp_train.llm.models import build_model, require_safetensors, resolve_path
 from aigp_train.llm.tokenizer import EOS_TOKEN, load_tokenizer
 
 __all__ = ["HFBackend", "batch_seed", "render_prompts"]
@@ -77,6 +77,7 @@ class HFBackend:
 
         path = str(resolve_path(adapter))
         if path not in self._adapters:
+            require_safetensors(path, "adapter")  # PEFT would fall back to torch.load of a .bin
             name = f"adapter{len(self._adapters)}"
             if not self._adapters:
                 self.model = PeftModel.from_pretrained(self.model, path, adapter_name=name, is_trainable=False).eval()
