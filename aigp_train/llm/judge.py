@@ -38,6 +38,7 @@ from aigp_train.llm.prompts import (
     parse_field_value,
     quote_pattern,
 )
+from aigp_train.llm.untrusted import neutralise
 from aigp_train.pricing.parse import json_objects
 
 __all__ = [
@@ -206,11 +207,15 @@ JUDGE_SYSTEM = (
 
 
 def judge_messages(prompt_messages: list[dict], response: str) -> list[dict]:
-    """Chat messages asking the judge to score ``response`` to the prompt ``prompt_messages``."""
+    """Chat messages asking the judge to score ``response`` to the prompt ``prompt_messages``.
+
+    The response is generated text: it passes the one sanitiser for untrusted text
+    (``llm.untrusted.neutralise``), so it can neither open a chat turn, nor close its
+    ``<response>`` fence, nor start a section of this prompt."""
     prompt_text = "\n\n".join(m["content"] for m in prompt_messages if m["role"] != "system")
     user = ("## Pricing prompt given to the model\n" + prompt_text
             + "\n\n## Response to score\n<response>\n"
-            + visible_response(response).replace("</response>", "< /response>")
+            + neutralise(visible_response(response))
             + "\n</response>\n\nScore the response on the four dimensions; answer with the JSON object only.")
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
 

@@ -11,7 +11,9 @@ Every prompt fits its token budget (paper cutoffs 8192 SFT / 4096 DPO), measured
 model's tokenizer; the lowest-priority context is cut first (``aigp_train.llm.prompts``).
 
 Writes ``<variant>/shard-*.jsonl`` (one record per prompt: prompt_id, sku_id, day, date, d_prev,
-state, messages, act_only, context) and ``elasticity.json``. Shards are written atomically and
+state, messages, act_only, context) and ``elasticity.json``. Review text (and every other untrusted
+field) is scrubbed of e-mail addresses and phone numbers before it reaches a prompt; the manifest's
+``summary.contacts_scrubbed`` counts them per variant. Shards are written atomically and
 spread over ranks / SLURM tasks; a rerun skips finished shards.
 """
 
@@ -120,6 +122,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
                "ablation": {"include_diagnosis": recipe.prompt.include_diagnosis,
                             "include_knowledge_base": recipe.prompt.include_knowledge_base}}
     summary.update(_budget_summary(out.path, recipe))
+    summary["contacts_scrubbed"] = _scrub_summary(out.path, recipe.variants)
     return {"inputs": {"market": recipe.market_dir},
             "rows": {v: len(keys) for v in recipe.variants}, "summary": summary}
 
@@ -157,3 +160,20 @@ def _budget_summary(path: Path, recipe: Recipe) -> dict:
                                         "budget": recipe.prompt.prompt_budget(variant == "act_only"),
                                         "prompts_cut": cut_any, "reviews_dropped": cut_reviews}
     return out
+
+
+def _scrub_summary(path: Path, variants: list[str]) -> dict:
+    """E-mail addresses and phone numbers removed from the untrusted text of the written prompts, per
+    variant (``aigp_train.llm.untrusted``). Counted per prompt: a review shown in five prompts counts
+    five times, as it was kept out of five prompts."""
+    from aigp_train.outputs import read_jsonl
+
+    totals = {}
+    for variant in variants:
+        counts = {"email": 0, "phone": 0}
+        for shard in sorted((path / variant).glob("shard-*.jsonl")):
+            for row in read_jsonl(shard):
+                for kind, n in row["context"].get("contacts_scrubbed", {}).items():
+                    counts[kind] += n
+        totals[variant] = counts
+    return totals
