@@ -114,3 +114,38 @@ def test_pairs_stage_writes_the_pair_accuracy_on_a_simulated_market(tiny_dpo_cha
     n = stats["pair_accuracy_num_pairs"]
     assert n == min(40, stats["pairs"]) and 0 <= stats["pair_accuracy_num_resolved"] <= n
     assert 0.0 <= stats["pair_accuracy"] <= 1.0 and stats["pair_accuracy_rollouts"] == 4
+
+
+def test_evaluate_ranks_behaviour_and_critic_greedy_policies(tiny_market, tiny_dpo_chain, tmp_path):
+    """evaluate's simulator and ltve_greedy rows: their actions are the policies' own, and all rows are ranked."""
+    import pyarrow.parquet as pq
+
+    from aigp_train.cli import run_stage
+    from aigp_train.config import load_recipe
+    from aigp_train.ltve.model import load_ltve
+    from aigp_train.market.policies import act
+    from aigp_train.market.recipe import MarketRecipe
+    from aigp_train.market.schema import read_logs
+    from aigp_train.market.simulator import MarketSimulator, sku_index_of
+    from aigp_train.pricing import project_action
+
+    ltve_dir = tiny_dpo_chain["ltve"]
+    run_stage("evaluate", "recipes/tiny/evaluate.yaml", [
+        f"output_dir={tmp_path}", f"market_dir={tiny_market}", f"ltve_path={ltve_dir}", "test.max_states=12",
+        "true_value.num_rollouts=4",
+        "policies=[{name: PS, kind: price_sales}, {name: G, kind: ltve_greedy}, "
+        f"{{name: G2, kind: ltve_greedy, ltve_path: '{ltve_dir}'}}, "
+        "{name: E, kind: simulator, simulator_policy: expert}]"])
+    tables = json.loads((tmp_path / "tables.json").read_text())
+    assert tables["num_policies_ranked"] == 4 and tables["spearman_ltve_vs_true"] is not None
+    assert tables["spearman_ltve_vs_true_table3"] is None  # one deployable row (PS): no rank correlation
+    acts = pq.read_table(tmp_path / "actions.parquet").to_pydict()
+    sim = MarketSimulator(load_recipe(tiny_market / "recipe.yaml", MarketRecipe))
+    sku, day = sku_index_of(np.array(acts["sku_id"])), np.array(acts["day"])
+    state = sim.replay_states(sku, day)
+    expert = np.round(project_action(act(sim, state, "expert", 0), state.d_prev, sim.pricing), 2)
+    np.testing.assert_allclose(acts["action:E"], expert)
+    ltve, logs = load_ltve(ltve_dir), read_logs(tiny_market)
+    greedy = ltve.greedy(ltve.features(logs, np.array(acts["row"])), state.d_prev, sim.pricing)
+    np.testing.assert_allclose(acts["action:G"], greedy)
+    np.testing.assert_allclose(acts["action:G2"], greedy)

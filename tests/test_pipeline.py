@@ -112,6 +112,11 @@ def test_ci_pipeline_end_to_end(tmp_path):
     tables = json.loads((run_root / "evaluate" / "tables.json").read_text())
     row = tables["table3"]["AIGP (SFT+DPO)"]
     assert row["avg_q"] is not None and row["parse"]["num_total"] == tables["num_test_states"] == 6
+    # the policy ranking covers the critic's own greedy policy and a behaviour policy besides the LLM rows
+    assert tables["num_policies_ranked"] == 5 and -1 <= tables["spearman_ltve_vs_true"] <= 1
+    assert tables["table3"]["LTVE-greedy"]["true_value"] is not None
+    pair_stats = json.loads((run_root / "pairs" / "stats.json").read_text())
+    assert pair_stats["pair_accuracy_num_pairs"] == min(pair_stats["pairs"], 300)
     assert tables["judge"]["AIGP (SFT+DPO)"]["num_judged"] == 6
     # every LLM decision is read from the answer: written by the model or forced after its reasoning
     # (force_decision in recipes/tiny/infer.yaml), never a parse failure that holds the price

@@ -80,7 +80,9 @@ def contexts_from_logs(logs: dict[str, np.ndarray]) -> Contexts:
     ctx: Contexts = {
         "sku_id": sku, "category": np.asarray(logs["category"]).astype(str),
         "list_price": np.asarray(logs["list_price"], dtype=np.float64),
-        "d_prev": np.asarray(logs["discount_prev"], dtype=np.float64), "day": day,
+        # the logs store discounts as float32 (0.57 -> 0.5699999928): back to the decimal the price was set
+        # at, or A_safe's boundary point (0.5 - 0.57 = -0.07) falls outside the interval by float noise
+        "d_prev": np.round(np.asarray(logs["discount_prev"], dtype=np.float64), 6), "day": day,
         "date": np.asarray(logs["date"], dtype=np.int64), "day_of_week": np.asarray(logs["day_of_week"], dtype=np.int64),
         "is_promotion": np.asarray(logs["is_promotion"], dtype=bool), "has_prev": has_prev,
     }

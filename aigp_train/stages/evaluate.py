@@ -7,10 +7,16 @@ On a held-out expert set (time-based split, ``aigp_train.evaluate.offline``), ev
   the training period (launched and finished before the held-out cutoff) and saved to ``price_sales/`` (``aigp abtest`` loads it);
 * ``llm``: the model of ``infer_recipe`` with the policy's adapter (null = the base model),
   through the exact path of ``aigp infer`` (full prompts, reasoning, Ψ). Its responses are
-  scored by the judge of ``judge_recipe`` (four dimensions, total out of 20).
+  scored by the judge of ``judge_recipe`` (four dimensions, total out of 20);
+* ``simulator``: one of the market's behaviour policies (``simulator_policy``) on the replayed
+  state (it reads the simulator's hidden state: a reference row, not a deployable policy);
+* ``ltve_greedy``: argmax of a critic's Q over the safe grid (what the critic alone would do): the
+  stage's LTVE, or the critic at the policy's own ``ltve_path`` (another n, the CQL baseline).
 
 Beyond the paper, each policy's true long-term value from the simulator (``true_value``) and the
-Spearman correlation between the LTVE ranking and the true ranking of the policies.
+Spearman correlation between the LTVE ranking and the true ranking of the policies
+(``spearman_ltve_vs_true`` over all rows, ``spearman_ltve_vs_true_table3`` over the LLM rows and
+Price-Sales only, so that easy behaviour policies cannot carry the figure).
 
 Writes ``tables.json``, ``table3.md``, ``table5.md``, ``judge.md``, ``fig5a_tail_probability.png``,
 ``fig5b_action_bins.png``, ``actions.parquet`` (every policy's action per test state) and
@@ -31,7 +37,8 @@ import pyarrow.parquet as pq
 
 from aigp_train.config import help_field
 from aigp_train.evaluate import offline
-from aigp_train.evaluate.policies import PriceSalesConfig, PriceSalesModel, PriceSalesPolicy, contexts_from_logs
+from aigp_train.evaluate.policies import (Decisions, PriceSalesConfig, PriceSalesModel, PriceSalesPolicy,
+                                          SimulatorPolicy, contexts_from_logs)
 from aigp_train.evaluate.stability import plot_fig5, stability_table
 from aigp_train.outputs import StageOutput, atomic_write_json, atomic_write_text
 from aigp_train.pricing import PricingConfig
@@ -40,8 +47,11 @@ from aigp_train.pricing import PricingConfig
 @dataclass
 class PolicySpec:
     name: str = help_field("table row name, e.g. 'AIGP (SFT+DPO)'")
-    kind: Literal["price_sales", "llm"] = help_field("price_sales (DNN baseline) or llm (infer_recipe's model)")
+    kind: Literal["price_sales", "llm", "simulator", "ltve_greedy"] = help_field(
+        "price_sales (DNN baseline), llm (infer_recipe's model), simulator (a behaviour policy) or ltve_greedy")
     adapter: str | None = help_field("llm: LoRA adapter folder; null = the untuned base model", default=None)
+    simulator_policy: str | None = help_field("simulator: expert, myopic, random_walk or conservative", default=None)
+    ltve_path: str | None = help_field("ltve_greedy: the critic that decides; null = the stage's ltve_path", default=None)
 
 
 @dataclass
@@ -172,10 +182,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     print(f"[evaluate] {test.rows.size} held-out expert states (SKUs launched from date {test.cutoff_date})", flush=True)
     ltve = feats = None
     if recipe.ltve_path:
-        from aigp_train.ltve.model import load_ltve
-
-        ltve = load_ltve(Path(recipe.ltve_path) / "model.safetensors" if Path(recipe.ltve_path).is_dir()
-                         else recipe.ltve_path)
+        ltve = _load_ltve(recipe.ltve_path)
         feats = ltve.features(logs, rows=test.rows)
     policies = {p.name: p for p in recipe.policies}
     if len(policies) != len(recipe.policies) or not policies:
@@ -196,6 +203,16 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
             model, price_sales_info = train_price_sales(logs, test.train_ids, test.cutoff_date, recipe.price_sales,
                                                         tiers, out.path / "price_sales")
             dec = PriceSalesPolicy(model, recipe.pricing, name, recipe.price_sales.objective).decide(test.ctx)
+        elif spec.kind == "simulator":
+            if spec.simulator_policy is None:
+                raise ValueError(f"policy {name!r} is kind simulator but names no simulator_policy.")
+            dec = SimulatorPolicy(sim, spec.simulator_policy, name).decide_state(
+                sim.replay_states(test.sku_index, test.day))
+        elif spec.kind == "ltve_greedy":
+            if ltve is None:
+                raise ValueError(f"policy {name!r} is kind ltve_greedy but the stage's ltve_path is null.")
+            critic = _load_ltve(spec.ltve_path) if spec.ltve_path else ltve
+            dec = Decisions(critic.greedy(critic.features(logs, rows=test.rows), test.ctx["d_prev"], recipe.pricing))
         else:
             dec = llm.policy(name, spec.adapter, _tag(name)).decide(test.ctx, base_prompts)
             judge[name] = llm.judge_scores(_tag(name), base_prompts, dec.reasoning)
@@ -223,11 +240,15 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     stab = stability_table(actions, recipe.fig5.bin_width, recipe.pricing.max_step, recipe.fig5.thresholds)
     figures = plot_fig5(stab, out.path, recipe.fig5.bin_width)
     names = list(rows)
-    rho = None
+    rho = rho_table3 = None
     if ltve is not None:
         rho = offline.spearman([rows[n]["avg_q"] for n in names], [rows[n]["true_value"] for n in names])
+        deployable = [n for n in names if policies[n].kind in ("llm", "price_sales")]
+        rho_table3 = offline.spearman([rows[n]["avg_q"] for n in deployable],
+                                      [rows[n]["true_value"] for n in deployable])
     tables = {"table3": rows, "table5": ablations, "judge": judge, "fig5": stab, "num_test_states": int(test.rows.size),
               "heldout_cutoff_date": test.cutoff_date, "spearman_ltve_vs_true": rho,
+              "spearman_ltve_vs_true_table3": rho_table3, "num_policies_ranked": len(names) if rho is not None else 0,
               "true_value": dataclasses.asdict(recipe.true_value), "price_sales": price_sales_info,
               "ltve_path": recipe.ltve_path}
     atomic_write_json(out.path / "tables.json", tables)
@@ -244,6 +265,12 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     inputs.update({f"adapter:{n}": s.adapter for n, s in policies.items() if s.adapter})
     return {"inputs": inputs, "rows": {"test_states": int(test.rows.size), "policies": len(rows)},
             "summary": {"table3": summary, "figures": [str(f) for f in figures]}}
+
+
+def _load_ltve(path: str):
+    from aigp_train.ltve.model import load_ltve
+
+    return load_ltve(Path(path) / "model.safetensors" if Path(path).is_dir() else path)
 
 
 def _tag(name: str) -> str:

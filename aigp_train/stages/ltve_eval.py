@@ -116,7 +116,9 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
         td, cols, h, m = heldout(folder)
         expert = m["is_expert"].astype(bool)
         s = torch.from_numpy(np.ascontiguousarray(h[expert][:, cols.s]))
-        a, d_prev, day = h[expert][:, cols.action].astype(np.float64), h[expert][:, cols.d_prev].astype(np.float64), m["day"][expert]
+        # float32 transitions: back to the decimals the prices were set at (A_safe's boundary points)
+        a = np.round(h[expert][:, cols.action].astype(np.float64), 6)
+        d_prev, day = np.round(h[expert][:, cols.d_prev].astype(np.float64), 6), m["day"][expert]
         model = load_ltve(folder)
         if abs(model.max_step - recipe.pricing.max_step) > 1e-12:
             raise ValueError(f"{folder} was trained with pricing.max_step={model.max_step}, this recipe has "
