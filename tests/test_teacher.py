@@ -296,9 +296,18 @@ def test_answer_without_reasoning_scores_less_than_with():
         action = full.splitlines()[-1]
         conclusion = "\n".join(full.splitlines()[-2:])
         two_steps = "\n".join(full.splitlines()[:2] + full.splitlines()[-2:])
-        totals = [_total(j, req, x) for x in (action, conclusion, two_steps, full)]
+        headings = "\n".join(line.split(".")[0] + "." for line in full.splitlines()[:-2] if line.startswith("Step"))
+        totals = [_total(j, req, x) for x in (action, conclusion, headings + "\n" + conclusion, two_steps, full)]
         assert totals[0] == 4 and totals[-1] == 20, totals  # 1 on every dimension; 5 on every dimension
+        assert totals[2] == totals[1] < totals[3]  # step headings alone cover nothing
         assert totals == sorted(totals) and len(set(totals)) >= 3, totals
+
+
+def test_a_prompt_layout_the_teacher_cannot_read_is_an_error():
+    req = requests(2)[1]
+    renamed = [{**m, "content": m["content"].replace("## Diagnosis report", "## Daily notes")} for m in req.messages]
+    with pytest.raises(ValueError, match="Diagnosis report"):
+        teacher().generate([GenerationRequest("x", renamed, req.state, False)], sampling())
 
 
 def test_judge_scores_size_and_direction_against_the_action():

@@ -223,9 +223,14 @@ def prompt_view(state: dict, messages: list[dict]) -> PromptView:
     shown.update({k: state[k] for k in _SHOWN_EXTRA if k in state})
     text = "\n".join(str(m["content"]) for m in messages if m.get("role") == "user")
     sections = prompt_sections(text)
-    kb = _section(sections, "knowledge base")
+    kb, diagnosis = _section(sections, "knowledge base"), _section(sections, "diagnosis report")
+    for name, shown_in_state, found in (("Knowledge base", shown["kb_benchmark_price"] is not None, kb),
+                                        ("Diagnosis report", state.get("has_diagnosis"), diagnosis)):
+        if text and shown_in_state and found is None:  # a prompt layout the stand-in cannot read
+            raise ValueError(f"the prompt's state says it shows the {name.lower()}, but its text has no '## {name}' "
+                             f"section: the stand-in teacher reads that heading (see llm/prompts.py build_messages).")
     kb_lines = [line[2:].strip() for line in (kb or "").splitlines() if line.startswith("- ")]
-    return PromptView(shown, kb_lines, _section(sections, "diagnosis report"))
+    return PromptView(shown, kb_lines, diagnosis)
 
 
 # ---------------------------------------------------------------------------
@@ -383,8 +388,8 @@ def heuristic_action(view: PromptView, quote: _Quoter | None = None) -> tuple[fl
     -0.05; the KB's launch-discount rule -> -0.03; else hold. Later days: the milestone pace t/14
     (> 5 points behind with ROI headroom -> -0.05, -0.10 when > 25 behind; > 10 ahead -> +0.05;
     cumulative ROI under target -> +0.03); > 10 % off the competitor mean -> +-0.02; > 15 % off the
-    KB benchmark -> +-0.02; the diagnosis flags (stock running out +0.03, clicks without purchases
-    or low click-through -0.02 each). A raise then obeys the KB's rules when the prompt states them
+    KB benchmark -> +-0.02; the diagnosis findings (stock running out +0.03; clicks without
+    purchases, low click-through, "the first reviews matter most" -0.02 each). A raise then obeys the KB's rules when the prompt states them
     (none before 5 reviews; at most +0.02 a day). Clipped to +-0.15. Without the KB or the
     diagnosis section the operator cannot use them: the w/o-KB / w/o-Diag ablations change the
     decision and the evidence cited.
