@@ -573,9 +573,7 @@ class MarketSource:
         import json
         from pathlib import Path
 
-        import pyarrow.parquet as pq
-
-        from aigp_train.market.schema import read_logs, read_skus
+        from aigp_train.market.schema import read_logs, read_skus, read_text_table
         from aigp_train.pricing.reward import milestone_targets
 
         root = Path(market_dir)
@@ -588,12 +586,10 @@ class MarketSource:
         self._log_table = read_logs(root)
         self.logs = self._log_table.to_pandas()
         self.skus = {r["sku_id"]: r for r in read_skus(root).to_pylist()}
-        text = root / "text"
-        self.descriptions = dict(zip(*pq.read_table(text / "descriptions.parquet", columns=["sku_id", "description"])
+        self.descriptions = dict(zip(*read_text_table(root, "descriptions", ["sku_id", "description"])
                                      .to_pydict().values()))
-        self._review_table = pq.read_table(text / "reviews.parquet", columns=["sku_id", "review_id", "day", "stars",
-                                                                              "text"])
-        self.kb = pq.read_table(text / "knowledge_base.parquet").to_pandas()
+        self._review_table = read_text_table(root, "reviews", ["sku_id", "review_id", "day", "stars", "text"])
+        self.kb = read_text_table(root, "knowledge_base").to_pandas()
         fit = self.logs if elasticity_max_date is None else self.logs[self.logs["date"] <= elasticity_max_date]
         if fit.empty:
             raise ValueError(f"no log rows up to date {elasticity_max_date} to estimate elasticities from.")

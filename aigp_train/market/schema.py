@@ -4,7 +4,9 @@ The same schema serves simulated and real logs: a user with production logs writ
 Parquet in this schema and nothing downstream knows the difference. ``read_logs``
 refuses a missing, extra or wrongly typed column, naming it, and refuses any
 user-level column outright: the framework is identity-blind (paper §3.1), so no
-buyer identity may enter a state or a prompt. Documented in ``docs/log_schema.md``.
+buyer identity may enter a state or a prompt. The same user-level check runs on the SKU
+table (``read_skus``), the text tables (``read_text_table``) and anything else that enters
+the toolkit (``check_identity_blind``). Documented in ``docs/log_schema.md``.
 """
 
 from __future__ import annotations
@@ -62,36 +64,88 @@ SKU_COLUMNS: list[tuple[str, pa.DataType, str]] = [
 ]
 SKU_SCHEMA = pa.schema([pa.field(name, tp, nullable=False) for name, tp, _ in SKU_COLUMNS])
 
-# Identity-blind (§3.1): any column that names a person is refused, whatever its type.
-USER_LEVEL = re.compile(r"(^|_)(user|buyer|customer|member|shopper|consumer|visitor|account|device|cookie|"
-                        r"phone|email|address|ip)(_|$|s$|id$)", re.IGNORECASE)
+# Text tables of a market folder (``text/<name>.parquet``): (required columns, optional columns).
+# ``kind`` (normal/hostile/injection) is a label only the simulator can give: real reviews lack it.
+TEXT_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "descriptions": (("sku_id", "description"), ()),
+    "reviews": (("sku_id", "review_id", "day", "stars", "text"), ("kind",)),
+    "knowledge_base": (("category", "product_type", "benchmark_price", "note"), ()),
+}
+
+# Identity-blind (§3.1): a column is user-level when a token of its name (split at non-letters and
+# camelCase: "buyerId" -> buyer, id) is one of these words, alone or with a suffix (users, user_id,
+# userid, username, customer_no). Whole tokens, never substrings: "impressions" holds no "ip", and
+# no column of docs/log_schema.md is refused (tests check every one).
+USER_WORDS = ("user", "uid", "member", "customer", "buyer", "household", "shopper", "consumer", "visitor",
+              "account", "device", "cookie", "session", "login", "person", "reviewer", "author", "nickname",
+              "email", "mail", "emailaddress", "phone", "phonenumber", "mobile", "telephone", "tel", "address",
+              "ip", "ipaddress", "imei", "idfa")
+_USER_TOKENS = frozenset(w + suffix for w in USER_WORDS for suffix in ("", "s", "id", "ids", "name", "names", "no",
+                                                                       "key", "hash"))
 
 
 class LogSchemaError(ValueError):
     """Logs do not follow docs/log_schema.md."""
 
 
-def check_schema(schema: pa.Schema, expected: pa.Schema = LOG_SCHEMA, where: str = "logs") -> None:
-    """Raise ``LogSchemaError`` naming the first problem column of ``schema``."""
-    names = schema.names
-    user = [n for n in names if USER_LEVEL.search(n)]
+def _name_tokens(name: str) -> list[str]:
+    """``"buyerId"`` -> ``["buyer", "id"]``; ``"e-mail"`` -> ``["e", "mail"]``; ``"IPAddress"`` -> ``["ipaddress"]``."""
+    spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", str(name))
+    return [t for t in re.split(r"[^0-9a-z]+", spaced.lower()) if t]
+
+
+def is_user_level(name: str) -> bool:
+    """True when the column name names a person, their contact or their device (``USER_WORDS``)."""
+    tokens = _name_tokens(name)
+    pairs = [a + b for a, b in zip(tokens, tokens[1:])]  # "e_mail", "ip_address", "user_name" joined
+    return any(t in _USER_TOKENS for t in tokens + pairs)
+
+
+def check_identity_blind(names: list[str], where: str) -> None:
+    """Refuse any user-level column (``LogSchemaError`` naming it): every table that enters the toolkit
+    (logs, SKU table, text tables, ingested tables) passes here before it is read."""
+    user = [n for n in names if is_user_level(n)]
     if user:
         raise LogSchemaError(
-            f"{where}: column {user[0]!r} is user-level data. AIGP is identity-blind (paper §3.1): no buyer "
-            f"or user column may enter the logs. Drop it (aggregate to SKU-day) before writing the logs.")
-    missing = [f.name for f in expected if f.name not in names]
+            f"{where}: column {user[0]!r} is user-level data. AIGP is identity-blind (paper §3.1): no buyer, "
+            f"user or contact column may enter the toolkit. Drop it (aggregate to SKU or SKU-day) and write the "
+            f"table again.")
+
+
+def _check_names(names: list[str], required: dict[str, str], allowed: list[str], where: str) -> None:
+    """User-level, missing (``required``: name -> type, "" when any type goes) and unexpected columns."""
+    check_identity_blind(names, where)
+    missing = [n for n in required if n not in names]
     if missing:
-        raise LogSchemaError(f"{where}: missing column {missing[0]!r} ({expected.field(missing[0]).type}); "
-                             f"see docs/log_schema.md for the required columns.")
-    extra = [n for n in names if n not in expected.names]
+        kind = f" ({required[missing[0]]})" if required[missing[0]] else ""
+        raise LogSchemaError(f"{where}: missing column {missing[0]!r}{kind}; see docs/log_schema.md for the "
+                             f"required columns.")
+    extra = [n for n in names if n not in allowed]
     if extra:
         raise LogSchemaError(f"{where}: unexpected column {extra[0]!r}; the schema is closed (docs/log_schema.md). "
                              f"Remove it, or keep it in a separate table keyed by sku_id.")
+
+
+def check_schema(schema: pa.Schema, expected: pa.Schema = LOG_SCHEMA, where: str = "logs") -> None:
+    """Raise ``LogSchemaError`` naming the first problem column of ``schema``."""
+    _check_names(schema.names, {f.name: str(f.type) for f in expected}, expected.names, where)
     for f in expected:
         got = schema.field(f.name).type
         if got != f.type:
             raise LogSchemaError(f"{where}: column {f.name!r} has type {got}, expected {f.type}. "
                                  f"Cast it when writing (see docs/log_schema.md).")
+
+
+def read_text_table(market_dir: str | Path, name: str, columns: list[str] | None = None) -> pa.Table:
+    """Read ``text/<name>.parquet`` of a market folder after checking its columns (identity-blind,
+    required and optional columns of ``TEXT_COLUMNS``)."""
+    path = Path(market_dir) / "text" / f"{name}.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: a market folder holds text/{name}.parquet (docs/log_schema.md); "
+                                f"run `aigp simulate <recipe>` or write it from your own tables.")
+    required, optional = TEXT_COLUMNS[name]
+    _check_names(pq.read_schema(path).names, dict.fromkeys(required, ""), [*required, *optional], str(path))
+    return pq.read_table(path, columns=columns)
 
 
 def _parts(path: Path) -> list[Path]:
