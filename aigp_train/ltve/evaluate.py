@@ -140,6 +140,10 @@ def true_cda(models: dict, sim, references, sku_index: np.ndarray, day: np.ndarr
     out["pairs_by_policy"] = {p: int((policy == p).sum()) for p in POLICIES}
     out["oracle_expert_better_by_policy"] = {p: float(np.mean(gap[policy == p] > 0)) if (policy == p).any()
                                              else float("nan") for p in POLICIES}
+    out["oracle_expert_better_resolved_by_policy"] = {
+        p: float(np.mean(gap[resolved & (policy == p)] > 0)) if (resolved & (policy == p)).any() else float("nan")
+        for p in POLICIES}
+    out["num_resolved_by_policy"] = {p: int((resolved & (policy == p)).sum()) for p in POLICIES}
     s = states[pick]
     for name, model in models.items():
         d_hat = model.q_normalized(s, a_expert[pick])[idx] - model.q_normalized(s[idx], a_cf)

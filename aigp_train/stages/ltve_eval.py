@@ -57,13 +57,16 @@ class Recipe:
     ltve_recipe: str = help_field("the ltve recipe trained for every n (e.g. recipes/tiny/ltve.yaml)")
     logs_dir: str = help_field("output folder of `aigp simulate` (overrides the ltve recipe's data.logs_dir)")
     ltve_overrides: list[str] = help_field("extra key=value overrides of the ltve recipe (e.g. train.num_steps=3000)")
+    ablation_overrides: list[str] = help_field("further overrides for the n != eval.main_n_step runs only (a smaller "
+                                               "Table 2 ablation where time is short; [] = the same run as the main n)")
     pricing: PricingConfig = help_field("pricing rules (A_safe, EAMA epsilon, grid step)")
     eval: EvalConfig = help_field("metric definitions and sizes")
     cql: CQLConfig = help_field("the CQL baseline of Table 7")
 
 
 def _ltve_overrides(recipe: Recipe, n: int) -> list[str]:
-    return [*recipe.ltve_overrides, f"output_dir={Path(recipe.output_dir) / f'ltve_n{n}'}",
+    ablation = recipe.ablation_overrides if n != recipe.eval.main_n_step else []
+    return [*recipe.ltve_overrides, *ablation, f"output_dir={Path(recipe.output_dir) / f'ltve_n{n}'}",
             f"data.logs_dir={recipe.logs_dir}", f"data.n_step={n}"]
 
 
@@ -179,6 +182,9 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
              "", f"{table2[ns[0]]['num_states']} held-out expert states, {table2[ns[0]]['num_pairs']} counterfactual pairs "
              f"(a_cf = Ψ(a_expert ± {e.counterfactual_offsets})); true CDA on {true_rows[ns[0]]['num_pairs']} pairs, "
              f"{e.true_q_rollouts} rollouts, continuation '{e.true_q_continuation}'."]
+    if recipe.ablation_overrides:
+        lines.append(f"The n != {e.main_n_step} runs are smaller than the deployed one: "
+                     f"{', '.join(recipe.ablation_overrides)} (Table 2 compares them at that size).")
     atomic_write_text(out.path / "table2.md", "\n".join(lines) + "\n")
     t7 = ["# Table 7: CDA across scenarios, LTVE vs CQL", "", "| scenario | LTVE | CQL | pairs |", "|---|---|---|---|",
           f"| Overall | {_fmt(table7['ltve']['cda'])} | {_fmt(table7['cql']['cda'])} | {table7['ltve']['num_pairs']} |",
