@@ -1,6 +1,6 @@
 """Benchmark: SKU-days simulated and written per second by `aigp simulate` (one JSON line).
 
-    python bench/simulate.py                         # the paper market: 360,000 SKUs x 14 days = 5.04M rows
+    python bench/simulate.py                         # the paper market: 1,000,000 SKUs x 14 days = 14M rows
     python bench/simulate.py --num-skus 40000        # a smaller run
 
 Reference: the goal rate of issue 2 (5,000,000 SKU-days simulated and written in 120 s on a
