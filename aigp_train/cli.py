@@ -70,7 +70,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def _usage() -> str:
     lines = ["usage: aigp <stage> <recipe.yaml> [key=value ...] [--force] [--debug]", "",
-             "  --force  start over in an output folder that holds another recipe's or other inputs' pieces",
+             "  --force  rerun a finished stage; start over in a folder of another recipe's or other inputs' pieces",
              "  --debug  print the traceback of an input error", "", "stages:"]
     lines += [f"  {name:<16} {desc}" for name, (_, desc) in STAGES.items()]
     lines += ["", "commands:"]

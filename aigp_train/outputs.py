@@ -15,7 +15,8 @@ the resolved prompt block of ``aigp infer``). ``begin`` compares a rerun against
 folder whose recipe or inputs changed, naming what changed and the fix (``--force`` starts over
 in the folder, or a new ``output_dir``), except for the keys a stage declares safe to change on
 resume (``RESUMABLE_CHANGES``, e.g. a trainer's step budget). Nothing is written before ``begin``,
-so a stage whose inputs fail their checks leaves no folder behind.
+and a run whose inputs then fail their checks leaves no folder behind: the CLI removes a folder the
+run created that holds nothing but what ``begin`` wrote (``discard_if_unstarted``).
 
 Files are written with the permissions the umask gives (``0644`` under the usual ``022``), not
 the ``0600`` of a bare ``mkstemp``: other users of a cluster read these outputs.
@@ -116,9 +117,9 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def file_hash(path: str | Path) -> str:
-    """Fingerprint of an input: a folder's manifest hash if it has one (a finished stage output);
-    else its files' names, sizes and mtimes (cheap, and a rewritten adapter or weight file shows);
-    a file's content (files above ``CONTENT_HASH_MAX_BYTES`` by size and mtime)."""
+    """Fingerprint of an input: a folder's manifest hash if it has one (a finished stage output),
+    else its files' names and fingerprints; a file's content, or for a file above
+    ``CONTENT_HASH_MAX_BYTES`` (model weights) its size and mtime."""
     path = Path(path)
     if path.is_dir():
         manifest = path / MANIFEST
@@ -127,8 +128,7 @@ def file_hash(path: str | Path) -> str:
         digest = hashlib.sha256()
         for p in sorted(path.rglob("*")):
             if p.is_file():
-                st = p.stat()
-                digest.update(f"{p.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+                digest.update(f"{p.relative_to(path)}\0{file_hash(p)}\n".encode())
         return digest.hexdigest()
     st = path.stat()
     if st.st_size > CONTENT_HASH_MAX_BYTES:
@@ -272,19 +272,20 @@ class StageOutput:
     def begin(self, force: bool = False) -> bool:
         """Check the folder against this run, then write the resolved recipe, its hash and the
         provenance. Refuses (``ResumeMismatch``) a folder whose pieces were made from another recipe
-        or other inputs; ``force`` clears such a folder first. Returns whether the folder is new."""
+        or other inputs; ``force`` clears such a folder first (a folder of this very recipe and these
+        inputs is only rerun over its pieces). Returns whether the folder is new."""
         current = self.provenance()
-        if force and _rank() != 0:
-            self._wait_for_rank_zero(current)
-            return False
         changed = self.changes(current)
         if changed and not force:
             shown = "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
             raise ResumeMismatch(
                 f"{self.path} holds {self.stage} output made from other inputs than this run's: {shown}.\n"
                 f"Resuming would mix the two; rerun with --force to start over in it, or set a new output_dir.")
+        if changed and _rank() != 0:
+            self._wait_for_rank_zero(current)
+            return False
         created = not self.path.exists()
-        if force and _rank() == 0:
+        if changed:
             self.clear()
         self.path.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.path / "recipe.yaml", yaml.safe_dump(recipe_to_dict(self.recipe), sort_keys=False))
@@ -293,8 +294,8 @@ class StageOutput:
         return created
 
     def _wait_for_rank_zero(self, current: dict, timeout_s: float = 600.0) -> None:
-        """Under ``--force`` rank 0 clears the folder: the others start once its new provenance is
-        there (same launch), so no rank writes a piece that the clearing then deletes."""
+        """Under ``--force`` rank 0 clears a changed folder: the others start once its new provenance
+        is there (same launch), so no rank writes a piece that the clearing then deletes."""
         deadline = time.monotonic() + timeout_s
         while current["launch"] is not None and time.monotonic() < deadline:
             try:
