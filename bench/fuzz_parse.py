@@ -42,9 +42,14 @@ _PLAIN = ["-0.05", "0.05", "0", "0.0", "-0", "1", "-1", "1.0", "2", "-5", "85", 
           "[0.1]", '{"v": 0.1}', '"lower"', '""', "1e-5", "-1e-400", ".5", "-.5", "5.", "0x10", "+0.05", "1_000"]
 
 
+# Random digits to cut huge integers from (str() of a 5000-digit int is refused by Python itself).
+_DIGITS = "".join(random.Random(0).choices("0123456789", k=20_000))
+
+
 def _huge_int(rng: random.Random) -> str:
     digits = rng.choice([300, 309, 310, 311, 400, 1000, 4299, 4300, 4301, 5000])
-    return rng.choice(["", "-"]) + str(rng.randint(1, 9)) + "".join(rng.choice("0123456789") for _ in range(digits - 1))
+    start = rng.randrange(len(_DIGITS) - digits)
+    return rng.choice(["", "-"]) + str(rng.randint(1, 9)) + _DIGITS[start:start + digits - 1]
 
 
 def _value(rng: random.Random) -> str:

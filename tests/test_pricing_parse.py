@@ -140,6 +140,18 @@ def test_one_decision_across_strict_and_lenient_json():
     assert parse_action(text, 0.8, CFG).failure == "several_actions"
 
 
+def test_drafts_in_a_closed_thinking_block_are_not_the_answer():
+    thought = '<think>maybe {"discount_change": 0.1}, or {"discount_change": -0.1}</think>\n'
+    assert parse_action(thought + 'Final: {"discount_change": -0.05}', 0.8, CFG).action == pytest.approx(-0.05)
+    assert parse_action(thought, 0.8, CFG).failure == "no_json"
+    # unclosed (the budget ran out mid-thought): what it holds is all there is, a forced decision follows it
+    assert parse_action('<think>so {"discount_change": 0.02}', 0.8, CFG).action == pytest.approx(0.02)
+    start = time.perf_counter()
+    assert parse_action("<think>" * 30_000 + "</think>" + '{"discount_change": 0.01}', 0.8, CFG).ok
+    assert parse_action("<think></think>" * 30_000, 0.8, CFG).failure == "no_json"
+    assert time.perf_counter() - start < MAX_CALL_S
+
+
 def test_the_unit_rule_is_one_text_in_prompt_and_docs():
     from aigp_train.llm.prompts import system_prompt
     from aigp_train.pricing.parse import ACTION_UNIT_RULE

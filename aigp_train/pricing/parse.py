@@ -28,7 +28,8 @@ The unit rule (``ACTION_UNIT_RULE``; the system prompt quotes it, docs/pricing.m
    then as a Python literal (single quotes). A candidate that decodes to none of these is
    skipped and the scan continues inside it.
 2. The action objects of the decoded objects (nested ones and those inside lists included) are
-   collected; none is ``no_action_key``, more than one distinct is ``several_actions``.
+   collected; none is ``no_action_key``, more than one distinct is ``several_actions``. Closed
+   ``<think>...</think>`` blocks are not part of the answer (their drafts are not action objects).
 3. Keys are matched case-insensitively, with ``-`` or space read as ``_``. ``discount_change``
    is the action. ``new_discount`` alone gives a = new_discount - d_prev. With both,
    ``discount_change`` wins and ``conflict`` records whether they disagree.
@@ -349,6 +350,18 @@ def _failure(reason: str, d_prev: float, cfg: "PricingConfig") -> ParsedAction:
                         raw_action=None, discount=d_prev + hold)
 
 
+def _without_thinking(text: str) -> str:
+    """The text without its closed ``<think>...</think>`` blocks (Qwen3's thinking mode): drafts weighed
+    there are not the answer (the judge reads the same visible answer). An unclosed block is kept: it is
+    all the model wrote, and a forced decision follows inside it. ``str.find``, not a lazy regex: linear
+    on thousands of unclosed ``<think>``."""
+    parts, i = [], 0
+    while (start := text.find("<think>", i)) >= 0 and (end := text.find("</think>", start)) >= 0:
+        parts.append(text[i:start])
+        i = end + len("</think>")
+    return "".join(parts) + text[i:] if parts else text
+
+
 def parse_action(text: Any, d_prev: float, cfg: "PricingConfig") -> ParsedAction:
     """The (projected) action in ``text``; failures return the hold-price fallback.
 
@@ -360,7 +373,7 @@ def parse_action(text: Any, d_prev: float, cfg: "PricingConfig") -> ParsedAction
         raise ValueError(f"d_prev must be a finite discount, got {d_prev}; fix the state (discount_prev column).")
     if not isinstance(text, str):
         return _failure(NOT_TEXT, d_prev, cfg)
-    objects = json_objects(text[-MAX_SCAN_CHARS:])
+    objects = json_objects(_without_thinking(text)[-MAX_SCAN_CHARS:])
     if not objects:
         return _failure(NO_JSON, d_prev, cfg)
     distinct = {_identity(a): a for obj in objects for a in _action_objects(obj)}
