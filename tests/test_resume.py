@@ -156,3 +156,39 @@ def test_trainer_refuses_a_changed_hyperparameter_but_resumes_a_longer_run(chain
     assert longer.returncode == 0, longer.stderr[-3000:]
     assert json.loads((out / "manifest.json").read_text())["summary"]["steps"] == 30
     assert "training steps 20..30" in longer.stderr
+
+
+def test_pipeline_moves_aside_a_crashed_step_whose_input_changed(tmp_path, monkeypatch, capfd):
+    """A step that crashed (no manifest) and whose upstream then changed is rerun in a fresh folder,
+    never resumed over pieces made from the old input."""
+    from aigp_train.cli import run_stage
+
+    recipe = tmp_path / "pipeline.yaml"
+
+    def write(seed: int) -> None:
+        recipe.write_text(f"""
+output_dir: {tmp_path}/report
+run_root: {tmp_path}
+steps:
+  market: {{stage: simulate, recipe: recipes/tiny/market.yaml, nproc_per_node: 1,
+            overrides: ["output_dir={{run}}/market", "num_skus=30", "logging.skus_per_part=30", "seed={seed}"]}}
+  prompts: {{stage: prompts, recipe: recipes/tiny/prompts.yaml, nproc_per_node: 1,
+             overrides: ["output_dir={{run}}/prompts", "market_dir={{run}}/market", "selection.max_prompts=4",
+                         "shard_size=2"]}}
+""")
+
+    monkeypatch.chdir(REPO)
+    write(0)
+    run_stage("pipeline", str(recipe), [])
+    (tmp_path / "prompts" / "manifest.json").unlink()  # the prompts step "crashed" after its shards
+    write(7)  # and the market under it changed
+    run_stage("pipeline", str(recipe), [])
+    log = capfd.readouterr().err
+    assert f"old output moved to {tmp_path}/prompts.stale" in log
+    assert not (tmp_path / "prompts.stale" / "manifest.json").exists()  # the crashed pieces, kept aside
+    provenance = json.loads((tmp_path / "prompts" / "provenance.json").read_text())
+    market = json.loads((tmp_path / "market" / "provenance.json").read_text())
+    assert market["recipe"]["seed"] == 7 and (tmp_path / "prompts" / "manifest.json").is_file()
+    from aigp_train.outputs import file_hash
+
+    assert provenance["inputs"]["market_dir"] == file_hash(tmp_path / "market")

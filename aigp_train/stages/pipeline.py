@@ -13,8 +13,9 @@ Each step runs as its own process (``python -m aigp_train.cli`` or ``torchrun`` 
 ``nproc_per_node > 1``): DeepSpeed, process groups and model memory never leak from one
 stage into the next. A finished step is skipped by the CLI's manifest check. A step whose
 upstream changed since it last ran (an earlier step's manifest differs from the one recorded in
-``steps.json``), or whose folder holds the output of a different recipe of that step (an edited
-recipe or override), is rerun from scratch: its old output folder is moved aside to
+``steps.json``), or whose folder (finished or crashed) holds pieces of a different recipe of that
+step (an edited recipe or override) or of other inputs (``aigp_train.outputs`` provenance), is rerun
+from scratch: its old output folder is moved aside to
 ``<output_dir>.stale`` (its resumable pieces were made from the old inputs and must not be
 reused), so a rerun upstream never leaves stale results downstream.
 """
@@ -33,7 +34,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from aigp_train.cli import STAGES
+from aigp_train.cli import STAGES, stage_output
 from aigp_train.config import RecipeError, help_field, load_recipe
 from aigp_train.outputs import MANIFEST, StageOutput, atomic_write_json
 
@@ -130,13 +131,12 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     for step_id, step in recipe.steps.items():
         stage_recipe = stage_recipes[step_id]
         output_dir = stage_recipe.output_dir
-        target = StageOutput(Path(output_dir), step.stage, stage_recipe)
+        target = stage_output(step.stage, importlib.import_module(STAGES[step.stage][0]), stage_recipe)
         done_before = target.is_done()
         stale = done_before and record.get(step_id, {}).get("upstream") != upstream
-        # A folder (finished or crashed) from a different recipe of this step: its pieces are not this
-        # recipe's; resuming into it would mix two runs.
-        written_for = Path(output_dir) / "recipe.sha256"
-        if written_for.is_file() and written_for.read_text().strip() != target.recipe_hash:
+        # A folder (finished or crashed) whose pieces were made from another recipe of this step or
+        # other inputs (aigp_train.outputs provenance): resuming into it would mix two runs.
+        if target.changes():
             stale, done_before = True, False
         overrides = step_overrides(step, recipe.run_root)
         note = (f" (upstream or recipe changed: rerun; old output moved to {output_dir}.stale)" if stale
