@@ -145,6 +145,7 @@ def test_vllm_engine_args(tmp_path):
     assert args["model"] == str(tmp_path) and args["tokenizer"] == str(tmp_path)
     assert (args["tensor_parallel_size"], args["enable_prefix_caching"], args["enable_lora"]) == (8, True, True)
     assert (args["max_lora_rank"], args["max_loras"], args["max_model_len"], args["seed"]) == (64, 4, 8192, 7)
+    assert args["load_format"] == "safetensors" and args["trust_remote_code"] is False
     assert args["skip_tokenizer_init"] is True and args["trust_remote_code"] is False
     with pytest.raises(RecipeError, match="weights_path"):
         engine_args(VLLM_CFG, load_model_recipe("recipes/models/qwen3-235b-a22b.yaml"))

@@ -63,6 +63,9 @@ def load_adapter_weights(model, adapter_dir: str | Path) -> None:
     """Copy a PEFT adapter's weights into ``model``'s LoRA parameters (before ZeRO-3 partitions them)."""
     from peft.utils import set_peft_model_state_dict
 
+    from aigp_train.llm.models import require_safetensors
+
+    require_safetensors(adapter_dir, "adapter")  # a clear error for a .bin-only folder, which is never loaded
     weights = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
     result = set_peft_model_state_dict(model, weights)
     missing = [k for k in result.missing_keys if "lora_" in k]

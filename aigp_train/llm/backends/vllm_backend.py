@@ -70,6 +70,7 @@ def engine_args(cfg: VLLMBackendConfig, model_recipe: Any, seed: int = 0) -> dic
         "max_loras": max(cfg.max_loras, 1),
         "seed": seed,
         "trust_remote_code": False,  # architectures come from vLLM itself, never from checkpoint code
+        "load_format": "safetensors",  # never a pickle (.bin / .pt) that torch.load would run
         # we send token ids and decode ourselves (module docstring); structured outputs need the tokenizer
         "skip_tokenizer_init": cfg.constrain_act_only == "none" and cfg.force_decision == "none",
     }
