@@ -170,6 +170,12 @@ def _is_within(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def _looks_like_path(value: Any) -> bool:
+    """A string with a folder or a suffix: a bare word ("cpu", "bf16") that happens to name a file
+    in the working directory is no input."""
+    return isinstance(value, str) and bool(value) and ("/" in value or bool(Path(value).suffix))
+
+
 def recipe_inputs(recipe: Any) -> dict[str, str]:
     """Fingerprint of every existing path the resolved recipe names, by dotted key: the inputs a
     stage's pieces are made from. The output folder, paths inside it and folders holding it are not
@@ -179,8 +185,7 @@ def recipe_inputs(recipe: Any) -> dict[str, str]:
     out_dir = Path(recipe.output_dir).resolve()
     found = {}
     for key, value in _flatten(recipe_to_dict(recipe)).items():
-        # only path-like values: a bare word ("cpu", "bf16") that happens to name a file here is no input
-        if not isinstance(value, str) or not ("/" in value or Path(value).suffix) or key.rsplit(".", 1)[-1] == "output_dir":
+        if key.rsplit(".", 1)[-1] == "output_dir" or not _looks_like_path(value):
             continue
         try:
             path = resolve_path(value).resolve()
@@ -257,7 +262,8 @@ class StageOutput:
             return []
         current = current or self.provenance()
         lines = [] if old.get("stage") == self.stage else [f"the stage ({old.get('stage')} -> {self.stage})"]
-        for key in sorted((set(old["recipe"]) | set(current["recipe"])) - {"output_dir"}):  # a moved folder is the same run
+        keys = (set(old["recipe"]) | set(current["recipe"])) - {"output_dir"}  # a moved folder is the same run
+        for key in sorted(keys):
             before, after = old["recipe"].get(key, "<unset>"), current["recipe"].get(key, "<unset>")
             if before != after and not self._resumable(key):
                 lines.append(f"recipe key {key}: {before!r} -> {after!r}")
@@ -265,7 +271,8 @@ class StageOutput:
             return lines
         for key in sorted(set(old["inputs"]) | set(current["inputs"])):
             if old["inputs"].get(key) != current["inputs"].get(key) and not self._resumable(key):
-                what = "appeared" if key not in old["inputs"] else "is gone" if key not in current["inputs"] else "changed"
+                what = ("appeared" if key not in old["inputs"] else
+                        "is gone" if key not in current["inputs"] else "changed")
                 lines.append(f"input {key} ({current['recipe'].get(key, 'stage input')}) {what}")
         return lines
 
@@ -279,7 +286,7 @@ class StageOutput:
         if changed and not force:
             shown = "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
             raise ResumeMismatch(
-                f"{self.path} holds {self.stage} output made from other inputs than this run's: {shown}.\n"
+                f"{self.path} holds {self.stage} output made from another recipe or other inputs: {shown}.\n"
                 f"Resuming would mix the two; rerun with --force to start over in it, or set a new output_dir.")
         if changed and _rank() != 0:
             self._wait_for_rank_zero(current)
@@ -310,7 +317,10 @@ class StageOutput:
         if not any((self.path / name).is_file() for name in BOOKKEEPING):
             return
         for child in self.path.iterdir():
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
 
     def discard_if_unstarted(self) -> None:
         """Remove the folder if it holds nothing but what ``begin`` wrote (a start that failed)."""

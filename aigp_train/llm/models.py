@@ -28,8 +28,8 @@ from typing import Any, Literal
 
 from aigp_train.config import RecipeError, help_field
 
-__all__ = ["ModelRecipe", "build_model", "require_safetensors", "load_model_recipe", "hf_config", "param_counts", "is_expert_param", "resolve_path",
-           "REPO_ROOT"]
+__all__ = ["ModelRecipe", "build_model", "load_model_recipe", "hf_config", "param_counts", "is_expert_param", "resolve_path",
+           "require_safetensors", "REPO_ROOT"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -117,7 +117,7 @@ def require_safetensors(folder: str | Path, what: str) -> None:
     folder = Path(folder)
     if any(folder.glob("*.safetensors")):
         return
-    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl")) if folder.is_dir() else []
+    pickles = sorted(p.name for p in folder.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl"))
     found = f"it holds only pickle weights ({', '.join(pickles[:3])})" if pickles else "it holds no *.safetensors file"
     raise RecipeError(f"{what} {folder}: {found}. Convert it to safetensors (e.g. load it once where you trust it "
                       f"and save_pretrained(..., safe_serialization=True)); pickle weights are never loaded.")
