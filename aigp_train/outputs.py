@@ -18,6 +18,11 @@ resume (``RESUMABLE_CHANGES``, e.g. a trainer's step budget). Nothing is written
 and a run whose inputs then fail their checks leaves no folder behind: the CLI removes a folder the
 run created that holds nothing but what ``begin`` wrote (``discard_if_unstarted``).
 
+Fault injection: ``AIGP_FAULT_AFTER_WRITE=<path suffix>`` (e.g. ``shard-00002.jsonl``) makes the
+process SIGKILL itself right after an atomic write puts that file in place, so a kill test kills at
+a chosen point (only the rank that writes the file dies) instead of after a sleep that a quiet box
+outruns.
+
 Files are written with the permissions the umask gives (``0644`` under the usual ``022``), not
 the ``0600`` of a bare ``mkstemp``: other users of a cluster read these outputs.
 """
@@ -28,6 +33,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -41,6 +47,7 @@ from aigp_train.config import UserError, recipe_hash, recipe_to_dict
 
 MANIFEST = "manifest.json"
 PROVENANCE = "provenance.json"
+FAULT_AFTER_WRITE = "AIGP_FAULT_AFTER_WRITE"  # env: SIGKILL this process once a file ending so is written
 BOOKKEEPING = ("recipe.yaml", "recipe.sha256", PROVENANCE)  # what ``begin`` writes; no piece of work
 # Files above this size (model weights) are fingerprinted by size and mtime: hashing 60 GB of
 # weights at every start would cost minutes.
@@ -62,6 +69,13 @@ def current_umask() -> int:
     old = os.umask(0o022)
     os.umask(old)
     return old
+
+
+def fault_point(path: str | Path) -> None:
+    """The fault-injection hook (``AIGP_FAULT_AFTER_WRITE``): a real SIGKILL, no cleanup, no flush."""
+    target = os.environ.get(FAULT_AFTER_WRITE)
+    if target and Path(path).as_posix().endswith(target):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def mkstemp_beside(path: Path) -> tuple[int, str]:
@@ -86,6 +100,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fault_point(path)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

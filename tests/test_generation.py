@@ -13,7 +13,6 @@ import pytest
 
 from aigp_train.llm.backends import BackendConfig, GenerationRequest, HFBackendConfig, SamplingConfig, make_backend
 from aigp_train.llm.generation import (
-    FAULT_AFTER_SHARD,
     GenerationError,
     rank_and_world,
     read_generations,
@@ -22,6 +21,7 @@ from aigp_train.llm.generation import (
 )
 from aigp_train.llm.models import REPO_ROOT, load_model_recipe
 from aigp_train.llm.tokenizer import ACT_ONLY
+from aigp_train.outputs import FAULT_AFTER_WRITE
 
 TINY = "recipes/models/tiny-qwen3-moe.yaml"
 NUM_REQUESTS = 6
@@ -68,7 +68,7 @@ def _spawn(out: Path, **env: str) -> subprocess.Popen:
 def test_sigkill_mid_run_then_restart_answers_every_request_exactly_once(tmp_path, hf):
     out = tmp_path / "gen"
     # the fault hook SIGKILLs the worker right after shard 2: mid-run on any box, however quiet or busy
-    proc = _spawn(out, **{FAULT_AFTER_SHARD: "2"})
+    proc = _spawn(out, **{FAULT_AFTER_WRITE: "shard-00002.jsonl"})
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == -signal.SIGKILL, err[-2000:]
     done_before = sorted(out.glob("shard-*.jsonl"))

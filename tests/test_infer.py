@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from aigp_train.evaluate.infer import build_requests, read_decisions
-from aigp_train.llm.generation import FAULT_AFTER_SHARD
+from aigp_train.outputs import FAULT_AFTER_WRITE
 from aigp_train.pricing import in_a_safe, load_pricing_config
 
 from conftest import REPO
@@ -69,7 +69,8 @@ def test_resume_after_sigkill_no_loss_no_duplicate(tiny_market, tmp_path):
     args = ["recipes/tiny/infer.yaml", f"market_dir={tiny_market}", f"output_dir={out}", "max_skus=12",
             "shard_size=2", "sampling.max_new_tokens=24"]
     # the fault hook SIGKILLs the run right after generation shard 1: mid-run on any box
-    killed = _aigp(*args, env={**os.environ, FAULT_AFTER_SHARD: "1"}, timeout=300)
+    killed = _aigp(*args, env={**os.environ, FAULT_AFTER_WRITE: "generations/shard-00001.jsonl"},
+                  timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     gen = out / "generations"
     done_at_kill = len(list(gen.glob("shard-*.jsonl")))
@@ -105,7 +106,7 @@ def test_two_ranks_killed_mid_run_then_restarted_answer_every_sku_exactly_once(t
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 "-m", "aigp_train.cli", "infer", *args]
     run = dict(cwd=REPO, capture_output=True, text=True, timeout=300)
-    killed = subprocess.run(torchrun, env={**os.environ, FAULT_AFTER_SHARD: "1"}, **run)  # shard 1 is rank 1's
+    killed = subprocess.run(torchrun, env={**os.environ, FAULT_AFTER_WRITE: "shard-00001.jsonl"}, **run)  # shard 1 is rank 1's
     gen = out / "generations"
     assert killed.returncode != 0 and not (out / "manifest.json").exists(), killed.stderr[-3000:]
     assert (gen / "shard-00001.jsonl").is_file() and not (gen / "shard-00003.jsonl").exists()

@@ -18,9 +18,8 @@ are there and checks each request is answered exactly once over all ranks. Every
 stage (teacher, judge, candidates, infer) ends that way, so a manifest never says done while
 another node is still generating.
 
-Fault injection: ``AIGP_FAULT_AFTER_SHARD=k`` makes the process SIGKILL itself right after
-shard ``k`` is written (only the rank owning shard ``k`` dies), so a kill test kills at a chosen
-point instead of after a sleep that a quiet box outruns.
+Fault injection: ``AIGP_FAULT_AFTER_WRITE=shard-0000k.jsonl`` SIGKILLs the process right after
+shard ``k`` is written (only the rank owning it dies; ``aigp_train.outputs.fault_point``).
 
 A backend exception in one shard does not lose the others: the runner writes
 ``shard-00007.error.txt`` (the traceback), carries on with the remaining shards, then raises
@@ -36,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import signal
 import sys
 import time
 import traceback
@@ -48,10 +46,9 @@ from aigp_train.llm.backends.base import Backend, GenerationRequest, SamplingCon
 from aigp_train.outputs import atomic_write_json, atomic_write_jsonl, read_jsonl
 
 __all__ = ["GenerationError", "GenerationResult", "rank_and_world", "run_generation", "read_generations",
-           "shard_path", "wait_for_generations", "FAULT_AFTER_SHARD"]
+           "shard_path", "wait_for_generations"]
 
 PLAN = "plan.json"
-FAULT_AFTER_SHARD = "AIGP_FAULT_AFTER_SHARD"  # env: SIGKILL this process once that shard index is written
 
 
 class GenerationError(RuntimeError):
@@ -177,19 +174,12 @@ def run_generation(
         written.append(index)
         log(f"[generation] rank {rank}/{world_size}: shard {index + 1}/{plan['num_shards']} written "
             f"({len(rows)} requests)")
-        _maybe_fault(index)
     if failed:
         raise GenerationError(
             f"{len(failed)} shard(s) failed on rank {rank}: {failed} (tracebacks in {out}/shard-*.error.txt); "
             f"{len(written) + len(skipped)} other shard(s) are written and kept. Fix the cause and rerun: only "
             f"the failed shards are regenerated.")
     return GenerationResult(plan["num_shards"], written, skipped, rank, world_size, time.perf_counter() - start)
-
-
-def _maybe_fault(index: int) -> None:
-    """The fault-injection hook (``AIGP_FAULT_AFTER_SHARD``): a real SIGKILL, no cleanup, no flush."""
-    if os.environ.get(FAULT_AFTER_SHARD) == str(index):
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def read_generations(out_dir: str | Path) -> list[dict]:

@@ -37,7 +37,7 @@ from aigp_train.market.recipe import MarketRecipe
 from aigp_train.market.schema import SKU_SCHEMA, read_logs, to_arrow
 from aigp_train.market.simulator import POLICIES, MarketSimulator, review_stars, sku_id_of
 from aigp_train.market.text import descriptions, knowledge_base_rows, review_texts
-from aigp_train.outputs import atomic_write_json, mkstemp_beside
+from aigp_train.outputs import atomic_write_json, fault_point, mkstemp_beside
 from aigp_train.pricing.reward import category_references, milestone_reached, roi
 
 _REVIEW_SCHEMA = pa.schema([("sku_id", pa.string()), ("review_id", pa.string()), ("day", pa.int16()),
@@ -55,6 +55,7 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fault_point(path)
 
 
 def simulate_skus(sim: MarketSimulator, sku_index: np.ndarray) -> tuple[pa.Table, dict, pa.Table]:
