@@ -192,3 +192,35 @@ steps:
     from aigp_train.outputs import file_hash
 
     assert provenance["inputs"]["market_dir"] == file_hash(tmp_path / "market")
+
+
+def test_sft_killed_after_its_checkpoint_resumes_with_one_metrics_row_per_step(tmp_path):
+    """A real SIGKILL of `aigp sft` while its step-4 checkpoint is half written (steps 3 and 4 are
+    logged, the newest whole checkpoint is step 2): a changed hyperparameter is refused, the same
+    recipe resumes from step 2, and metrics.jsonl ends with each step once."""
+    from aigp_train.outputs import FAULT_AFTER_WRITE
+    from aigp_train.sft.data import synthetic_chat_rows
+
+    for name, rows, seed in (("train", 16, 0), ("heldout", 4, 1)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"messages": m}) + "\n"
+                                                        for m in synthetic_chat_rows(rows, seed)))
+    out = tmp_path / "sft"
+    args = ["sft", TINY / "sft.yaml", f"data.train_path={tmp_path / 'train.jsonl'}",
+            f"data.heldout_path={tmp_path / 'heldout.jsonl'}", f"output_dir={out}", "train.max_steps=4",
+            "early_stopping.eval_every_steps=0", "checkpoint.every_steps=2", "engine.micro_batch_size=2",
+            "engine.grad_accum_steps=1"]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    run = dict(cwd=REPO, capture_output=True, text=True, timeout=400)
+    killed = subprocess.run([sys.executable, "-m", "aigp_train.cli", *map(str, args)], **run,
+                            env={**env, FAULT_AFTER_WRITE: ".tmp-step-000004/trainer_state.json"})
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    logged = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [s for s in logged if s > 2] == [3, 4]  # logged after the last whole checkpoint: redone on resume
+
+    refused(aigp(*args, "optim.lr=0.5"), "recipe key optim.lr")
+    again = subprocess.run([sys.executable, "-m", "aigp_train.cli", *map(str, args)], **run, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    summary = json.loads((out / "manifest.json").read_text())["summary"]
+    assert summary["resumed_from_step"] == 2 and summary["steps"] == 4
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]  # once each, none lost
