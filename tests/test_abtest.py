@@ -35,6 +35,27 @@ def test_long_horizon_policy_beats_myopic_in_closed_loop(sim):
     assert "14-Day-MAR" in md and "| expert (n=" in md
 
 
+def test_abtest_reports_the_eq3_return(sim, tiny_market):
+    """The discounted eq.-3 return beside GMV/ROI/MAR: each SKU's sum of gamma^t r_t, and the expert's is higher."""
+    from aigp_train.pricing.reward import References, rewards_from_arrays
+
+    refs = References.load(tiny_market / "references.json")
+    index = 60_000 + np.arange(300)
+    groups = cohort_groups(sku_id_of(index), "r", 100, {"myopic": 0.5, "expert": 0.5})
+    run = run_cohort(sim, index, groups, {"myopic": SimulatorPolicy(sim, "myopic", "myopic"),
+                                          "expert": SimulatorPolicy(sim, "expert", "expert")}, log=lambda m: None)
+    out = per_sku_outcomes(run, sim.milestone_params(), [7, 14], sim.horizon, sim.pricing.roi_spend_floor,
+                           returns=(refs, sim.pricing, sim.recipe.gamma))
+    days = np.arange(sim.horizon)
+    r0 = rewards_from_arrays(np.repeat(run.category[0], sim.horizon), days, run.gmv[0], run.spend[0], refs, sim.pricing)
+    assert out[14]["return"][0] == pytest.approx(float(np.sum(sim.recipe.gamma ** days * r0)))
+    assert out[7]["return"][0] == pytest.approx(float(np.sum((sim.recipe.gamma ** days * r0)[:7])))
+    table = table4(run, out, "myopic", 200, 0.95, 0)
+    a = {g: table["groups"][g]["absolute"]["14d"] for g in ("expert", "myopic")}
+    assert a["expert"]["return_mean"] > a["myopic"]["return_mean"]  # the expert optimises exactly this
+    assert "eq.-3 return" in table4_markdown(table, [7, 14], 0.95)
+
+
 def test_groups_are_stable_and_empty_groups_are_refused():
     ids = sku_id_of(np.arange(300))
     a = cohort_groups(ids, "s", 100, {"x": 0.5, "y": 0.5})

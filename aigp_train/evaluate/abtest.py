@@ -31,7 +31,7 @@ import numpy as np
 from aigp_train.evaluate.bootstrap import relative_lift
 from aigp_train.evaluate.policies import PREV_COLUMNS, Contexts, Decisions, SimulatorPolicy, take
 from aigp_train.pricing.ab import assign_groups
-from aigp_train.pricing.reward import milestone_reached, roi
+from aigp_train.pricing.reward import milestone_reached, rewards_from_arrays, roi
 
 
 
@@ -126,10 +126,21 @@ def cohort_groups(sku_ids, salt: str, num_buckets: int, allocation: dict[str, fl
 
 
 def per_sku_outcomes(run: CohortRun, milestones: dict, horizons: list[int], full_horizon: int,
-                     spend_floor: float) -> dict[int, dict[str, np.ndarray]]:
-    """horizon -> {gmv, spend, roi, mar} per SKU."""
+                     spend_floor: float, returns: tuple | None = None) -> dict[int, dict[str, np.ndarray]]:
+    """horizon -> {gmv, spend, roi, mar[, return]} per SKU.
+
+    ``returns``: (references, pricing, gamma) to add the objective the LTVE and DPO optimise, the
+    gamma-discounted sum of eq.-3 rewards over the first h days (beside the paper's GMV/ROI/MAR).
+    """
     tier = np.array([milestones[c]["gmv_tier"] for c in run.category])
     target = np.array([milestones[c]["roi_target"] for c in run.category])
+    daily = None
+    if returns is not None:
+        references, pricing, gamma = returns
+        days = run.gmv.shape[1]
+        r = rewards_from_arrays(np.repeat(run.category, days), np.tile(np.arange(days), len(run.category)),
+                                run.gmv.ravel(), run.spend.ravel(), references, pricing).reshape(run.gmv.shape)
+        daily = r * gamma ** np.arange(days)[None, :]
     out = {}
     for h in horizons:
         if not 1 <= h <= run.gmv.shape[1]:
@@ -138,6 +149,8 @@ def per_sku_outcomes(run: CohortRun, milestones: dict, horizons: list[int], full
         r = roi(g, s, spend_floor)
         mar = milestone_reached(g, r, tier * h / full_horizon, target).astype(np.float64)
         out[h] = {"gmv": g, "spend": np.maximum(s, spend_floor), "roi": r, "mar": mar}
+        if daily is not None:
+            out[h]["return"] = daily[:, :h].sum(axis=1)
     return out
 
 
@@ -156,6 +169,11 @@ def table4(run: CohortRun, outcomes: dict, control: str, num_resamples: int, con
             entry["absolute"][f"{h}d"] = {"gmv_mean": float(o["gmv"][sel].mean()),
                                           "roi_integrated": float(o["gmv"][sel].sum() / o["spend"][sel].sum()),
                                           "mar": float(o["mar"][sel].mean())}
+            if "return" in o:  # eq.-3 return: a difference, not a ratio (it can be negative)
+                ret = o["return"][sel]
+                entry["absolute"][f"{h}d"].update(return_mean=float(ret.mean()),
+                                                  return_se=float(ret.std(ddof=1) / np.sqrt(ret.size)) if ret.size > 1
+                                                  else float("nan"))
             if g == control:
                 continue
             lifts = {
@@ -188,14 +206,15 @@ def table4_markdown(table: dict, horizons: list[int], confidence: float) -> str:
         cells = [_pct(entry["relative"][f"{h}d"][m]) for h in horizons for m in ("mar", "gmv", "roi")]
         lines.append(f"| {g} (n={entry['num_skus']}) | " + " | ".join(cells) + " |")
     lines += ["", "Absolute values per group:", "",
-              "| Model | SKUs | " + " | ".join(f"{h}d GMV/SKU | {h}d ROI | {h}d MAR" for h in horizons) + " |",
-              "|---|---:|" + "---:|" * (3 * len(horizons))]
+              "| Model | SKUs | " + " | ".join(f"{h}d GMV/SKU | {h}d ROI | {h}d MAR | {h}d eq.-3 return" for h in horizons)
+              + " |", "|---|---:|" + "---:|" * (4 * len(horizons))]
     for g in order:
         entry = table["groups"][g]
         cells = []
         for h in horizons:
             a = entry["absolute"][f"{h}d"]
-            cells += [f"{a['gmv_mean']:.1f}", f"{a['roi_integrated']:.3f}", f"{100 * a['mar']:.1f}%"]
+            ret = f"{a['return_mean']:.3f} ± {a['return_se']:.3f}" if "return_mean" in a else "–"
+            cells += [f"{a['gmv_mean']:.1f}", f"{a['roi_integrated']:.3f}", f"{100 * a['mar']:.1f}%", ret]
         lines.append(f"| {g} | {entry['num_skus']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

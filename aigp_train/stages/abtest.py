@@ -140,7 +140,11 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
                            {g.name: g.share for g in recipe.groups})
     policies, builder = _policies(recipe, sim, out)
     run_ = run_cohort(sim, index, groups, policies, builder)
-    outcomes = per_sku_outcomes(run_, sim.milestone_params(), recipe.horizons, sim.horizon, recipe.pricing.roi_spend_floor)
+    from aigp_train.pricing.reward import References
+
+    references = References.load(Path(recipe.market_dir) / "references.json")
+    outcomes = per_sku_outcomes(run_, sim.milestone_params(), recipe.horizons, sim.horizon, recipe.pricing.roi_spend_floor,
+                                returns=(references, recipe.pricing, market.gamma))
     b = recipe.bootstrap
     table = table4(run_, outcomes, recipe.control, b.num_resamples, b.confidence, b.seed, order=names)
     table["parse"] = run_.parse
