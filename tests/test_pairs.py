@@ -13,7 +13,7 @@ from aigp_train.stages.pairs import Recipe, TruthConfig, select_pairs
 
 def _recipe(**kw) -> Recipe:
     base = dict(output_dir="x", candidates_dir="x", delta_q=0.1, delta_a=0.05, policy="best_vs_worse",
-                max_pairs_per_prompt=3, truth=TruthConfig(market_dir=None, max_pairs=0, num_rollouts=2,
+                max_pairs_per_prompt=3, max_pairs=None, seed=0, truth=TruthConfig(market_dir=None, max_pairs=0, num_rollouts=2,
                                                           continuation="expert", seed=0))
     base.update(kw)
     return Recipe(**base)
@@ -149,3 +149,15 @@ def test_evaluate_ranks_behaviour_and_critic_greedy_policies(tiny_market, tiny_d
     greedy = ltve.greedy(ltve.features(logs, np.array(acts["row"])), state.d_prev, sim.pricing)
     np.testing.assert_allclose(acts["action:G"], greedy)
     np.testing.assert_allclose(acts["action:G2"], greedy)
+
+
+def test_max_pairs_is_a_seeded_prompt_stratified_cap():
+    from aigp_train.stages.pairs import stratified_cap
+
+    pairs = [{"prompt_id": f"p{i}", "rank": r} for i in range(10) for r in range(3)]  # clearest first per prompt
+    kept = stratified_cap(pairs, 14, seed=1)
+    assert len(kept) == 14 and len({id(p) for p in kept}) == 14
+    assert {p["prompt_id"] for p in kept if p["rank"] == 0} == {f"p{i}" for i in range(10)}  # every prompt's best
+    assert sum(p["rank"] == 1 for p in kept) == 4 and not any(p["rank"] == 2 for p in kept)
+    assert kept == stratified_cap(pairs, 14, seed=1) and kept != stratified_cap(pairs, 14, seed=2)
+    assert stratified_cap(pairs, None, 0) is pairs and stratified_cap(pairs, 100, 0) is pairs

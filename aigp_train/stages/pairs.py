@@ -57,6 +57,9 @@ class Recipe:
     delta_a: float = help_field("eq. 7: minimum |a+ - a-|")
     policy: Literal["best_vs_worse", "all_separated"] = help_field("which pairs of a prompt's candidates to form")
     max_pairs_per_prompt: int = help_field("at most this many pairs per prompt (the clearest first)")
+    max_pairs: int | None = help_field("at most this many pairs in all (a seeded, prompt-stratified selection: every "
+                                       "prompt's clearest pair before any prompt's second); null = no cap")
+    seed: int = help_field("seed of the prompt order of that selection")
     truth: TruthConfig = help_field("the simulator's verdict on the written pairs (pair accuracy)")
 
 
@@ -86,6 +89,28 @@ def select_pairs(candidates: list[dict], recipe: Recipe) -> tuple[list[tuple[dic
     outcome["kept"] += len(kept)
     outcome["over_cap"] += len(passing) - len(kept)
     return kept, outcome
+
+
+def stratified_cap(pairs: list[dict], max_pairs: int | None, seed: int) -> list[dict]:
+    """At most ``max_pairs`` pairs, prompt-stratified: round r takes the r-th clearest pair of every prompt.
+
+    Prompts are visited in a seeded random order within each round, so a cap never favours the
+    prompts that come first in the file (SKU order) and every prompt keeps its clearest pair
+    before any prompt contributes a second. ``pairs`` hold each prompt's pairs clearest first.
+    """
+    if max_pairs is None or len(pairs) <= max_pairs:
+        return pairs
+    by_prompt: dict[str, list[dict]] = {}
+    for p in pairs:
+        by_prompt.setdefault(p["prompt_id"], []).append(p)
+    order = list(by_prompt)
+    np.random.default_rng(seed).shuffle(order)
+    kept: list[dict] = []
+    for r in range(max(len(v) for v in by_prompt.values())):
+        for prompt_id in order:
+            if r < len(by_prompt[prompt_id]) and len(kept) < max_pairs:
+                kept.append(by_prompt[prompt_id][r])
+    return kept
 
 
 def pair_accuracy(pairs: list[dict], truth: TruthConfig) -> dict:
@@ -138,10 +163,15 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
                 "day": row["day"], "messages": row["messages"], "chosen": hi["text"], "rejected": lo["text"],
                 "a_chosen": hi["action"], "a_rejected": lo["action"], "q_chosen": hi["q"], "q_rejected": lo["q"],
                 "delta_q": hi["q"] - lo["q"], "delta_a": abs(hi["action"] - lo["action"])})
+    if recipe.max_pairs is not None and recipe.max_pairs < 1:
+        raise RecipeError(f"max_pairs must be >= 1 or null, got {recipe.max_pairs}.")
+    num_before_cap = len(pairs)
+    pairs = stratified_cap(pairs, recipe.max_pairs, recipe.seed)
     atomic_write_jsonl(out.path / "pairs.jsonl", pairs)
     mean = lambda key: (sum(p[key] for p in pairs) / len(pairs)) if pairs else 0.0  # noqa: E731
     stats = {
-        "prompts": len(rows), "pairs": len(pairs), "policy": recipe.policy,
+        "prompts": len(rows), "pairs": len(pairs), "pairs_before_cap": num_before_cap, "max_pairs": recipe.max_pairs,
+        "prompts_in_pairs": len({p["prompt_id"] for p in pairs}), "policy": recipe.policy,
         "delta_q": recipe.delta_q, "delta_a": recipe.delta_a, "max_pairs_per_prompt": recipe.max_pairs_per_prompt,
         "prompt_outcomes": dict(prompt_outcome), "comparisons": dict(comparisons),
         "candidates": num_candidates, "candidates_used_as_chosen": chosen_used,
