@@ -72,6 +72,50 @@ def _scale_rows(outputs: dict[str, dict]) -> list[str]:
     return rows
 
 
+def _json(folder: Path | None, name: str) -> dict:
+    try:
+        return json.loads((folder / name).read_text()) if folder else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _pct(x) -> str:
+    return "–" if not isinstance(x, (int, float)) or x != x else f"{100 * x:.1f} %"
+
+
+def _rho_table3(tables: dict) -> str:
+    rho = tables.get("spearman_ltve_vs_true_table3")
+    return "" if rho is None else f" ({rho:.2f} over the LLM rows and Price-Sales alone)"
+
+
+def _truth_rows(ltve_eval: Path | None, pairs: Path | None, evaluate: Path | None, market: Path | None) -> list[str]:
+    """The simulator's verdict on the LTVE beside the paper's metrics (the issue-11 targets)."""
+    import yaml
+
+    try:
+        market_recipe = yaml.safe_load((market / "recipe.yaml").read_text()) if market else {}
+    except (OSError, yaml.YAMLError):
+        market_recipe = {}
+    true_cda = _json(ltve_eval, "true_cda.json").get("3", {})
+    stats, tables = _json(pairs, "stats.json"), _json(evaluate, "tables.json")
+    rho = tables.get("spearman_ltve_vs_true")
+    rows = [f"Market: seed {market_recipe.get('seed', '?')}, {market_recipe.get('num_skus', '?')} SKUs launched over "
+            f"{market_recipe.get('launch_window_days', '?')} days (`{market}`).", "",
+            "| check (simulator's true Q) | value | target |", "|---|---:|---:|",
+            f"| LTVE (n=3) resolved-pair true CDA ({true_cda.get('num_resolved', '?')} of "
+            f"{true_cda.get('num_pairs', '?')} pairs resolved) | {_pct(true_cda.get('ltve_true_cda_resolved'))} | ≥ 92 % |",
+            f"| CQL resolved-pair true CDA | {_pct(true_cda.get('cql_true_cda_resolved'))} | – |",
+            f"| oracle backs the expert policy's action (resolved pairs) | "
+            f"{_pct(true_cda.get('oracle_expert_better_resolved_by_policy', {}).get('expert'))} | ≥ 80 % |",
+            f"| DPO pairs whose chosen action is truly better (resolved: {stats.get('pair_accuracy_num_resolved', '?')} "
+            f"of {stats.get('pair_accuracy_num_pairs', '?')} sampled) | {_pct(stats.get('pair_accuracy_resolved'))} "
+            f"| ≥ 85 % |",
+            f"| ... all sampled pairs | {_pct(stats.get('pair_accuracy'))} | – |",
+            f"| Spearman, LTVE vs true ranking of {tables.get('num_policies_ranked', '?')} policies | "
+            f"{'–' if rho is None else f'{rho:.2f}'} | ≥ 0.8 |"]
+    return rows
+
+
 def write_report(out_dir: str | Path, outputs: dict[str, dict]) -> Path:
     """Write ``out_dir/report.md`` from the finished steps ``{step_id: {stage, output_dir}}``."""
     out = Path(out_dir)
@@ -99,6 +143,8 @@ def write_report(out_dir: str | Path, outputs: dict[str, dict]) -> Path:
         lines += ["", "**Stand-ins in this run:** the teacher and/or judge were the rule-based stand-ins of "
                       "`aigp_train/llm/backends/scripted.py`, not Qwen3-235B models."]
 
+    lines += ["", "## Ground truth: does the LTVE rank like the simulator?", "",
+              *_truth_rows(ltve_eval, _last(outputs, "pairs"), _last(outputs, "evaluate"), _last(outputs, "simulate"))]
     lines += ["", "## Table 2: LTVE evaluation and n-step ablation", "", _read(ltve_eval, "table2.md") or missing("ltve-eval"),
               "", "## Fig. 3: Q-score deciles versus realised cumulative GMV", "",
               _figure(ltve_eval, "fig3_deciles.png", out, "ltve", "Fig. 3")]
@@ -112,7 +158,8 @@ def write_report(out_dir: str | Path, outputs: dict[str, dict]) -> Path:
                   f"see aigp_train/evaluate/metrics.py). True value: the simulator's discounted eq.-3 return of the "
                   f"policy's action followed by the {tables.get('true_value', {}).get('continuation', '?')} policy "
                   f"(beyond the paper). Spearman correlation of the LTVE ranking with the true ranking over the "
-                  f"policies: {'n/a (needs the LTVE and at least 3 policies)' if rho is None else f'{rho:.2f}'}. "
+                  f"policies: {'n/a (needs the LTVE and at least 3 policies)' if rho is None else f'{rho:.2f}'}"
+                  f"{_rho_table3(tables)}. "
                   f"Actions written / forced / failed (text policies): decisions the model wrote in its answer, "
                   f"decisions the backend appended after its reasoning, sampled from the model's own logits over "
                   f"A_safe (backend force_decision), and parse failures (price held)."]
