@@ -15,8 +15,8 @@ The unit rule (``ACTION_UNIT_RULE``; the system prompt quotes it, docs/pricing.m
   off). A percent string (``"20%"``: 20 % off, or pay 20 %?) or a number outside [0, 1] is
   ``ambiguous_unit``.
 * One decision per answer: every JSON object (at any depth) holding an action key is an action
-  object; repeats of the same action object (the same action keys with the same values, e.g. the
-  JSON in a code fence and again on the last line) count once, and two distinct action objects are
+  object; repeats of the same action object (the same action keys with the same JSON values, e.g.
+  the JSON in a code fence and again on the last line) count once, and two distinct action objects are
   failure ``several_actions`` (a draft, an echoed review injection or a list of options next to
   the decision: a person could not tell which one is meant either).
 
@@ -289,8 +289,8 @@ def _action_objects(obj: dict) -> list[dict]:
 
 
 def _identity(action_obj: dict) -> tuple:
-    """What makes two action objects the same decision: their action keys and values as written
-    (type included: 0 and 0.0 print alike but are different texts; repr keeps NaN equal to NaN)."""
+    """What makes two action objects the same: their action keys and JSON values (the type included:
+    0 == 0.0 in Python, but they are different JSON values; repr keeps NaN equal to NaN)."""
     scalar = (str, int, float, bool, type(None))
     items = [(k, action_obj[k]) for k in (ACTION_KEY, DISCOUNT_KEY) if k in action_obj]
     return tuple((k, type(v).__name__, repr(v) if isinstance(v, scalar) else id(v)) for k, v in items)
