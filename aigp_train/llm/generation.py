@@ -7,10 +7,12 @@ backend call and written as ``shard-00007.jsonl`` by rename (``atomic_write_json
 file either holds all its rows or does not exist. A restarted run skips the shards it finds,
 which is what makes "killed mid-way, restarted" end with every request answered exactly once.
 
-``plan.json`` pins the request ids (their hash), the requests' content (messages and adapter), the
-shard size, the sampling and the backend; a restart with a different request list, prompt content
-or shard size is an error (mixing two plans would duplicate or lose
-rows), naming the fix (a new output folder, or delete it).
+``plan.json`` pins the request ids (their hash), the requests' content (messages, state, adapter),
+the shard size, the sampling and the backend; a restart with a different request list, prompt
+content or shard size is an error (mixing two plans would duplicate or lose rows), naming the fix
+(a new output folder, or delete it). What the backend itself was built from (model, adapter
+weights, backend settings) is checked one level up, by the stage folder's provenance
+(``aigp_train.outputs``).
 
 Under several ranks each rank generates its shards and rank 0 alone reads the result:
 ``wait_for_generations`` waits (up to the stage's ``wait_for_ranks_s``) until every rank's shards
@@ -96,8 +98,9 @@ def _plan(requests: Sequence[GenerationRequest], shard_size: int, sampling: Samp
 
 
 def _content_hash(requests: Sequence[GenerationRequest]) -> str:
-    """sha256 of what each request asks (messages, state, adapter, mode): a rerun whose prompts changed under
-    the same ids must not reuse the old answers. Built one request at a time (lazy sequences stay lazy)."""
+    """sha256 of what each request asks (messages, state, adapter, mode): a rerun whose prompts
+    changed under the same ids must not reuse the old answers. Built one request at a time, so a
+    lazy sequence (the judge's) never holds every request at once."""
     digest = hashlib.sha256()
     for i in range(len(requests)):
         r = requests[i]
