@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -147,6 +148,12 @@ def test_a_different_plan_is_refused(tmp_path, hf):
         run_generation(requests()[:2], hf, greedy, out, shard_size=1)
     with pytest.raises(ValueError, match="num_requests"):
         run_generation(requests()[:3], hf, greedy, out, shard_size=2)
+    # same ids, other prompt text (prompts rebuilt from other logs) or another adapter: never the old answers
+    reworded = [dataclasses.replace(r, messages=[{"role": "user", "content": "other"}]) for r in requests()[:2]]
+    with pytest.raises(ValueError, match="differs in: requests_sha256"):
+        run_generation(reworded, hf, greedy, out, shard_size=2)
+    with pytest.raises(ValueError, match="differs in: requests_sha256"):
+        run_generation(requests({0: "runs/other/adapter"})[:2], hf, greedy, out, shard_size=2)
     dup = requests()[:2] + requests()[:1]
     with pytest.raises(ValueError, match="unique"):
         run_generation(dup, hf, greedy, tmp_path / "other", shard_size=2)
