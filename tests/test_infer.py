@@ -121,3 +121,11 @@ def test_two_ranks_killed_mid_run_then_restarted_answer_every_sku_exactly_once(t
     assert (gen / "shard-00001.jsonl").read_bytes() == kept  # rank 1's finished shard was kept, not redone
     ids = read_decisions(out).column("prompt_id").to_pylist()
     assert len(ids) == len(set(ids)) == 8  # every SKU decided exactly once over both ranks
+
+    # --force with another sample: rank 0 clears the folder, rank 1 waits for it before generating
+    forced = subprocess.run([*torchrun, "seed=3", "--force"], env=dict(os.environ), **run)
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["rows"]["decisions"] == 8 and manifest["summary"]["shards_skipped"] == 0  # nothing reused
+    new_ids = read_decisions(out).column("prompt_id").to_pylist()
+    assert len(new_ids) == len(set(new_ids)) == 8 and set(new_ids) != set(ids)
