@@ -135,10 +135,15 @@ def test_evaluate_ranks_behaviour_and_critic_greedy_policies(tiny_market, tiny_d
         "true_value.num_rollouts=4",
         "policies=[{name: PS, kind: price_sales}, {name: G, kind: ltve_greedy}, "
         f"{{name: G2, kind: ltve_greedy, ltve_path: '{ltve_dir}'}}, "
-        "{name: E, kind: simulator, simulator_policy: expert}]"])
+        "{name: E, kind: simulator, simulator_policy: expert}]", "compare.dpo_treated=E", "compare.dpo_baseline=PS"])
     tables = json.loads((tmp_path / "tables.json").read_text())
     assert tables["num_policies_ranked"] == 4 and tables["spearman_ltve_vs_true"] is not None
     assert tables["spearman_ltve_vs_true_table3"] is None  # one deployable row (PS): no rank correlation
+    gain = tables["dpo_gain"]  # the paired comparison of two rows on the same states
+    rows = tables["table3"]
+    assert gain["true_value"]["mean"] == pytest.approx(rows["E"]["true_value"] - rows["PS"]["true_value"])
+    assert gain["avg_q"]["mean"] == pytest.approx(rows["E"]["avg_q"] - rows["PS"]["avg_q"], abs=1e-6)
+    assert gain["true_value"]["ci_lo"] <= gain["true_value"]["mean"] <= gain["true_value"]["ci_hi"]
     acts = pq.read_table(tmp_path / "actions.parquet").to_pydict()
     sim = MarketSimulator(load_recipe(tiny_market / "recipe.yaml", MarketRecipe))
     sku, day = sku_index_of(np.array(acts["sku_id"])), np.array(acts["day"])

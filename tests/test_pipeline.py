@@ -115,6 +115,7 @@ def test_ci_pipeline_end_to_end(tmp_path):
     # the policy ranking covers the critic's own greedy policy and a behaviour policy besides the LLM rows
     assert tables["num_policies_ranked"] == 5 and -1 <= tables["spearman_ltve_vs_true"] <= 1
     assert tables["table3"]["LTVE-greedy"]["true_value"] is not None
+    assert tables["dpo_gain"]["true_value"]["num_states"] == 6 and 0 <= tables["teacher_match_rate"] <= 1
     pair_stats = json.loads((run_root / "pairs" / "stats.json").read_text())
     assert pair_stats["pair_accuracy_num_pairs"] == min(pair_stats["pairs"], 300)
     assert tables["judge"]["AIGP (SFT+DPO)"]["num_judged"] == 6

@@ -79,3 +79,19 @@ def relative_lift(treatment, control, num_resamples: int, confidence: float, see
     alpha = (1.0 - confidence) / 2
     lo, hi = np.quantile(lifts, [alpha, 1 - alpha])
     return Lift(t_value / c_value - 1.0, float(lo), float(hi), t_value, c_value)
+
+
+def paired_difference(treatment, control, num_resamples: int, confidence: float, seed: int) -> dict:
+    """Mean of per-state differences treatment - control (the same states), with a percentile bootstrap interval.
+
+    Offline policies are scored on the same held-out states, so the comparison is paired:
+    states are resampled with replacement and the mean difference recomputed.
+    """
+    d = np.asarray(treatment, dtype=np.float64) - np.asarray(control, dtype=np.float64)
+    if d.ndim != 1 or d.size < 2:
+        raise ValueError(f"paired_difference needs two equal-length 1-D samples of >= 2 states, got {d.shape}.")
+    idx = np.random.default_rng(seed).integers(0, d.size, size=(num_resamples, d.size))
+    means = d[idx].mean(axis=1)
+    alpha = (1.0 - confidence) / 2
+    return {"mean": float(d.mean()), "ci_lo": float(np.quantile(means, alpha)),
+            "ci_hi": float(np.quantile(means, 1 - alpha)), "num_states": int(d.size), "confidence": confidence}

@@ -74,6 +74,18 @@ class Fig5Config:
 
 
 @dataclass
+class ComparisonConfig:
+    dpo_treated: str | None = help_field("row of the DPO-trained policy (e.g. 'AIGP (SFT+DPO)'); null = no DPO gain")
+    dpo_baseline: str | None = help_field("row it is compared with on the same states (e.g. 'AIGP (SFT-only)')")
+    teacher_recipe: str | None = help_field("aigp teacher recipe whose decisions the student is matched against; "
+                                            "null = no teacher match rate")
+    teacher_student: str | None = help_field("row whose decisions are matched against the teacher's")
+    num_resamples: int = help_field("paired bootstrap resamples")
+    confidence: float = help_field("bootstrap interval level")
+    seed: int = help_field("bootstrap seed")
+
+
+@dataclass
 class Recipe:
     output_dir: str = help_field("folder of this stage's output")
     market_dir: str = help_field("output folder of aigp simulate (logs, skus, text, recipe, references)")
@@ -87,6 +99,7 @@ class Recipe:
     true_value: TrueValueConfig = help_field("simulator ground truth of each policy's long-term value")
     price_sales: PriceSalesConfig = help_field("the price-sales baseline model")
     fig5: Fig5Config = help_field("Fig. 5 stability plots")
+    compare: ComparisonConfig = help_field("beyond the paper: DPO's paired gain, the student's match with the teacher")
     pricing: PricingConfig = help_field("pricing rules (A_safe, ε, h, λ)")
 
 
@@ -148,6 +161,19 @@ class _LLMSide:
         return [build_prompt(self.source, sku, int(day), cfg, self.pricing, self.tokenizer, act_only=False)
                 for sku, day in zip(test.ctx["sku_id"], test.day)]
 
+    def teacher_policy(self, teacher_recipe: str):
+        """The teacher of ``teacher_recipe`` answering the same deployment prompts (its backend, greedy sampling)."""
+        from aigp_train.config import load_recipe
+        from aigp_train.evaluate.policies import LLMPolicy
+        from aigp_train.llm.backends import make_backend
+        from aigp_train.stages import teacher
+        from aigp_train.stages.teacher import backend_with_pricing
+
+        rec = load_recipe(teacher_recipe, teacher.Recipe)
+        backend = make_backend(backend_with_pricing(rec.backend, self.pricing), rec.model, self.pricing)
+        return LLMPolicy("teacher", backend, self.infer.sampling, None, self.pricing,
+                         self.out.path / "inference" / "teacher", self.infer.shard_size)
+
     def policy(self, name: str, adapter: str | None, tag: str):
         from aigp_train.evaluate.policies import LLMPolicy
 
@@ -196,6 +222,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     rows: dict[str, dict] = {}
     actions: dict[str, np.ndarray] = {}
     judge: dict[str, dict] = {}
+    per_state_true: dict[str, np.ndarray] = {}
     price_sales_info = None
     for name, spec in policies.items():
         if spec.kind == "price_sales":
@@ -218,8 +245,8 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
             judge[name] = llm.judge_scores(_tag(name), base_prompts, dec.reasoning)
         actions[name] = dec.actions
         row = offline.decision_metrics(test, dec.actions, recipe.pricing, ltve, feats)
-        tv, tv_se, _ = offline.true_values(sim, test, dec.actions, recipe.true_value.continuation,
-                                           recipe.true_value.num_rollouts, references)
+        tv, tv_se, per_state_true[name] = offline.true_values(sim, test, dec.actions, recipe.true_value.continuation,
+                                                              recipe.true_value.num_rollouts, references)
         row.update(true_value=tv, true_value_se=tv_se, kind=spec.kind, adapter=spec.adapter)
         if dec.parse is not None:
             row["parse"] = dec.parse
@@ -237,6 +264,8 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
             dec = llm.policy(f"{name} {label}", policies[name].adapter, tag).decide(test.ctx, prompts)
             ablations[name][label] = offline.decision_metrics(test, dec.actions, recipe.pricing, ltve, feats)
 
+    comparisons = _comparisons(recipe.compare, actions, per_state_true, test, ltve, feats, llm, base_prompts,
+                               recipe.pricing)
     stab = stability_table(actions, recipe.fig5.bin_width, recipe.pricing.max_step, recipe.fig5.thresholds)
     figures = plot_fig5(stab, out.path, recipe.fig5.bin_width)
     names = list(rows)
@@ -250,7 +279,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
               "heldout_cutoff_date": test.cutoff_date, "spearman_ltve_vs_true": rho,
               "spearman_ltve_vs_true_table3": rho_table3, "num_policies_ranked": len(names) if rho is not None else 0,
               "true_value": dataclasses.asdict(recipe.true_value), "price_sales": price_sales_info,
-              "ltve_path": recipe.ltve_path}
+              "ltve_path": recipe.ltve_path, **comparisons}
     atomic_write_json(out.path / "tables.json", tables)
     atomic_write_text(out.path / "table3.md", offline.table3_markdown(rows))
     atomic_write_text(out.path / "table5.md", offline.table5_markdown(rows, ablations) if ablations else
@@ -265,6 +294,37 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     inputs.update({f"adapter:{n}": s.adapter for n, s in policies.items() if s.adapter})
     return {"inputs": inputs, "rows": {"test_states": int(test.rows.size), "policies": len(rows)},
             "summary": {"table3": summary, "figures": [str(f) for f in figures]}}
+
+
+def _comparisons(cfg: ComparisonConfig, actions: dict, per_state_true: dict, test, ltve, feats, llm, prompts,
+                 pricing) -> dict:
+    """DPO's paired gain over its baseline (LTVE Q and true value) and the student's match with the teacher."""
+    from aigp_train.evaluate.bootstrap import paired_difference
+    from aigp_train.pricing import project_action
+
+    out: dict = {}
+    boot = dict(num_resamples=cfg.num_resamples, confidence=cfg.confidence, seed=cfg.seed)
+    if cfg.dpo_treated and cfg.dpo_baseline:
+        missing = [n for n in (cfg.dpo_treated, cfg.dpo_baseline) if n not in actions]
+        if missing:
+            raise ValueError(f"compare.dpo_treated / dpo_baseline name rows {missing} that are not in policies.")
+        t, b = cfg.dpo_treated, cfg.dpo_baseline
+        out["dpo_gain"] = {"treated": t, "baseline": b,
+                           "true_value": paired_difference(per_state_true[t], per_state_true[b], **boot)}
+        if ltve is not None:
+            out["dpo_gain"]["avg_q"] = paired_difference(ltve.q(feats, actions[t]), ltve.q(feats, actions[b]), **boot)
+    if cfg.teacher_recipe and cfg.teacher_student:
+        if cfg.teacher_student not in actions or llm is None:
+            raise ValueError(f"compare.teacher_student {cfg.teacher_student!r} must name an llm row of policies.")
+        teacher = llm.teacher_policy(cfg.teacher_recipe).decide(test.ctx, prompts).actions
+        match = lambda a: float(np.mean(np.abs(np.asarray(a) - teacher) <= pricing.eama_epsilon + 1e-9))  # noqa: E731
+        d_prev = np.asarray(test.ctx["d_prev"], dtype=np.float64)
+        grid = np.round(np.arange(-pricing.max_step, pricing.max_step + 1e-9, 0.01), 2)
+        constant = {float(c): match(np.round(project_action(np.full(d_prev.size, c), d_prev, pricing), 2)) for c in grid}
+        best = max(constant, key=constant.get)
+        out.update(teacher_match_rate=match(actions[cfg.teacher_student]), teacher_match_student=cfg.teacher_student,
+                   teacher_match_rate_best_constant=constant[best], teacher_match_best_constant_action=best)
+    return out
 
 
 def _load_ltve(path: str):
