@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from aigp_train.config import help_field
 from aigp_train.pricing import project_action
-from aigp_train.pricing.a_safe import safe_grid
+from aigp_train.pricing.a_safe import from_stored, safe_grid
 
 # Yesterday's row: the log columns a context carries as prev_<name> (NaN on launch day).
 PREV_COLUMNS = ("impressions", "clicks", "units", "gmv", "marketing_spend", "ctr", "cvr", "review_count", "rating",
@@ -80,9 +80,7 @@ def contexts_from_logs(logs: dict[str, np.ndarray]) -> Contexts:
     ctx: Contexts = {
         "sku_id": sku, "category": np.asarray(logs["category"]).astype(str),
         "list_price": np.asarray(logs["list_price"], dtype=np.float64),
-        # the logs store discounts as float32 (0.57 -> 0.5699999928): back to the decimal the price was set
-        # at, or A_safe's boundary point (0.5 - 0.57 = -0.07) falls outside the interval by float noise
-        "d_prev": np.round(np.asarray(logs["discount_prev"], dtype=np.float64), 6), "day": day,
+        "d_prev": from_stored(logs["discount_prev"]), "day": day,  # float32 logs: back to the set decimals
         "date": np.asarray(logs["date"], dtype=np.int64), "day_of_week": np.asarray(logs["day_of_week"], dtype=np.int64),
         "is_promotion": np.asarray(logs["is_promotion"], dtype=bool), "has_prev": has_prev,
     }

@@ -34,6 +34,7 @@ from aigp_train.ltve.model import load_ltve
 from aigp_train.market.recipe import MarketRecipe
 from aigp_train.market.simulator import MarketSimulator, sku_index_of
 from aigp_train.pricing import feasible_interval
+from aigp_train.pricing.a_safe import from_stored
 from aigp_train.pricing.reward import References
 
 GRID = np.round(np.arange(-4, 5) * 0.05, 2)
@@ -121,13 +122,13 @@ def main(argv: list[str] | None = None) -> dict:
     pick = np.sort(rng.choice(len(h), size=min(args.states, len(h)), replace=False))
     sku, day = sku_index_of(m["sku_id"][pick]), m["day"][pick].astype(np.int64)
     s = torch.from_numpy(np.ascontiguousarray(h[pick][:, cols.s]))
-    d_prev = np.round(h[pick][:, cols.d_prev].astype(np.float64), 6)  # float32 storage, see ltve_eval
+    d_prev = from_stored(h[pick][:, cols.d_prev])
     dep, spread_hat, spread_true, best_hat = action_dependence(model, sim, refs, s, sku, day, d_prev, pricing,
                                                                args.rollouts)
     # extrapolation: the greedy action over the full fine grid on every held-out state vs the logged actions
     all_s = torch.from_numpy(np.ascontiguousarray(h[:, cols.s]))
-    greedy = model.greedy(all_s, np.round(h[:, cols.d_prev].astype(np.float64), 6), pricing, normalized=True)
-    logged = np.round(h[:, cols.action].astype(np.float64), 6)
+    greedy = model.greedy(all_s, from_stored(h[:, cols.d_prev]), pricing, normalized=True)
+    logged = from_stored(h[:, cols.action])
     extrap = {"greedy_mean": float(greedy.mean()), "logged_mean": float(logged.mean()),
               "greedy_at_boundary": float(np.mean(np.abs(greedy) >= pricing.max_step - 1e-9)),
               "logged_at_boundary": float(np.mean(np.abs(logged) >= pricing.max_step - 1e-9)),

@@ -41,6 +41,16 @@ TOLERANCE = 1e-9
 BOUND_DECIMALS = 12
 
 
+def from_stored(x: Any) -> np.ndarray:
+    """Discounts or actions read back from float32 storage (logs, transitions) as the decimals they were set at.
+
+    0.57 stored as float32 is 0.5699999928: A_safe's boundary point 0.5 - 0.57 = -0.07 would fall
+    outside the feasible interval by float noise. Six decimals is below any price unit and above
+    float32's resolution on [0, 1].
+    """
+    return np.round(np.asarray(x, dtype=np.float64), 6)
+
+
 def _is_torch(x: Any) -> bool:
     return type(x).__module__.startswith("torch")
 

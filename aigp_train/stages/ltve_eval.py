@@ -32,6 +32,7 @@ from aigp_train.ltve.model import load_ltve
 from aigp_train.ltve.trainer import intra_op_threads
 from aigp_train.outputs import StageOutput, atomic_write_json, atomic_write_text
 from aigp_train.pricing import PricingConfig
+from aigp_train.pricing.a_safe import from_stored
 from aigp_train.stages import ltve as ltve_stage
 
 
@@ -119,9 +120,8 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
         td, cols, h, m = heldout(folder)
         expert = m["is_expert"].astype(bool)
         s = torch.from_numpy(np.ascontiguousarray(h[expert][:, cols.s]))
-        # float32 transitions: back to the decimals the prices were set at (A_safe's boundary points)
-        a = np.round(h[expert][:, cols.action].astype(np.float64), 6)
-        d_prev, day = np.round(h[expert][:, cols.d_prev].astype(np.float64), 6), m["day"][expert]
+        a, d_prev = from_stored(h[expert][:, cols.action]), from_stored(h[expert][:, cols.d_prev])
+        day = m["day"][expert]
         model = load_ltve(folder)
         if abs(model.max_step - recipe.pricing.max_step) > 1e-12:
             raise ValueError(f"{folder} was trained with pricing.max_step={model.max_step}, this recipe has "
