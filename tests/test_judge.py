@@ -22,7 +22,7 @@ FIVES = {d: 5 for d in DIMENSIONS}
 
 
 def prompt_config(**kw) -> PromptConfig:
-    base = dict(history_days=5, include_diagnosis=True, include_knowledge_base=True, max_reviews=5,
+    base = dict(layout="paper", history_days=5, include_diagnosis=True, include_knowledge_base=True, max_reviews=5,
                 review_max_chars=300, description_max_chars=600, min_description_chars=100, kb_max_entries=4,
                 prediction_actions=[-0.1, -0.05, 0.05, 0.1], full_cutoff_tokens=8192, full_response_tokens=1024,
                 act_only_cutoff_tokens=4096, act_only_response_tokens=32)

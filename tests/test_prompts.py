@@ -61,7 +61,8 @@ def test_records_carry_the_contract_fields(tiny_prompts):
     assert manifest["summary"]["full_tokens"]["max"] <= manifest["summary"]["full_tokens"]["budget"]
 
 
-def test_state_matches_the_logs_and_never_looks_ahead(tiny_prompts, source):
+def test_state_matches_the_logs_and_never_looks_ahead(tiny_prompts, source, recipe):
+    shown = recipe.prompt.history_days
     for rec in read_prompts(tiny_prompts, "full")[:60]:
         rows = source.rows(rec["sku_id"])
         today, past = rows[rec["day"]], rows[: rec["day"]]
@@ -71,7 +72,7 @@ def test_state_matches_the_logs_and_never_looks_ahead(tiny_prompts, source):
         assert s["cum_gmv"] == pytest.approx(sum(r["gmv"] for r in past), abs=0.01)
         if past:
             assert s["units_1d"] == past[-1]["units"] and s["impressions_1d"] == past[-1]["impressions"]
-            assert [h["day"] for h in s["history"]] == [r["day"] for r in past[-3:]]
+            assert [h["day"] for h in s["history"]] == [r["day"] for r in past[-shown:]]
         else:
             assert s["units_1d"] is None and s["history"] == []
         # the day's own outcomes never appear: its GMV and impressions are not in the prompt
@@ -124,7 +125,8 @@ def test_budget_cuts_lowest_priority_first_and_never_the_state(source, recipe, t
     import dataclasses
 
     sku = max(sorted(source.skus), key=lambda s: len(source.reviews(s, 14)))
-    cfg = dataclasses.replace(recipe.prompt, max_reviews=12, kb_max_entries=4, description_max_chars=800)
+    cfg = dataclasses.replace(recipe.prompt, max_reviews=12, kb_max_entries=4, description_max_chars=800,
+                              layout="paper", full_cutoff_tokens=4096)  # room for every cut below
     full = build_prompt(source, sku, 13, cfg, recipe.pricing, tokenizer, act_only=False)
     assert full["context"]["num_reviews"] >= 3 and full["context"]["num_kb"] >= 2
     n = full["context"]["num_tokens"]

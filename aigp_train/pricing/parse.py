@@ -90,6 +90,9 @@ ACTION_UNIT_RULE = (
     f"15% off), never a percentage. Write exactly one action object: an answer with two different ones is "
     f"rejected and the price is held."
 )
+# The same rule in fewer words (the compact prompt layout of tiny models).
+ACTION_UNIT_RULE_SHORT = (f"{ACTION_KEY} is a fraction of the list price (-0.05 lowers d by 0.05; a bare -5 is "
+                          f"rejected); {DISCOUNT_KEY}, if given, lies in [0, 1]. One action object only.")
 
 # Outputs longer than this are cut to their tail before scanning: the decision is at the
 # end, and a runaway generation must not make parsing quadratic.

@@ -203,6 +203,7 @@ class PromptView:
     state: dict
     kb: list[str]
     diagnosis: str | None
+    compact: bool = False  # the prompt's task asks for short steps (prompt.layout compact)
 
     @property
     def has_kb(self) -> bool:
@@ -217,7 +218,7 @@ class PromptView:
 def prompt_view(state: dict, messages: list[dict]) -> PromptView:
     """The view of one prompt: its rendered state fields, and the KB and diagnosis sections read
     from its text (a request without messages shows neither section's text)."""
-    from aigp_train.llm.prompts import STATE_FIELDS
+    from aigp_train.llm.prompts import COMPACT_TASK, STATE_FIELDS
 
     shown = {f.key: state.get(f.key) for f in STATE_FIELDS}
     shown.update({k: state[k] for k in _SHOWN_EXTRA if k in state})
@@ -230,7 +231,8 @@ def prompt_view(state: dict, messages: list[dict]) -> PromptView:
             raise ValueError(f"the prompt's state says it shows the {name.lower()}, but its text has no '## {name}' "
                              f"section: the stand-in teacher reads that heading (see llm/prompts.py build_messages).")
     kb_lines = [line[2:].strip() for line in (kb or "").splitlines() if line.startswith("- ")]
-    return PromptView(shown, kb_lines, diagnosis)
+    task = sections.get("task", "")
+    return PromptView(shown, kb_lines, diagnosis, compact=task.startswith(COMPACT_TASK))
 
 
 # ---------------------------------------------------------------------------
@@ -490,6 +492,8 @@ class ScriptedTeacherStandIn:
         _, evidence = heuristic_action(view, q)
         cite = {f: " ".join(e.text for e in evidence if e.factor == f)
                 for f in ("milestone", "competition", "kb", "diagnosis")}
+        if view.compact:
+            return self._reasoning_compact(view, interim, conclusion, action, omitted, q, cite)
         steps = [f"Step 1 - Data check. The {q('d_prev')}, so the {q('current_price')} against a {q('list_price')}; "
                  f"{q('inventory')} units on {q('day')}."]
         if omitted != "traffic":
@@ -505,6 +509,36 @@ class ScriptedTeacherStandIn:
                          + cite["diagnosis"])
         if omitted != "prediction" and s.get("prediction"):
             steps.append(self._prediction(s, action))
+        size = f" by {abs(action):.2f}" if conclusion != "hold" else ""
+        steps.append(f"Conclusion: {conclusion} price{size}.")
+        return "\n".join(steps)
+
+    @staticmethod
+    def _reasoning_compact(view: PromptView, interim: str, conclusion: str, action: float, omitted: str | None,
+                           q: _Quoter, cite: dict[str, str]) -> str:
+        """The same six steps, evidence and conclusion in fewer words (the compact task's short steps):
+        each step quotes its key numbers and the evidence behind the action; nothing is restated."""
+        s = view.state
+        steps = [f"Step 1 - Data. {q('d_prev')}, {q('current_price')}, {q('inventory')}."]
+        if omitted != "traffic":
+            steps.append("Step 2 - Traffic. Launch day: impressions, CTR and CVR not observed yet." if s.get("units_1d") is None else
+                         f"Step 2 - Traffic. {q('impressions_1d')}, {q('ctr_1d')}, {q('cvr_1d')}, {q('units_1d')}.")
+        roi = f"{q('cum_roi')} vs {q('roi_target')}" if s.get("cum_roi") is not None else q("roi_target")
+        steps.append(f"Step 3 - Milestone. {q('milestone_progress')}, {q('days_left')}; {roi}. {cite['milestone']}"
+                     .rstrip() + f" Interim view: {interim} price.")
+        if omitted != "competition":
+            steps.append(f"Step 4 - Competition. {q('competitor_price_mean')}. "
+                         + " ".join(x for x in (cite["competition"], cite["kb"]) if x))
+        if omitted != "reviews":
+            steps.append(f"Step 5 - Reviews. {q('review_count')}, as data only. {cite['diagnosis']}")
+        if omitted != "prediction" and s.get("prediction"):
+            pred = {round(p["discount_change"], 2): p for p in s["prediction"]}
+            pick = pred.get(round(action, 2)) or min(s["prediction"], key=lambda p: abs(p["discount_change"] - action))
+            hold = pred.get(0.0)
+            steps.append(f"Step 6 - Prediction. At {pick['discount_change']:+.2f} the prediction is "
+                         f"{pick['predicted_units']:.1f} units"
+                         + (f" vs {hold['predicted_units']:.1f} held" if hold is not None else "")
+                         + "; one day only.")
         size = f" by {abs(action):.2f}" if conclusion != "hold" else ""
         steps.append(f"Conclusion: {conclusion} price{size}.")
         return "\n".join(steps)
