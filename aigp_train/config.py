@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -179,6 +180,7 @@ def load_recipe(path: str | Path, schema: type[T], overrides: list[str] | tuple[
                 f"{_display(Path(path))} leaves {', '.join(missing)} unset; every value must be in the recipe "
                 f"(or an included one) or given as key=value."
             )
+        _check_finite(OmegaConf.to_container(cfg, resolve=True), "", layers)  # after typing: "inf" is a float now
         return OmegaConf.to_object(cfg)  # type: ignore[return-value]
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
@@ -186,6 +188,19 @@ def load_recipe(path: str | Path, schema: type[T], overrides: list[str] | tuple[
             f"bad value for '{key}' (set in {_source_of(str(key), layers)}): {_first_line(err)}. "
             f"Expected the type declared in {schema.__name__}."
         ) from None
+
+
+def _check_finite(data: Any, prefix: str, layers: list[tuple[str, dict]]) -> None:
+    """Refuse NaN and ±inf anywhere in a recipe, by key: no recipe value means "unbounded", and inf
+    passes every "> 0" check downstream only to overflow later without naming its key."""
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    for key, value in items:
+        dotted = f"{prefix}{key}"
+        if isinstance(value, float) and not math.isfinite(value):
+            raise RecipeError(f"'{dotted}' is {value} (set in {_source_of(dotted, layers)}); recipe values must be "
+                              f"finite numbers: give the bound you mean.")
+        if isinstance(value, (dict, list)):
+            _check_finite(value, f"{dotted}.", layers)
 
 
 def _first_line(err: OmegaConfBaseException) -> str:

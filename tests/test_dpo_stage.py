@@ -178,6 +178,18 @@ def test_bad_init_adapter_names_the_fix(tmp_path, tiny_dpo_chain):
     assert code == 2  # RecipeError: run `aigp pairs`
 
 
+def test_pairs_over_the_cutoff_beyond_the_allowed_share_are_an_error(tmp_path, tiny_dpo_chain, capsys):
+    """A cutoff below the prompts' budget (FullSeq on the [ACT_ONLY] cutoff, say) would silently train on
+    the short prompts only: beyond data.max_over_cutoff_share it stops, naming the two keys to align."""
+    from aigp_train.cli import main
+
+    code = main(["dpo", "recipes/tiny/dpo_only.yaml", f"output_dir={tmp_path / 'o'}", "data.cutoff_len=64",
+                 f"data.pairs_path={tiny_dpo_chain['pairs'] / 'pairs.jsonl'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "exceed data.cutoff_len 64" in err and "prompt.*_cutoff_tokens" in err, err
+    assert not (tmp_path / "o" / "adapter").exists()
+
+
 def test_resume_from_checkpoint_equals_uninterrupted(runs, tmp_path):
     """Run A again from its step-2 checkpoint (as after a preemption): the stored reference is reused,
     the data position restored, and steps 3-4 and the adapter match the uninterrupted run."""

@@ -57,7 +57,8 @@ def make_state(day: int = 5, gmv_tier: float = 5000.0, roi_target: float = 2.0, 
 # parse_scores
 # ---------------------------------------------------------------------------
 
-PLAIN = '{"data_accuracy": 5, "content_completeness": 4, "reasoning_internal_coherence": 5, "reasoning_decision_consistency": 5}'
+PLAIN = ('{"data_accuracy": 5, "content_completeness": 4, "reasoning_internal_coherence": 5, '
+         '"reasoning_decision_consistency": 5}')
 EXPECTED = {"data_accuracy": 5, "content_completeness": 4, "reasoning_internal_coherence": 5,
             "reasoning_decision_consistency": 5}
 
@@ -71,7 +72,8 @@ EXPECTED = {"data_accuracy": 5, "content_completeness": 4, "reasoning_internal_c
     '{"Data Accuracy": "5", "Content Completeness": "4/5", "Reasoning Internal Coherence": 5.0, '
     '"Reasoning-Decision Consistency": 5}',
     '{"Acc.": 5, "Com.": 4, "Int-Coh.": 5, "RD-Con.": 5}',
-    "Data Accuracy: 5/5\nContent Completeness: 4\n**Reasoning Internal Coherence**: 5\nReasoning–Decision Consistency = 5",
+    "Data Accuracy: 5/5\nContent Completeness: 4\n**Reasoning Internal Coherence**: 5\n"
+    "Reasoning–Decision Consistency = 5",
 ])
 def test_parse_scores_reads_every_format(text):
     parsed = parse_scores(text)
@@ -117,7 +119,8 @@ def _verdict(data_accuracy: str) -> str:
 @pytest.mark.parametrize("value, failure", [
     ("NaN", "unreadable"), ("Infinity", "unreadable"), ("-Infinity", "unreadable"), ("1e999", "unreadable"),
     ("9" * 400, "out_of_range"), ("-" + "9" * 4000, "out_of_range"), ('"%s"' % ("9" * 400), "out_of_range"),
-    ('"%s/5"' % ("5" * 400), "out_of_range"), ('"5.000000000000000000001"', "out_of_range"), ('"-0"', "out_of_range"), ('"5.0"', None),
+    ('"%s/5"' % ("5" * 400), "out_of_range"), ('"5.000000000000000000001"', "out_of_range"), ('"-0"', "out_of_range"),
+    ('"5.0"', None),
     ('"٥"', "unreadable"), ("[5]", "unreadable"), ("null", "unreadable"),
 ])
 def test_score_values_that_once_raised_are_counted_failures(value, failure):

@@ -82,7 +82,10 @@ def test_differences_from_the_paper_are_listed():
     diff = {k: (ours, paper) for k, ours, paper in report["differs_from_paper"]["diff"]}
     assert report["differs_from_paper"]["paper_recipe"] == "recipes/paper/sft.yaml"
     assert diff["model.config.num_hidden_layers"] == (2, 48)
-    assert "optim.lr" in diff and "lora.target_modules" not in diff  # tiny keeps the paper's q/k/v/o
+    assert "optim.lr" in diff and "lora.rank" not in diff
+    # tiny adds lm_head to the paper's q/k/v/o (recipes/tiny/lora.yaml: a random head caps the logits)
+    assert diff["lora.target_modules"] == (["q_proj", "k_proj", "v_proj", "o_proj", "lm_head"],
+                                           ["q_proj", "k_proj", "v_proj", "o_proj"])
     assert diff_from_paper({"a": {"b": 1}, "c": [1, 2]}, {"a": {"b": 1}, "c": [1, 2]}) == []
     assert diff_from_paper({"a": {"b": 1}}, {"a": {"b": 2}, "d": 3}) == [("a.b", 1, 2), ("d", "<absent>", 3)]
 

@@ -12,8 +12,8 @@ from aigp_train.stages.pairs import Recipe, TruthConfig, select_pairs
 
 
 def _recipe(**kw) -> Recipe:
-    base = dict(output_dir="x", candidates_dir="x", delta_q=0.1, delta_a=0.05, policy="best_vs_worse",
-                max_pairs_per_prompt=3, max_pairs=None, seed=0, truth=TruthConfig(market_dir=None, max_pairs=0, num_rollouts=2,
+    base = dict(output_dir="x", candidates_dir="x", delta_q=0.1, delta_q_scale="absolute", delta_a=0.05,
+                policy="best_vs_worse", max_pairs_per_prompt=3, max_pairs=None, seed=0, truth=TruthConfig(market_dir=None, max_pairs=0, num_rollouts=2,
                                                           continuation="expert", seed=0))
     base.update(kw)
     return Recipe(**base)
@@ -41,6 +41,21 @@ def test_cap_and_boundaries():
     assert len(select_pairs(at, _recipe())[0]) == 1
     assert select_pairs(at, _recipe(delta_q=0.1000001))[1] == {"failed_delta_q": 1, "kept": 0, "over_cap": 0}
     assert select_pairs(at[:1], _recipe()) == ([], {})
+
+
+def test_relative_delta_q_is_a_fraction_of_the_mean_abs_q():
+    """delta_q_scale mean_abs_q: the same fraction selects the same pairs whatever the critic's reward scale."""
+    from aigp_train.stages.pairs import delta_q_threshold
+
+    rows = [{"candidates": CANDS}]
+    mean_abs = sum(abs(c["q"]) for c in CANDS) / len(CANDS)
+    relative = _recipe(delta_q=0.1 / mean_abs, delta_q_scale="mean_abs_q")
+    assert delta_q_threshold(rows, relative) == pytest.approx(0.1)
+    assert delta_q_threshold(rows, _recipe()) == 0.1  # absolute: the value itself
+    scaled = [{**c, "q": 40.0 * c["q"]} for c in CANDS]  # rewards in other units: Q x 40
+    picked = lambda cands: [(hi["action"], lo["action"]) for hi, lo in  # noqa: E731
+                            select_pairs(cands, relative, delta_q_threshold([{"candidates": cands}], relative))[0]]
+    assert picked(scaled) == picked(CANDS) == [(hi["action"], lo["action"]) for hi, lo in select_pairs(CANDS, _recipe())[0]]
 
 
 def test_all_separated_policy_uses_every_ordered_pair():

@@ -179,6 +179,13 @@ def train_dpo(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
                           f"data.pairs_path at its output_dir/pairs.jsonl.")
     rows = read_jsonl(recipe.data.pairs_path)
     pairs, data_stats = tokenize_pairs(rows, tokenizer, recipe.data.loss_scope, recipe.data.cutoff_len)
+    over_share = data_stats["pairs_over_cutoff"] / max(data_stats["pairs_in"], 1)
+    if over_share > recipe.data.max_over_cutoff_share:  # a silent drop would train on the short prompts only
+        raise RecipeError(
+            f"{data_stats['pairs_over_cutoff']} of {data_stats['pairs_in']} pairs ({100 * over_share:.1f} %) exceed "
+            f"data.cutoff_len {recipe.data.cutoff_len} (allowed: {100 * recipe.data.max_over_cutoff_share:.1f} %): "
+            f"raise data.cutoff_len to the prompts' cutoff (prompt.*_cutoff_tokens of the prompts recipe) or "
+            f"rebuild the prompts with a smaller budget.")
     if not pairs:
         raise ValueError(f"{recipe.data.pairs_path} has no usable pair ({data_stats}); run `aigp pairs` or lower "
                          f"its thresholds.")

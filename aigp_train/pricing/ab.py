@@ -6,7 +6,10 @@ Groups own consecutive bucket ranges in the order the allocation lists them: wit
 buckets and ``{"aigp": 0.5, "baseline": 0.5}``, buckets 0-49 are ``aigp``. The hash is
 SHA-256 (not Python's ``hash``, which is salted per process), so a SKU lands in the same
 group every day, in every process and on every machine; a new experiment salt reshuffles
-all SKUs independently of earlier experiments (no bucket coupling, App. B.1).
+all SKUs independently of earlier experiments (no bucket coupling, App. B.1). The paper appends the
+salt to the SKU_ID; here it is prepended with a separator (``salt + ":" + sku_id``): with a
+cryptographic hash either order gives the same uniformity and independence, and this one is kept
+so that groupings already drawn stay the same.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from aigp_train.config import help_field
 class ABConfig:
     """An ``ab:`` recipe block."""
 
-    salt: str = help_field("experiment salt appended to every SKU_ID before hashing (App. B.1)")
+    salt: str = help_field("experiment salt joined to every SKU_ID before hashing (salt + ':' + SKU_ID; App. B.1)")
     num_buckets: int = help_field("number of hash buckets; each group gets an integer number of them")
     allocation: dict[str, float] = help_field("group name -> share of buckets, in bucket order; shares sum to 1")
 

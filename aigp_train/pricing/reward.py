@@ -1,4 +1,4 @@
-"""Reward eq. 3, ROI and the milestone (paper §3.2, eq. 3; DESIGN §3).
+"""Reward eq. 3, ROI and the milestone (paper §3.1, eq. 3; DESIGN §3).
 
     r_t = λ1 (prog_t - prog_t^ref) + λ2 (log(1 + ROI_t) - log(1 + ROI_t^ref))
 

@@ -41,6 +41,8 @@ __all__ = ["Recipe", "DpoData", "DpoTrain", "run"]
 class DpoData:
     pairs_path: str = help_field("pairs JSONL of `aigp pairs` (<pairs output_dir>/pairs.jsonl)")
     cutoff_len: int = help_field("maximum tokens of prompt + completion (longer pairs are dropped and counted)")
+    max_over_cutoff_share: float = help_field(
+        "largest share of pairs the cutoff may drop; more is an error (the prompts' budget and the cutoff disagree)")
     loss_scope: Literal["completion", "action_value"] = help_field(
         "tokens summed in eq. 8: the whole completion ([ACT_ONLY]: the action JSON), or the action's number only")
 

@@ -53,7 +53,10 @@ class TruthConfig:
 class Recipe:
     output_dir: str = help_field("output folder (pairs.jsonl, stats.json)")
     candidates_dir: str = help_field("output_dir of `aigp candidates`")
-    delta_q: float = help_field("eq. 7: minimum Q(s, a+) - Q(s, a-)")
+    delta_q: float = help_field("eq. 7: minimum Q(s, a+) - Q(s, a-), in the unit delta_q_scale names")
+    delta_q_scale: Literal["absolute", "mean_abs_q"] = help_field(
+        "unit of delta_q: 'absolute' (Q units), or 'mean_abs_q' (a fraction of the mean |Q| of the scored candidates: "
+        "the LTVE's own scale, so one value carries across critics whose rewards are scaled differently)")
     delta_a: float = help_field("eq. 7: minimum |a+ - a-|")
     policy: Literal["best_vs_worse", "all_separated"] = help_field("which pairs of a prompt's candidates to form")
     max_pairs_per_prompt: int = help_field("at most this many pairs per prompt (the clearest first)")
@@ -66,8 +69,19 @@ class Recipe:
 _EPS = 1e-9  # actions are on a 0.01 grid: compare with a tolerance, not exact floats
 
 
-def select_pairs(candidates: list[dict], recipe: Recipe) -> tuple[list[tuple[dict, dict]], Counter]:
-    """The pairs of one prompt's candidates under eq. 7 and ``recipe.policy``, and why others failed."""
+def delta_q_threshold(rows: list[dict], recipe: Recipe) -> float:
+    """Eq. 7's delta_Q in Q units: ``delta_q`` itself, or ``delta_q`` times the mean |Q| of every scored candidate."""
+    if recipe.delta_q_scale == "absolute":
+        return recipe.delta_q
+    qs = [abs(c["q"]) for row in rows for c in row["candidates"]]
+    return recipe.delta_q * (sum(qs) / len(qs) if qs else 0.0)
+
+
+def select_pairs(candidates: list[dict], recipe: Recipe, delta_q: float | None = None
+                 ) -> tuple[list[tuple[dict, dict]], Counter]:
+    """The pairs of one prompt's candidates under eq. 7 (``delta_q`` in Q units; default the recipe's,
+    read as absolute) and ``recipe.policy``, and why others failed."""
+    delta_q = recipe.delta_q if delta_q is None else delta_q
     outcome: Counter = Counter()
     if len(candidates) < 2:
         return [], outcome
@@ -78,7 +92,7 @@ def select_pairs(candidates: list[dict], recipe: Recipe) -> tuple[list[tuple[dic
         options = [(hi, lo) for i, hi in enumerate(ranked) for lo in ranked[i + 1:]]
     passing = []
     for hi, lo in options:
-        q_ok = hi["q"] - lo["q"] >= recipe.delta_q - _EPS
+        q_ok = hi["q"] - lo["q"] >= delta_q - _EPS
         a_ok = abs(hi["action"] - lo["action"]) >= recipe.delta_a - _EPS
         if q_ok and a_ok:
             passing.append((hi, lo))
@@ -140,14 +154,16 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run `aigp candidates` and point candidates_dir at its output_dir.")
     rows = read_jsonl(path)
+    if any("q" not in c for row in rows for c in row["candidates"]):
+        bad = next(row["prompt_id"] for row in rows if any("q" not in c for c in row["candidates"]))
+        raise ValueError(f"{path}: prompt {bad} has unscored candidates; rerun `aigp candidates`.")
+    threshold = delta_q_threshold(rows, recipe)
     pairs, comparisons, prompt_outcome = [], Counter(), Counter()
     chosen_used, rejected_used, num_candidates = 0, 0, 0
     for row in rows:
         cands = row["candidates"]
         num_candidates += len(cands)
-        if any("q" not in c for c in cands):
-            raise ValueError(f"{path}: prompt {row['prompt_id']} has unscored candidates; rerun `aigp candidates`.")
-        kept, outcome = select_pairs(cands, recipe)
+        kept, outcome = select_pairs(cands, recipe, threshold)
         comparisons.update(outcome)
         if len(cands) < 2:
             prompt_outcome["fewer_than_2_candidates"] += 1
@@ -172,7 +188,8 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     stats = {
         "prompts": len(rows), "pairs": len(pairs), "pairs_before_cap": num_before_cap, "max_pairs": recipe.max_pairs,
         "prompts_in_pairs": len({p["prompt_id"] for p in pairs}), "policy": recipe.policy,
-        "delta_q": recipe.delta_q, "delta_a": recipe.delta_a, "max_pairs_per_prompt": recipe.max_pairs_per_prompt,
+        "delta_q": recipe.delta_q, "delta_q_scale": recipe.delta_q_scale, "delta_q_threshold": threshold,
+        "delta_a": recipe.delta_a, "max_pairs_per_prompt": recipe.max_pairs_per_prompt,
         "prompt_outcomes": dict(prompt_outcome), "comparisons": dict(comparisons),
         "candidates": num_candidates, "candidates_used_as_chosen": chosen_used,
         "candidates_used_as_rejected": rejected_used,
@@ -185,7 +202,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
         stats.update(pair_accuracy(pairs, recipe.truth))
     atomic_write_json(out.path / "stats.json", stats)
     if not pairs:
-        raise ValueError(f"no pair passed eq. 7 (delta_q={recipe.delta_q}, delta_a={recipe.delta_a}) among {len(rows)} "
+        raise ValueError(f"no pair passed eq. 7 (delta_q={threshold:.4g} in Q units, delta_a={recipe.delta_a}) among {len(rows)} "
                          f"prompts: {stats['comparisons']}. Lower the thresholds or sample more candidates (see "
                          f"{out.path / 'stats.json'}).")
     return {"inputs": {"candidates": str(path)}, "rows": {"pairs": len(pairs), "prompts": len(rows)}, "summary": stats}
