@@ -62,7 +62,8 @@ STAGES: dict[str, tuple[str, str]] = {
 }
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "recipe": ("aigp_train.llm.recipe_check", "recipe check <recipe>: model, LoRA targets, memory and time before any GPU"),
+    "recipe": ("aigp_train.llm.recipe_check",
+               "recipe check <recipe>: model, LoRA targets, memory and time before any GPU"),
     "cluster-doctor": ("aigp_train.distributed.doctor", "check every rank sees every other; all-reduce bandwidth"),
     "export": ("aigp_train.sft.export", "export an adapter; --merge writes merged weights"),
 }

@@ -68,7 +68,8 @@ def make_pairs(tokenizer, num_prompts: int, pairs_per_prompt: int, prompt_tokens
                                   k=rng.randint(0, 900))
             d += 1
             messages = [{"role": "system", "content": "You set the daily discount of one product."},
-                        {"role": "user", "content": f"SKU{i:05d} state:\n{body}\nOutput only the JSON action.\n{ACT_ONLY}"}]
+                        {"role": "user",
+                         "content": f"SKU{i:05d} state:\n{body}\nOutput only the JSON action.\n{ACT_ONLY}"}]
             if len(tokenize_prompt(tokenizer, messages)) >= prompt_tokens:
                 break
         actions = rng.sample([-0.2, -0.15, -0.1, -0.05, 0.0, 0.05], pairs_per_prompt + 1)
@@ -165,10 +166,10 @@ def run_ours(args) -> dict:
 
 def run_trl(args) -> dict:
     import torch
+    import trl.trainer.utils as trl_utils
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerCallback
-    import trl.trainer.utils as trl_utils
     from trl import DPOConfig, DPOTrainer
 
     trl_utils._use_triton = lambda device: True  # completion-only LM head, as TRL runs on GPU (see module doc)
@@ -271,7 +272,9 @@ def main() -> None:
         "memory_ratio": round(mem["ours"] / mem["trl"], 3) if mem["trl"] > 0 else None,
         "first_step_loss": {"ours": runs["ours"][0]["first_loss"], "trl": runs["trl"][0]["first_loss"]},
         "max_abs_ref_logp_diff": diff,
-        "tokens_forwarded_per_step": {"ours": runs["ours"][0]["tokens_per_step"], "trl": runs["trl"][0]["tokens_per_step"]}, "mean_prompt_tokens": runs["ours"][0]["mean_prompt_tokens"],
+        "tokens_forwarded_per_step": {"ours": runs["ours"][0]["tokens_per_step"],
+                                      "trl": runs["trl"][0]["tokens_per_step"]},
+        "mean_prompt_tokens": runs["ours"][0]["mean_prompt_tokens"],
         "pairs": args.prompts * args.pairs_per_prompt, "pairs_per_prompt": args.pairs_per_prompt,
         "batch_pairs": args.batch, "timed_steps": args.steps * args.rounds, "threads": args.threads,
         "model": "tiny-qwen3-moe", "lora": "q/k/v/o r=16",

@@ -162,7 +162,8 @@ def main() -> None:
     reference = canonical_rate(min(args.n, 100_000), args.seed)
     print(json.dumps({"metric": "parse_action_calls_per_s", "unit": "hostile answers parsed per second",
                       "ours": round(ours, 1),
-                      "reference": {"name": "parse_action on canonical answers, same run", "value": round(reference, 1)},
+                      "reference": {"name": "parse_action on canonical answers, same run",
+                                    "value": round(reference, 1)},
                       "ratio": round(ours / reference, 3), "n": args.n, "seed": args.seed, **result,
                       "wall_s": round(time.perf_counter() - wall, 1)}))
 

@@ -69,9 +69,9 @@ def recipe_values():
 
 
 def run_ours(data: Path, out: Path, steps: int, *extra: str) -> dict:
-    cmd = ["aigp", "sft", RECIPE, f"data.train_path={data / 'train.jsonl'}", f"data.heldout_path={data / 'heldout.jsonl'}",
-           f"output_dir={out}", f"train.max_steps={steps}", "train.epochs=100", "engine.micro_batch_size=4",
-           "engine.grad_accum_steps=1", "engine.gradient_checkpointing=false", "early_stopping.eval_every_steps=0",
+    cmd = ["aigp", "sft", RECIPE, f"data.train_path={data / 'train.jsonl'}",
+           f"data.heldout_path={data / 'heldout.jsonl'}", f"output_dir={out}", f"train.max_steps={steps}",
+           "train.epochs=100", "engine.micro_batch_size=4", "engine.grad_accum_steps=1", "engine.gradient_checkpointing=false", "early_stopping.eval_every_steps=0",
            "checkpoint.every_steps=0", "logging.every_steps=1", "logging.wandb_mode=disabled", *extra]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, WANDB_MODE="disabled"))
     if proc.returncode != 0:
@@ -178,7 +178,8 @@ def main() -> None:
         "final_loss": {"ours": ours["final_loss"], "reference": ref["final_loss"]},
         "ours_every_tensor_partitioned": {"tokens_per_s": round(ours_sharded["tokens_per_s"], 1),
                                           "peak_memory_gib": round(ours_sharded["peak_memory_gib"], 3)},
-        "trl_configs": {k: ({"tokens_per_s": round(v["tokens_per_s"], 1), "peak_memory_gib": round(v["peak_memory_gib"], 3),
+        "trl_configs": {k: ({"tokens_per_s": round(v["tokens_per_s"], 1),
+                             "peak_memory_gib": round(v["peak_memory_gib"], 3),
                              "final_loss": v["final_loss"]} if "tokens_per_s" in v else v) for k, v in trl.items()},
         "steps": args.steps, "batch": 4, "examples": args.examples,
         "load_avg_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),

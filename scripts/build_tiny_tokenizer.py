@@ -17,9 +17,9 @@ round-trips. Special tokens (never split, never merged) take ids 0-2: ``<|endoft
 The ``[ACT_ONLY]`` control token (paper §3.4) is deliberately NOT built in: ``load_tokenizer``
 adds it at load time exactly as it does for the real Qwen tokenizers, so every tiny test runs the
 path the real models take (its id lands in the spare embedding rows: the trainer stops below
-``VOCAB_SIZE`` merges-wise and the tiny model's vocab_size keeps 1024 rows). The chat template is Qwen's ``<|im_start|>role\\n...
-<|im_end|>`` format, with ``{% generation %}`` around assistant turns so
-``apply_chat_template(return_assistant_tokens_mask=True)`` marks the tokens SFT trains on.
+``VOCAB_SIZE`` merges-wise and the tiny model's vocab_size keeps 1024 rows). The chat template is
+Qwen's ``<|im_start|>role\\n...<|im_end|>`` format, with ``{% generation %}`` around assistant
+turns so ``apply_chat_template(return_assistant_tokens_mask=True)`` marks the tokens SFT trains on.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def _document(rng: random.Random) -> str:
         f"## Knowledge base\nRelated {cat} products sell at {_money(rng)} to {_money(rng)}; median discount "
         f"{rng.uniform(0.6, 1):.2f}.",
         f"## Diagnosis\n{rng.choice(DIAGNOSES)}",
-        f"## Price-sales prediction\n" + "\n".join(
+        "## Price-sales prediction\n" + "\n".join(
             f"discount change {a:+.2f}: predicted units {rng.randint(0, 300)}" for a in (-0.1, 0.0, 0.1)),
         f"Reasoning: the current discount is {d_prev:.2f} and the milestone progress is behind plan, so I "
         f"{rng.choice(DIRECTIONS)}. The new discount is {min(1.0, max(0.5, d_prev + action)):.2f}.",

@@ -55,7 +55,8 @@ def train_steps(recipe, dist, examples, coef, out_dir):
 def main():
     data_dir, repo = Path(sys.argv[1]), Path(sys.argv[2])
     recipe = load_recipe(repo / "recipes/tiny/sft.yaml", Recipe, [
-        "engine.micro_batch_size=2", "engine.grad_accum_steps=1", "optim.warmup_ratio=0", "logging.wandb_mode=disabled"])
+        "engine.micro_batch_size=2", "engine.grad_accum_steps=1", "optim.warmup_ratio=0",
+        "logging.wandb_mode=disabled"])
     dist = init_distributed()
     examples, _ = tokenize_rows(load_tokenizer(recipe.model), read_chat_rows(data_dir / "train.jsonl"), 1024)
     out = Path(tempfile.mkdtemp())

@@ -49,7 +49,8 @@ def tiny():
 @pytest.fixture(scope="module")
 def hf(tiny):
     return make_backend(BackendConfig(kind="hf", hf=HFBackendConfig(batch_size=4, device="cpu",
-                                                                    constrain_act_only="none", force_decision="none")), tiny)
+                                                                    constrain_act_only="none",
+                                                                    force_decision="none")), tiny)
 
 
 def test_hf_act_only_sampling_shape_order_and_seed(hf):
@@ -97,7 +98,8 @@ def test_hf_adapter_per_request(hf, tiny, tmp_path):
 
     merged_recipe = load_model_recipe(TINY, [f"model.weights_path={tmp_path / 'merged'}"])
     merged_backend = make_backend(BackendConfig(kind="hf", hf=HFBackendConfig(batch_size=4, device="cpu",
-                                                                              constrain_act_only="none", force_decision="none")),
+                                                                              constrain_act_only="none",
+                                                                              force_decision="none")),
                                   merged_recipe)
     assert merged_backend.generate(plain, GREEDY) == outs[:3]
 
@@ -107,7 +109,8 @@ def test_make_backend_errors_name_the_fix(tiny):
         make_backend(BackendConfig(kind="hf"), tiny)
     with pytest.raises(ValueError, match="needs a model: block"):
         make_backend(BackendConfig(kind="hf", hf=HFBackendConfig(batch_size=1, device="cpu",
-                                                                 constrain_act_only="none", force_decision="none")), None)
+                                                                 constrain_act_only="none",
+                                                                 force_decision="none")), None)
     with pytest.raises(RecipeError, match="top_p"):
         SamplingConfig(n=1, temperature=1.0, top_k=0, top_p=0.0, max_new_tokens=4, seed=0)
     with pytest.raises(RecipeError, match="identical greedy answers"):

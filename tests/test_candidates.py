@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 
 from aigp_train.ltve import load_ltve
 from aigp_train.pricing import load_pricing_config

@@ -46,7 +46,8 @@ def random_groups(seed: int = 1, action_only_mask: bool = True) -> list[PromptGr
     """Two prompts of different lengths; 3 and 4 completions of different lengths; some pairs share one."""
     g = torch.Generator().manual_seed(seed)
     groups = []
-    for prompt_len, comp_lens, pairs in ((23, [5, 7, 4], [(0, 1), (0, 2)]), (11, [6, 3, 8, 5], [(2, 0), (2, 1), (3, 1)])):
+    for prompt_len, comp_lens, pairs in ((23, [5, 7, 4], [(0, 1), (0, 2)]),
+                                         (11, [6, 3, 8, 5], [(2, 0), (2, 1), (3, 1)])):
         prompt = torch.randint(1, VOCAB, (prompt_len,), generator=g).tolist()
         comps = [torch.randint(1, VOCAB, (n,), generator=g).tolist() for n in comp_lens]
         # scored: the middle tokens (like the action value inside the JSON scaffold), or all of them

@@ -1,4 +1,5 @@
-"""Identity-blind everywhere (paper §3.1): no user-level column enters through any table, and no real column is refused."""
+"""Identity-blind everywhere (paper §3.1): no user-level column enters through any table, and no real column is
+refused."""
 
 from __future__ import annotations
 

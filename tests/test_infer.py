@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -106,7 +105,8 @@ def test_two_ranks_killed_mid_run_then_restarted_answer_every_sku_exactly_once(t
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                 "-m", "aigp_train.cli", "infer", *args]
     run = dict(cwd=REPO, capture_output=True, text=True, timeout=300)
-    killed = subprocess.run(torchrun, env={**os.environ, FAULT_AFTER_WRITE: "shard-00001.jsonl"}, **run)  # shard 1 is rank 1's
+    # shard 1 is rank 1's
+    killed = subprocess.run(torchrun, env={**os.environ, FAULT_AFTER_WRITE: "shard-00001.jsonl"}, **run)
     gen = out / "generations"
     assert killed.returncode != 0 and not (out / "manifest.json").exists(), killed.stderr[-3000:]
     assert (gen / "shard-00001.jsonl").is_file() and not (gen / "shard-00003.jsonl").exists()

@@ -26,7 +26,8 @@ def chain(tiny_prompts, tmp_path_factory):
     teacher = run_stage("teacher", str(TINY / "teacher.yaml"),
                         [f"prompts_dir={tiny_prompts}", f"output_dir={root / 'teacher'}", "shard_size=50"])
     judge = run_stage("judge", str(TINY / "judge.yaml"),
-                      [f"prompts_dir={tiny_prompts}", f"teacher_dir={root / 'teacher'}", f"output_dir={root / 'judge'}"])
+                      [f"prompts_dir={tiny_prompts}", f"teacher_dir={root / 'teacher'}",
+                       f"output_dir={root / 'judge'}"])
     return {"root": root, "teacher": teacher, "judge": judge, "prompts": tiny_prompts}
 
 
@@ -93,7 +94,8 @@ def test_judge_agreement_with_an_annotation_file(chain, tmp_path):
     scores = read_jsonl(chain["root"] / "judge" / "scores.jsonl")
     labels = tmp_path / "labels.jsonl"
     flip = {r["response_id"] for r in scores[::10]}  # annotators disagree with the judge on every 10th
-    labels.write_text("".join(json.dumps({"response_id": r["response_id"], "keep": r["keep"] ^ (r["response_id"] in flip)})
+    labels.write_text("".join(json.dumps({"response_id": r["response_id"],
+                                          "keep": r["keep"] ^ (r["response_id"] in flip)})
                               + "\n" for r in scores))
     summary = run_stage("judge-agreement", str(TINY / "judge_agreement.yaml"),
                         [f"judge_dir={chain['root'] / 'judge'}", f"output_dir={tmp_path / 'out'}",
@@ -142,7 +144,8 @@ def test_judge_rejects_mismatched_teacher_and_prompts(chain, tiny_market, tmp_pa
     run_stage("prompts", str(TINY / "prompts.yaml"), [f"market_dir={tiny_market}", f"output_dir={other}",
                                                       "selection.max_prompts=5", "selection.seed=7", "variants=[full]"])
     with pytest.raises(ValueError, match="same run"):
-        run_stage("judge", str(TINY / "judge.yaml"), [f"prompts_dir={other}", f"teacher_dir={chain['root'] / 'teacher'}",
+        run_stage("judge", str(TINY / "judge.yaml"), [f"prompts_dir={other}",
+                                                      f"teacher_dir={chain['root'] / 'teacher'}",
                                                       f"output_dir={tmp_path / 'j'}"])
 
 
@@ -161,7 +164,8 @@ def test_act_only_sampling_from_the_tiny_model_through_hf(tiny_prompts):
 
     model = load_recipe(TINY / "teacher.yaml", Recipe).model
     backend = make_backend(BackendConfig(kind="hf", hf=HFBackendConfig(batch_size=4, device="cpu",
-                                                                       constrain_act_only="none", force_decision="none")), model)
+                                                                       constrain_act_only="none",
+                                                                       force_decision="none")), model)
     prompts = read_prompts(tiny_prompts, "act_only")[:2]
     requests = [GenerationRequest(p["prompt_id"], p["messages"], p["state"], True, None) for p in prompts]
     outs = backend.generate(requests, SamplingConfig(n=2, temperature=1.0, top_k=50, top_p=0.95, max_new_tokens=8,
@@ -183,7 +187,8 @@ def test_judge_stage_with_the_tiny_model_as_judge_counts_unreadable_verdicts(cha
                                                       f"output_dir={tmp_path / 'teacher'}"])
     summary = run_stage("judge", str(TINY / "judge.yaml"), [
         f"prompts_dir={chain['prompts']}", f"teacher_dir={tmp_path / 'teacher'}", f"output_dir={out}",
-        "backend.kind=hf", "backend.hf.batch_size=8", "backend.hf.device=cpu", "backend.hf.constrain_act_only=none", "backend.hf.force_decision=none",
+        "backend.kind=hf", "backend.hf.batch_size=8", "backend.hf.device=cpu", "backend.hf.constrain_act_only=none",
+        "backend.hf.force_decision=none",
         "sampling.max_new_tokens=6",
         "shard_size=500"])["summary"]
     judged = [r for r in read_jsonl(out / "scores.jsonl") if r["judged"]]

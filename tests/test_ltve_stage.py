@@ -130,7 +130,8 @@ def test_ltve_eval_writes_tables_and_figure(tiny_market, tmp_path):
                  "true_cda.json", "cql/model.safetensors", "ltve_n1/model.safetensors", "ltve_n3/model.safetensors"):
         assert (out / name).is_file(), name
     assert (out / "fig3_deciles.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((out / "ltve_n3" / "manifest.json").read_text())["summary"]["steps"] == 100  # overrides reached it
+    # the overrides reached it
+    assert json.loads((out / "ltve_n3" / "manifest.json").read_text())["summary"]["steps"] == 100
     t2 = json.loads((out / "table2.json").read_text())
     assert set(t2) == {"1", "3"}
     for row in t2.values():

@@ -256,7 +256,8 @@ def test_elasticity_recovered_by_log_log_regression(tmp_path):
     logs = read_logs(tmp_path)
     col = lambda c: logs.column(c).to_numpy(zero_copy_only=False)  # noqa: E731
     sku, day, cat = col("sku_id").astype(str), col("day"), col("category").astype(str)
-    price, clicks, units = col("price").astype(np.float64), col("clicks").astype(np.float64), col("units").astype(np.float64)
+    price, clicks, units = (col("price").astype(np.float64), col("clicks").astype(np.float64),
+                            col("units").astype(np.float64))
     # Controls the log carries: yesterday's reviews and rating (what the shopper sees), the
     # competitor price, promotion days, and the reference price rebuilt from the logged prices.
     prev_reviews = np.where(day > 0, np.roll(col("review_count"), 1), 0).astype(np.float64)

@@ -58,7 +58,8 @@ def test_forward_window():
     gmv = [10.0, 20.0, 30.0, 40.0, 1.0, 2.0, 3.0]
     spend = [5.0, 5.0, 10.0, 10.0, 1.0, 1.0, 1.0]
     perm = np.array([6, 2, 0, 5, 3, 1, 4])
-    g, r, c = forward_window(np.array(sku)[perm], np.array(day)[perm], np.array(gmv)[perm], np.array(spend)[perm], 3, 1.0)
+    g, r, c = forward_window(np.array(sku)[perm], np.array(day)[perm], np.array(gmv)[perm], np.array(spend)[perm],
+                             3, 1.0)
     inv = np.argsort(perm)
     g, r, c = g[inv], r[inv], c[inv]
     assert list(c) == [True, True, False, False, False, False, False]
@@ -91,9 +92,11 @@ def test_vectorised_metrics_equal_a_plain_loop():
     q_e, q_cf = rng.normal(size=n), rng.normal(size=(n, 3))
     hits = [abs(round(p - e, 10)) < 0.05 for p, e in zip(policy, expert)]  # decimal-exact difference
     assert eama(policy, expert, 0.05) == pytest.approx(sum(hits) / n)
-    assert eama_r(policy, expert, weights, 0.05) == pytest.approx(sum(h * w for h, w in zip(hits, weights)) / weights.sum())
+    assert eama_r(policy, expert, weights, 0.05) == pytest.approx(sum(h * w for h, w in zip(hits, weights))
+                                                                  / weights.sum())
     kernel = [math.exp(-((p - e) ** 2) / (2 * 0.05 ** 2)) for p, e in zip(policy, expert)]
-    assert kips(policy, expert, weights, 0.05) == pytest.approx(sum(k * w for k, w in zip(kernel, weights)) / weights.sum())
+    assert kips(policy, expert, weights, 0.05) == pytest.approx(sum(k * w for k, w in zip(kernel, weights))
+                                                                / weights.sum())
     assert cda(q_e, q_cf) == pytest.approx(sum(q_e[i] > q_cf[i, j] for i in range(n) for j in range(3)) / (3 * n))
 
 

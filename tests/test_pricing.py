@@ -9,8 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aigp_train.config import RecipeError
-from aigp_train.pricing import (action_grid, feasible_interval, in_a_safe, load_pricing_config,
-                                project_action, safe_grid)
+from aigp_train.pricing import action_grid, feasible_interval, in_a_safe, load_pricing_config, project_action, safe_grid
 from aigp_train.pricing.a_safe import TOLERANCE
 
 CFG = load_pricing_config()

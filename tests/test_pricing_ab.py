@@ -49,7 +49,8 @@ def test_stable_across_calls_and_processes():
     assert list(first) == list(assign_groups(SKUS[:500], "exp", 100, ALLOCATION))
     assert list(first[::-1]) == list(assign_groups(SKUS[:500][::-1], "exp", 100, ALLOCATION))  # order-free
     code = ("import json, sys; from aigp_train.pricing import assign_groups; "
-            f"print(json.dumps(list(assign_groups([f'SKU{{i:06d}}' for i in range(500)], 'exp', 100, {ALLOCATION!r}))))")
+            "print(json.dumps(list(assign_groups([f'SKU{i:06d}' for i in range(500)], 'exp', 100, "
+            f"{ALLOCATION!r}))))")
     for seed in ("1", "2"):  # Python's own hash() would differ between these processes
         env = dict(os.environ, PYTHONHASHSEED=seed)
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)

@@ -214,7 +214,8 @@ def test_parse_stats_counts_and_merges():
 @given(text=st.one_of(st.text(max_size=200),
                       st.builds(lambda p, v, s: f'{p}{{"discount_change": {v}}}{s}', st.text(max_size=40),
                                 st.one_of(st.floats(), st.text(max_size=8), st.integers(),
-                                          st.integers(min_value=10 ** 300, max_value=10 ** 4000)), st.text(max_size=40))),
+                                          st.integers(min_value=10 ** 300, max_value=10 ** 4000)),
+                                st.text(max_size=40))),
        d_prev=st.floats(min_value=0.0, max_value=1.5))
 def test_never_raises_and_stays_safe(text, d_prev):
     parsed = parse_action(text, d_prev, CFG)

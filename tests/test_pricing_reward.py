@@ -107,9 +107,11 @@ def test_reward_weights_come_from_the_config():
 
 @pytest.mark.parametrize("mutate, match", [
     (lambda logs, skus, mk: mk["categories"].update({"A": {"gmv_tier": 1e9, "roi_target": 2.0},
-                                                      "B": {"gmv_tier": 1e9, "roi_target": 1.0}}), "no SKU in the training split"),
+                                                      "B": {"gmv_tier": 1e9, "roi_target": 1.0}}),
+     "no SKU in the training split"),
     (lambda logs, skus, mk: mk["categories"].pop("B"), r"categories \['B'\] have no gmv_tier"),
-    (lambda logs, skus, mk: logs.update({k: np.concatenate([v, v[:1]]) for k, v in logs.items()}), "same \\(sku_id, day\\) twice"),
+    (lambda logs, skus, mk: logs.update({k: np.concatenate([v, v[:1]]) for k, v in logs.items()}),
+     "same \\(sku_id, day\\) twice"),
     (lambda logs, skus, mk: logs.pop("marketing_spend"), "no column 'marketing_spend'"),
 ])
 def test_reference_errors_name_the_problem(mutate, match):

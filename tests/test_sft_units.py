@@ -11,8 +11,18 @@ import torch
 from aigp_train.config import load_recipe
 from aigp_train.llm.models import build_model
 from aigp_train.llm.tokenizer import load_tokenizer
-from aigp_train.sft.data import (IGNORE, collate, epoch_order, global_batch_indices, micro_batch_indices, pack, read_chat_rows,
-                                 synthetic_chat_rows, tokenize_chat, tokenize_rows)
+from aigp_train.sft.data import (
+    IGNORE,
+    collate,
+    epoch_order,
+    global_batch_indices,
+    micro_batch_indices,
+    pack,
+    read_chat_rows,
+    synthetic_chat_rows,
+    tokenize_chat,
+    tokenize_rows,
+)
 from aigp_train.sft.loss import SftLoss, micro_batch_loss, sequence_load_balancing_loss
 from aigp_train.train.lora import apply_lora
 
@@ -163,7 +173,8 @@ def test_padded_and_packed_batches_give_the_same_losses(recipe, tokenizer):
     results = {}
     for mode in ("packed", "padded"):
         b = collate(examples, mode)
-        results[mode] = SftLoss(model)(b.input_ids, b.position_ids, b.targets, b.seq_index, b.num_seqs, b.attention_mask)
+        results[mode] = SftLoss(model)(b.input_ids, b.position_ids, b.targets, b.seq_index, b.num_seqs,
+                                       b.attention_mask)
         assert b.num_tokens == sum(len(e.input_ids) for e in examples)
     torch.testing.assert_close(results["padded"][0], results["packed"][0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(results["padded"][1], results["packed"][1], rtol=1e-5, atol=1e-6)

@@ -70,9 +70,11 @@ def runs(sft_data, tmp_path_factory):
     out = {k: root / k for k in "AEBCS"}
     aigp = ["aigp", "sft", "recipes/tiny/sft.yaml"]
     popen = dict(cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    a = subprocess.Popen(aigp + _overrides(sft_data, out["A"], "engine.micro_batch_size=4", "engine.grad_accum_steps=1"),
+    a = subprocess.Popen(aigp + _overrides(sft_data, out["A"], "engine.micro_batch_size=4",
+                                           "engine.grad_accum_steps=1"),
                          env=_env(), **popen)
-    e = subprocess.Popen(aigp + _overrides(sft_data, out["E"], "engine.micro_batch_size=1", "engine.grad_accum_steps=4"),
+    e = subprocess.Popen(aigp + _overrides(sft_data, out["E"], "engine.micro_batch_size=1",
+                                           "engine.grad_accum_steps=4"),
                          env=_env(WANDB_MODE="disabled"), **popen)
     b_cmd = aigp + _overrides(sft_data, out["B"], "engine.micro_batch_size=4", "engine.grad_accum_steps=1")
     b = subprocess.Popen(b_cmd, env=_env(WANDB_MODE="disabled"), **popen)

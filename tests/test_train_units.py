@@ -39,7 +39,8 @@ class ListExpertsMoE(nn.Module):
     def __init__(self, hidden=8, num_experts=4):
         super().__init__()
         self.router = nn.Linear(hidden, num_experts, bias=False)
-        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(hidden, 16), nn.Linear(16, hidden)) for _ in range(num_experts))
+        self.experts = nn.ModuleList(nn.Sequential(nn.Linear(hidden, 16), nn.Linear(16, hidden))
+                                     for _ in range(num_experts))
 
 
 class FusedExpertsMoE(nn.Module):

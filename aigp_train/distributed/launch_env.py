@@ -33,7 +33,8 @@ def shell_lines(cluster_path: str, ranks: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m aigp_train.distributed.launch_env", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m aigp_train.distributed.launch_env",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("cluster", help="cluster file, e.g. cluster/paper-16gpu.yaml")
     parser.add_argument("--ranks", default="devices", help="'devices' (one rank per device) or a number per node")
     args = parser.parse_args(argv)

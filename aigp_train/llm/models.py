@@ -28,8 +28,8 @@ from typing import Any, Literal
 
 from aigp_train.config import RecipeError, help_field
 
-__all__ = ["ModelRecipe", "build_model", "load_model_recipe", "hf_config", "param_counts", "is_expert_param", "resolve_path",
-           "require_safetensors", "REPO_ROOT"]
+__all__ = ["ModelRecipe", "build_model", "load_model_recipe", "hf_config", "param_counts", "is_expert_param",
+           "resolve_path", "require_safetensors", "REPO_ROOT"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -33,16 +33,15 @@ Inference (vLLM, tensor parallel t): weights / t + KV cache of ``batch 32 x max_
 Time per SFT epoch: compute = tokens x model FLOPs per token / (W x peak x MFU), with the FLOPs
 counted as the training logs count them for MFU (``aigp_train.train.logging.train_flops_per_token``:
 4 x active non-embedding parameters for a frozen base, plus causal attention; recomputation is
-inside the MFU, so an MFU measured on a real run can be passed back with ``--mfu``); ZeRO-3 traffic = 2 all-gathers of the bf16 weights per
-micro-step (forward, recomputed forward in backward) at the inter-node bandwidth per GPU. DeepSpeed
-overlaps the two with prefetching, so the estimate is the larger of the two per step; the sum is
-the pessimistic bound.
+inside the MFU, so an MFU measured on a real run can be passed back with ``--mfu``); ZeRO-3 traffic =
+2 all-gathers of the bf16 weights per micro-step (forward, recomputed forward in backward) at the
+inter-node bandwidth per GPU. DeepSpeed overlaps the two with prefetching, so the estimate is the
+larger of the two per step; the sum is the pessimistic bound.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import sys
@@ -328,8 +327,8 @@ def check(recipe_path: str, overrides: list[str], cluster_path: str | None, a: A
                  "train_experts": lora.train_experts, "ok": True},
         "params": {**facts.counts, "trainable": facts.lora_params, "moe_blocks": facts.moe_blocks,
                    "largest_zero3_leaf": facts.largest_leaf},
-        "deepspeed_crosscheck": {"full_finetune_gib_deepspeed": ds_full / GiB, "full_finetune_gib_ours": ours_full / GiB,
-                                 "agree": ds_full == ours_full},
+        "deepspeed_crosscheck": {"full_finetune_gib_deepspeed": ds_full / GiB,
+                                 "full_finetune_gib_ours": ours_full / GiB, "agree": ds_full == ours_full},
         "sft_memory": {"micro_batch": sft_mb, "cutoff": sft_cutoff, **sft, "max_micro_batch_that_fits": sft_max_mb},
         "dpo_memory": {"micro_batch": dpo_mb, "cutoff": dpo_cutoff, **dpo},
         "inference_memory": {"recipe_tp": vllm_tp, "smallest_tp_that_fits": smallest_fit, "batch": a.infer_batch,
@@ -354,7 +353,8 @@ def render(r: dict) -> str:
               f"found; expert weights targeted: {len(lo['expert_weights_targeted'])} -> OK", ""]
     lines += [f"parameters: total {p['total'] / 1e9:.2f} B, active/token {p['active'] / 1e9:.2f} B "
               f"(routed experts {p['expert'] / 1e9:.2f} B, {p['moe_blocks']} MoE blocks), trainable (LoRA) "
-              f"{p['trainable'] / 1e6:.2f} M; largest ZeRO-3 leaf (one MoE block) {p['largest_zero3_leaf'] / 1e6:.0f} M",
+              f"{p['trainable'] / 1e6:.2f} M; largest ZeRO-3 leaf (one MoE block) "
+              f"{p['largest_zero3_leaf'] / 1e6:.0f} M",
               ""]
     d = r["deepspeed_crosscheck"]
     lines += [f"DeepSpeed estimate_zero3_model_states_mem_needs (full fine-tune, no offload): "
@@ -373,8 +373,9 @@ def render(r: dict) -> str:
     lines.append(f"inference memory per GPU (vLLM, batch {inf['batch']} x {inf['max_len']} tokens): recipe TP "
                  f"{inf['recipe_tp'] or '-'}, smallest TP that fits: {inf['smallest_tp_that_fits'] or 'none'}")
     for row in inf["by_tp"]:
-        lines.append(f"    TP {row['tensor_parallel_size']:>2}: weights {_g(row['weights'])} + KV {_g(row['kv_cache'])} "
-                     f"+ overhead = {_g(row['total'])} -> {'fits' if row['fits'] else 'does not fit'}")
+        lines.append(f"    TP {row['tensor_parallel_size']:>2}: weights {_g(row['weights'])} "
+                     f"+ KV {_g(row['kv_cache'])} + overhead = {_g(row['total'])} "
+                     f"-> {'fits' if row['fits'] else 'does not fit'}")
     lines.append("")
     lines.append(f"SFT time per epoch ({a['sft_pairs']:,} pairs x {a['tokens_per_pair']} tokens, packed to "
                  f"{a['sft_cutoff']}; MFU {a['mfu']:.0%} of peak):")

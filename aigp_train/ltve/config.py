@@ -43,7 +43,8 @@ class TrainConfig:
     log_every: int = help_field("updates between reads of the on-device metrics (the only host syncs)")
     checkpoint_every: int = help_field("updates between safetensors checkpoints (multiple of log_every)")
     device: Literal["auto", "cpu", "cuda"] = help_field("where the dataset and networks live (auto: cuda if present)")
-    cpu_threads: Optional[int] = help_field("torch intra-op threads on CPU (null: torch's default; 1 suits tiny networks)")
+    cpu_threads: Optional[int] = help_field("torch intra-op threads on CPU (null: torch's default; "
+                                            "1 suits tiny networks)")
     cuda_graph: bool = help_field("on CUDA, capture log_every updates as one CUDA graph and replay it")
     triton_kernels: bool = help_field("on CUDA, use the fused Triton loss kernels of aigp_kernels.ltve_losses")
 

@@ -36,7 +36,8 @@ __all__ = ["behaviour_policies", "counterfactual_pairs", "offline_metrics", "res
            "spearman_table", "plot_deciles"]
 
 
-def counterfactual_pairs(a_expert: np.ndarray, d_prev: np.ndarray, offsets: list[float], pricing) -> tuple[np.ndarray, np.ndarray]:
+def counterfactual_pairs(a_expert: np.ndarray, d_prev: np.ndarray, offsets: list[float],
+                         pricing) -> tuple[np.ndarray, np.ndarray]:
     """(state index, a_cf) of every distinct projected variant a_cf = Ψ(a_expert ± offset)."""
     deltas = np.array(sorted({s * float(o) for o in offsets for s in (-1, 1)}))
     n = len(a_expert)
@@ -165,7 +166,8 @@ def decile_table(score: np.ndarray, outcomes: dict[str, np.ndarray], num_deciles
     order = np.argsort(score, kind="stable")
     rows = []
     for d, chunk in enumerate(np.array_split(order, num_deciles)):
-        row = {"decile": d + 1, "count": int(len(chunk)), "q_mean": float(score[chunk].mean()) if len(chunk) else float("nan")}
+        row = {"decile": d + 1, "count": int(len(chunk)),
+               "q_mean": float(score[chunk].mean()) if len(chunk) else float("nan")}
         for name, values in outcomes.items():
             # MAR is a rate of a 0/1 outcome: trimming would drop successes, so it is a plain mean
             row[name] = _trimmed_mean(values[chunk], 0.0 if name == "milestone" else trim)

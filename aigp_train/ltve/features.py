@@ -50,7 +50,8 @@ def feature_names(categories: list[str]) -> list[str]:
 def _col(table: Any, name: str) -> np.ndarray:
     if isinstance(table, Mapping):
         if name not in table:
-            raise ValueError(f"log rows lack column '{name}'; pass SKU-day rows in the schema of aigp_train.market.schema.")
+            raise ValueError(f"log rows lack column '{name}'; pass SKU-day rows in the schema of "
+                             "aigp_train.market.schema.")
         return np.asarray(table[name])
     if name not in table.column_names:
         raise ValueError(f"log rows lack column '{name}'; pass SKU-day rows in the schema of aigp_train.market.schema.")

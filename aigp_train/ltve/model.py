@@ -54,7 +54,8 @@ class LTVE:
         return self.q_normalized(self._states(features), actions, reduce, batch_size)
 
     @torch.no_grad()
-    def q_normalized(self, states: torch.Tensor, actions: Any, reduce: str = "min", batch_size: int = 65536) -> np.ndarray:
+    def q_normalized(self, states: torch.Tensor, actions: Any, reduce: str = "min",
+                     batch_size: int = 65536) -> np.ndarray:
         """``q`` for states already normalised with this model's statistics (transition tensors)."""
         s = torch.as_tensor(states, dtype=torch.float32)
         a = torch.as_tensor(np.asarray(actions, dtype=np.float32))
@@ -64,8 +65,8 @@ class LTVE:
             raise ValueError(f"{s.shape[0]} states but actions of shape {tuple(a.shape)}; need [N] or [N, K].")
         n, k = a2.shape
         sa = torch.cat([s.repeat_interleave(k, 0), (a2.reshape(-1, 1) / self.max_step)], 1)
-        out = torch.cat([ensemble_forward(self.q_params, sa[i:i + batch_size]) for i in range(0, len(sa), batch_size)], 1) \
-            if len(sa) else torch.zeros(2, 0)
+        out = torch.cat([ensemble_forward(self.q_params, sa[i:i + batch_size])
+                         for i in range(0, len(sa), batch_size)], 1) if len(sa) else torch.zeros(2, 0)
         out = out.reshape(2, n, k)
         if reduce == "min":
             out = out.amin(0)

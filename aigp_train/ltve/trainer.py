@@ -248,7 +248,8 @@ class FusedLTVETrainer:
         self.metric_sums.zero_()
         out = {name: float(v) / max(num_updates, 1) for name, v in zip(METRIC_NAMES, sums)}
         if not all(math.isfinite(v) for v in out.values()):
-            raise FloatingPointError(f"LTVE training diverged at step {self.step}: {out}. Lower train.lr or check rewards.")
+            raise FloatingPointError(f"LTVE training diverged at step {self.step}: {out}. "
+                                     "Lower train.lr or check rewards.")
         return out
 
     # ------------------------------------------------------------------ state

@@ -35,12 +35,12 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
+from aigp_train.evaluate.metrics import forward_window
 from aigp_train.ltve.config import DataConfig
 from aigp_train.ltve.features import READ_COLUMNS, Normalizer, feature_names, state_features
 from aigp_train.ltve.layout import Columns
 from aigp_train.market.logs import ltve_mix
 from aigp_train.market.schema import read_logs, read_skus
-from aigp_train.evaluate.metrics import forward_window
 from aigp_train.pricing import PricingConfig
 from aigp_train.pricing.reward import References, category_references, rewards
 

@@ -61,7 +61,7 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> None:
 def simulate_skus(sim: MarketSimulator, sku_index: np.ndarray) -> tuple[pa.Table, dict, pa.Table]:
     """Simulate SKUs under their behaviour policies: (SKU-day log rows, per-SKU summary columns, reviews)."""
     state0 = sim.init_states(sku_index)
-    n, h = len(state0), sim.horizon
+    h = sim.horizon
     days = [row for _, row in sim.run(state0)]
     ids = sku_id_of(state0.sku_index)
     cats = sim.category_array(state0.category)
@@ -112,8 +112,9 @@ def review_table(sim: MarketSimulator, state0, days: list[dict]) -> pa.Table:
     ids = sku_id_of(idx)
     number = before[sku_pos, day] + slot + 1
     review_id = np.array([f"{i}-R{k:04d}" for i, k in zip(ids.tolist(), number.tolist())], dtype=object)
-    return pa.Table.from_arrays([pa.array(ids.astype(str)), pa.array(review_id, type=pa.string()), pa.array(day.astype(np.int16)),
-                                 pa.array(stars), pa.array(kind.astype(str)), pa.array(text.astype(str))],
+    return pa.Table.from_arrays([pa.array(ids.astype(str)), pa.array(review_id, type=pa.string()),
+                                 pa.array(day.astype(np.int16)), pa.array(stars), pa.array(kind.astype(str)),
+                                 pa.array(text.astype(str))],
                                 schema=_REVIEW_SCHEMA)
 
 
@@ -163,7 +164,8 @@ def ltve_mix(skus: pa.Table | dict, expert_share: float, seed: int, max_skus: in
     """
     if not 0 < expert_share <= 1:
         raise ValueError(f"expert_share must be in (0, 1], got {expert_share}.")
-    col = (lambda k: np.asarray(skus[k])) if isinstance(skus, dict) else (lambda k: skus.column(k).to_numpy(zero_copy_only=False))
+    col = ((lambda k: np.asarray(skus[k])) if isinstance(skus, dict)
+           else (lambda k: skus.column(k).to_numpy(zero_copy_only=False)))
     ids = col("sku_id").astype(str)
     is_expert = col("is_expert").astype(bool)
     experts, others = ids[is_expert], ids[~is_expert]
@@ -237,8 +239,10 @@ def _finalise(recipe: MarketRecipe, out: Path, num_parts: int) -> dict:
     sku_table = pa.Table.from_arrays([cols[f.name].cast(f.type) for f in SKU_SCHEMA], schema=SKU_SCHEMA)
     write_parquet_atomic(sku_table, out / "skus.parquet")
     for name in ("reviews", "descriptions"):
-        write_parquet_atomic(pa.concat_tables([pq.read_table(p[name]) for p in paths]), out / "text" / f"{name}.parquet")
-    write_parquet_atomic(pa.table(knowledge_base_rows(list(recipe.categories))), out / "text" / "knowledge_base.parquet")
+        write_parquet_atomic(pa.concat_tables([pq.read_table(p[name]) for p in paths]),
+                             out / "text" / f"{name}.parquet")
+    write_parquet_atomic(pa.table(knowledge_base_rows(list(recipe.categories))),
+                         out / "text" / "knowledge_base.parquet")
     params = market_params(recipe)
     atomic_write_json(out / "market.json", params)
     logs = read_logs(out, columns=["sku_id", "day", "gmv", "marketing_spend"])

@@ -23,7 +23,8 @@ class CategoryRecipe:
     base_impressions: float = help_field("daily impressions of a median SKU at neutral rank")
     ctr: float = help_field("click-through rate of a median SKU at list price")
     cvr: float = help_field("purchase conversion per click of a median SKU at list price")
-    inventory_days: float = help_field("launch inventory in days of launch-day expected sales at 20% off with reviews shown")
+    inventory_days: float = help_field("launch inventory in days of launch-day expected sales at 20% off "
+                                       "with reviews shown")
     gmv_tier: float = help_field("14-day cumulative GMV milestone tier (CNY)")
     roi_target: float = help_field("14-day ROI target of the milestone (GMV / marketing spend)")
     product_types: list[str] = help_field("product types in this category (text generation)")

@@ -154,7 +154,8 @@ def _parts(path: Path) -> list[Path]:
     folder = path / "logs" if (path / "logs").is_dir() else path
     parts = sorted(folder.glob("part-*.parquet"))
     if not parts:
-        raise FileNotFoundError(f"no logs/part-*.parquet under {path}; run `aigp simulate <recipe>` or point to real logs.")
+        raise FileNotFoundError(f"no logs/part-*.parquet under {path}; "
+                                "run `aigp simulate <recipe>` or point to real logs.")
     return parts
 
 

@@ -143,7 +143,8 @@ class MarketSimulator:
         mix = recipe.policies.mix
         unknown = set(mix) - set(POLICIES)
         if unknown:
-            raise ValueError(f"unknown behaviour policy {sorted(unknown)} in policies.mix; accepted: {', '.join(POLICIES)}.")
+            raise ValueError(f"unknown behaviour policy {sorted(unknown)} in policies.mix; "
+                             f"accepted: {', '.join(POLICIES)}.")
         self.policy_weight = np.array([mix.get(p, 0.0) for p in POLICIES], dtype=np.float64)
         if not self.policy_weight.sum() > 0:
             raise ValueError("policies.mix must give a positive share to at least one policy.")
@@ -165,21 +166,27 @@ class MarketSimulator:
         num_types = np.array([len(t) for t in self.cat_product_types])[category]
         product_type = np.minimum((u(rng.STATIC_PRODUCT) * num_types).astype(np.int64), num_types - 1)
         policy = np.searchsorted(np.cumsum(self.policy_weight), u(rng.STATIC_POLICY) * 0.999999999)
-        list_price = np.round(self.cat_price_median[category] * np.exp(self.cat_price_sigma[category] * z(rng.STATIC_PRICE)), 0)
+        list_price = np.round(self.cat_price_median[category]
+                              * np.exp(self.cat_price_sigma[category] * z(rng.STATIC_PRICE)), 0)
         list_price = np.maximum(list_price, 5.0)
         quality = z(rng.STATIC_QUALITY)
-        popularity = np.exp(self.demand.popularity_sigma * z(rng.STATIC_POPULARITY) - 0.5 * self.demand.popularity_sigma**2)
-        elasticity = np.minimum(self.cat_elasticity[category] + self.cat_elasticity_sd[category] * z(rng.STATIC_ELASTICITY), -0.5)
-        launch_date = np.minimum((u(rng.STATIC_LAUNCH) * r.launch_window_days).astype(np.int64), r.launch_window_days - 1)
+        popularity = np.exp(self.demand.popularity_sigma * z(rng.STATIC_POPULARITY)
+                            - 0.5 * self.demand.popularity_sigma**2)
+        elasticity = np.minimum(self.cat_elasticity[category]
+                                + self.cat_elasticity_sd[category] * z(rng.STATIC_ELASTICITY), -0.5)
+        launch_date = np.minimum((u(rng.STATIC_LAUNCH) * r.launch_window_days).astype(np.int64),
+                                 r.launch_window_days - 1)
         discounts = np.asarray(r.policies.initial_discounts, dtype=np.float64)
         d0 = discounts[np.minimum((u(rng.STATIC_DISCOUNT) * discounts.size).astype(np.int64), discounts.size - 1)]
         # Launch stock: inventory_days of the sales a median-quality SKU of this popularity makes
         # at 20 % off once its reviews show: most SKUs never sell out, hits at deep discounts do.
         expected_daily = (self.cat_impressions[category] * popularity * self.cat_ctr[category]
-                          * self.cat_cvr[category] * 0.8 ** self.cat_elasticity[category] * np.exp(self.demand.review_lift))
+                          * self.cat_cvr[category] * 0.8 ** self.cat_elasticity[category]
+                          * np.exp(self.demand.review_lift))
         inventory0 = np.maximum(np.round(expected_daily * self.cat_inventory_days[category]
                                          * np.exp(0.3 * z(rng.STATIC_INVENTORY))), 5).astype(np.int64)
-        competitor_ratio = (r.demand.competitor_ratio_low + (r.demand.competitor_ratio_high - r.demand.competitor_ratio_low)
+        competitor_ratio = (r.demand.competitor_ratio_low
+                            + (r.demand.competitor_ratio_high - r.demand.competitor_ratio_low)
                             * u(rng.STATIC_COMPETITOR))
         true_rating = np.clip(4.2 + 0.45 * quality, 2.5, 4.95)
         a = {
@@ -279,11 +286,13 @@ class MarketSimulator:
         date, dow, promo = self.calendar(state)
 
         comp_base = state.list_price * state.competitor_ratio
-        competitor_mean = comp_base * np.exp(dm.competitor_noise * rng.normal(seed, idx, day, rng.DAY_COMPETITOR, rollout))
+        competitor_mean = comp_base * np.exp(dm.competitor_noise
+                                             * rng.normal(seed, idx, day, rng.DAY_COMPETITOR, rollout))
         competitor_min = competitor_mean * (0.75 + 0.2 * rng.uniform(seed, idx, day, rng.DAY_COMPETITOR_MIN, rollout))
         mean = self.expected(state, discount, competitor_mean)
 
-        shock = np.exp(dm.demand_noise * rng.normal(seed, idx, day, rng.DAY_TRAFFIC, rollout) - 0.5 * dm.demand_noise**2)
+        shock = np.exp(dm.demand_noise * rng.normal(seed, idx, day, rng.DAY_TRAFFIC, rollout)
+                       - 0.5 * dm.demand_noise**2)
         impressions = rng.poisson(seed, idx, day, rng.DAY_IMPRESSIONS, mean["traffic"] * shock, rollout)
         clicks = rng.poisson(seed, idx, day, rng.DAY_CLICKS, impressions * mean["ctr"], rollout)
         demand_units = rng.poisson(seed, idx, day, rng.DAY_UNITS, clicks * mean["cvr"], rollout)
@@ -400,7 +409,8 @@ class MarketSimulator:
 
     # ------------------------------------------------------------------ trajectories
 
-    def run(self, state: SkuState, policy=None, rollout=0, until_day: int | None = None) -> Iterator[tuple[SkuState, dict]]:
+    def run(self, state: SkuState, policy=None, rollout=0,
+            until_day: int | None = None) -> Iterator[tuple[SkuState, dict]]:
         """Yield (state before the day, row) for each day up to ``until_day`` (default: the horizon).
 
         ``policy``: None = each SKU's own behaviour policy; a name = that policy for all.

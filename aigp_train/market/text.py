@@ -68,7 +68,8 @@ _KB_RULES = {
     "default": "New products: a launch discount builds sales history and reviews; raise the price gradually once "
                "reviews and conversion are established. Avoid price increases above the recent reference price.",
     "kitchenware": "Multi-layer steamers sell at roughly +15 % per extra layer over the 1-layer benchmark.",
-    "children_furniture": "Demand peaks before the school term (back-to-school); positive reviews lower price sensitivity.",
+    "children_furniture": "Demand peaks before the school term (back-to-school); positive reviews lower price "
+                          "sensitivity.",
 }
 
 

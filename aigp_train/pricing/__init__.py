@@ -34,7 +34,8 @@ class PricingConfig:
     lambda1: float = help_field("reward weight of milestone progress (eq. 3, Table 8)")
     lambda2: float = help_field("reward weight of log(1+ROI) (eq. 3, Table 8)")
     milestone_horizon_days: int = help_field("days after launch within which the milestone counts (§3.2)")
-    roi_spend_floor: float = help_field("marketing spend below this is raised to it in ROI = GMV/spend (keeps ROI finite)")
+    roi_spend_floor: float = help_field("marketing spend below this is raised to it in ROI = GMV/spend "
+                                        "(keeps ROI finite)")
     reference_min_skus: int = help_field("a category with fewer milestone SKUs than this uses pooled references")
     eama_epsilon: float = help_field("EAMA / EAMA-R match threshold on |a - a_expert| (eq. 9, §4.3)")
     kips_bandwidth: float = help_field("KIPS Gaussian kernel bandwidth h (eq. 12)")
@@ -45,8 +46,8 @@ class PricingConfig:
         non_finite = [f"pricing.{name}={value}" for name, value in vars(self).items()
                       if isinstance(value, float) and not math.isfinite(value)]
         if non_finite:
-            raise RecipeError(f"bad pricing block: {', '.join(non_finite)} is not a finite number. Set a finite value in "
-                              f"recipes/paper/pricing.yaml or the including recipe.")
+            raise RecipeError(f"bad pricing block: {', '.join(non_finite)} is not a finite number. "
+                              f"Set a finite value in recipes/paper/pricing.yaml or the including recipe.")
         problems = []
         if not (self.max_step > 0):
             problems.append(f"max_step must be > 0 (got {self.max_step})")
@@ -64,11 +65,13 @@ class PricingConfig:
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 problems.append(f"{name} must be a finite number > 0 (got {value})")
-        if self.grid_step > 0 and self.max_step > 0 and abs(round(self.max_step / self.grid_step) * self.grid_step - self.max_step) > 1e-9:
+        if (self.grid_step > 0 and self.max_step > 0
+                and abs(round(self.max_step / self.grid_step) * self.grid_step - self.max_step) > 1e-9):
             # so the batched grid holds +-max_step, the only action allowed far outside the band
             problems.append(f"grid_step ({self.grid_step}) must divide max_step ({self.max_step})")
         if problems:
-            raise RecipeError("bad pricing block: " + "; ".join(problems) + ". Fix it in recipes/paper/pricing.yaml or the including recipe.")
+            raise RecipeError("bad pricing block: " + "; ".join(problems)
+                              + ". Fix it in recipes/paper/pricing.yaml or the including recipe.")
 
 
 @dataclass
@@ -85,9 +88,9 @@ def load_pricing_config(path: str | Path = PAPER_PRICING, overrides: list[str] |
 
 
 from aigp_train.pricing.a_safe import action_grid, feasible_interval, in_a_safe, project_action, safe_grid  # noqa: E402
+from aigp_train.pricing.ab import ABConfig, assign_groups, bucket_of  # noqa: E402
 from aigp_train.pricing.parse import ParsedAction, ParseStats, format_action, parse_action  # noqa: E402
 from aigp_train.pricing.reward import References, category_references, milestone_reached, rewards, roi  # noqa: E402
-from aigp_train.pricing.ab import ABConfig, assign_groups, bucket_of  # noqa: E402
 
 __all__ = [
     "PricingConfig", "load_pricing_config", "PAPER_PRICING",

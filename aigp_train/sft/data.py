@@ -3,10 +3,10 @@
 Tokenisation renders the conversation with the tokenizer's own chat template one turn at a time:
 for each assistant turn, the text up to the generation prompt is context and the text the turn
 adds (its content and end-of-turn token) is what the loss sees (paper eq. 2 sums over y* only).
-The loss ends with the end-of-turn token. Segments are tokenised separately and concatenated, so the mask is exact for any template that
-renders a conversation's prefix as a prefix of its text (ChatML/Qwen do); one that does not is an
-error naming the turn. Examples longer than ``cutoff_len`` are truncated; one left with no
-assistant token is dropped and counted.
+The loss ends with the end-of-turn token. Segments are tokenised separately and concatenated, so
+the mask is exact for any template that renders a conversation's prefix as a prefix of its text
+(ChatML/Qwen do); one that does not is an error naming the turn. Examples longer than
+``cutoff_len`` are truncated; one left with no assistant token is dropped and counted.
 
 Batches (``data.batching``):
 
@@ -228,7 +228,8 @@ def synthetic_chat_rows(num_rows: int, seed: int) -> list[list[dict]]:
         discount = round(float(rng.choice([0.6, 0.7, 0.8, 0.9, 1.0])), 2)
         change = -0.05 if stock > 20 * max(units, 1) else (0.05 if discount < 1.0 else 0.0)
         reasoning = " ".join(rng.choice(["Sales are slow.", "Stock is high.", "Reviews are good.", "Traffic rose.",
-                                         "Competitors cut prices.", "The milestone is near."], size=int(rng.integers(2, 7))))
+                                         "Competitors cut prices.", "The milestone is near."],
+                                        size=int(rng.integers(2, 7))))
         rows.append([
             {"role": "system", "content": "You are a pricing agent. Answer with reasoning and a JSON action."},
             {"role": "user", "content": f"SKU {i}: list price {price}, discount {discount}, units yesterday {units}, "

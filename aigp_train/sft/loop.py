@@ -23,8 +23,17 @@ import torch
 
 from aigp_train.config import recipe_to_dict
 from aigp_train.distributed.dist import DistInfo, all_reduce_sum, barrier, print0
-from aigp_train.sft.data import (PackedBatch, TokenizedExample, collate, epoch_order, global_batch_indices,
-                                 micro_batch_indices, read_chat_rows, steps_per_epoch, tokenize_rows)
+from aigp_train.sft.data import (
+    PackedBatch,
+    TokenizedExample,
+    collate,
+    epoch_order,
+    global_batch_indices,
+    micro_batch_indices,
+    read_chat_rows,
+    steps_per_epoch,
+    tokenize_rows,
+)
 from aigp_train.sft.loss import SftLoss, micro_batch_loss
 from aigp_train.train.logging import train_flops_per_token
 from aigp_train.train.session import TrainSession, start_session

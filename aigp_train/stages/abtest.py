@@ -98,7 +98,8 @@ def _policies(recipe: Recipe, sim, out: StageOutput):
         from aigp_train.stages import infer
         from aigp_train.stages.teacher import backend_with_pricing
 
-        inf = load_recipe(recipe.infer_recipe, infer.Recipe, [f"market_dir={recipe.market_dir}", *recipe.infer_overrides])
+        inf = load_recipe(recipe.infer_recipe, infer.Recipe,
+                          [f"market_dir={recipe.market_dir}", *recipe.infer_overrides])
         backend = make_backend(backend_with_pricing(inf.backend, recipe.pricing), inf.model, recipe.pricing)
         source = CohortSource(MarketSource(recipe.market_dir, None), sim,
                               sim.init_states(_cohort_index(recipe)))
@@ -129,8 +130,8 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
 
     market = load_recipe(Path(recipe.market_dir) / "recipe.yaml", MarketRecipe)
     if recipe.cohort.first_sku_index < market.num_skus:
-        raise ValueError(f"cohort.first_sku_index {recipe.cohort.first_sku_index} overlaps the {market.num_skus} logged "
-                         f"SKUs; a fresh cohort must start at or after {market.num_skus}.")
+        raise ValueError(f"cohort.first_sku_index {recipe.cohort.first_sku_index} overlaps the {market.num_skus} "
+                         f"logged SKUs; a fresh cohort must start at or after {market.num_skus}.")
     sim = MarketSimulator(market)
     index = _cohort_index(recipe)
     names = [g.name for g in recipe.groups]
@@ -143,8 +144,8 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     from aigp_train.pricing.reward import References
 
     references = References.load(Path(recipe.market_dir) / "references.json")
-    outcomes = per_sku_outcomes(run_, sim.milestone_params(), recipe.horizons, sim.horizon, recipe.pricing.roi_spend_floor,
-                                returns=(references, recipe.pricing, market.gamma))
+    outcomes = per_sku_outcomes(run_, sim.milestone_params(), recipe.horizons, sim.horizon,
+                                recipe.pricing.roi_spend_floor, returns=(references, recipe.pricing, market.gamma))
     b = recipe.bootstrap
     table = table4(run_, outcomes, recipe.control, b.num_resamples, b.confidence, b.seed, order=names)
     table["parse"] = run_.parse

@@ -40,7 +40,8 @@ class Recipe:
     adapter: str | None = help_field("LoRA adapter folder (PEFT); null = the base model")
     shard_size: int = help_field("SKUs per atomically written shard (the unit of resume)")
     wait_for_ranks_s: float = help_field("rank 0 waits this long for other ranks' shards before writing the manifest")
-    prompt_recipe: str = help_field("the aigp prompts recipe whose prompt: block builds these prompts (same as training)")
+    prompt_recipe: str = help_field("the aigp prompts recipe whose prompt: block builds these prompts "
+                                    "(same as training)")
     model: ModelRecipe = help_field("the deployed model")
     backend: BackendConfig = help_field("generation backend (vllm on the cluster, hf on CPU)")
     sampling: SamplingConfig = help_field("decoding of the reasoning + action (n must be 1)")

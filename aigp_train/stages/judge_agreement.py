@@ -1,4 +1,4 @@
-"""Agreement of the judge with a labelled set (paper §3.2: 96.4 % agreement with expert annotations on 2,000 held-out responses).
+"""Agreement of the judge with a labelled set (paper §3.2: 96.4 % agreement with experts on 2,000 held-out responses).
 
 Reads ``scores.jsonl`` of an ``aigp judge`` run and compares, per response, the judge's keep
 decision (deterministic checks + the four scores) with a label, and each dimension's "is it a
@@ -112,7 +112,8 @@ def _markdown(report: dict) -> str:
              f"Judge backend: {report['judge_backend']}; teacher backend: {report['teacher_backend']}.", "",
              "| dimension | agreement | responses |", "|---|---|---|"]
     for d in DIMENSIONS:
-        lines.append(f"| {DIMENSION_NAMES[d]} | {pct(report['dimension_agreement'][d])} | {report['dimension_counts'][d]} |")
+        lines.append(f"| {DIMENSION_NAMES[d]} | {pct(report['dimension_agreement'][d])} "
+                     f"| {report['dimension_counts'][d]} |")
     lines += ["", "| label | keep agreement |", "|---|---|"]
     lines += [f"| {k} | {pct(v)} |" for k, v in report["agreement_by_label"].items()]
     c = report["confusion"]
@@ -139,7 +140,8 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
         rows = rows[: recipe.max_responses]
     report = agreement(rows, labels)
     report.update({
-        "labels": "stand-in teacher injected defects" if not recipe.labels_path else f"annotations {recipe.labels_path}",
+        "labels": ("stand-in teacher injected defects" if not recipe.labels_path
+                   else f"annotations {recipe.labels_path}"),
         "judge_backend": rows[0].get("judge_backend"), "teacher_backend": rows[0].get("teacher_backend"),
         "paper_reference": {"keep_agreement": 0.964, "num_responses": 2000},
     })

@@ -113,7 +113,8 @@ def _run(recipe: Recipe, out: StageOutput) -> dict:
         raise ValueError(f"train.checkpoint_every ({tcfg.checkpoint_every}) must be a multiple of train.log_every "
                          f"({tcfg.log_every}): checkpoints are taken where the metrics are read.")
     trans_path = out.path / "transitions.safetensors"
-    data_key = json.dumps({"data": recipe_to_dict(recipe.data), "pricing": recipe_to_dict(recipe.pricing)}, sort_keys=True)
+    data_key = json.dumps({"data": recipe_to_dict(recipe.data), "pricing": recipe_to_dict(recipe.pricing)},
+                          sort_keys=True)
     key_path = out.path / "transitions.key"
     if not (trans_path.is_file() and key_path.is_file() and key_path.read_text() == data_key):
         ts = build_transitions(recipe.data, recipe.pricing)

@@ -179,7 +179,8 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
              + " |",
              "| oracle: expert better, SKUs the expert policy priced | "
              + " | ".join(_fmt(table2[n]["oracle_expert_better_expert_policy"]) for n in ns) + " |",
-             "", f"{table2[ns[0]]['num_states']} held-out expert states, {table2[ns[0]]['num_pairs']} counterfactual pairs "
+             "", f"{table2[ns[0]]['num_states']} held-out expert states, "
+             f"{table2[ns[0]]['num_pairs']} counterfactual pairs "
              f"(a_cf = Ψ(a_expert ± {e.counterfactual_offsets})); true CDA on {true_rows[ns[0]]['num_pairs']} pairs, "
              f"{e.true_q_rollouts} rollouts, continuation '{e.true_q_continuation}'."]
     if recipe.ablation_overrides:
@@ -198,7 +199,8 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
           f"{true_rows[e.main_n_step]['num_pairs']} |"]
     atomic_write_text(out.path / "table7.md", "\n".join(t7) + "\n")
     summary = {"table2": {f"n={n}": {k: round(v, 4) for k, v in table2[n].items() if isinstance(v, float)} for n in ns},
-               "table7": {k: {m: round(v, 4) for m, v in d.items() if isinstance(v, float) and m.startswith(("cda", "true"))}
+               "table7": {k: {m: round(v, 4) for m, v in d.items()
+                              if isinstance(v, float) and m.startswith(("cda", "true"))}
                           for k, d in table7.items()},
                "spearman": {k: round(v, 3) for k, v in rho.items()}}
     return {"inputs": {"logs": recipe.logs_dir, **{f"ltve_n{n}": str(p) for n, p in runs.items()}},

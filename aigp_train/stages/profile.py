@@ -35,7 +35,8 @@ from aigp_train.outputs import StageOutput, atomic_write_json, atomic_write_text
 class Recipe:
     output_dir: str = help_field("folder of this stage's output")
     infer_recipe: str = help_field("aigp infer recipe: the backend, model, adapter, sampling and prompts profiled")
-    infer_overrides: list[str] = help_field("key=value overrides of the infer recipe (e.g. sampling.max_new_tokens=256)")
+    infer_overrides: list[str] = help_field("key=value overrides of the infer recipe "
+                                            "(e.g. sampling.max_new_tokens=256)")
     market_dir: str = help_field("market folder whose last night's SKUs are the prompts")
     num_prompts: int = help_field("prompts per measurement (the night's first SKUs)")
     batch_sizes: list[int] = help_field("batch sizes measured (two or more give the batch-scaling exponent)")

@@ -66,8 +66,9 @@ def select_keys(logs, sel: SelectionConfig) -> list[tuple[str, int]]:
         df = df[df["day"].isin(sel.days)]
     keys = list(zip(df["sku_id"].astype(str), df["day"].astype(int), df["date"].astype(int)))
     if not keys:
-        raise ValueError(f"no SKU-day matches selection dates [{sel.date_min}, {date_max}] and days {sel.days or 'all'};"
-                         f" the logs span dates {int(logs['date'].min())}..{int(logs['date'].max())}.")
+        raise ValueError(f"no SKU-day matches selection dates [{sel.date_min}, {date_max}] "
+                         f"and days {sel.days or 'all'}; "
+                         f"the logs span dates {int(logs['date'].min())}..{int(logs['date'].max())}.")
     if sel.max_prompts > 0 and len(keys) > sel.max_prompts:
         keys.sort(key=lambda k: hashlib.sha256(f"{sel.seed}:{k[0]}:{k[1]}".encode()).digest())
         keys = keys[: sel.max_prompts]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 from aigp_train.config import help_field
 from aigp_train.llm.backends import BackendConfig, GenerationRequest, SamplingConfig, make_backend

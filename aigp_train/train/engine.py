@@ -4,8 +4,9 @@ bf16 on GPU, fp32 on CPU (``engine.precision: auto``); AdamW from torch (``torch
 trainable LoRA parameters are a few million at most, so a fused kernel buys nothing, and torch's
 AdamW state is what ``checkpoint.py`` reads and writes); gradient clipping and accumulation by
 DeepSpeed; a linear warm-up then cosine decay (``WarmupCosine`` below, stepped by DeepSpeed once per
-optimizer step; DeepSpeed's own ``WarmupCosineLR`` spends the first two steps at lr 0). The LoRA'd model must already have its MoE blocks registered as ZeRO-3 leaves
-(``zero3.register_moe_leaf_modules``), which ``session.start`` does.
+optimizer step; DeepSpeed's own ``WarmupCosineLR`` spends the first two steps at lr 0). The LoRA'd
+model must already have its MoE blocks registered as ZeRO-3 leaves (``zero3.register_moe_leaf_modules``),
+which ``session.start`` does.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ class WarmupCosine:
         self._apply()
 
 
-def deepspeed_config(optim: OptimRecipe, engine: EngineRecipe, num_training_steps: int, dist: DistInfo) -> dict[str, Any]:
+def deepspeed_config(optim: OptimRecipe, engine: EngineRecipe, num_training_steps: int,
+                     dist: DistInfo) -> dict[str, Any]:
     """The DeepSpeed config dict for a LoRA run of ``num_training_steps`` optimizer steps."""
     if num_training_steps < 1:
         raise ValueError(f"num_training_steps={num_training_steps}: the data gives no full optimizer step. "

@@ -52,7 +52,8 @@ class PreemptionHandler:
     def _on_signal(self, signum, frame) -> None:
         if self.received is None:
             # Only async-signal-safe work here: a flag and one write to stderr.
-            sys.stderr.write(f"[aigp] received {signal.Signals(signum).name}: checkpointing at the next step boundary\n")
+            sys.stderr.write(f"[aigp] received {signal.Signals(signum).name}: "
+                             "checkpointing at the next step boundary\n")
         self.received = signum
 
     def should_stop(self) -> bool:

@@ -13,7 +13,8 @@ sampled from the model's own logits over the allowed tokens; other rows in the s
 freely. With ``force_decision``, full-mode rows first sample their reasoning within
 ``max_new_tokens`` minus the decision's reserve; each completion with no parseable action is then
 continued, token ids as generated, by ``DECISION_SEPARATOR`` and a constrained action (a second,
-smaller ``generate`` over those rows only, on the first pass's KV cache). ``last_forced`` says which completions got one.
+smaller ``generate`` over those rows only, on the first pass's KV cache). ``last_forced`` says which
+completions got one.
 
 Reproducibility: each batch seeds torch from (sampling.seed, the batch's request ids), so the same
 requests with the same batch size give the same completions, on restart too. Completions do not
@@ -166,8 +167,12 @@ class HFBackend:
         """
         from transformers import LogitsProcessorList
 
-        from aigp_train.llm.backends.action_constraint import (DECISION_SEPARATOR, ActOnlyLogitsProcessor,
-                                                               decision_needed, request_language)
+        from aigp_train.llm.backends.action_constraint import (
+            DECISION_SEPARATOR,
+            ActOnlyLogitsProcessor,
+            decision_needed,
+            request_language,
+        )
 
         n = sampling.n
         rows = [j for j, text in enumerate(texts)

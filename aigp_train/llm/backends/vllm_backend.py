@@ -42,8 +42,8 @@ from aigp_train.config import RecipeError
 from aigp_train.llm.backends.base import GenerationRequest, SamplingConfig, VLLMBackendConfig
 from aigp_train.llm.models import resolve_path
 
-__all__ = ["LoRARegistry", "VLLMBackend", "decision_kwargs", "decision_reserve", "engine_args", "replica_devices", "replica_layout", "request_seed",
-           "sampling_kwargs"]
+__all__ = ["LoRARegistry", "VLLMBackend", "decision_kwargs", "decision_reserve", "engine_args", "replica_devices",
+           "replica_layout", "request_seed", "sampling_kwargs"]
 
 
 def engine_args(cfg: VLLMBackendConfig, model_recipe: Any, seed: int = 0) -> dict:
@@ -190,9 +190,9 @@ class VLLMBackend:
 
     def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig) -> list[list[str]]:
         from vllm import SamplingParams
-        from vllm.sampling_params import StructuredOutputsParams
         from vllm.inputs import TokensPrompt
         from vllm.lora.request import LoRARequest
+        from vllm.sampling_params import StructuredOutputsParams
 
         from aigp_train.llm.backends.action_constraint import DECISION_SEPARATOR, decision_needed
         from aigp_train.llm.backends.hf_backend import render_prompts
