@@ -71,8 +71,9 @@ def recipe_values():
 def run_ours(data: Path, out: Path, steps: int, *extra: str) -> dict:
     cmd = ["aigp", "sft", RECIPE, f"data.train_path={data / 'train.jsonl'}",
            f"data.heldout_path={data / 'heldout.jsonl'}", f"output_dir={out}", f"train.max_steps={steps}",
-           "train.epochs=100", "engine.micro_batch_size=4", "engine.grad_accum_steps=1", "engine.gradient_checkpointing=false", "early_stopping.eval_every_steps=0",
-           "checkpoint.every_steps=0", "logging.every_steps=1", "logging.wandb_mode=disabled", *extra]
+           "train.epochs=100", "engine.micro_batch_size=4", "engine.grad_accum_steps=1",
+           "engine.gradient_checkpointing=false", "early_stopping.eval_every_steps=0", "checkpoint.every_steps=0",
+           "logging.every_steps=1", "logging.wandb_mode=disabled", *extra]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, WANDB_MODE="disabled"))
     if proc.returncode != 0:
         raise RuntimeError(f"aigp sft failed:\n{proc.stderr[-4000:]}")

@@ -65,8 +65,8 @@ def runs(tiny_dpo_chain, tmp_path_factory):
     popen = dict(cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     procs = {
         "A": subprocess.Popen(["aigp", "dpo", "recipes/tiny/dpo_only.yaml", f"output_dir={out['A']}", *common,
-                               "engine.micro_batch_size=2", "engine.grad_accum_steps=2"], env=_env(WANDB_MODE="offline"),
-                              **popen),
+                               "engine.micro_batch_size=2", "engine.grad_accum_steps=2"],
+                              env=_env(WANDB_MODE="offline"), **popen),
         "C": subprocess.Popen(["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "aigp_train.cli", "dpo",
                                "recipes/tiny/dpo_only.yaml", f"output_dir={out['C']}", *common,
                                "engine.micro_batch_size=1", "engine.grad_accum_steps=2"], env=_env(), **popen),
@@ -133,7 +133,8 @@ def test_adapter_loads_with_peft_and_moved_the_policy(runs):
         policy = plain_completion_logps(model, groups)
         with model.disable_adapter():
             base = plain_completion_logps(model, groups)
-    stored = {r["pair_id"]: r for r in map(json.loads, (runs["out"]["A"] / "reference_logps.jsonl").read_text().splitlines()[1:])}
+    stored = {r["pair_id"]: r
+              for r in map(json.loads, (runs["out"]["A"] / "reference_logps.jsonl").read_text().splitlines()[1:])}
     ref = torch.tensor([[stored[p.pair_id]["ref_chosen"], stored[p.pair_id]["ref_rejected"]] for p in pairs]).flatten()
     assert torch.allclose(ref, base.float(), atol=1e-3)      # reference = base model (DPO-only)
     assert not torch.allclose(policy, base, atol=1e-4)       # the adapter changed the policy

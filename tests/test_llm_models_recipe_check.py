@@ -10,8 +10,8 @@ import pytest
 from aigp_train.config import RecipeError
 from aigp_train.distributed.cluster import load_cluster
 from aigp_train.llm.recipe_check import (
-    GiB,
     Assumptions,
+    GiB,
     check,
     deepspeed_model_states_bytes,
     diff_from_paper,

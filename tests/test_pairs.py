@@ -13,8 +13,8 @@ from aigp_train.stages.pairs import Recipe, TruthConfig, select_pairs
 
 def _recipe(**kw) -> Recipe:
     base = dict(output_dir="x", candidates_dir="x", delta_q=0.1, delta_q_scale="absolute", delta_a=0.05,
-                policy="best_vs_worse", max_pairs_per_prompt=3, max_pairs=None, seed=0, truth=TruthConfig(market_dir=None, max_pairs=0, num_rollouts=2,
-                                                          continuation="expert", seed=0))
+                policy="best_vs_worse", max_pairs_per_prompt=3, max_pairs=None, seed=0,
+                truth=TruthConfig(market_dir=None, max_pairs=0, num_rollouts=2, continuation="expert", seed=0))
     base.update(kw)
     return Recipe(**base)
 
@@ -55,14 +55,15 @@ def test_relative_delta_q_is_a_fraction_of_the_mean_abs_q():
     scaled = [{**c, "q": 40.0 * c["q"]} for c in CANDS]  # rewards in other units: Q x 40
     picked = lambda cands: [(hi["action"], lo["action"]) for hi, lo in  # noqa: E731
                             select_pairs(cands, relative, delta_q_threshold([{"candidates": cands}], relative))[0]]
-    assert picked(scaled) == picked(CANDS) == [(hi["action"], lo["action"]) for hi, lo in select_pairs(CANDS, _recipe())[0]]
+    assert picked(scaled) == picked(CANDS) == [(hi["action"], lo["action"])
+                                               for hi, lo in select_pairs(CANDS, _recipe())[0]]
 
 
 def test_all_separated_policy_uses_every_ordered_pair():
     pairs, outcome = select_pairs(CANDS, _recipe(policy="all_separated", max_pairs_per_prompt=100))
     for hi, lo in pairs:
         assert hi["q"] > lo["q"]
-    assert (CANDS[1], CANDS[3]) in [(h, l) for h, l in pairs]  # a non-best chosen
+    assert (CANDS[1], CANDS[3]) in [(hi, lo) for hi, lo in pairs]  # a non-best chosen
     assert sum(outcome.values()) - outcome["over_cap"] == 15  # 6 choose 2 comparisons
 
 

@@ -32,14 +32,13 @@ from aigp_train.config import RecipeError, recipe_to_dict
 from aigp_train.distributed.dist import DistInfo, all_reduce_sum, barrier, print0
 from aigp_train.dpo.data import TokenizedPair, epoch_order, group_pairs, micro_batch, tokenize_pairs
 from aigp_train.dpo.logprobs import PackedBatch, completion_logps, pack_groups
-
-# Any in-vocabulary id pads a packed row: padding is masked out of attention and never scored.
-PAD_ID = 0
 from aigp_train.dpo.loss import dpo_loss
 from aigp_train.outputs import atomic_write_jsonl, read_jsonl
 
 __all__ = ["DPOLossModule", "train_dpo", "micro_step", "reference_logps", "check_init_adapter"]
 
+# Any in-vocabulary id pads a packed row: padding is masked out of attention and never scored.
+PAD_ID = 0
 REFERENCE_FILE = "reference_logps.jsonl"
 
 

@@ -52,7 +52,8 @@ def bucket_ranges(num_buckets: int, allocation: dict[str, float]) -> dict[str, t
         raise ValueError(f"allocation shares must lie in [0, 1], got {bad}.")
     total = sum(float(r) for r in allocation.values())
     if abs(total - 1.0) > 1e-9:
-        raise ValueError(f"allocation shares sum to {total:g}, not 1: {dict(allocation)}. Rescale them so they sum to 1.")
+        raise ValueError(f"allocation shares sum to {total:g}, not 1: {dict(allocation)}. "
+                         "Rescale them so they sum to 1.")
     ranges, start, cumulative = {}, 0, 0.0
     for group, share in allocation.items():
         cumulative += float(share)

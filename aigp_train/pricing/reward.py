@@ -138,8 +138,10 @@ class References:
         """(category names, gmv_tier (C,), prog_ref (C, H), roi_ref (C, H))."""
         names = sorted(self.categories)
         tier = np.array([self.categories[c].gmv_tier for c in names], dtype=np.float64)
-        prog = np.array([self.categories[c].prog_ref for c in names], dtype=np.float64).reshape(len(names), self.horizon_days)
-        roi_ref = np.array([self.categories[c].roi_ref for c in names], dtype=np.float64).reshape(len(names), self.horizon_days)
+        prog = np.array([self.categories[c].prog_ref for c in names],
+                        dtype=np.float64).reshape(len(names), self.horizon_days)
+        roi_ref = np.array([self.categories[c].roi_ref for c in names],
+                           dtype=np.float64).reshape(len(names), self.horizon_days)
         return names, tier, prog, roi_ref
 
 

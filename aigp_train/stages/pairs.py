@@ -137,7 +137,8 @@ def pair_accuracy(pairs: list[dict], truth: TruthConfig) -> dict:
 
     root = Path(truth.market_dir)
     sim = MarketSimulator(load_recipe(root / "recipe.yaml", MarketRecipe))
-    pick = np.sort(np.random.default_rng(truth.seed).choice(len(pairs), min(truth.max_pairs, len(pairs)), replace=False))
+    pick = np.sort(np.random.default_rng(truth.seed).choice(len(pairs), min(truth.max_pairs, len(pairs)),
+                                                            replace=False))
     sample = [pairs[i] for i in pick]
     col = lambda key: np.array([p[key] for p in sample])  # noqa: E731
     return true_pair_accuracy(sim, References.load(root / "references.json"), sku_index_of(col("sku_id")),
@@ -152,7 +153,8 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
         raise RecipeError(f"max_pairs_per_prompt must be >= 1, got {recipe.max_pairs_per_prompt}.")
     path = Path(recipe.candidates_dir) / "candidates.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: run `aigp candidates` and point candidates_dir at its output_dir.")
+        raise FileNotFoundError(f"{path} does not exist: run `aigp candidates` and point candidates_dir "
+                                "at its output_dir.")
     rows = read_jsonl(path)
     if any("q" not in c for row in rows for c in row["candidates"]):
         bad = next(row["prompt_id"] for row in rows if any("q" not in c for c in row["candidates"]))
@@ -202,7 +204,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
         stats.update(pair_accuracy(pairs, recipe.truth))
     atomic_write_json(out.path / "stats.json", stats)
     if not pairs:
-        raise ValueError(f"no pair passed eq. 7 (delta_q={threshold:.4g} in Q units, delta_a={recipe.delta_a}) among {len(rows)} "
-                         f"prompts: {stats['comparisons']}. Lower the thresholds or sample more candidates (see "
-                         f"{out.path / 'stats.json'}).")
+        raise ValueError(f"no pair passed eq. 7 (delta_q={threshold:.4g} in Q units, delta_a={recipe.delta_a}) "
+                         f"among {len(rows)} prompts: {stats['comparisons']}. Lower the thresholds or sample more "
+                         f"candidates (see {out.path / 'stats.json'}).")
     return {"inputs": {"candidates": str(path)}, "rows": {"pairs": len(pairs), "prompts": len(rows)}, "summary": stats}
