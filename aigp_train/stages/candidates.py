@@ -104,7 +104,7 @@ def _state_rows(logs, prompts: list[dict]):
 def run(recipe: Recipe, out: StageOutput) -> dict:
     import numpy as np
 
-    from aigp_train.llm.backends.base import GenerationRequest, make_backend
+    from aigp_train.llm.backends import GenerationRequest, make_backend
     from aigp_train.llm.generation import rank_and_world, run_generation, wait_for_generations
     from aigp_train.llm.prompts import read_prompts
     from aigp_train.ltve.model import load_ltve

@@ -1,7 +1,7 @@
 """Generation backends behind one interface (see ``base``): hf, vllm, scripted stand-in.
 
-Only ``base`` is imported here; each backend module is imported when ``make_backend`` builds it,
-so importing this package never pulls transformers weights code or vllm.
+Only ``base`` and ``factory`` are imported here; each backend module is imported when
+``make_backend`` builds it, so importing this package never pulls transformers weights code or vllm.
 """
 
 from aigp_train.llm.backends.base import (
@@ -11,8 +11,8 @@ from aigp_train.llm.backends.base import (
     HFBackendConfig,
     SamplingConfig,
     VLLMBackendConfig,
-    make_backend,
 )
+from aigp_train.llm.backends.factory import make_backend
 
 __all__ = ["Backend", "BackendConfig", "GenerationRequest", "HFBackendConfig", "SamplingConfig",
            "VLLMBackendConfig", "make_backend"]

@@ -21,6 +21,9 @@ Three kinds, chosen by the ``kind`` field of ``BackendConfig`` (a ``Literal``, p
 
 Backends never raise on what a model says; they return its text. Parsing and projection to
 A_safe happen downstream (``aigp_train.pricing.parse_action``).
+
+This module holds the protocol and the configs only; ``make_backend`` is in ``factory`` (it
+imports the implementations, which import this module).
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ __all__ = [
     "HFBackendConfig",
     "SamplingConfig",
     "VLLMBackendConfig",
-    "make_backend",
 ]
 
 
@@ -130,39 +132,3 @@ class BackendConfig:
     scripted: dict[str, Any] = help_field(
         "settings of the scripted stand-in; validated by aigp_train.llm.backends.scripted", default={})
 
-
-def _require(block: Any, kind: str) -> Any:
-    if block is None:
-        raise RecipeError(f"backend.kind is {kind!r} but the recipe has no backend.{kind} block; "
-                         f"add one (see recipes/paper/ for an example) or pick another backend.kind.")
-    return block
-
-
-def make_backend(cfg: BackendConfig, model_recipe: Any = None, pricing: Any = None) -> Backend:
-    """Build the backend ``cfg.kind`` names. Heavy imports happen here, not at module import.
-    ``pricing`` (a PricingConfig) is needed by ``constrain_act_only: a_safe`` and by ``force_decision``."""
-    block = cfg.hf if cfg.kind == "hf" else cfg.vllm if cfg.kind == "vllm" else None
-    if block is not None and block.constrain_act_only == "a_safe" and pricing is None:
-        raise RecipeError(f"backend.{cfg.kind}.constrain_act_only a_safe needs the pricing rules: the stage must pass "
-                         f"its pricing block to make_backend, or set constrain_act_only to action or none.")
-    if block is not None and block.force_decision != "none" and pricing is None:
-        raise RecipeError(f"backend.{cfg.kind}.force_decision {block.force_decision} needs the pricing rules (it "
-                         f"parses each answer): the stage must pass its pricing block to make_backend, or set "
-                         f"force_decision: none.")
-    if cfg.kind == "hf":
-        from aigp_train.llm.backends.hf_backend import HFBackend
-
-        if model_recipe is None:
-            raise RecipeError("backend.kind 'hf' needs a model: block in the recipe (which model to load).")
-        return HFBackend(_require(cfg.hf, "hf"), model_recipe, pricing)
-    elif cfg.kind == "vllm":
-        from aigp_train.llm.backends.vllm_backend import VLLMBackend
-
-        if model_recipe is None:
-            raise RecipeError("backend.kind 'vllm' needs a model: block in the recipe (which model to serve).")
-        return VLLMBackend(_require(cfg.vllm, "vllm"), model_recipe, pricing=pricing)
-    elif cfg.kind == "scripted":
-        from aigp_train.llm.backends.scripted import ScriptedBackend
-
-        return ScriptedBackend(dict(cfg.scripted), model_recipe)
-    raise RecipeError(f"unknown backend.kind {cfg.kind!r}; choose hf, vllm or scripted.")
