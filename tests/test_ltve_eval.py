@@ -8,9 +8,10 @@ import pytest
 
 from aigp_train.config import load_recipe
 from aigp_train.ltve import evaluate as ev
+from aigp_train.market.policies import POLICIES
 from aigp_train.market.recipe import MarketRecipe
 from aigp_train.market.schema import read_logs
-from aigp_train.market.simulator import POLICIES, MarketSimulator, sku_index_of
+from aigp_train.market.simulator import MarketSimulator, sku_index_of
 from aigp_train.pricing import PricingConfig, in_a_safe
 from aigp_train.pricing.reward import References
 

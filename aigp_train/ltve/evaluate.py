@@ -28,7 +28,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from aigp_train.evaluate.metrics import cda, eama, mae
-from aigp_train.market.simulator import POLICIES
+from aigp_train.market.policies import POLICIES
 from aigp_train.pricing import project_action
 
 __all__ = ["behaviour_policies", "counterfactual_pairs", "offline_metrics", "resolve_gap", "true_cda",

@@ -33,9 +33,10 @@ import pyarrow.parquet as pq
 
 from aigp_train.config import recipe_to_dict
 from aigp_train.market import rng
+from aigp_train.market.policies import POLICIES
 from aigp_train.market.recipe import MarketRecipe
 from aigp_train.market.schema import SKU_SCHEMA, read_logs, to_arrow
-from aigp_train.market.simulator import POLICIES, MarketSimulator, review_stars, sku_id_of
+from aigp_train.market.simulator import MarketSimulator, review_stars, sku_id_of
 from aigp_train.market.text import descriptions, knowledge_base_rows, review_texts
 from aigp_train.outputs import atomic_write_json, fault_point, mkstemp_beside
 from aigp_train.pricing.reward import category_references, milestone_reached, roi

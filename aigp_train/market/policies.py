@@ -25,14 +25,34 @@ so a policy's action for (SKU, day, rollout) is the same in every batch.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import numpy as np
 
 from aigp_train.market import rng
-from aigp_train.market.simulator import POLICIES, MarketSimulator, SkuState
-from aigp_train.pricing import feasible_interval
+from aigp_train.market.recipe import MarketRecipe
+from aigp_train.market.state import SkuState
+from aigp_train.pricing import PricingConfig, feasible_interval
+
+# The behaviour policies, in the order of their index in ``SkuState.policy`` (and in the logs).
+POLICIES = ("expert", "myopic", "random_walk", "conservative")
 
 
-def _greedy(sim: MarketSimulator, state: SkuState, step: float, days: int, follow_up: bool = False,
+class Simulator(Protocol):
+    """What a policy reads of the simulator (``aigp_train.market.simulator.MarketSimulator`` is one).
+
+    A protocol, not an import: the simulator calls ``act``, so this module must not import it.
+    """
+
+    recipe: MarketRecipe
+    pricing: PricingConfig
+    horizon: int
+
+    def lookahead_value(self, state: SkuState, discounts: np.ndarray, days: int, then: np.ndarray | None = None,
+                        gamma: float = 1.0) -> np.ndarray: ...
+
+
+def _greedy(sim: Simulator, state: SkuState, step: float, days: int, follow_up: bool = False,
             gamma: float = 1.0) -> np.ndarray:
     """The grid action (spacing ``step``) with the highest mean-model value over ``days`` days.
 
@@ -59,11 +79,11 @@ def _greedy(sim: MarketSimulator, state: SkuState, step: float, days: int, follo
     return grid[np.argmax(np.where(feasible, score, -np.inf), axis=1)]
 
 
-def myopic(sim: MarketSimulator, state: SkuState, rollout) -> np.ndarray:
+def myopic(sim: Simulator, state: SkuState, rollout) -> np.ndarray:
     return _greedy(sim, state, sim.pricing.grid_step, 1)
 
 
-def expert(sim: MarketSimulator, state: SkuState, rollout) -> np.ndarray:
+def expert(sim: Simulator, state: SkuState, rollout) -> np.ndarray:
     p = sim.recipe.policies
     a = _greedy(sim, state, p.expert_grid_step, sim.horizon, follow_up=True, gamma=sim.recipe.gamma)
     u = rng.uniform(sim.recipe.seed, state.sku_index, state.day, rng.DAY_POLICY_EXPLORE, rollout)
@@ -71,13 +91,13 @@ def expert(sim: MarketSimulator, state: SkuState, rollout) -> np.ndarray:
     return np.round(a + explore, 2)
 
 
-def random_walk(sim: MarketSimulator, state: SkuState, rollout) -> np.ndarray:
+def random_walk(sim: Simulator, state: SkuState, rollout) -> np.ndarray:
     step = sim.recipe.policies.random_walk_step
     u = rng.uniform(sim.recipe.seed, state.sku_index, state.day, rng.DAY_POLICY, rollout)
     return np.round((2 * u - 1) * step, 2)
 
 
-def conservative(sim: MarketSimulator, state: SkuState, rollout) -> np.ndarray:
+def conservative(sim: Simulator, state: SkuState, rollout) -> np.ndarray:
     p = sim.recipe.policies
     u = rng.uniform(sim.recipe.seed, state.sku_index, state.day, rng.DAY_POLICY, rollout)
     toward = np.clip(p.conservative_target - state.d_prev, -p.conservative_step, p.conservative_step)
@@ -89,7 +109,7 @@ _BY_NAME = {"expert": expert, "myopic": myopic, "random_walk": random_walk, "con
 assert tuple(_BY_NAME) == POLICIES
 
 
-def act(sim: MarketSimulator, state: SkuState, policy: str | None, rollout=0) -> np.ndarray:
+def act(sim: Simulator, state: SkuState, policy: str | None, rollout=0) -> np.ndarray:
     """Raw actions for a batch: ``policy`` for all SKUs, or each SKU's own behaviour policy (None)."""
     if policy is not None:
         if policy not in _BY_NAME:

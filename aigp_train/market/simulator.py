@@ -47,17 +47,17 @@ gamma-discounted eq.-3 rewards (``aigp_train.pricing.reward``) against category 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
 
 from aigp_train.market import rng
+from aigp_train.market.policies import POLICIES, act
 from aigp_train.market.recipe import MarketRecipe
+from aigp_train.market.state import SkuState
 from aigp_train.pricing import project_action
 from aigp_train.pricing.reward import roi
 
-POLICIES = ("expert", "myopic", "random_walk", "conservative")
 
 def sku_id_of(index) -> np.ndarray:
     index = np.asarray(index, dtype=np.int64)
@@ -71,36 +71,6 @@ def sku_index_of(sku_ids) -> np.ndarray:
     if bad.any():
         raise ValueError(f"not a simulator SKU id: {ids[bad][0]!r} (expected 'SKU' + digits)")
     return np.char.lstrip(ids, "SKU").astype(np.int64)
-
-
-@dataclass
-class SkuState:
-    """A batch of SKU states at the start of a day (before that day's action): struct of arrays."""
-
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def __getattr__(self, name: str) -> np.ndarray:
-        try:
-            return self.__dict__["arrays"][name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def __len__(self) -> int:
-        return len(self.arrays["sku_index"])
-
-    def take(self, idx) -> "SkuState":
-        return SkuState({k: v[idx] for k, v in self.arrays.items()})
-
-    def copy(self) -> "SkuState":
-        return SkuState({k: v.copy() for k, v in self.arrays.items()})
-
-    def repeat(self, n: int) -> "SkuState":
-        """Each SKU state n times in a row (for n rollouts of the same state)."""
-        return SkuState({k: np.repeat(v, n) for k, v in self.arrays.items()})
-
-    @staticmethod
-    def concat(states: list["SkuState"]) -> "SkuState":
-        return SkuState({k: np.concatenate([s.arrays[k] for s in states]) for k in states[0].arrays})
 
 
 def _s_curve(depth: np.ndarray, threshold: float, width: float) -> np.ndarray:
@@ -415,8 +385,6 @@ class MarketSimulator:
 
         ``policy``: None = each SKU's own behaviour policy; a name = that policy for all.
         """
-        from aigp_train.market.policies import act
-
         end = self.horizon if until_day is None else until_day
         while len(state) and state.day[0] < end:
             actions = act(self, state, policy, rollout)
@@ -430,8 +398,6 @@ class MarketSimulator:
         The logs are a deterministic function of the recipe, so a state is rebuilt exactly
         (latent quality, rank, reference price included) from (sku_index, day).
         """
-        from aigp_train.market.policies import act
-
         idx = np.asarray(sku_index, dtype=np.int64)
         days = np.broadcast_to(np.asarray(day, dtype=np.int64), idx.shape)
         if np.any((days < 0) | (days >= self.horizon)):
@@ -459,7 +425,6 @@ class MarketSimulator:
         ``first_rollout + num_rollouts - 1`` (rollout 0 is the logged world). ``references``:
         a ``aigp_train.pricing.reward.References``; default: this market's own (``self.references``).
         """
-        from aigp_train.market.policies import act
         from aigp_train.pricing.reward import rewards_from_arrays
 
         if continuation not in POLICIES:
