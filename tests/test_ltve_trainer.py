@@ -175,9 +175,16 @@ def _reference_update(q, qt, v, adam_q, adam_v, batch, cfg, t):
         qt[k] = cfg.eta * q[k] + (1 - cfg.eta) * qt[k]
 
 
-def test_updates_equal_handwritten_float64_algorithm_1():
-    cfg = _cfg(batch_size=16)
+@pytest.mark.parametrize("bounds", [(-3.0, 3.0), (-0.4, 0.3)], ids=["loose", "binding"])
+def test_updates_equal_handwritten_float64_algorithm_1(bounds):
+    """One iteration against the written-out algorithm, with loose bounds and with bounds that clip
+    about half of the n-step targets at both ends (line 12 exercised, not only present)."""
+    cfg = _cfg(batch_size=16, q_min=bounds[0], q_max=bounds[1])
     data = _data(100, torch.float64)
+    cols = Columns(F)
+    if bounds == (-0.4, 0.3):  # ret ~ N(0, 1): the clip binds on both sides for many transitions
+        unclipped = data[:, cols.ret]
+        assert (unclipped < cfg.q_min).float().mean() > 0.2 and (unclipped > cfg.q_max).float().mean() > 0.2
     tr = FusedLTVETrainer(data, F, cfg, HIDDEN, (cfg.q_min, cfg.q_max), dtype=torch.float64)
     q = {k: t.detach().clone() for k, t in tr.q.items()}
     qt = {k: t.clone() for k, t in tr.q_target.items()}

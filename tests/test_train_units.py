@@ -115,7 +115,8 @@ def test_lora_wraps_attention_and_freezes_base(tiny_model, sft_recipe):
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     wrapped = {n.split(".")[-4] for n in trainable}  # ...q_proj.lora_A.default.weight
-    assert wrapped == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    # the paper's attention targets, plus lm_head for the random tiny model (recipes/tiny/lora.yaml)
+    assert wrapped == set(sft_recipe.lora.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "lm_head"}
     # Same seed, same adapter init on every rank (ZeRO-3 keeps each rank's slice of its own copy).
     again = apply_lora(build_model(sft_recipe.model, "cpu"), sft_recipe.lora, seed=0)
     a1 = dict(model.named_parameters())

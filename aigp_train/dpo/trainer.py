@@ -34,6 +34,7 @@ from aigp_train.dpo.data import TokenizedPair, epoch_order, group_pairs, micro_b
 from aigp_train.dpo.logprobs import PackedBatch, completion_logps, pack_groups
 from aigp_train.dpo.loss import dpo_loss
 from aigp_train.outputs import atomic_write_jsonl, read_jsonl
+from aigp_train.train.runner import StepPlan
 
 __all__ = ["DPOLossModule", "train_dpo", "micro_step", "reference_logps", "check_init_adapter"]
 
@@ -188,14 +189,8 @@ def train_dpo(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
     if not pairs:
         raise ValueError(f"{recipe.data.pairs_path} has no usable pair ({data_stats}); run `aigp pairs` or lower "
                          f"its thresholds.")
-    global_batch = eng.micro_batch_size * eng.grad_accum_steps * dist.world_size
-    per_epoch = len(pairs) // global_batch
-    if per_epoch == 0:
-        raise ValueError(f"{len(pairs)} pairs do not fill one global batch of {global_batch} (micro_batch_size x "
-                         f"grad_accum_steps x world size); lower them or make more pairs.")
-    total_steps = per_epoch * tr.epochs
-    if tr.max_steps > 0:
-        total_steps = min(total_steps, tr.max_steps)
+    plan = StepPlan.of(len(pairs), eng, dist.world_size, tr.epochs, tr.max_steps, what="pairs")
+    global_batch, per_epoch, total_steps = plan.global_batch, plan.per_epoch, plan.total_steps
     init_adapter = check_init_adapter(tr.init_adapter, recipe.lora) if tr.init_adapter else None
     resuming = recipe.checkpoint.resume and Checkpointer(out_dir / "checkpoints", recipe.checkpoint.keep_last,
                                                          dist).latest() is not None

@@ -39,7 +39,7 @@ import torch
 from aigp_train.outputs import iter_jsonl
 
 __all__ = ["TokenizedExample", "PackedBatch", "read_chat_rows", "tokenize_chat", "tokenize_rows",
-           "pack", "pad", "collate", "epoch_order", "micro_batch_indices", "steps_per_epoch"]
+           "pack", "pad", "collate", "epoch_order", "micro_batch_indices"]
 
 IGNORE = -100
 
@@ -186,10 +186,6 @@ def pack(examples: list[TokenizedExample]) -> PackedBatch:
                        position_ids=torch.tensor([pos], dtype=torch.long),
                        targets=targets, seq_index=torch.tensor(seq, dtype=torch.long), num_seqs=len(examples),
                        num_loss_tokens=int((targets != IGNORE).sum()), num_tokens=len(ids))
-
-
-def steps_per_epoch(num_examples: int, global_batch: int) -> int:
-    return num_examples // global_batch
 
 
 def epoch_order(num_examples: int, epoch: int, seed: int) -> np.ndarray:

@@ -31,11 +31,11 @@ from aigp_train.sft.data import (
     global_batch_indices,
     micro_batch_indices,
     read_chat_rows,
-    steps_per_epoch,
     tokenize_rows,
 )
 from aigp_train.sft.loss import SftLoss, micro_batch_loss
 from aigp_train.train.logging import train_flops_per_token
+from aigp_train.train.runner import StepPlan
 from aigp_train.train.session import TrainSession, start_session
 
 __all__ = ["train_sft", "heldout_loss"]
@@ -82,14 +82,8 @@ def train_sft(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
     heldout, _ = tokenize_rows(tokenizer, heldout_rows, recipe.data.cutoff_len)
     if not heldout:
         raise ValueError(f"{recipe.data.heldout_path} has no usable example; early stopping needs a held-out set.")
-    global_batch = eng.micro_batch_size * eng.grad_accum_steps * dist.world_size
-    per_epoch = steps_per_epoch(len(train), global_batch)
-    if per_epoch == 0:
-        raise ValueError(f"{len(train)} training examples do not fill one global batch of {global_batch} "
-                         f"(micro_batch_size x grad_accum_steps x world size); lower them or add data.")
-    total_steps = per_epoch * recipe.train.epochs
-    if recipe.train.max_steps > 0:
-        total_steps = min(total_steps, recipe.train.max_steps)
+    plan = StepPlan.of(len(train), eng, dist.world_size, recipe.train.epochs, recipe.train.max_steps)
+    global_batch, per_epoch, total_steps = plan.global_batch, plan.per_epoch, plan.total_steps
     mean_len = sum(len(e.input_ids) for e in train) / len(train)
     print0(f"[aigp] sft: {len(train)} train / {len(heldout)} held-out examples ({dropped_train} dropped: no "
            f"assistant token within cutoff {recipe.data.cutoff_len}), global batch {global_batch}, "

@@ -71,26 +71,12 @@ class Recipe:
 
 
 def run(recipe: Recipe, out: StageOutput) -> dict:
-    import os
-
-    import torch
-
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
-    from aigp_train.distributed.dist import barrier, cleanup_distributed, init_distributed
     from aigp_train.dpo.trainer import train_dpo
-    from aigp_train.llm.models import build_model
-    from aigp_train.llm.tokenizer import load_tokenizer
+    from aigp_train.train.runner import lora_stage
 
-    dist = init_distributed()
-    try:
-        tokenizer = load_tokenizer(recipe.model)
-        model = build_model(recipe.model, "cpu")
-        if dist.is_cuda:
-            model = model.to(dist.device)
+    # the same partitioned loading as SFT: under ZeRO-3 no rank builds the whole base in host memory
+    with lora_stage(recipe) as (dist, model, tokenizer):
         summary = train_dpo(recipe, out.path, dist, model, tokenizer)
-        barrier()
-    finally:
-        cleanup_distributed()
     inputs = {"pairs": recipe.data.pairs_path}
     if recipe.train.init_adapter:
         inputs["init_adapter"] = recipe.train.init_adapter

@@ -68,33 +68,12 @@ class Recipe:
 
 
 def run(recipe: Recipe, out: StageOutput) -> dict:
-    import os
-
-    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
-    from aigp_train.distributed.dist import barrier, cleanup_distributed, init_distributed
-    from aigp_train.llm.models import build_model
-    from aigp_train.llm.tokenizer import load_tokenizer
     from aigp_train.sft.loop import train_sft
-    from aigp_train.train.engine import zero3_loading
+    from aigp_train.train.runner import lora_stage
 
-    dist = init_distributed()
-    try:
-        tokenizer = load_tokenizer(recipe.model)
-        zero3 = zero3_loading(recipe.optim, recipe.engine, dist)  # noqa: F841 (must stay alive)
-        model = build_model(recipe.model, "cpu")
-        if dist.is_cuda:
-            model = model.to(dist.device)
+    with lora_stage(recipe) as (dist, model, tokenizer):
         summary = train_sft(recipe, out.path, dist, model, tokenizer)
-        barrier()
-    finally:
-        cleanup_distributed()
     return {"inputs": {"train": recipe.data.train_path, "heldout": recipe.data.heldout_path},
             "rows": {"train_examples": summary["train_examples"], "heldout_examples": summary["heldout_examples"],
                      "steps": summary["steps"]},
             "summary": summary}
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()

@@ -1,0 +1,114 @@
+"""What every LoRA stage (``aigp sft``, ``aigp dpo``) sets up before its loop, in one place.
+
+``lora_stage(recipe)`` is a context manager: accelerator choice, the process group, the
+tokenizer, the base model built *partitioned* under ZeRO-3 (``zero3_loading``: transformers'
+``from_pretrained`` loads straight into each rank's shard, so no rank holds the whole 61 GB
+student in host memory), then on exit a barrier and the process group's cleanup. ``StepPlan``
+is the batch arithmetic both loops use. The loops themselves stay written out in ``sft/loop.py``
+and ``dpo/trainer.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+__all__ = ["MEMORY_PROBE", "StepPlan", "lora_stage"]
+
+# Set to a file path: each rank writes its peak host memory before and after the base model is built,
+# and checksums of a few loaded tensors (gathered from their ZeRO-3 partitions), as JSON lines.
+# tests/test_partitioned_loading.py bounds the growth by the checkpoint's size with it.
+MEMORY_PROBE = "AIGP_MEMORY_PROBE"
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """Optimizer steps of a run: ``global_batch`` examples per step (micro batch x accumulation x
+    world size), whole steps only (an epoch's tail that does not fill a step is left out, so every
+    step averages the same number of examples on any world size), ``epochs`` of them, capped by
+    ``max_steps`` when that is > 0."""
+
+    global_batch: int
+    per_epoch: int
+    total_steps: int
+
+    @classmethod
+    def of(cls, num_examples: int, engine: Any, world_size: int, epochs: int, max_steps: int,
+           what: str = "training examples") -> "StepPlan":
+        global_batch = engine.micro_batch_size * engine.grad_accum_steps * world_size
+        per_epoch = num_examples // global_batch
+        if per_epoch == 0:
+            raise ValueError(f"{num_examples} {what} do not fill one global batch of {global_batch} "
+                             f"(micro_batch_size x grad_accum_steps x world size); lower them or add data.")
+        total = per_epoch * epochs
+        return cls(global_batch, per_epoch, min(total, max_steps) if max_steps > 0 else total)
+
+
+@contextmanager
+def lora_stage(recipe: Any) -> Iterator[tuple[Any, Any, Any]]:
+    """``(dist, base_model, tokenizer)`` for a LoRA stage's recipe (``model``, ``optim``, ``engine``
+    blocks), the model built partitioned under ZeRO-3 and on the rank's device."""
+    import torch
+
+    # before deepspeed is imported: its accelerator is chosen once, at import
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    from aigp_train.distributed.dist import barrier, cleanup_distributed, init_distributed
+    from aigp_train.llm.models import build_model
+    from aigp_train.llm.tokenizer import load_tokenizer
+    from aigp_train.train.engine import zero3_loading
+    from aigp_train.train.zero3_load import build_partitioned
+
+    dist = init_distributed()
+    try:
+        tokenizer = load_tokenizer(recipe.model)
+        zero3 = zero3_loading(recipe.optim, recipe.engine, dist)  # alive while the model is built and trained
+        rss_before = _peak_rss_bytes()
+        if recipe.model.weights_path and recipe.engine.zero_stage == 3:
+            # each rank reads only its own partition's rows (train/zero3_load.py): transformers' own
+            # ZeRO-3 path reads the whole checkpoint into rank 0
+            model = build_partitioned(recipe.model, zero3.config, dist.rank, dist.world_size)
+        else:
+            model = build_model(recipe.model, "cpu")
+        if os.environ.get(MEMORY_PROBE):
+            _write_memory_probe(os.environ[MEMORY_PROBE], dist, model, rss_before)
+        if dist.is_cuda:
+            model = model.to(dist.device)
+        yield dist, model, tokenizer
+        barrier()
+    finally:
+        cleanup_distributed()
+
+
+def _peak_rss_bytes() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _write_memory_probe(path: str, dist: Any, model: Any, rss_before: int) -> None:
+    """Peak RSS before/after the build (measured before anything is gathered), then float64 sums of
+    the first and last parameter tensors and of the first expert tensor, gathered whole."""
+    import json
+
+    import torch
+
+    peak_after = _peak_rss_bytes()
+    names = [n for n, _ in model.named_parameters()]
+    picks = sorted({names[0], names[-1], next((n for n in names if "experts" in n), names[0])})
+    params = dict(model.named_parameters())
+    sums = {}
+    for name in picks:
+        p = params[name]
+        if hasattr(p, "ds_id"):  # a ZeRO-3 partition: gather the whole tensor for the check
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([p]):
+                sums[name] = float(p.detach().to(torch.float64).sum())
+        else:
+            sums[name] = float(p.detach().to(torch.float64).sum())
+    partitioned = all(hasattr(p, "ds_id") for p in params.values())
+    with open(path, "a") as f:
+        f.write(json.dumps({"rank": dist.rank, "peak_rss_before_build": rss_before, "peak_rss_after_build": peak_after,
+                            "partitioned": partitioned, "sums": sums}) + "\n")
