@@ -63,7 +63,8 @@ def help_field(help: str, default: Any = MISSING, **kwargs: Any) -> Any:
 
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
-        raise RecipeError(f"recipe file not found: {path}. Check the path (includes are relative to the including file).")
+        raise RecipeError(f"recipe file not found: {path}. "
+                          "Check the path (includes are relative to the including file).")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:

@@ -28,7 +28,8 @@ def test_missing_stage_is_named_before_anything_runs(tmp_path, monkeypatch):
 output_dir: {tmp_path}/report
 run_root: {tmp_path}
 steps:
-  simulate: {{stage: simulate, recipe: recipes/tiny/market.yaml, nproc_per_node: 1, overrides: ["output_dir={{run}}/m"]}}
+  simulate: {{stage: simulate, recipe: recipes/tiny/market.yaml, nproc_per_node: 1, \
+overrides: ["output_dir={{run}}/m"]}}
   later: {{stage: ghost, recipe: recipes/tiny/market.yaml, nproc_per_node: 1, overrides: []}}
   typo: {{stage: simulat, recipe: recipes/tiny/market.yaml, nproc_per_node: 1, overrides: []}}
   badkey: {{stage: simulate, recipe: recipes/tiny/market.yaml, nproc_per_node: 1, overrides: ["num_skuz=3"]}}

@@ -113,7 +113,8 @@ def run_cohort(sim, sku_index: np.ndarray, groups: np.ndarray, policies: dict, p
         log(f"[abtest] day {t + 1}/{horizon}: cohort GMV {row['gmv'].sum():.0f}")
     from aigp_train.market.simulator import sku_id_of
 
-    return CohortRun(np.asarray(sku_id_of(sku_index)).astype(str), groups, np.asarray(sim.category_array(state.category)).astype(str),
+    return CohortRun(np.asarray(sku_id_of(sku_index)).astype(str), groups,
+                     np.asarray(sim.category_array(state.category)).astype(str),
                      gmv, spend, actions, rows, parse)
 
 
@@ -121,7 +122,8 @@ def cohort_groups(sku_ids, salt: str, num_buckets: int, allocation: dict[str, fl
     groups = assign_groups(list(sku_ids), salt, num_buckets, allocation)
     empty = [g for g in allocation if not np.any(groups == g)]
     if empty:
-        raise ValueError(f"groups {empty} got no SKU of the cohort; enlarge the cohort (cohort.num_skus) or their share.")
+        raise ValueError(f"groups {empty} got no SKU of the cohort; "
+                         "enlarge the cohort (cohort.num_skus) or their share.")
     return groups
 
 
@@ -177,7 +179,8 @@ def table4(run: CohortRun, outcomes: dict, control: str, num_resamples: int, con
             if g == control:
                 continue
             lifts = {
-                "mar": relative_lift(o["mar"][sel], o["mar"][ctl], num_resamples, confidence, seed) if o["mar"][ctl].sum() > 0 else None,
+                "mar": relative_lift(o["mar"][sel], o["mar"][ctl], num_resamples, confidence, seed)
+                if o["mar"][ctl].sum() > 0 else None,
                 "gmv": relative_lift(o["gmv"][sel], o["gmv"][ctl], num_resamples, confidence, seed),
                 "roi": relative_lift(np.stack([o["gmv"][sel], o["spend"][sel]], 1),
                                      np.stack([o["gmv"][ctl], o["spend"][ctl]], 1), num_resamples, confidence, seed,
@@ -206,7 +209,8 @@ def table4_markdown(table: dict, horizons: list[int], confidence: float) -> str:
         cells = [_pct(entry["relative"][f"{h}d"][m]) for h in horizons for m in ("mar", "gmv", "roi")]
         lines.append(f"| {g} (n={entry['num_skus']}) | " + " | ".join(cells) + " |")
     lines += ["", "Absolute values per group:", "",
-              "| Model | SKUs | " + " | ".join(f"{h}d GMV/SKU | {h}d ROI | {h}d MAR | {h}d eq.-3 return" for h in horizons)
+              "| Model | SKUs | "
+              + " | ".join(f"{h}d GMV/SKU | {h}d ROI | {h}d MAR | {h}d eq.-3 return" for h in horizons)
               + " |", "|---|---:|" + "---:|" * (4 * len(horizons))]
     for g in order:
         entry = table["groups"][g]

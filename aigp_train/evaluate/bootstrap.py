@@ -67,8 +67,8 @@ def relative_lift(treatment, control, num_resamples: int, confidence: float, see
         raise ValueError(f"num_resamples={num_resamples} is too few for a percentile interval; use >= 100.")
     t_value, c_value = float(_stat(t, None, statistic)), float(_stat(c, None, statistic))
     if c_value == 0 or not np.isfinite(c_value):
-        raise ValueError(f"control group {statistic} is {c_value}: a relative lift is undefined. Use a metric with a nonzero "
-                         "baseline or a larger cohort.")
+        raise ValueError(f"control group {statistic} is {c_value}: a relative lift is undefined. "
+                         "Use a metric with a nonzero baseline or a larger cohort.")
     rng = np.random.default_rng(seed)
     t_means = _stat(t, rng.integers(0, t.shape[0], size=(num_resamples, t.shape[0])), statistic)
     c_means = _stat(c, rng.integers(0, c.shape[0], size=(num_resamples, c.shape[0])), statistic)

@@ -50,7 +50,8 @@ def _vector(x: Any, name: str) -> np.ndarray:
 def _pair(policy: Any, expert: Any) -> tuple[np.ndarray, np.ndarray]:
     p, e = _vector(policy, "policy actions"), _vector(expert, "expert actions")
     if p.shape != e.shape:
-        raise ValueError(f"policy actions ({p.size}) and expert actions ({e.size}) differ in length; align them by state.")
+        raise ValueError(f"policy actions ({p.size}) and expert actions ({e.size}) differ in length; "
+                         "align them by state.")
     return p, e
 
 

@@ -81,7 +81,8 @@ def contexts_from_logs(logs: dict[str, np.ndarray]) -> Contexts:
         "sku_id": sku, "category": np.asarray(logs["category"]).astype(str),
         "list_price": np.asarray(logs["list_price"], dtype=np.float64),
         "d_prev": from_stored(logs["discount_prev"]), "day": day,  # float32 logs: back to the set decimals
-        "date": np.asarray(logs["date"], dtype=np.int64), "day_of_week": np.asarray(logs["day_of_week"], dtype=np.int64),
+        "date": np.asarray(logs["date"], dtype=np.int64),
+        "day_of_week": np.asarray(logs["day_of_week"], dtype=np.int64),
         "is_promotion": np.asarray(logs["is_promotion"], dtype=bool), "has_prev": has_prev,
     }
     for c in PREV_COLUMNS:

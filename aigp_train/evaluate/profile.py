@@ -152,7 +152,8 @@ def measured_row(cfg: ProjectionConfig, best: Measurement, cluster_gpus: int) ->
                          f"lower projection.gpus_per_replica or pick a bigger cluster.")
     wall = cfg.num_skus / (best.skus_per_s * replicas)
     return {"num_gpus": cluster_gpus, "replicas": replicas, "batch_size": best.batch_size,
-            "skus_per_s_per_replica": best.skus_per_s, "hours": hours(wall), "fits_window": hours(wall) <= cfg.window_hours}
+            "skus_per_s_per_replica": best.skus_per_s, "hours": hours(wall),
+            "fits_window": hours(wall) <= cfg.window_hours}
 
 
 def what_if(cfg: ProjectionConfig, alpha: float, prefill_share: float) -> list[dict]:
@@ -161,8 +162,9 @@ def what_if(cfg: ProjectionConfig, alpha: float, prefill_share: float) -> list[d
         replicas = gpus // cfg.gpus_per_replica
         for b in cfg.what_if_batch_sizes:
             for length in cfg.what_if_output_tokens:
-                t_batch = cfg.seconds_per_sku * (prefill_share + (1 - prefill_share) * length / cfg.reference_output_tokens) \
-                    * (b / cfg.batch_size) ** alpha
+                t_batch = (cfg.seconds_per_sku
+                           * (prefill_share + (1 - prefill_share) * length / cfg.reference_output_tokens)
+                           * (b / cfg.batch_size) ** alpha)
                 wall = math.inf if replicas < 1 else cfg.num_skus * t_batch / (replicas * b)
                 rows.append({"num_gpus": gpus, "batch_size": b, "output_tokens": length, "seconds_per_batch": t_batch,
                              "hours": hours(wall), "fits_window": hours(wall) <= cfg.window_hours})
@@ -189,7 +191,8 @@ def format_report(device: str, model_name: str, backend: str, is_paper_scale: bo
                   f"p = {fit['prefill_share']:.2f}.", "",
               f"## Projection to {cfg.num_skus:,} SKUs (window {cfg.window_hours:g} h)", "",
               "| basis | GPUs | batch | output tokens | hours | fits window |", "|---|---:|---:|---:|---:|---|",
-              f"| measured here x {measured['replicas']} replicas | {measured['num_gpus']} | {measured['batch_size']} | "
+              f"| measured here x {measured['replicas']} replicas | {measured['num_gpus']} | "
+              f"{measured['batch_size']} | "
               f"recipe | {measured['hours']:.2f} | {'yes' if measured['fits_window'] else 'NO'} |",
               f"| App. B.3 ({cfg.seconds_per_sku:g} s/SKU) | {b3['num_gpus']} | {b3['batch_size']} | "
               f"{b3['output_tokens']} | {b3['hours']:.2f} | {'yes' if b3['fits_window'] else 'NO'} |", "",

@@ -103,11 +103,13 @@ def _truth_rows(ltve_eval: Path | None, pairs: Path | None, evaluate: Path | Non
             f"{market_recipe.get('launch_window_days', '?')} days (`{market}`).", "",
             "| check (simulator's true Q) | value | target |", "|---|---:|---:|",
             f"| LTVE (n=3) resolved-pair true CDA ({true_cda.get('num_resolved', '?')} of "
-            f"{true_cda.get('num_pairs', '?')} pairs resolved) | {_pct(true_cda.get('ltve_true_cda_resolved'))} | ≥ 92 % |",
+            f"{true_cda.get('num_pairs', '?')} pairs resolved) | "
+            f"{_pct(true_cda.get('ltve_true_cda_resolved'))} | ≥ 92 % |",
             f"| CQL resolved-pair true CDA | {_pct(true_cda.get('cql_true_cda_resolved'))} | – |",
             f"| oracle backs the expert policy's action (resolved pairs) | "
             f"{_pct(true_cda.get('oracle_expert_better_resolved_by_policy', {}).get('expert'))} | ≥ 80 % |",
-            f"| DPO pairs whose chosen action is truly better (resolved: {stats.get('pair_accuracy_num_resolved', '?')} "
+            f"| DPO pairs whose chosen action is truly better "
+            f"(resolved: {stats.get('pair_accuracy_num_resolved', '?')} "
             f"of {stats.get('pair_accuracy_num_pairs', '?')} sampled) | {_pct(stats.get('pair_accuracy_resolved'))} "
             f"| ≥ 85 % |",
             f"| ... all sampled pairs | {_pct(stats.get('pair_accuracy'))} | – |",
@@ -145,16 +147,19 @@ def write_report(out_dir: str | Path, outputs: dict[str, dict]) -> Path:
 
     lines += ["", "## Ground truth: does the LTVE rank like the simulator?", "",
               *_truth_rows(ltve_eval, _last(outputs, "pairs"), _last(outputs, "evaluate"), _last(outputs, "simulate"))]
-    lines += ["", "## Table 2: LTVE evaluation and n-step ablation", "", _read(ltve_eval, "table2.md") or missing("ltve-eval"),
+    lines += ["", "## Table 2: LTVE evaluation and n-step ablation", "",
+              _read(ltve_eval, "table2.md") or missing("ltve-eval"),
               "", "## Fig. 3: Q-score deciles versus realised cumulative GMV", "",
               _figure(ltve_eval, "fig3_deciles.png", out, "ltve", "Fig. 3")]
-    tables = json.loads((evaluate / "tables.json").read_text()) if evaluate and (evaluate / "tables.json").is_file() else {}
+    tables = (json.loads((evaluate / "tables.json").read_text())
+              if evaluate and (evaluate / "tables.json").is_file() else {})
     lines += ["", "## Table 3: long-term value and expert-trajectory overlap", ""]
     if evaluate is not None:
         rho = tables.get("spearman_ltve_vs_true")
         lines += [_read(evaluate, "table3.md") or "", "",
                   f"{tables.get('num_test_states', '?')} held-out expert states (SKUs launched from date "
-                  f"{tables.get('heldout_cutoff_date', '?')}). EAMA-R and KIPS follow eqs. 11-12 as written (in [0, 1]; "
+                  f"{tables.get('heldout_cutoff_date', '?')}). "
+                  f"EAMA-R and KIPS follow eqs. 11-12 as written (in [0, 1]; "
                   f"see aigp_train/evaluate/metrics.py). True value: the simulator's discounted eq.-3 return of the "
                   f"policy's action followed by the {tables.get('true_value', {}).get('continuation', '?')} policy "
                   f"(beyond the paper). Spearman correlation of the LTVE ranking with the true ranking over the "

@@ -200,7 +200,8 @@ def parse_field_value(field: StateField, match: re.Match) -> float:
 def quote_pattern(field: StateField) -> re.Pattern:
     """``<label>`` then up to a few linking words (is, was, of, at, :, =, about) then a number."""
     label = re.escape(field.label).replace(r"\ ", r"\s+")
-    link = r"(?:\s*(?:\([^)]{0,40}\))?\s*(?::|=|\bis\b|\bwas\b|\bof\b|\bat\b|\bstands at\b|\bequals\b)?\s*(?:\babout\b|\baround\b|~)?\s*)"
+    link = (r"(?:\s*(?:\([^)]{0,40}\))?\s*(?::|=|\bis\b|\bwas\b|\bof\b|\bat\b|\bstands at\b|\bequals\b)?"
+            r"\s*(?:\babout\b|\baround\b|~)?\s*)")
     return re.compile(rf"(?<![\w-]){label}{link}{_NUMBER}", re.IGNORECASE)
 
 
@@ -210,7 +211,8 @@ def quote_pattern(field: StateField) -> re.Pattern:
 
 DIRECTION_SIGNS = {"raise": 1, "lower": -1, "hold": 0}
 _DIRECTION = re.compile(
-    r"\b(?P<kind>conclusion|interim view|direction|decision)\s*[:\-–]\s*\**\s*(?P<dir>raise|increase|lower|reduce|cut|hold|keep)\b",
+    r"\b(?P<kind>conclusion|interim view|direction|decision)\s*[:\-–]\s*\**\s*"
+    r"(?P<dir>raise|increase|lower|reduce|cut|hold|keep)\b",
     re.IGNORECASE)
 _DIR_WORD = {"raise": "raise", "increase": "raise", "lower": "lower", "reduce": "lower", "cut": "lower",
              "hold": "hold", "keep": "hold"}

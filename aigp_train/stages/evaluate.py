@@ -4,7 +4,8 @@ On a held-out expert set (time-based split, ``aigp_train.evaluate.offline``), ev
 ``policies`` decides each test state:
 
 * ``price_sales``: the production-style DNN price-sales baseline, trained here on the SKUs of
-  the training period (launched and finished before the held-out cutoff) and saved to ``price_sales/`` (``aigp abtest`` loads it);
+  the training period (launched and finished before the held-out cutoff) and saved to
+  ``price_sales/`` (``aigp abtest`` loads it);
 * ``llm``: the model of ``infer_recipe`` with the policy's adapter (null = the base model),
   through the exact path of ``aigp infer`` (full prompts, reasoning, Ψ). Its responses are
   scored by the judge of ``judge_recipe`` (four dimensions, total out of 20);
@@ -51,12 +52,14 @@ class PolicySpec:
         "price_sales (DNN baseline), llm (infer_recipe's model), simulator (a behaviour policy) or ltve_greedy")
     adapter: str | None = help_field("llm: LoRA adapter folder; null = the untuned base model", default=None)
     simulator_policy: str | None = help_field("simulator: expert, myopic, random_walk or conservative", default=None)
-    ltve_path: str | None = help_field("ltve_greedy: the critic that decides; null = the stage's ltve_path", default=None)
+    ltve_path: str | None = help_field(
+        "ltve_greedy: the critic that decides; null = the stage's ltve_path", default=None)
 
 
 @dataclass
 class TestConfig:
-    heldout_fraction: float = help_field("latest-launched share of SKUs held out (the LTVE recipe's data.heldout_fraction)")
+    heldout_fraction: float = help_field(
+        "latest-launched share of SKUs held out (the LTVE recipe's data.heldout_fraction)")
     max_states: int = help_field("held-out expert states evaluated at most (seeded sample)")
     seed: int = help_field("seed of that sample")
 
@@ -141,7 +144,8 @@ class _LLMSide:
         from aigp_train.stages import infer, judge
         from aigp_train.stages.teacher import backend_with_pricing
 
-        self.infer = load_recipe(recipe.infer_recipe, infer.Recipe, [f"market_dir={recipe.market_dir}", *recipe.infer_overrides])
+        self.infer = load_recipe(recipe.infer_recipe, infer.Recipe,
+                                 [f"market_dir={recipe.market_dir}", *recipe.infer_overrides])
         self.judge = load_recipe(recipe.judge_recipe, judge.Recipe)
         self.prompt_cfg = infer.prompt_config(self.infer)
         # The price-sales hint in the prompts is fitted on the training period only (no look-ahead).
@@ -205,7 +209,8 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     sim, references = _market_sim(recipe.market_dir)
     test = offline.build_test_set(logs, skus, recipe.pricing, recipe.test.heldout_fraction, sim.horizon,
                                   recipe.test.max_states, recipe.test.seed)
-    print(f"[evaluate] {test.rows.size} held-out expert states (SKUs launched from date {test.cutoff_date})", flush=True)
+    print(f"[evaluate] {test.rows.size} held-out expert states (SKUs launched from date {test.cutoff_date})",
+          flush=True)
     ltve = feats = None
     if recipe.ltve_path:
         ltve = _load_ltve(recipe.ltve_path)
@@ -258,7 +263,8 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     ablations: dict[str, dict[str, dict]] = {}
     for name in recipe.ablations:
         ablations[name] = {}
-        for label, switch in (("w/o Diag", {"include_diagnosis": False}), ("w/o KB", {"include_knowledge_base": False})):
+        for label, switch in (("w/o Diag", {"include_diagnosis": False}),
+                              ("w/o KB", {"include_knowledge_base": False})):
             prompts = llm.prompts(test, **switch)
             tag = _tag(f"{name}-{label}")
             dec = llm.policy(f"{name} {label}", policies[name].adapter, tag).decide(test.ctx, prompts)
@@ -320,7 +326,8 @@ def _comparisons(cfg: ComparisonConfig, actions: dict, per_state_true: dict, tes
         match = lambda a: float(np.mean(np.abs(np.asarray(a) - teacher) <= pricing.eama_epsilon + 1e-9))  # noqa: E731
         d_prev = np.asarray(test.ctx["d_prev"], dtype=np.float64)
         grid = np.round(np.arange(-pricing.max_step, pricing.max_step + 1e-9, 0.01), 2)
-        constant = {float(c): match(np.round(project_action(np.full(d_prev.size, c), d_prev, pricing), 2)) for c in grid}
+        constant = {float(c): match(np.round(project_action(np.full(d_prev.size, c), d_prev, pricing), 2))
+                    for c in grid}
         best = max(constant, key=constant.get)
         out.update(teacher_match_rate=match(actions[cfg.teacher_student]), teacher_match_student=cfg.teacher_student,
                    teacher_match_rate_best_constant=constant[best], teacher_match_best_constant_action=best)

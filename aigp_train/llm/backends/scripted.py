@@ -391,10 +391,10 @@ def heuristic_action(view: PromptView, quote: _Quoter | None = None) -> tuple[fl
     (> 5 points behind with ROI headroom -> -0.05, -0.10 when > 25 behind; > 10 ahead -> +0.05;
     cumulative ROI under target -> +0.03); > 10 % off the competitor mean -> +-0.02; > 15 % off the
     KB benchmark -> +-0.02; the diagnosis findings (stock running out +0.03; clicks without
-    purchases, low click-through, "the first reviews matter most" -0.02 each). A raise then obeys the KB's rules when the prompt states them
-    (none before 5 reviews; at most +0.02 a day). Clipped to +-0.15. Without the KB or the
-    diagnosis section the operator cannot use them: the w/o-KB / w/o-Diag ablations change the
-    decision and the evidence cited.
+    purchases, low click-through, "the first reviews matter most" -0.02 each). A raise then obeys
+    the KB's rules when the prompt states them (none before 5 reviews; at most +0.02 a day). Clipped
+    to +-0.15. Without the KB or the diagnosis section the operator cannot use them: the w/o-KB /
+    w/o-Diag ablations change the decision and the evidence cited.
     """
     q = quote or _Quoter(view.state)
     s = view.state
@@ -521,7 +521,8 @@ class ScriptedTeacherStandIn:
         s = view.state
         steps = [f"Step 1 - Data. {q('d_prev')}, {q('current_price')}, {q('inventory')}."]
         if omitted != "traffic":
-            steps.append("Step 2 - Traffic. Launch day: impressions, CTR and CVR not observed yet." if s.get("units_1d") is None else
+            steps.append("Step 2 - Traffic. Launch day: impressions, CTR and CVR not observed yet."
+                         if s.get("units_1d") is None else
                          f"Step 2 - Traffic. {q('impressions_1d')}, {q('ctr_1d')}, {q('cvr_1d')}, {q('units_1d')}.")
         roi = f"{q('cum_roi')} vs {q('roi_target')}" if s.get("cum_roi") is not None else q("roi_target")
         steps.append(f"Step 3 - Milestone. {q('milestone_progress')}, {q('days_left')}; {roi}. {cite['milestone']}"
@@ -711,7 +712,8 @@ class ScriptedJudgeStandIn:
         if style == 0:
             return f"```json\n{plain}\n```"
         if style == 1:
-            return f"After reviewing the analysis step by step, my scores are {plain}. Overall it is {'sound' if min(scores.values()) == 5 else 'flawed'}."
+            return (f"After reviewing the analysis step by step, my scores are {plain}. "
+                    f"Overall it is {'sound' if min(scores.values()) == 5 else 'flawed'}.")
         return "\n".join(f"{DIMENSION_NAMES[d]}: {scores[d]}/5" for d in DIMENSIONS)
 
 
