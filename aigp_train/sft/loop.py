@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from aigp_train.config import recipe_to_dict
-from aigp_train.distributed.dist import DistInfo, all_reduce_sum, barrier, print0
+from aigp_train.distributed.dist import DistInfo, all_reduce_sum, any_rank, barrier, print0
 from aigp_train.sft.data import (
     PackedBatch,
     TokenizedExample,
@@ -164,7 +164,9 @@ def train_sft(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
 
     if not loop["stopped_early"]:
         evaluate()
-    if not adapter_dir.is_dir():
+    # rank 0's view decides, on every rank alike: save_adapter is a collective, and another rank may look
+    # before rank 0's write lands (or, across nodes, not see rank 0's disk at all): that race hung the job
+    if not any_rank(dist.rank == 0 and adapter_dir.is_dir()):
         session.save_adapter(adapter_dir)
     if session.checkpointer.latest() != session.checkpointer.step_dir(step):
         session.save_checkpoint(step, loop)  # the end state, for a later run with more steps or epochs

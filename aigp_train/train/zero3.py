@@ -29,6 +29,11 @@ __all__ = ["find_moe_blocks", "moe_block_classes", "register_moe_leaf_modules", 
            "expert_module_names"]
 
 
+def _shape(p) -> tuple[int, ...]:
+    """A parameter's full shape, also when ZeRO-3 has partitioned it (its ``.shape`` is then [0])."""
+    return tuple(getattr(p, "ds_shape", p.shape))
+
+
 def _num_experts(child: nn.Module) -> int | None:
     """E if ``child`` holds E experts (a ModuleList of one class, or fused 3-D parameters)."""
     if isinstance(child, nn.ModuleList):
@@ -39,7 +44,7 @@ def _num_experts(child: nn.Module) -> int | None:
         # A convolution's kernel is 3-D too ([C, C/groups, K], e.g. Qwen3.5's Gated-DeltaNet conv1d),
         # and a neighbouring projection often has a dimension C: it is not a stack of experts.
         return None
-    leading = {p.shape[0] for p in child.parameters(recurse=False) if p.dim() == 3}
+    leading = {_shape(p)[0] for p in child.parameters(recurse=False) if len(_shape(p)) == 3}
     if len(leading) == 1:
         (e,) = leading
         return e if e >= 2 else None
@@ -49,7 +54,7 @@ def _num_experts(child: nn.Module) -> int | None:
 def _routes_to(child: nn.Module, num_experts: int) -> bool:
     """True if ``child`` has a 2-D weight with one dimension equal to the expert count."""
     for p in child.parameters(recurse=False):
-        if p.dim() == 2 and num_experts in p.shape:
+        if len(_shape(p)) == 2 and num_experts in _shape(p):
             return True
     return False
 

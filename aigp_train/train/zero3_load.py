@@ -34,6 +34,7 @@ from aigp_train.config import RecipeError
 
 __all__ = ["build_partitioned", "load_into_partitions"]
 
+_READ_BYTES = 16 << 20  # rows read per copy: the host-memory transient of loading, besides the partition
 _FUSED = re.compile(r"^(?P<prefix>.*\.experts)\.(?P<kind>gate_up_proj|down_proj)$")
 _TEXT_PREFIXES = ("", "model.language_model.")  # causal LM name -> checkpoint name candidates
 
@@ -66,7 +67,7 @@ class _Checkpoint:
 
         with safe_open(str(self.folder / self.weight_map[name]), "pt") as handle:
             sl = handle.get_slice(name)
-            return (sl[:] if len(sl.get_shape()) == 0 else sl[lo:hi]).clone()  # a copy outlives the mmap
+            return sl[:] if len(sl.get_shape()) == 0 else sl[lo:hi]  # a copy: it outlives the mmap
 
 
 def _resolve(name: str, ckpt: _Checkpoint) -> str | None:
@@ -140,9 +141,14 @@ def load_into_partitions(model: torch.nn.Module, folder: str | Path, rank: int, 
         start = rank * chunk.numel()
         end = min(start + chunk.numel(), numel)
         if end > start:
-            lo, hi = start // cols, (end - 1) // cols + 1
-            rows = _row_reader(name, shape, ckpt, used)(lo, hi).reshape(-1)
-            chunk.view(-1)[: end - start].copy_(rows[start - lo * cols: end - lo * cols])
+            read = _row_reader(name, shape, ckpt, used)
+            flat = chunk.view(-1)
+            step = max(1, _READ_BYTES // (cols * chunk.element_size()))  # rows per read: a bounded transient
+            first_row, last_row = start // cols, (end - 1) // cols + 1
+            for lo in range(first_row, last_row, step):
+                hi = min(lo + step, last_row)
+                a, b = max(start, lo * cols), min(end, hi * cols)  # this block's part of the chunk (flat)
+                flat[a - start: b - start].copy_(read(lo, hi).reshape(-1)[a - lo * cols: b - lo * cols])
         else:
             _row_reader(name, shape, ckpt, used)  # a rank with an empty chunk still checks the name exists
         loaded += 1

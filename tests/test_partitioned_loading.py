@@ -1,0 +1,129 @@
+"""A >= 1 GB architecture-exact checkpoint, sharded like the hub's, loaded by `aigp sft` and `aigp dpo`
+under ZeRO-3 with 2 gloo ranks: no rank's host memory grows by anything near the checkpoint's size,
+and the weights each rank ends up with (gathered) are the checkpoint's.
+
+The checkpoints keep the paper students' structure with small sizes: Qwen3-30B-A3B's (MoE in every
+layer, GQA, head_dim != hidden/heads, untied head, 8 of E experts per token, normalised top-k) and
+Qwen3.5-35B-A3B's (Gated-DeltaNet layers 3:1 with full attention, a shared expert). save_pretrained
+writes them as the hub does: per-expert tensors, ``model.safetensors.index.json`` over 100 MB shards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+GB = 1 << 30
+
+
+def _model_recipe(arch: str):
+    from aigp_train.llm.models import load_model_recipe
+
+    tiny = load_model_recipe(REPO / "recipes/models/tiny-qwen3-moe.yaml")
+    common = dict(vocab_size=1024, hidden_size=512, num_hidden_layers=16, num_key_value_heads=2, head_dim=64,
+                  num_experts=64, num_experts_per_tok=8, moe_intermediate_size=256, max_position_embeddings=4096,
+                  eos_token_id=2, pad_token_id=0)
+    if arch == "qwen3_moe":
+        paper = load_model_recipe(REPO / "recipes/models/qwen3-30b-a3b.yaml")
+        config = dict(paper.config, **common, num_attention_heads=16, intermediate_size=1024, bos_token_id=None)
+    else:
+        paper = load_model_recipe(REPO / "recipes/models/qwen3.5-35b-a3b.yaml")
+        layers = (["linear_attention"] * 3 + ["full_attention"]) * 4
+        config = dict(paper.config, **common, num_attention_heads=8, linear_num_key_heads=4, linear_num_value_heads=8,
+                      linear_key_head_dim=64, linear_value_head_dim=64, shared_expert_intermediate_size=256,
+                      layer_types=layers)
+    return dataclasses.replace(paper, name=f"reduced-{arch}", config=config, weights_path="", dtype="float32",
+                               tokenizer_path=str(REPO / tiny.tokenizer_path))
+
+
+@pytest.fixture(scope="module", params=["qwen3_moe", "qwen3_5_moe"])
+def checkpoint(request, tmp_path_factory):
+    """(folder, model recipe, facts): the checkpoint and what the loaded model must equal."""
+    from aigp_train.llm.models import build_model
+
+    arch = request.param
+    root = tmp_path_factory.mktemp(f"ckpt_{arch}")
+    recipe = _model_recipe(arch)
+    model = build_model(recipe)
+    params = dict(model.named_parameters())
+    names = list(params)
+    picks = sorted({names[0], names[-1], next(n for n in names if "experts" in n)})
+    facts = {"bytes": sum(p.numel() * p.element_size() for p in params.values()),
+             "largest_module": max(sum(p.numel() * p.element_size() for p in m.parameters(recurse=False))
+                                   for m in model.modules()),
+             "sums": {n: float(params[n].detach().double().sum()) for n in picks}}
+    model.save_pretrained(root / "ckpt", max_shard_size="100MB", safe_serialization=True)
+    del model, params
+    assert facts["bytes"] >= GB  # large enough that the bound below measures something
+    assert (root / "ckpt" / "model.safetensors.index.json").is_file()
+    assert len(list((root / "ckpt").glob("*.safetensors"))) >= 10
+    keys = json.loads((root / "ckpt" / "model.safetensors.index.json").read_text())["weight_map"]
+    assert any(".mlp.experts.0.gate_proj.weight" in k for k in keys)  # the hub's per-expert layout
+    return root / "ckpt", dataclasses.replace(recipe, weights_path=str(root / "ckpt")), facts
+
+
+def _stage_recipe(stage: str, model_recipe, root: Path) -> Path:
+    """The tiny recipe of ``stage`` (resolved) with the reduced model and a few short examples."""
+    from aigp_train.config import load_recipe, recipe_to_dict
+
+    prompt = [{"role": "system", "content": "You price products."},
+              {"role": "user", "content": "SKU 7: current discount 0.90, price 45.00. Decide."}]
+    small = ["train.max_steps=1", "checkpoint.every_steps=100", "engine.micro_batch_size=1",
+             "engine.grad_accum_steps=1", "engine.gradient_checkpointing=false"]
+    if stage == "sft":
+        from aigp_train.stages.sft import Recipe
+
+        rows = [{"messages": prompt + [{"role": "assistant", "content": 'Hold.\n{"discount_change": 0.00}'}]}] * 4
+        data = root / "sft.jsonl"
+        over = [f"data.train_path={data}", f"data.heldout_path={data}", "early_stopping.eval_every_steps=100"]
+        resolved = recipe_to_dict(load_recipe(REPO / "recipes/tiny/sft.yaml", Recipe, small + over))
+    else:
+        from aigp_train.stages.dpo import Recipe
+
+        rows = [{"pair_id": f"p{i}:0", "prompt_id": f"p{i}", "messages": prompt, "chosen": '{"discount_change": -0.05}',
+                 "rejected": '{"discount_change": 0.05}'} for i in range(4)]
+        data = root / "pairs.jsonl"
+        resolved = recipe_to_dict(load_recipe(REPO / "recipes/tiny/dpo_only.yaml", Recipe,
+                                              small + [f"data.pairs_path={data}"]))
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    resolved.update(model=dataclasses.asdict(model_recipe), output_dir=str(root / stage))
+    path = root / f"{stage}.yaml"
+    path.write_text(yaml.safe_dump(resolved, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_each_rank_loads_only_its_partition_and_the_weights_are_the_checkpoints(checkpoint, stage, tmp_path):
+    from aigp_train.train.runner import MEMORY_PROBE
+
+    folder, model_recipe, facts = checkpoint
+    recipe = _stage_recipe(stage, model_recipe, tmp_path)
+    probe = tmp_path / "probe.jsonl"
+    env = {**os.environ, MEMORY_PROBE: str(probe), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "-m", "aigp_train.cli", stage, str(recipe)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / stage / "adapter" / "adapter_model.safetensors").is_file()
+    rows = [json.loads(line) for line in probe.read_text().splitlines()]
+    assert sorted(r["rank"] for r in rows) == [0, 1]
+    # Each rank holds its half of the model, plus the largest module whole for a moment (zero.Init
+    # partitions a module once it is built), a 16 MB read and ~160 MB that does not grow with the model
+    # (measured at 1.2 GB and 1.7 GB): transformers' own ZeRO-3 path measured +2.07x the checkpoint on
+    # rank 0 and +0.97x on rank 1 (train/zero3_load.py).
+    bound = facts["bytes"] / 2 + facts["largest_module"] + 256 * (1 << 20)
+    for r in rows:
+        growth = r["peak_rss_after_build"] - r["peak_rss_before_build"]
+        assert r["partitioned"]
+        assert growth < bound and growth < 0.75 * facts["bytes"], (r["rank"], growth / facts["bytes"])
+        for name, expected in facts["sums"].items():  # gathered from the partitions, every rank alike
+            assert r["sums"][name] == pytest.approx(expected, rel=1e-9, abs=1e-9), name
