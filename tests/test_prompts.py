@@ -139,7 +139,7 @@ def test_budget_cuts_lowest_priority_first_and_never_the_state(source, recipe, t
     one_review = rebuild(n - 5)  # just over: the oldest review goes, nothing else
     cuts = one_review["context"]["cuts"]
     assert cuts["reviews_dropped"] >= 1 and cuts["kb_dropped"] == 0 and cuts["description_chars_cut"] == 0
-    newest = full["messages"][1]["content"].split(f'kind="review"')[1].split("\n- ")[1].split("\n")[0]
+    newest = full["messages"][1]["content"].split('kind="review"')[1].split("\n- ")[1].split("\n")[0]
     assert newest in one_review["messages"][1]["content"]  # newest review kept
     tight = rebuild(n - 400)
     c = tight["context"]["cuts"]

@@ -34,7 +34,6 @@ from aigp_train.pricing.ab import assign_groups
 from aigp_train.pricing.reward import milestone_reached, rewards_from_arrays, roi
 
 
-
 @dataclass
 class CohortRun:
     sku_ids: np.ndarray

@@ -149,7 +149,7 @@ def table5_markdown(rows: dict[str, dict], ablations: dict[str, dict[str, dict]]
 
 
 def judge_markdown(judge: dict[str, dict]) -> str:
-    from aigp_train.llm.judge import DIMENSIONS, DIMENSION_NAMES
+    from aigp_train.llm.judge import DIMENSION_NAMES, DIMENSIONS
 
     dims = list(DIMENSIONS)
     lines = ["| Model | " + " | ".join(DIMENSION_NAMES[d] for d in dims) + " | Total | judged | score parse failures |",

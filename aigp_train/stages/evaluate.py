@@ -27,7 +27,6 @@ Writes ``tables.json``, ``table3.md``, ``table5.md``, ``judge.md``, ``fig5a_tail
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -38,8 +37,14 @@ import pyarrow.parquet as pq
 
 from aigp_train.config import help_field
 from aigp_train.evaluate import offline
-from aigp_train.evaluate.policies import (Decisions, PriceSalesConfig, PriceSalesModel, PriceSalesPolicy,
-                                          SimulatorPolicy, contexts_from_logs)
+from aigp_train.evaluate.policies import (
+    Decisions,
+    PriceSalesConfig,
+    PriceSalesModel,
+    PriceSalesPolicy,
+    SimulatorPolicy,
+    contexts_from_logs,
+)
 from aigp_train.evaluate.stability import plot_fig5, stability_table
 from aigp_train.outputs import StageOutput, atomic_write_json, atomic_write_text
 from aigp_train.pricing import PricingConfig
