@@ -101,3 +101,18 @@ def test_cli_text_json_and_errors():
     assert no_cluster.returncode == 2 and "cluster=cluster/paper-16gpu.yaml" in no_cluster.stderr
     usage = subprocess.run(["aigp", "recipe"], capture_output=True, text=True)
     assert usage.returncode == 2 and "aigp recipe check" in usage.stderr
+
+
+def test_vllm_servability_of_the_adapter_is_checked():
+    """The paper's q/k/v/o adapter is one vLLM's qwen3_moe serves; the tiny recipe's lm_head LoRA is not
+    (it must be merged), nor a rank above the inference backend's max_lora_rank."""
+    from aigp_train.llm.recipe_check import vllm_lora_problems
+    from aigp_train.train.recipe import LoraRecipe
+
+    paper = check("recipes/paper/sft.yaml", [], "cluster/paper-16gpu.yaml", Assumptions())["lora"]
+    assert paper["vllm_servable"] and paper["vllm_problems"] == []
+    tiny = check("recipes/tiny/sft.yaml", [], "cluster/local-cpu.yaml", Assumptions())["lora"]
+    assert not tiny["vllm_servable"] and "lm_head" in tiny["vllm_problems"][0]
+    wide = LoraRecipe(rank=64, alpha=128, dropout=0.0, target_modules=["q_proj"], train_experts=False)
+    assert vllm_lora_problems("qwen3_moe", wide, 16) == ["lora.rank 64 > the backend's vllm.max_lora_rank 16"]
+    assert "no vLLM LoRA table" in vllm_lora_problems("llama", wide, None)[0]

@@ -240,6 +240,32 @@ def sft_epoch_time(facts: ModelFacts, model, cluster: ClusterSpec, a: Assumption
 # --------------------------------------------------------------------------------------------- report
 
 
+# What vLLM serves as a LoRA adapter per architecture, read from vLLM's model classes (vllm-project/vllm,
+# vllm/model_executor/models/qwen3_moe.py and qwen3_5.py: Qwen3MoeForCausalLM / Qwen3_5MoeForCausalLM
+# are SupportsLoRA; packed_modules_mapping packs q/k/v into qkv_proj; their embedding_modules name
+# embed_tokens and lm_head, which newer vLLM no longer adapts; the routed experts take LoRA through the
+# fused-MoE layer in vLLM >= 0.11). PEFT's trainable_token_indices deltas are not loaded (vLLM issue
+# #36501), nor are modules_to_save, DoRA or LoRA biases.
+VLLM_LORA_TARGETS = {
+    "qwen3_moe": {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"},
+    "qwen3_5_moe": {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                    "in_proj_qkvz", "in_proj_ba", "out_proj"},
+}
+
+
+def vllm_lora_problems(architecture: str, lora: Any, max_lora_rank: int | None) -> list[str]:
+    """Why vLLM would refuse (or silently ignore part of) this recipe's adapter; [] when it serves it."""
+    served = VLLM_LORA_TARGETS.get(architecture)
+    if served is None:
+        return [f"no vLLM LoRA table for architecture {architecture}: check vLLM's model class before serving"]
+    problems = [f"target {t} is not a module vLLM's {architecture} adapts (served: {', '.join(sorted(served))}); "
+                f"merge it into the base (aigp export --merge) or drop it"
+                for t in lora.target_modules if t not in served]
+    if max_lora_rank is not None and lora.rank > max_lora_rank:
+        problems.append(f"lora.rank {lora.rank} > the backend's vllm.max_lora_rank {max_lora_rank}")
+    return problems
+
+
 def _lora_settings(merged: dict):
     from aigp_train.train.recipe import LoraRecipe
 
@@ -302,10 +328,14 @@ def check(recipe_path: str, overrides: list[str], cluster_path: str | None, a: A
     dpo_tokens = dpo_mb * dpo_cutoff
     dpo = train_memory(facts, cfg, cluster, dpo_tokens, dpo_mb * 2 * a.dpo_action_tokens, lora.rank)
 
-    vllm_tp = None
+    vllm_tp = max_lora_rank = None
     backend = merged.get("backend")
     if isinstance(backend, dict) and isinstance(backend.get("vllm"), dict):
         vllm_tp = int(backend["vllm"]["tensor_parallel_size"])
+        max_lora_rank = backend["vllm"].get("max_lora_rank")
+    if max_lora_rank is None:  # a training recipe: the rank the nightly inference serves with
+        max_lora_rank = _merged(REPO_ROOT / "recipes/paper/infer.yaml", [])["backend"]["vllm"]["max_lora_rank"]
+    vllm_problems = vllm_lora_problems(model_recipe.architecture, lora, int(max_lora_rank))
     max_len = min(sft_cutoff, int(cfg.max_position_embeddings))
     tps = [t for t in (1, 2, 4, 8, 16) if t <= cluster.devices_per_node and cluster.devices_per_node % t == 0]
     infer_rows = [inference_memory(facts, cfg, cluster, t, max_len, a.infer_batch) for t in tps]
@@ -324,7 +354,8 @@ def check(recipe_path: str, overrides: list[str], cluster_path: str | None, a: A
         "assumptions": asdict(a),
         "lora": {"source": lora_source, "targets": list(lora.target_modules), "rank": lora.rank,
                  "modules": len(facts.lora_modules), "expert_weights_targeted": expert_targets,
-                 "train_experts": lora.train_experts, "ok": True},
+                 "train_experts": lora.train_experts, "ok": True,
+                 "vllm_servable": not vllm_problems, "vllm_problems": vllm_problems},
         "params": {**facts.counts, "trainable": facts.lora_params, "moe_blocks": facts.moe_blocks,
                    "largest_zero3_leaf": facts.largest_leaf},
         "deepspeed_crosscheck": {"full_finetune_gib_deepspeed": ds_full / GiB,
@@ -350,7 +381,10 @@ def render(r: dict) -> str:
              f"{c['peak_tflops']:g} TFLOP/s peak, {c['inter_node_gbs']:g} GB/s per GPU between nodes)", ""]
     lo = r["lora"]
     lines += [f"LoRA targets ({lo['source']}): {', '.join(lo['targets'])}, rank {lo['rank']}: {lo['modules']} modules "
-              f"found; expert weights targeted: {len(lo['expert_weights_targeted'])} -> OK", ""]
+              f"found; expert weights targeted: {len(lo['expert_weights_targeted'])} -> OK",
+              "vLLM serves this adapter: "
+              + ("yes" if lo["vllm_servable"] else "NO: " + "; ".join(lo["vllm_problems"])),
+              ""]
     lines += [f"parameters: total {p['total'] / 1e9:.2f} B, active/token {p['active'] / 1e9:.2f} B "
               f"(routed experts {p['expert'] / 1e9:.2f} B, {p['moe_blocks']} MoE blocks), trainable (LoRA) "
               f"{p['trainable'] / 1e6:.2f} M; largest ZeRO-3 leaf (one MoE block) "
