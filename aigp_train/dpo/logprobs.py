@@ -39,6 +39,8 @@ from typing import Sequence
 
 import torch
 
+from aigp_train.train.chunked_ce import target_logprobs
+
 
 @dataclass
 class PromptGroup:
@@ -238,10 +240,8 @@ def completion_logps(model: torch.nn.Module, batch: PackedBatch, router_top_k: i
     out = decoder(input_ids=batch.input_ids, attention_mask=mask, position_ids=batch.position_ids,
                   use_cache=False, **extra)
     scored = out.last_hidden_state[batch.score_row, batch.score_col]  # [M, H]: logits only where scored
-    logits = lm_head(scored)
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()                                 # log_softmax over the vocab in fp32
-    token_logps = torch.log_softmax(logits, dim=-1).gather(1, batch.score_target[:, None]).squeeze(1)
+    # a chunk of scored tokens at a time (FullSeq scores whole reasoning answers: M x 152k logits otherwise)
+    token_logps = target_logprobs(scored, lm_head, batch.score_target)
     sums = torch.zeros(batch.num_completions, dtype=token_logps.dtype, device=token_logps.device)
     sums = sums.index_add(0, batch.score_completion, token_logps)
     if router_top_k <= 0:

@@ -22,10 +22,10 @@ sequences balances differently from 8 rows of one), breaking batch 8 x GA 1 == b
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from aigp_train.sft.data import IGNORE
+from aigp_train.train.chunked_ce import target_logprobs
 
 __all__ = ["SftLoss", "sequence_load_balancing_loss", "micro_batch_loss"]
 
@@ -79,8 +79,10 @@ class SftLoss(nn.Module):
         hidden = out.last_hidden_state.reshape(-1, out.last_hidden_state.shape[-1])  # [B*L, H]
         flat_targets = targets.reshape(-1)
         where = (flat_targets != IGNORE).nonzero(as_tuple=True)[0]
-        logits = causal_lm.get_output_embeddings()(hidden.index_select(0, where))
-        ce_sum = F.cross_entropy(logits.float(), flat_targets.index_select(0, where), reduction="sum")
+        # logits a chunk of tokens at a time (train/chunked_ce.py): 8k assistant tokens x 152k vocab would be 5 GB
+        logps = target_logprobs(hidden.index_select(0, where), causal_lm.get_output_embeddings(),
+                                flat_targets.index_select(0, where))
+        ce_sum = -logps.sum()
         if is_moe and out.router_logits:
             logits_per_layer = out.router_logits
             if attention_mask is not None:  # padding tokens are routed too; they are no sequence's load
