@@ -145,6 +145,16 @@ def test_world_size_2_equals_world_size_1(runs):
         torch.testing.assert_close(wc[k], wa[k], rtol=1e-4, atol=1e-6)
 
 
+def test_two_ranks_tokenise_each_example_once(runs):
+    """Run C (2 ranks): rank 0 tokenised the train and held-out sets once each; rank 1 loaded them."""
+    log_file = runs["out"]["C"] / "tokenized" / "tokenize_log.jsonl"
+    log = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert [r["rank"] for r in log] == [0, 0]
+    assert sorted(r["file"].split("-")[0] for r in log) == ["heldout", "train"]
+    summary = json.loads((runs["out"]["C"] / "manifest.json").read_text())["summary"]
+    assert log[0]["examples"] == summary["train_examples"]
+
+
 def test_stop_and_resume_equals_uninterrupted(runs):
     assert runs["b_returncode"] == 75, runs["logs"]["B1"][-3000:]
     assert "received SIGUSR1" in runs["logs"]["B1"]

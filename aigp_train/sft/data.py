@@ -38,7 +38,7 @@ import torch
 
 from aigp_train.outputs import iter_jsonl
 
-__all__ = ["TokenizedExample", "PackedBatch", "read_chat_rows", "tokenize_chat", "tokenize_rows",
+__all__ = ["TokenizedExample", "PackedBatch", "read_chat_rows", "tokenize_chat", "tokenize_rows", "tokenize_once",
            "pack", "pad", "collate", "epoch_order", "micro_batch_indices"]
 
 IGNORE = -100
@@ -136,6 +136,53 @@ def tokenize_rows(tokenizer, rows: list[list[dict]], cutoff_len: int) -> tuple[l
         else:
             out.append(ex)
     return out, dropped
+
+
+def _tokenizer_fingerprint(tokenizer) -> str:
+    import hashlib
+
+    vocab = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(repr((vocab, tokenizer.chat_template, type(tokenizer).__name__)).encode()).hexdigest()
+
+
+def tokenize_once(tokenizer, path: str | Path, cutoff_len: int, cache_dir: str | Path, rank: int,
+                  barrier) -> tuple[list[TokenizedExample], int]:
+    """``tokenize_rows`` of the chat JSONL ``path``, computed by rank 0 only and shared through a
+    safetensors file in ``cache_dir`` (named by the data file's hash, the tokenizer and the cutoff, so a
+    changed input is never served from an old cache): on 16 ranks the 100k-example SFT set is tokenised
+    once, not 16 times. ``barrier()`` is the process group's; each rank that tokenised appends its count to
+    ``cache_dir/tokenize_log.jsonl``."""
+    import hashlib
+    import json
+    import os
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from aigp_train.outputs import file_hash, mkstemp_beside
+
+    key = hashlib.sha256(f"{file_hash(path)}:{_tokenizer_fingerprint(tokenizer)}:{cutoff_len}".encode()).hexdigest()
+    cache = Path(cache_dir) / f"{Path(path).stem}-{key[:16]}.safetensors"
+    if rank == 0 and not cache.is_file():
+        examples, dropped = tokenize_rows(tokenizer, read_chat_rows(path), cutoff_len)
+        lengths = torch.tensor([len(e.input_ids) for e in examples], dtype=torch.int64)
+        tensors = {"input_ids": torch.tensor([t for e in examples for t in e.input_ids], dtype=torch.int64),
+                   "loss_mask": torch.tensor([m for e in examples for m in e.loss_mask], dtype=torch.bool),
+                   "lengths": lengths}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = mkstemp_beside(cache)
+        os.close(fd)
+        save_file(tensors, tmp, metadata={"dropped": str(dropped), "source": str(path)})
+        os.replace(tmp, cache)  # complete or absent: another rank never reads half a file
+        with open(Path(cache_dir) / "tokenize_log.jsonl", "a") as log:
+            log.write(json.dumps({"rank": rank, "file": cache.name, "examples": len(examples)}) + "\n")
+    barrier()
+    with safe_open(str(cache), "pt") as f:
+        dropped = int(f.metadata()["dropped"])
+    t = load_file(str(cache))
+    ids, mask, ends = t["input_ids"].tolist(), t["loss_mask"].tolist(), t["lengths"].cumsum(0).tolist()
+    starts = [0] + ends[:-1]
+    return [TokenizedExample(ids[a:b], mask[a:b]) for a, b in zip(starts, ends)], dropped
 
 
 def _targets(ex: TokenizedExample) -> list[int]:

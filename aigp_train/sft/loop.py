@@ -31,7 +31,7 @@ from aigp_train.sft.data import (
     global_batch_indices,
     micro_batch_indices,
     read_chat_rows,
-    tokenize_rows,
+    tokenize_once,
 )
 from aigp_train.sft.loss import SftLoss, micro_batch_loss
 from aigp_train.train.logging import train_flops_per_token
@@ -76,10 +76,13 @@ def heldout_loss(session: TrainSession, examples: list[TokenizedExample], micro_
 def train_sft(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> dict[str, Any]:
     """Train the LoRA adapter of ``recipe`` (the ``aigp sft`` recipe); returns the run summary."""
     eng = recipe.engine
-    train_rows = read_chat_rows(recipe.data.train_path)
-    heldout_rows = read_chat_rows(recipe.data.heldout_path)
-    train, dropped_train = tokenize_rows(tokenizer, train_rows, recipe.data.cutoff_len)
-    heldout, _ = tokenize_rows(tokenizer, heldout_rows, recipe.data.cutoff_len)
+    for path in (recipe.data.train_path, recipe.data.heldout_path):
+        read_chat_rows(path)  # every rank raises on bad input alike, instead of waiting for a failed rank 0
+    # tokenised once, by rank 0, and shared through out_dir/tokenized (not once per rank)
+    cache = out_dir / "tokenized"
+    train, dropped_train = tokenize_once(tokenizer, recipe.data.train_path, recipe.data.cutoff_len, cache,
+                                         dist.rank, barrier)
+    heldout, _ = tokenize_once(tokenizer, recipe.data.heldout_path, recipe.data.cutoff_len, cache, dist.rank, barrier)
     if not heldout:
         raise ValueError(f"{recipe.data.heldout_path} has no usable example; early stopping needs a held-out set.")
     plan = StepPlan.of(len(train), eng, dist.world_size, recipe.train.epochs, recipe.train.max_steps)
