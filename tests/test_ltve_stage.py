@@ -4,6 +4,7 @@ the ``load_ltve`` scoring API other stages use; stage-level resume."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -28,8 +29,9 @@ def _ov(market, out, steps):
 @pytest.fixture(scope="module")
 def trained(tiny_market, tmp_path_factory):
     out = tmp_path_factory.mktemp("ltve")
+    env = {**os.environ, "WANDB_MODE": "offline"}
     res = subprocess.run([sys.executable, "-m", "aigp_train.cli", "ltve", TINY, *_ov(tiny_market, out, 100)],
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads(res.stdout)
     assert summary["steps"] == 100 and summary["train_transitions"] > 0
@@ -45,6 +47,9 @@ def test_stage_writes_model_metrics_manifest(trained):
     assert all(np.isfinite(r["loss_q"]) and r["loss_q"] > 0 for r in rows)
     manifest = json.loads((trained / "manifest.json").read_text())
     assert manifest["stage"] == "ltve" and manifest["rows"]["train_transitions"] > 0
+    # the losses also went to wandb (offline), as SFT and DPO log theirs
+    runs = list((trained / "wandb").glob("offline-run-*-ltve-*"))
+    assert len(runs) == 1 and any(f.stat().st_size > 0 for f in runs[0].glob("run-*.wandb")), runs
 
 
 def test_load_ltve_scores_log_rows(trained, tiny_market):

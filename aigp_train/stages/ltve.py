@@ -23,6 +23,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -41,9 +42,30 @@ from aigp_train.pricing import PricingConfig
 from aigp_train.train.signals import Preempted, PreemptionHandler
 
 # a finished run is extended by raising num_steps: it resumes from its checkpoint (aigp_train.outputs)
-RESUMABLE_CHANGES = ("train.num_steps",)
+RESUMABLE_CHANGES = ("train.num_steps", "logging")  # where the losses are sent does not change the critic
 
 META_STRINGS = ("sku_id", "category")
+
+
+@dataclass
+class LtveLogging:
+    wandb_mode: Literal["offline", "online", "disabled"] = help_field(
+        "wandb mode (WANDB_MODE in the environment overrides it)")
+    wandb_project: str = help_field("wandb project name")
+
+
+def _wandb_run(cfg: LtveLogging, out_dir: Path, config: dict):
+    """The wandb run of this output folder (one id per folder: a resumed training continues it), or None."""
+    import hashlib
+
+    mode = os.environ.get("WANDB_MODE", cfg.wandb_mode)
+    if mode == "disabled":
+        return None
+    import wandb
+
+    run_id = "ltve-" + hashlib.sha256(str(out_dir.resolve()).encode()).hexdigest()[:12]
+    return wandb.init(project=cfg.wandb_project, name=f"ltve-{out_dir.name}", id=run_id, resume="allow",
+                      dir=str(out_dir), mode=mode, config=config, reinit="finish_previous")
 
 
 @dataclass
@@ -53,6 +75,7 @@ class Recipe:
     data: DataConfig = help_field("logs, n-step horizon, split and expert mix")
     model: ModelConfig = help_field("network sizes")
     train: TrainConfig = help_field("Algorithm 1 hyperparameters and the fused trainer")
+    logging: LtveLogging = help_field("wandb beside metrics.jsonl, as aigp sft / aigp dpo log")
 
 
 def _save_transitions(path: Path, ts) -> None:
@@ -142,8 +165,12 @@ def _run(recipe: Recipe, out: StageOutput) -> dict:
     else:
         torch.manual_seed(tcfg.seed)
 
+    run = _wandb_run(recipe.logging, out.path, recipe_to_dict(recipe))
+
     def on_log(step: int, metrics: dict) -> None:
         history.append({"step": step, **metrics})
+        if run is not None and step > run.step:  # after a resume, steps already logged are not sent twice
+            run.log(metrics, step=step)
 
     def on_checkpoint(step: int) -> None:
         save_checkpoint(ckpt, trainer, td["normalizer"], ckpt_meta)
@@ -157,6 +184,8 @@ def _run(recipe: Recipe, out: StageOutput) -> dict:
                              should_stop=preemption.should_stop)
     finally:
         preemption.uninstall()
+        if run is not None:
+            run.finish()
     if trainer.step < tcfg.num_steps:
         raise Preempted(trainer.step)
     save_model(out.path / "model.safetensors", trainer.q, trainer.v, td["normalizer"], meta)
