@@ -34,6 +34,7 @@ from aigp_train.dpo.data import TokenizedPair, epoch_order, group_pairs, micro_b
 from aigp_train.dpo.logprobs import PackedBatch, completion_logps, pack_groups
 from aigp_train.dpo.loss import dpo_loss
 from aigp_train.outputs import atomic_write_jsonl, read_jsonl
+from aigp_train.progress import Progress
 from aigp_train.train.runner import StepPlan
 
 __all__ = ["DPOLossModule", "train_dpo", "micro_step", "reference_logps", "check_init_adapter"]
@@ -220,6 +221,7 @@ def train_dpo(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
     window = {"loss": 0.0, "aux": 0.0, "acc": 0.0, "margin": 0.0, "chosen": 0.0, "rejected": 0.0,
               "pairs": 0, "rows": 0, "tokens": 0}
     t_start, trained_pairs = time.perf_counter(), 0
+    progress = Progress("dpo", total_steps, "steps", start_done=step)
     while step < total_steps:
         epoch, step_in_epoch = divmod(step, per_epoch)
         order = epoch_order(pairs, eng.seed, epoch)
@@ -258,7 +260,8 @@ def train_dpo(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
                 "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                 "epoch": step / per_epoch}, global_tokens=int(sums["tokens"]))
             print0(f"[aigp] step {step}/{total_steps} loss {last['loss']:.4f} acc {last['reward_accuracy']:.2f} "
-                   f"margin {last['reward_margin']:.4f} lr {last['lr']:.2e} {last['tokens_per_s']:.0f} tok/s")
+                   f"margin {last['reward_margin']:.4f} lr {last['lr']:.2e} {last['tokens_per_s']:.0f} tok/s, "
+                   f"{progress.eta(step)}")
             window = {k: 0 if isinstance(v, int) else 0.0 for k, v in window.items()}
         session.step_end(step, loop)
 

@@ -105,7 +105,8 @@ def _write_parquet(path: Path, table: pa.Table) -> None:
 
 
 def run_inference(prompts: list[dict], backend, sampling, adapter: str | None, pricing, out_dir: str | Path,
-                  shard_size: int, wait_for_ranks_s: float = 0.0) -> InferenceResult:
+                  shard_size: int, wait_for_ranks_s: float = 0.0, label: str = "inference",
+                  window_s: float | None = None) -> InferenceResult:
     """Decisions for ``prompts`` into ``out_dir`` (resumable); returns them with parse counts.
 
     Under several ranks (RANK/WORLD_SIZE or SLURM) each rank generates its own shards and returns
@@ -119,7 +120,8 @@ def run_inference(prompts: list[dict], backend, sampling, adapter: str | None, p
     by_id = {str(p["prompt_id"]): p for p in prompts}
     if len(by_id) != len(prompts):
         raise ValueError("prompt ids repeat; each SKU must have one prompt per day.")
-    result = run_generation(build_requests(prompts, adapter), backend, sampling, gen_dir, shard_size)
+    result = run_generation(build_requests(prompts, adapter), backend, sampling, gen_dir, shard_size, label=label,
+                            window_s=window_s)
     if result.rank == 0:  # every rank's shards, each request exactly once, before a decision is returned
         wait_for_generations(gen_dir, wait_for_ranks_s if result.world_size > 1 else 0.0)
         shards = range(result.num_shards)

@@ -46,6 +46,7 @@ from typing import Callable, Sequence
 
 from aigp_train.llm.backends.base import Backend, GenerationRequest, SamplingConfig
 from aigp_train.outputs import atomic_write_json, atomic_write_jsonl, read_jsonl
+from aigp_train.progress import Progress
 
 __all__ = ["GenerationError", "GenerationResult", "rank_and_world", "run_generation", "read_generations",
            "shard_path", "wait_for_generations"]
@@ -134,8 +135,11 @@ def run_generation(
     rank: int | None = None,
     world_size: int | None = None,
     log: Callable[[str], None] | None = None,
+    label: str = "generation",
+    window_s: float | None = None,
 ) -> GenerationResult:
-    """Generate this rank's unfinished shards of ``requests`` into ``out_dir``."""
+    """Generate this rank's unfinished shards of ``requests`` into ``out_dir``. Rank 0 prints a progress
+    line (``aigp_train.progress``) over every rank's finished shards, against ``window_s`` if given."""
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}.")
     if rank is None or world_size is None:
@@ -147,6 +151,13 @@ def run_generation(
     _check_plan(out, plan)
     start = time.perf_counter()
     written, skipped, failed = [], [], []
+
+    def requests_done() -> int:  # all ranks' finished shards (a shared file system), the last one short
+        return sum(min(shard_size, len(requests) - i * shard_size)
+                   for i in range(plan["num_shards"]) if shard_path(out, i).is_file())
+
+    progress = Progress(label, len(requests), "prompts", window_s=window_s, start_done=requests_done(), log=log) \
+        if rank == 0 else None
     for index in range(rank, plan["num_shards"], world_size):
         path = shard_path(out, index)
         if path.is_file():
@@ -175,8 +186,10 @@ def run_generation(
         atomic_write_jsonl(path, rows)
         _error_path(out, index).unlink(missing_ok=True)
         written.append(index)
-        log(f"[generation] rank {rank}/{world_size}: shard {index + 1}/{plan['num_shards']} written "
-            f"({len(rows)} requests)")
+        if progress is not None:
+            progress.update(requests_done())
+    if progress is not None:
+        progress.update(requests_done(), final=True)
     if failed:
         raise GenerationError(
             f"{len(failed)} shard(s) failed on rank {rank}: {failed} (tracebacks in {out}/shard-*.error.txt); "

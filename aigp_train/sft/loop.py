@@ -23,6 +23,7 @@ import torch
 
 from aigp_train.config import recipe_to_dict
 from aigp_train.distributed.dist import DistInfo, all_reduce_sum, any_rank, barrier, print0
+from aigp_train.progress import Progress
 from aigp_train.sft.data import (
     PackedBatch,
     TokenizedExample,
@@ -108,6 +109,7 @@ def train_sft(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
     last: dict[str, float] = {}
     window = {"ce": 0.0, "aux": 0.0, "tokens": 0, "seqs": 0, "all_tokens": 0}
     t_start = time.perf_counter()
+    progress = Progress("sft", total_steps, "steps", start_done=step)
     trained_tokens = 0
 
     def evaluate() -> None:
@@ -156,7 +158,7 @@ def train_sft(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
                 "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                 "epoch": step / per_epoch}, global_tokens=window["all_tokens"])
             print0(f"[aigp] step {step}/{total_steps} loss {last['loss']:.4f} aux {last['aux_loss']:.4f} "
-                   f"lr {last['lr']:.2e} {last['tokens_per_s']:.0f} tok/s mfu {last['mfu']:.2%}")
+                   f"lr {last['lr']:.2e} {last['tokens_per_s']:.0f} tok/s mfu {last['mfu']:.2%}, {progress.eta(step)}")
             window = {"ce": 0.0, "aux": 0.0, "tokens": 0, "seqs": 0, "all_tokens": 0}
         if es.eval_every_steps > 0 and step % es.eval_every_steps == 0 and step < total_steps:
             evaluate()

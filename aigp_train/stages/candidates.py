@@ -125,7 +125,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
                                   adapter=adapter) for p in prompts]
     backend = make_backend(backend_with_pricing(recipe.backend, recipe.pricing), recipe.model, recipe.pricing)
     gen_dir = out.path / "generations"
-    result = run_generation(requests, backend, recipe.sampling, gen_dir, recipe.shard_size)
+    result = run_generation(requests, backend, recipe.sampling, gen_dir, recipe.shard_size, label="candidates")
     rank, world = rank_and_world()
     if rank != 0:  # every rank generated its shards; rank 0 scores once all are written
         return {"summary": {"rank": rank, "shards_written": len(result.written)}}

@@ -40,6 +40,7 @@ class Recipe:
     adapter: str | None = help_field("LoRA adapter folder (PEFT); null = the base model")
     shard_size: int = help_field("SKUs per atomically written shard (the unit of resume)")
     wait_for_ranks_s: float = help_field("rank 0 waits this long for other ranks' shards before writing the manifest")
+    window_hours: float = help_field("the nightly window the progress line projects the finish against (App. B.3)")
     prompt_recipe: str = help_field("the aigp prompts recipe whose prompt: block builds these prompts "
                                     "(same as training)")
     model: ModelRecipe = help_field("the deployed model")
@@ -81,7 +82,8 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     prompts = night_prompts(recipe)
     backend = make_backend(backend_with_pricing(recipe.backend, recipe.pricing), recipe.model, recipe.pricing)
     result = run_inference(prompts, backend, recipe.sampling, recipe.adapter, recipe.pricing, out.path,
-                           recipe.shard_size, recipe.wait_for_ranks_s)
+                           recipe.shard_size, recipe.wait_for_ranks_s, label="infer",
+                           window_s=3600.0 * recipe.window_hours)
     if result.rank != 0:
         return {"summary": {"rank": result.rank, "shards_written": result.num_shards_written}}
     stats = result.parse_summary()

@@ -144,7 +144,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     requests = JudgeRequests(to_judge)
     backend = make_backend(backend_with_pricing(recipe.backend, recipe.pricing), recipe.model, recipe.pricing)
     verdict_dir = out.path / "verdicts"
-    result = run_generation(requests, backend, recipe.sampling, verdict_dir, recipe.shard_size)
+    result = run_generation(requests, backend, recipe.sampling, verdict_dir, recipe.shard_size, label="judge")
     rank, world = rank_and_world()
     if rank != 0:
         return {"summary": {"rank": rank, "shards_written": len(result.written)}}

@@ -39,6 +39,7 @@ from aigp_train.ltve.trainer import FusedLTVETrainer, intra_op_threads, resolve_
 from aigp_train.ltve.transitions import build_transitions, q_bounds_from_rewards
 from aigp_train.outputs import StageOutput, atomic_write_bytes, atomic_write_jsonl, read_jsonl
 from aigp_train.pricing import PricingConfig
+from aigp_train.progress import Progress
 from aigp_train.train.signals import Preempted, PreemptionHandler
 
 # a finished run is extended by raising num_steps: it resumes from its checkpoint (aigp_train.outputs)
@@ -166,9 +167,11 @@ def _run(recipe: Recipe, out: StageOutput) -> dict:
         torch.manual_seed(tcfg.seed)
 
     run = _wandb_run(recipe.logging, out.path, recipe_to_dict(recipe))
+    progress = Progress("ltve", tcfg.num_steps, "updates", start_done=trainer.step)
 
     def on_log(step: int, metrics: dict) -> None:
         history.append({"step": step, **metrics})
+        progress.update(step, final=step >= tcfg.num_steps)
         if run is not None and step > run.step:  # after a resume, steps already logged are not sent twice
             run.log(metrics, step=step)
 

@@ -57,7 +57,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
         def extra(req: GenerationRequest) -> dict:
             return {"stand_in_defects": backend.defects(req, recipe.sampling)}
     responses = out.path / "responses"
-    result = run_generation(requests, backend, recipe.sampling, responses, recipe.shard_size, extra)
+    result = run_generation(requests, backend, recipe.sampling, responses, recipe.shard_size, extra, label="teacher")
     rank, world = rank_and_world()
     if rank != 0:
         return {"summary": {"rank": rank, "shards_written": len(result.written)}}
