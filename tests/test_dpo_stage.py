@@ -218,3 +218,26 @@ def test_resume_from_checkpoint_equals_uninterrupted(runs, tmp_path):
     wb = load_file(str(out / "adapter" / "adapter_model.safetensors"))
     for k in wa:
         assert torch.allclose(wa[k], wb[k], atol=1e-6), k
+
+
+def test_fullseq_end_to_end_scores_whole_reasoning_answers(tiny_dpo_chain, tiny_prompts, tiny_market, tmp_path):
+    """Table 1's FullSeq (paper §4.4.4) at tiny size through its own recipes: candidates in full (CoT) mode,
+    pairs, then DPO on the complete answers: every pair fits the FullSeq cutoff (the full prompts' one,
+    not the [ACT_ONLY] one) and eq. 8 sums over the whole answer, not just the action."""
+    from aigp_train.cli import run_stage
+
+    cands, pairs, dpo = tmp_path / "cands", tmp_path / "pairs", tmp_path / "dpo"
+    run_stage("candidates", "recipes/tiny/candidates_fullseq.yaml",
+              [f"output_dir={cands}", f"prompts_dir={tiny_prompts}", f"market_dir={tiny_market}",
+               f"ltve_path={tiny_dpo_chain['ltve']}", "adapter=''", "max_prompts=12", "shard_size=6",
+               "backend.kind=scripted"])  # the stand-in's reasoning answers, for speed
+    stats = run_stage("pairs", "recipes/tiny/pairs_fullseq.yaml",
+                      [f"output_dir={pairs}", f"candidates_dir={cands}", "truth.market_dir=null"])["summary"]
+    assert stats["pairs"] >= 4
+    row = json.loads((pairs / "pairs.jsonl").read_text().splitlines()[0])
+    assert "Conclusion:" in row["chosen"] and row["chosen"].rstrip().endswith("}")  # reasoning, then the action
+    summary = run_stage("dpo", "recipes/tiny/dpo_fullseq.yaml",
+                        [f"output_dir={dpo}", f"data.pairs_path={pairs / 'pairs.jsonl'}", "train.init_adapter=''",
+                         "train.max_steps=2", "checkpoint.every_steps=100"])["summary"]
+    assert summary["pairs_over_cutoff"] == 0 and summary["loss_scope"] == "completion"
+    assert summary["scored_tokens_per_completion"] > 100  # the whole answer is scored ([ACT_ONLY]: ~10 tokens)
