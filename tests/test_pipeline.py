@@ -97,6 +97,31 @@ steps:
     assert set(steps) == {"first", "second"} and "first" in steps["second"]["upstream"]
 
 
+def test_a_stale_steps_folder_keeps_another_steps_nested_output(tmp_path, monkeypatch, capfd):
+    """The main job writes the LTVE step's output inside ltve-eval's folder: when the outer step is rerun,
+    the inner step's finished output stays in place (it was moved aside with the outer folder, retrained
+    there and so looked changed on every later run: each rerun redid both)."""
+    recipe = _write(tmp_path, f"""
+output_dir: {tmp_path}/report
+run_root: {tmp_path}
+steps:
+  inner: {{stage: simulate, recipe: recipes/tiny/market.yaml, nproc_per_node: 1,
+           overrides: ["output_dir={{run}}/outer/inner", "num_skus=40", "logging.skus_per_part=40"]}}
+  outer: {{stage: simulate, recipe: recipes/tiny/market.yaml, nproc_per_node: 1,
+           overrides: ["output_dir={{run}}/outer", "num_skus=40", "logging.skus_per_part=40", "seed=3"]}}
+""")
+    monkeypatch.chdir(REPO)
+    run_stage("pipeline", recipe, [], force=True)
+    inner = _sha(tmp_path / "outer" / "inner" / "manifest.json")
+    new_outer = "steps.outer.overrides=['output_dir={run}/outer','num_skus=40','logging.skus_per_part=40','seed=4']"
+    run_stage("pipeline", recipe, [new_outer], force=True)
+    assert "step 'outer'" in capfd.readouterr().err
+    assert _sha(tmp_path / "outer" / "inner" / "manifest.json") == inner  # kept, not moved aside
+    assert not (tmp_path / "outer.stale" / "inner").exists()
+    run_stage("pipeline", recipe, [new_outer], force=True)
+    assert capfd.readouterr().err.count("(finished before: skip)") == 2  # the next run reruns nothing
+
+
 @pytest.mark.slow
 def test_ci_pipeline_end_to_end(tmp_path):
     """recipes/tiny/pipeline-ci.yaml: simulate -> ... -> dpo -> evaluate -> abtest -> report.md."""

@@ -147,6 +147,16 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
             aside = Path(f"{output_dir}.stale")
             shutil.rmtree(aside, ignore_errors=True)
             os.replace(output_dir, aside)
+            # Another step's output inside this folder (the LTVE step writes ltve-eval's n=3 run) stays where
+            # its step recorded it: moved aside with this folder, it would be retrained here and look changed
+            # to that step on every later run, so every rerun would redo both.
+            for other, other_recipe in stage_recipes.items():
+                nested = Path(other_recipe.output_dir)
+                if other != step_id and nested != Path(output_dir) and Path(output_dir) in nested.parents:
+                    moved = aside / nested.relative_to(output_dir)
+                    if moved.is_dir():
+                        nested.parent.mkdir(parents=True, exist_ok=True)
+                        os.replace(moved, nested)
         started = time.time()
         proc = subprocess.run(_command(step, overrides, force=False))
         timings[step_id] = round(time.time() - started, 1)
