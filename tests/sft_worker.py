@@ -67,8 +67,12 @@ def main():
     base_same = all(torch.equal(base_now[n], fresh[n].detach()) for n in fresh)
     lora_moved = max((with_aux[n] - initial[n]).abs().max().item() for n in initial)
     aux_effect = max((with_aux[n] - without_aux[n]).abs().max().item() for n in initial)
-    print(json.dumps({"rank": dist.rank, "base_unchanged": base_same, "lora_max_change": lora_moved,
-                      "aux_effect": aux_effect, "num_base": len(fresh)}), flush=True)
+    line = json.dumps({"rank": dist.rank, "base_unchanged": base_same, "lora_max_change": lora_moved,
+                       "aux_effect": aux_effect, "num_base": len(fresh)}) + "\n"
+    # one write() of the whole line: both ranks share the pipe, and unbuffered print() writes the text and
+    # its newline separately, so two ranks' lines could interleave ("Extra data" in the parent's json.loads)
+    sys.stdout.write(line)
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":
