@@ -23,6 +23,9 @@ class DataConfig:
     expert_fraction: float = help_field("share of expert transitions in the training mix (rest non-expert)")
     max_transitions: Optional[int] = help_field("cap on training transitions after the mix (null: all)")
     seed: int = help_field("seed of the expert/non-expert subsampling")
+    action_features: list[str] = help_field(
+        "critic-input columns of the action, first 'a_scaled' (= a/max_step, the paper's [s, a]); the others of "
+        "aigp_train.ltve.action_features.ACTION_FEATURES")
 
 
 @dataclass

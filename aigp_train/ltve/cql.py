@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from aigp_train.ltve.action_features import ActionFeatures
 from aigp_train.ltve.config import CQLConfig, TrainConfig
 from aigp_train.ltve.ensemble import ensemble_forward
 from aigp_train.ltve.trainer import FusedLTVETrainer
@@ -34,21 +35,23 @@ def safe_grid_mask(grid: torch.Tensor, d_prev: torch.Tensor, pricing) -> torch.T
 
 class CQLTrainer(FusedLTVETrainer):
     def __init__(self, data: torch.Tensor, state_dim: int, cfg: TrainConfig, cql: CQLConfig, hidden_sizes: list[int],
-                 q_bounds: tuple[float, float], pricing, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32):
-        super().__init__(data, state_dim, cfg, hidden_sizes, q_bounds, device=device, dtype=dtype)
+                 q_bounds: tuple[float, float], pricing, action_features: ActionFeatures,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        super().__init__(data, state_dim, cfg, hidden_sizes, q_bounds, device=device, dtype=dtype,
+                         action_dim=action_features.dim)
         if cql.alpha < 0:
             raise ValueError(f"cql.alpha must be >= 0, got {cql.alpha}.")
         k = int(round(2 * pricing.max_step / cql.grid_step))
         self.grid = torch.linspace(-pricing.max_step, pricing.max_step, k + 1, device=self.device, dtype=dtype)
         self.alpha = cql.alpha
         self.pricing = pricing
+        self.action_features = action_features
 
     def _grid_values(self, params: dict, s: torch.Tensor) -> torch.Tensor:
         """Q of every member at every grid action: [E, B, K]."""
         b, k = s.shape[0], self.grid.numel()
-        a = (self.grid / self.pricing.max_step).repeat(b)[:, None]
-        sa = torch.cat([s.repeat_interleave(k, 0), a], 1)
+        s_rep = s.repeat_interleave(k, 0)
+        sa = torch.cat([s_rep, self.action_features(s_rep, self.grid.repeat(b))], 1)
         return ensemble_forward(params, sa).reshape(-1, b, k)
 
     def _update(self) -> None:

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     td = load_transitions(ltve_dir)
-    cols = Columns(len(td["feature_names"]))
+    cols = Columns.of(td)
     h, m = td["heldout"], td["heldout_meta"]
     model = load_ltve(ltve_dir)
     sim = MarketSimulator(load_recipe(market / "recipe.yaml", MarketRecipe))

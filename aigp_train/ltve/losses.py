@@ -9,9 +9,9 @@ network outputs, returning the gradient w.r.t. those outputs in closed form: the
 trainer back-propagates it by hand (``ensemble.ensemble_backward``) instead of through an
 autograd graph.
 
-Batch layout (one row per transition, see ``transitions.TransitionColumns``):
-``sa = [s_t (F, normalised), a_t / max_step]`` is one contiguous slice, so the
-critic input is a view, not a concatenation.
+Batch layout (one row per transition, see ``layout.Columns``):
+``sa = [s_t (F, normalised), x(s_t, a_t)]`` (the action features, first a_t / max_step) is one
+contiguous slice, so the critic input is a view, not a concatenation.
 """
 
 from __future__ import annotations

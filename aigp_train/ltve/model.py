@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from aigp_train.ltve.action_features import PAPER_ACTION_FEATURES, ActionFeatures
 from aigp_train.ltve.checkpoint import read_model
 from aigp_train.ltve.ensemble import ensemble_forward
 from aigp_train.ltve.features import Normalizer, state_features
@@ -29,6 +30,9 @@ class LTVE:
         self.gmv_tier: dict[str, float] = dict(meta["gmv_tier"])
         self.feature_names: list[str] = list(meta["feature_names"])
         self.max_step: float = float(meta["max_step"])
+        # a model file without the record was trained on [s, a/max_step] (the paper's input)
+        self.action_features = ActionFeatures(meta.get("action_features", PAPER_ACTION_FEATURES), self.feature_names,
+                                              normalizer.mean, normalizer.std, self.max_step)
 
     @property
     def state_dim(self) -> int:
@@ -64,7 +68,8 @@ class LTVE:
         if a2.shape[0] != s.shape[0]:
             raise ValueError(f"{s.shape[0]} states but actions of shape {tuple(a.shape)}; need [N] or [N, K].")
         n, k = a2.shape
-        sa = torch.cat([s.repeat_interleave(k, 0), (a2.reshape(-1, 1) / self.max_step)], 1)
+        s_rep = s.repeat_interleave(k, 0)
+        sa = torch.cat([s_rep, self.action_features(s_rep, a2.reshape(-1))], 1)
         out = torch.cat([ensemble_forward(self.q_params, sa[i:i + batch_size])
                          for i in range(0, len(sa), batch_size)], 1) if len(sa) else torch.zeros(2, 0)
         out = out.reshape(2, n, k)

@@ -13,7 +13,7 @@ What "fused" means here, and why each piece is there:
   Triton kernels' ``*_grad`` entry points) and ``ensemble_backward`` propagates it
   by hand (ReLU masks from the kept activations, one ``bmm`` per weight gradient for all
   members, no input gradient). Tested against autograd and a float64 Algorithm 1.
-* **Dataset resident on the device**, one contiguous ``[N, 2F+6]`` tensor (``layout.py``),
+* **Dataset resident on the device**, one contiguous ``[N, 2F+A+5]`` tensor (``layout.py``),
   sampled there with ``torch.randint`` on a device ``Generator`` and ``index_select``: no
   host-side indexing, no host-to-device copy per step.
 * **No host sync per step**: losses and value means are added into a device tensor and read
@@ -73,14 +73,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def update_flops(state_dim: int, hidden_sizes: list[int], batch: int) -> int:
+def update_flops(state_dim: int, hidden_sizes: list[int], batch: int, action_dim: int = 1) -> int:
     """FLOPs of one update: forward = 1x, backward = 2x of the matmuls.
 
     target Q (2 members, fwd) + V(s) (fwd+bwd) + V(s') (fwd) + Q (2 members, fwd+bwd).
     The first layer's input gradient is not needed (inputs are data), so its backward is
     1x, not 2x; we count it as 2x, a slight overcount that flatters nobody.
     """
-    q = ensemble_flops(2, state_dim + 1, hidden_sizes, batch)
+    q = ensemble_flops(2, state_dim + action_dim, hidden_sizes, batch)
     v = ensemble_flops(1, state_dim, hidden_sizes, batch)
     return q + 3 * v + v + 3 * q
 
@@ -119,11 +119,12 @@ class FusedAdam:
 class FusedLTVETrainer:
     def __init__(self, data: torch.Tensor, state_dim: int, cfg: TrainConfig, hidden_sizes: list[int],
                  q_bounds: tuple[float, float], device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32):
+                 dtype: torch.dtype = torch.float32, action_dim: int = 1):
         self.device = torch.device(device)
-        self.cols = Columns(state_dim)
+        self.cols = Columns(state_dim, action_dim)
         if data.dim() != 2 or data.shape[1] != self.cols.width:
             raise ValueError(f"transition tensor must be [N, {self.cols.width}] for state_dim={state_dim}, "
+                             f"action_dim={action_dim}, "
                              f"got {tuple(data.shape)}; build it with aigp_train.ltve.transitions.")
         if data.shape[0] == 0:
             raise ValueError("no training transitions: check data.logs_dir and data.heldout_fraction.")
@@ -134,7 +135,7 @@ class FusedLTVETrainer:
         self.dtype = dtype
 
         init_gen = torch.Generator().manual_seed(cfg.seed)
-        q = init_ensemble(2, state_dim + 1, hidden_sizes, init_gen, dtype, self.device)
+        q = init_ensemble(2, state_dim + action_dim, hidden_sizes, init_gen, dtype, self.device)
         self.v = init_ensemble(1, state_dim, hidden_sizes, init_gen, dtype, self.device)
         # [Q1, Q2, Qbar1, Qbar2] per layer; line 5: phi_bar <- phi
         self.q_and_target = {k: torch.cat([t, t]) for k, t in q.items()}

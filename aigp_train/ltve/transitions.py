@@ -21,7 +21,8 @@ Pipeline (two streaming passes over ``logs/part-*.parquet``, never the whole tab
    A trajectory cut short by the end of the logs (not terminal, next state unknown) yields
    only its complete windows.
 5. **Normalisation** statistics on the training states only, applied to both splits and saved
-   with the model.
+   with the model; then the action features ``x(s_t, a_t)`` of the logged actions
+   (``action_features.py``, ``data.action_features``) from the normalised states.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import torch
 
 from aigp_train.evaluate.metrics import forward_window
+from aigp_train.ltve.action_features import ActionFeatures
 from aigp_train.ltve.config import DataConfig
 from aigp_train.ltve.features import READ_COLUMNS, Normalizer, feature_names, state_features
 from aigp_train.ltve.layout import Columns
@@ -108,6 +111,7 @@ def q_bounds_from_rewards(r_min: float, r_max: float, gamma: float) -> tuple[flo
 class TransitionSet:
     cols: Columns
     feature_names: list[str]
+    action_features: list[str]
     categories: list[str]
     gmv_tier: dict[str, float]
     normalizer: Normalizer
@@ -186,7 +190,7 @@ def build_transitions(cfg: DataConfig, pricing: PricingConfig) -> TransitionSet:
 
     # pass 2: features, rewards, n-step windows, chunk by chunk
     F = len(feature_names(categories))
-    cols = Columns(F)
+    cols = Columns(F, len(cfg.action_features))
     out = {"train": [], "heldout": []}
     meta: dict[str, list] = {k: [] for k in ("sku_id", "category", "day", "is_expert", "gmv_7", "gmv_14",
                                              "roi_7", "roi_14", "milestone")}
@@ -212,7 +216,6 @@ def build_transitions(cfg: DataConfig, pricing: PricingConfig) -> TransitionSet:
         d_prev = chunk.column("discount_prev").to_numpy().astype(np.float64)
         block = np.zeros((chunk.num_rows, cols.width), dtype=np.float32)
         block[:, cols.s] = feats
-        block[:, cols.a_scaled] = action / pricing.max_step
         block[:, cols.ret] = ret
         block[:, cols.boot] = boot
         has_next = nxt >= 0
@@ -246,15 +249,20 @@ def build_transitions(cfg: DataConfig, pricing: PricingConfig) -> TransitionSet:
         keep = np.sort(np.random.default_rng(cfg.seed).choice(len(train), cfg.max_transitions, replace=False))
         train = train[keep]
     normalizer = Normalizer.fit(train[:, cols.s])
+    action_features = ActionFeatures(cfg.action_features, feature_names(categories), normalizer.mean, normalizer.std,
+                                     pricing.max_step)
     for arr in (train, heldout):
         arr[:, cols.s] = normalizer(arr[:, cols.s])
         has_next = arr[:, cols.boot] > 0
         arr[has_next, cols.s_next] = normalizer(arr[has_next, cols.s_next])
+        x = action_features(torch.from_numpy(arr[:, cols.s]), torch.from_numpy(arr[:, cols.action]))
+        arr[:, cols.x] = x.numpy()
     heldout_meta = {k: np.concatenate(v) for k, v in meta.items()}
     counts = {"train_transitions": int(len(train)), "heldout_transitions": int(len(heldout)),
               "train_skus": int(len(mixed_ids)), "train_expert_skus": n_exp, "heldout_skus": int(len(heldout_ids)),
               "train_terminal": int((train[:, cols.boot] == 0).sum())}
-    return TransitionSet(cols=cols, feature_names=feature_names(categories), categories=categories, gmv_tier=gmv_tier,
+    return TransitionSet(cols=cols, feature_names=feature_names(categories), action_features=list(cfg.action_features),
+                         categories=categories, gmv_tier=gmv_tier,
                          normalizer=normalizer, references=references, train=train, heldout=heldout,
                          heldout_meta=heldout_meta, reward_range=(r_lo, r_hi), cutoff_date=cutoff, counts=counts)
 

@@ -86,7 +86,8 @@ def _save_transitions(path: Path, ts) -> None:
         if k in META_STRINGS:
             continue
         arrays[f"meta.{k}"] = np.ascontiguousarray(v.astype(np.float64))
-    header = {"feature_names": ts.feature_names, "categories": ts.categories, "gmv_tier": ts.gmv_tier,
+    header = {"feature_names": ts.feature_names, "action_features": ts.action_features,
+              "categories": ts.categories, "gmv_tier": ts.gmv_tier,
               "reward_range": list(ts.reward_range), "cutoff_date": ts.cutoff_date, "counts": ts.counts,
               **{f"meta.{k}": ts.heldout_meta[k].tolist() for k in META_STRINGS}}
     # straight to a temp file and renamed (atomic), never a second in-memory copy of 5M rows
@@ -111,7 +112,8 @@ def load_transitions(folder: str | Path) -> dict:
 
 
 def model_meta(recipe: Recipe, ts_header: dict, q_bounds: tuple[float, float]) -> dict:
-    return {"feature_names": ts_header["feature_names"], "categories": ts_header["categories"],
+    return {"feature_names": ts_header["feature_names"], "action_features": ts_header["action_features"],
+            "categories": ts_header["categories"],
             "gmv_tier": ts_header["gmv_tier"], "hidden_sizes": list(recipe.model.hidden_sizes),
             "max_step": recipe.pricing.max_step, "gamma": recipe.data.gamma, "n_step": recipe.data.n_step,
             "q_min": q_bounds[0], "q_max": q_bounds[1], "expectile": recipe.train.expectile}
@@ -150,9 +152,9 @@ def _run(recipe: Recipe, out: StageOutput) -> dict:
     q_bounds = resolve_q_bounds(recipe, tuple(td["reward_range"]))
     meta = model_meta(recipe, td, q_bounds)
     device = resolve_device(tcfg.device)
-    cols = Columns(len(td["feature_names"]))
+    cols = Columns.of(td)
     trainer = FusedLTVETrainer(torch.from_numpy(td["train"]), cols.state_dim, tcfg, recipe.model.hidden_sizes,
-                               q_bounds, device=device)
+                               q_bounds, device=device, action_dim=cols.action_dim)
     ckpt = out.path / "checkpoint.safetensors"
     # num_steps is left out: a finished run can be extended by raising it (it resumes)
     ckpt_meta = {**meta, "train": {k: v for k, v in recipe_to_dict(tcfg).items() if k != "num_steps"},

@@ -24,6 +24,7 @@ import torch
 
 from aigp_train.config import help_field, load_recipe
 from aigp_train.ltve import evaluate as ev
+from aigp_train.ltve.action_features import ActionFeatures
 from aigp_train.ltve.checkpoint import save_model
 from aigp_train.ltve.config import CQLConfig
 from aigp_train.ltve.cql import CQLTrainer
@@ -76,8 +77,10 @@ def _train_cql(recipe: Recipe, ltve_dir: Path, out_dir: Path) -> None:
     td = ltve_stage.load_transitions(ltve_dir)
     bounds = ltve_stage.resolve_q_bounds(lrec, tuple(td["reward_range"]))
     with intra_op_threads(lrec.train.cpu_threads):
+        action_features = ActionFeatures(td["action_features"], td["feature_names"], td["normalizer"].mean,
+                                         td["normalizer"].std, recipe.pricing.max_step)
         trainer = CQLTrainer(torch.from_numpy(td["train"]), len(td["feature_names"]), lrec.train, recipe.cql,
-                             lrec.model.hidden_sizes, bounds, recipe.pricing,
+                             lrec.model.hidden_sizes, bounds, recipe.pricing, action_features,
                              device=ltve_stage.resolve_device(lrec.train.device))
         trainer.train(recipe.cql.num_steps)
     meta = ltve_stage.model_meta(lrec, td, bounds)
@@ -111,7 +114,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
 
     def heldout(folder: Path):
         td = ltve_stage.load_transitions(folder)
-        cols = Columns(len(td["feature_names"]))
+        cols = Columns.of(td)
         h, m = td["heldout"], td["heldout_meta"]
         return td, cols, h, m
 
