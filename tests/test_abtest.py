@@ -78,8 +78,8 @@ def test_llm_groups_see_the_cohorts_own_history(tiny_market, sim):
     from aigp_train.config import load_recipe
     from aigp_train.evaluate.abtest import CohortSource, llm_prompt_builder
     from aigp_train.evaluate.policies import take
-    from aigp_train.llm.prompts import MarketSource
     from aigp_train.llm.tokenizer import load_tokenizer
+    from aigp_train.market.prompt_source import MarketSource
     from aigp_train.stages import infer
 
     inf = load_recipe(REPO / "recipes/tiny/infer.yaml", infer.Recipe, [f"market_dir={tiny_market}"])

@@ -83,7 +83,7 @@ def test_text_tables_refuse_user_level_columns(market, table, name):
 
 def test_text_tables_are_checked_where_the_toolkit_reads_them(market):
     """The prompts read reviews through MarketSource: a user_id column there stops it, naming the file."""
-    from aigp_train.llm.prompts import MarketSource
+    from aigp_train.market.prompt_source import MarketSource
 
     _append(market / "text" / "reviews.parquet", "user_id", "jane@example.com")
     with pytest.raises(LogSchemaError, match=r"reviews\.parquet: column 'user_id' is user-level"):

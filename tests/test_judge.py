@@ -13,7 +13,8 @@ from aigp_train.llm.judge import (
     keep_response,
     parse_scores,
 )
-from aigp_train.llm.prompts import PromptConfig, build_state, price_sales_prediction
+from aigp_train.llm.prompts import PromptConfig
+from aigp_train.market.prompt_source import build_state, price_sales_prediction
 from aigp_train.pricing import load_pricing_config
 
 PRICING = load_pricing_config()

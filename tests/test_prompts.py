@@ -13,17 +13,16 @@ from aigp_train.config import load_recipe
 from aigp_train.llm.judge import JudgeChecksConfig, deterministic_checks
 from aigp_train.llm.prompts import (
     UNTRUSTED_TAG,
-    MarketSource,
     PromptBudgetError,
     PromptContext,
     build_prompt,
     count_prompt_tokens,
-    estimate_elasticities,
     fit_to_budget,
     read_prompts,
-    sanitize_untrusted,
 )
 from aigp_train.llm.tokenizer import ACT_ONLY, EOS_TOKEN, IM_START, load_tokenizer
+from aigp_train.llm.untrusted import sanitize_untrusted
+from aigp_train.market.prompt_source import MarketSource, estimate_elasticities
 from aigp_train.pricing import in_a_safe, parse_action
 
 from tests.conftest import REPO
@@ -311,7 +310,7 @@ def test_bad_selection_and_variant_errors_name_the_fix(tiny_market, tmp_path):
 
 
 def test_docs_list_every_state_field():
-    from aigp_train.llm.prompts import STATE_FIELDS
+    from aigp_train.llm.state_fields import STATE_FIELDS
 
     doc = (REPO / "docs" / "prompts.md").read_text()
     missing = [f.key for f in STATE_FIELDS if f"`{f.key}`" not in doc]

@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 
 from aigp_train.config import load_recipe
 from aigp_train.llm.judge import judge_messages
-from aigp_train.llm.prompts import UNTRUSTED_TAG, MarketSource, PromptContext, build_messages, build_prompt
+from aigp_train.llm.prompts import UNTRUSTED_TAG, PromptContext, build_messages, build_prompt
 from aigp_train.llm.tokenizer import ACT_ONLY, IM_START, load_tokenizer
 from aigp_train.llm.untrusted import neutralise, sanitize_untrusted, scrub_contacts
+from aigp_train.market.prompt_source import MarketSource
 
 from tests.conftest import REPO
 

@@ -29,16 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aigp_train.config import help_field
-from aigp_train.llm.prompts import (
-    DIRECTION_SIGNS,
-    STATE_FIELDS,
-    direction_of,
-    field_tolerance,
-    format_field,
-    parse_field_value,
-    quote_pattern,
-)
+from aigp_train.llm.state_fields import STATE_FIELDS, field_tolerance, format_field, parse_field_value, quote_pattern
 from aigp_train.llm.untrusted import neutralise
+from aigp_train.pricing.direction import DIRECTION_SIGNS, direction_of
 from aigp_train.pricing.parse import json_objects
 
 __all__ = [

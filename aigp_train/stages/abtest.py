@@ -93,8 +93,8 @@ def _policies(recipe: Recipe, sim, out: StageOutput):
     if llm_groups:
         from aigp_train.config import load_recipe
         from aigp_train.llm.backends import make_backend
-        from aigp_train.llm.prompts import MarketSource
         from aigp_train.llm.tokenizer import load_tokenizer
+        from aigp_train.market.prompt_source import MarketSource
         from aigp_train.stages import infer
         from aigp_train.stages.teacher import backend_with_pricing
 

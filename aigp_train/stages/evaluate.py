@@ -144,8 +144,8 @@ class _LLMSide:
     def __init__(self, recipe: Recipe, out: StageOutput, cutoff_date: int):
         from aigp_train.config import load_recipe
         from aigp_train.llm.backends import make_backend
-        from aigp_train.llm.prompts import MarketSource
         from aigp_train.llm.tokenizer import load_tokenizer
+        from aigp_train.market.prompt_source import MarketSource
         from aigp_train.stages import infer, judge
         from aigp_train.stages.teacher import backend_with_pricing
 

@@ -24,7 +24,8 @@ from aigp_train.config import help_field
 from aigp_train.evaluate.infer import run_inference
 from aigp_train.llm.backends import BackendConfig, SamplingConfig, make_backend
 from aigp_train.llm.models import ModelRecipe
-from aigp_train.llm.prompts import MarketSource, PromptConfig, build_prompt
+from aigp_train.llm.prompts import PromptConfig, build_prompt
+from aigp_train.market.prompt_source import MarketSource
 from aigp_train.outputs import StageOutput
 from aigp_train.pricing import PricingConfig
 from aigp_train.stages.teacher import backend_with_pricing

@@ -28,7 +28,8 @@ from typing import Literal
 from aigp_train.config import help_field
 from aigp_train.llm.generation import rank_and_world
 from aigp_train.llm.models import ModelRecipe
-from aigp_train.llm.prompts import MarketSource, PromptConfig, build_prompt
+from aigp_train.llm.prompts import PromptConfig, build_prompt
+from aigp_train.market.prompt_source import MarketSource
 from aigp_train.outputs import StageOutput, atomic_write_json, atomic_write_jsonl
 from aigp_train.pricing import PricingConfig
 

@@ -71,6 +71,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from aigp_train.config import RecipeError, help_field
 from aigp_train.llm.backends.base import GenerationRequest, SamplingConfig
+from aigp_train.llm.prompts import COMPACT_TASK
+from aigp_train.llm.state_fields import FIELD_BY_KEY, STATE_FIELDS, field_tolerance, format_field, quote_pattern
+from aigp_train.pricing.direction import direction_statements
 
 __all__ = ["DEFECTS", "JudgeStandInConfig", "ScriptedBackend", "ScriptedJudgeStandIn", "ScriptedTeacherStandIn",
            "TeacherStandInConfig", "heuristic_action"]
@@ -218,8 +221,6 @@ class PromptView:
 def prompt_view(state: dict, messages: list[dict]) -> PromptView:
     """The view of one prompt: its rendered state fields, and the KB and diagnosis sections read
     from its text (a request without messages shows neither section's text)."""
-    from aigp_train.llm.prompts import COMPACT_TASK, STATE_FIELDS
-
     shown = {f.key: state.get(f.key) for f in STATE_FIELDS}
     shown.update({k: state[k] for k in _SHOWN_EXTRA if k in state})
     text = "\n".join(str(m["content"]) for m in messages if m.get("role") == "user")
@@ -259,8 +260,6 @@ class _Quoter:
         self.quoted: list[str] = []
 
     def __call__(self, key: str) -> str:
-        from aigp_train.llm.prompts import FIELD_BY_KEY, field_tolerance, format_field
-
         field = FIELD_BY_KEY[key]
         value = float(self.state[key])
         if key == self.wrong_key:
@@ -618,8 +617,6 @@ def _mentions(text: str, word: str) -> bool:
 
 def covered_factors(reasoning: str, state: dict) -> set[str]:
     """The analysis steps a reasoning covers (by a quote of their fields, or by their words)."""
-    from aigp_train.llm.prompts import FIELD_BY_KEY, quote_pattern
-
     body = _HEADING.sub(" ", reasoning)
     low = body.lower()
     quoted = {k for k in FIELD_BY_KEY if state.get(k) is not None and quote_pattern(FIELD_BY_KEY[k]).search(body)}
@@ -630,8 +627,6 @@ def covered_factors(reasoning: str, state: dict) -> set[str]:
 def unsupported_quotes(reasoning: str, state: dict) -> list[str]:
     """State fields the reasoning quotes with a number although the prompt does not show them
     (no KB benchmark in a w/o-KB prompt, no CTR on launch day): invented data."""
-    from aigp_train.llm.prompts import STATE_FIELDS, quote_pattern
-
     return [f.key for f in STATE_FIELDS if state.get(f.key) is None and quote_pattern(f).search(reasoning)]
 
 
@@ -734,8 +729,6 @@ def _data_accuracy(checks: Any, num_invented: int) -> int:
 
 def _coherence(reasoning: str, covered: set[str]) -> int:
     """Every stated direction (interim views, conclusion) agrees, and there is a chain of steps."""
-    from aigp_train.llm.prompts import direction_statements
-
     if len(covered) < _MIN_STEPS:
         return 1
     return 5 if len({d for _, d in direction_statements(reasoning)}) <= 1 else 2
