@@ -10,6 +10,8 @@
 * ``logs``: ``simulate_market`` (Parquet parts, atomically), ``expert_labels``, ``ltve_mix``.
 * ``text``: descriptions, reviews, knowledge base, ``diagnosis_report``.
 * ``recipe.MarketRecipe``: the ``aigp simulate`` recipe.
+* ``prompt_source``: ``MarketSource`` (a simulated market as the prompts' data source),
+  ``build_state``, ``estimate_elasticities``, ``price_sales_prediction``.
 
 See docs/simulator.md and docs/log_schema.md.
 """

@@ -13,6 +13,7 @@ Public API (others code against these names; see ``docs/pricing.md``):
 * ``roi``, ``milestone_reached``, ``category_references``, ``rewards``,
   ``References``                                                                  -- ``reward.py``
 * ``assign_groups``, ``bucket_of``, ``ABConfig``                                   -- ``ab.py``
+* ``direction_of``, ``direction_statements`` (the stated raise/lower/hold of a text) -- ``direction.py``
 """
 
 from __future__ import annotations
