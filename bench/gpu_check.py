@@ -89,7 +89,7 @@ def model_recipe(dry: bool, layers: int):
         return load_model_recipe(REPO / "recipes/models/tiny-qwen3-moe.yaml")
     return load_model_recipe(REPO / "recipes/models/qwen3-30b-a3b.yaml", [
         f"model.name=random-qwen3-30b-a3b-{layers}-layers", f"model.config.num_hidden_layers={layers}",
-        "model.tokenizer_path=recipes/models/tiny-tokenizer", "model.init_seed=0",  # weights_path "": random
+        "model.tokenizer_path=recipes/models/tiny-tokenizer", "model.weights_path=", "model.init_seed=0",
         # the tiny tokenizer's special ids (as recipes/models/tiny-qwen3-moe.yaml sets them)
         "model.config.eos_token_id=2", "model.config.pad_token_id=0", "model.config.bos_token_id=null"])
 
@@ -561,7 +561,6 @@ def environment(dry: bool) -> dict:
     for name in ("torch", "transformers", "triton", "deepspeed", "trl", "peft", "datasets", "accelerate",
                  "omegaconf", "pyarrow"):
         env[name] = _version(name)
-    env["carried_wheels"] = os.environ.get("GPU_CHECK_WHEELS", "").split() or None  # set by gpu_check.sh
     return env
 
 
@@ -648,7 +647,7 @@ def main() -> None:
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, same code path (CI)")
     ap.add_argument("--out", default="gpu_check.json", help="the JSON file written")
     ap.add_argument("--layers", type=int, default=3, help="decoder layers of the random 30B-structured MoE (GPU)")
-    ap.add_argument("--budget-s", type=float, default=None, help="wall budget of all sections (GPU 420, dry 280)")
+    ap.add_argument("--budget-s", type=float, default=None, help="wall budget of all sections (GPU 450, dry 280)")
     ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     ap.add_argument("--no-deepspeed", action="store_true", help="run the plain-torch fallback of sft/dpo")
     ap.add_argument("--sft-batching", choices=["padded", "packed"], default="padded",
@@ -662,7 +661,7 @@ def main() -> None:
         return
     t_start = time.perf_counter()
     mode = "dry" if args.dry_run else "gpu"
-    budget = args.budget_s or (280.0 if args.dry_run else 420.0)
+    budget = args.budget_s or (280.0 if args.dry_run else 450.0)
     out_path = Path(args.out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     report = {"check": "bench/gpu_check.sh (issue 12 §10)",
