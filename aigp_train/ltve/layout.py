@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from aigp_train.ltve.action_features import PAPER_ACTION_FEATURES
+
 __all__ = ["Columns"]
 
 
@@ -30,7 +32,8 @@ class Columns:
     @classmethod
     def of(cls, header: dict) -> "Columns":
         """The layout of a transitions file's header (``stages.ltve.load_transitions``)."""
-        return cls(len(header["feature_names"]), len(header.get("action_features", ("a_scaled",))))
+        return cls(len(header["feature_names"]), len(header.get("action_features", PAPER_ACTION_FEATURES)))
+        # a file written before action features were recorded holds the paper's a_scaled only
 
     @property
     def width(self) -> int:
