@@ -34,6 +34,7 @@ from aigp_train.ltve.trainer import intra_op_threads
 from aigp_train.outputs import StageOutput, atomic_write_json, atomic_write_text
 from aigp_train.pricing import PricingConfig
 from aigp_train.pricing.a_safe import from_stored
+from aigp_train.progress import Progress
 from aigp_train.stages import ltve as ltve_stage
 
 
@@ -82,7 +83,9 @@ def _train_cql(recipe: Recipe, ltve_dir: Path, out_dir: Path) -> None:
         trainer = CQLTrainer(torch.from_numpy(td["train"]), len(td["feature_names"]), lrec.train, recipe.cql,
                              lrec.model.hidden_sizes, bounds, recipe.pricing, action_features,
                              device=ltve_stage.resolve_device(lrec.train.device))
-        trainer.train(recipe.cql.num_steps)
+        progress = Progress("cql", recipe.cql.num_steps, "updates")   # Table 7's baseline: minutes on CPU
+        trainer.train(recipe.cql.num_steps,
+                      on_log=lambda step, _: progress.update(step, final=step >= recipe.cql.num_steps))
     meta = ltve_stage.model_meta(lrec, td, bounds)
     meta["critic"] = "cql"
     save_model(out_dir / "model.safetensors", trainer.q, trainer.v, td["normalizer"], meta)
