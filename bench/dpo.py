@@ -79,6 +79,14 @@ def make_pairs(tokenizer, num_prompts: int, pairs_per_prompt: int, prompt_tokens
     return rows
 
 
+def _cuda_sync() -> None:
+    """Wait for queued GPU work, so that a step's clock covers it (no-op without CUDA in use)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def _rss_kib(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -94,19 +102,34 @@ class StepClock:
         self.rss_base = self.peak = 0
 
     def begin(self) -> None:
+        _cuda_sync()
         if self.count == self.warmup:
             Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM (Linux)
             self.rss_base = _rss_kib("VmRSS")
+            self._reset_cuda_peak()
         self._t = time.perf_counter()
 
+    @staticmethod
+    def _reset_cuda_peak() -> None:
+        import torch
+
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.reset_peak_memory_stats()
+
     def end(self) -> None:
+        _cuda_sync()
         if self.count >= self.warmup:
             self.times.append(time.perf_counter() - self._t)
         self.count += 1
         self.peak = _rss_kib("VmHWM")
 
     def result(self) -> dict:
-        return {"step_s": self.times, "peak_rss_growth_mib": (self.peak - self.rss_base) / 1024}
+        import torch
+
+        out = {"step_s": self.times, "peak_rss_growth_mib": (self.peak - self.rss_base) / 1024}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():  # GPU runs (bench/gpu_check.py)
+            out["peak_cuda_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        return out
 
 
 def _setup(args):
@@ -118,7 +141,13 @@ def _setup(args):
     from aigp_train.stages.dpo import Recipe
 
     torch.set_num_threads(args.threads)
-    recipe = load_recipe(REPO / "recipes" / "tiny" / "dpo.yaml", Recipe)
+    # bench/gpu_check.py passes recipe overrides and another model recipe (the GPU-sized MoE)
+    # the paper's q/k/v/o LoRA on both sides (the tiny recipe adds lm_head, a target TRL refuses);
+    # bench/gpu_check.py passes the same block among its overrides
+    overrides = getattr(args, "recipe_overrides", None) or ["lora.target_modules=[q_proj,k_proj,v_proj,o_proj]"]
+    recipe = load_recipe(REPO / "recipes" / "tiny" / "dpo.yaml", Recipe, overrides)
+    if getattr(args, "model_recipe", None) is not None:
+        recipe.model = args.model_recipe
     tok = load_tokenizer(recipe.model)
     model = build_model(recipe.model, "cpu")
     rows = make_pairs(tok, args.prompts, args.pairs_per_prompt, args.prompt_tokens, args.seed)
@@ -140,6 +169,8 @@ def run_ours(args) -> dict:
     eng.micro_batch_size, eng.grad_accum_steps, eng.gradient_checkpointing = args.batch, 1, False
     pairs, stats = tokenize_pairs(rows, tok, "completion", 8192)
     dist = init_distributed()
+    if dist.is_cuda:  # bench/gpu_check.py (this script's own runs set DS_ACCELERATOR=cpu)
+        model = model.to(dist.device)
     with tempfile.TemporaryDirectory() as tmp:
         session = start_session(base_model=model, wrap=lambda m: DPOLossModule(m, 0), lora=recipe.lora,
                                 optim=recipe.optim, engine=eng,
@@ -174,6 +205,7 @@ def run_trl(args) -> dict:
 
     trl_utils._use_triton = lambda device: True  # completion-only LM head, as TRL runs on GPU (see module doc)
     recipe, tok, model, rows = _setup(args)
+    on_cuda = getattr(args, "device", "cpu") == "cuda"  # bench/gpu_check.py; this script's runs are CPU
     data = [{"pair_id": r["pair_id"], "prompt": tok.apply_chat_template(r["messages"], add_generation_prompt=True,
                                                                            tokenize=False),
              "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows]
@@ -200,7 +232,8 @@ def run_trl(args) -> dict:
                         learning_rate=recipe.optim.lr, beta=recipe.train.beta, max_steps=args.warmup + args.steps,
                         precompute_ref_log_probs=True, precompute_ref_batch_size=args.batch, max_length=None,
                         pad_to_multiple_of=None, router_aux_loss_coef=0.0, gradient_checkpointing=False,
-                        logging_steps=1, report_to=[], save_strategy="no", use_cpu=True, seed=eng_seed(recipe),
+                        logging_steps=1, report_to=[], save_strategy="no", use_cpu=not on_cuda,
+                        bf16=on_cuda and recipe.model.dtype == "bfloat16", seed=eng_seed(recipe),
                         dataloader_num_workers=0, disable_tqdm=True, lr_scheduler_type="constant",
                         remove_unused_columns=False)
         peft_cfg = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,

@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -84,8 +83,12 @@ def run_ours(data: Path, out: Path, steps: int, *extra: str) -> dict:
             "final_loss": steps_rows[-1]["loss"], "steps": len(steps_rows)}
 
 
-def trl_worker(data: Path, out: Path, steps: int, config_name: str) -> dict:
-    """Runs inside its own process: TRL SFTTrainer with the same model, LoRA, data and schedule."""
+def trl_worker(data: Path, out: Path, steps: int, config_name: str, recipe=None, device: str = "cpu",
+               batch: int = 4) -> dict:
+    """Runs inside its own process: TRL SFTTrainer with the same model, LoRA, data and schedule.
+
+    ``recipe`` (default: the tiny SFT recipe), ``device`` and ``batch`` are set by bench/gpu_check.py
+    (the GPU-sized MoE in bf16 on CUDA); this script's own runs use the defaults."""
     import torch
     from datasets import load_dataset
     from peft import LoraConfig
@@ -94,25 +97,31 @@ def trl_worker(data: Path, out: Path, steps: int, config_name: str) -> dict:
 
     from aigp_train.llm.models import build_model
     from aigp_train.llm.tokenizer import load_tokenizer
+    from aigp_train.train.logging import peak_memory_gib
 
-    r = recipe_values()
+    r = recipe if recipe is not None else recipe_values()
+    on_cuda = device == "cuda"
     model = build_model(r.model, "cpu")
     tokenizer = load_tokenizer(r.model)
     ds = load_dataset("json", data_files=str(data / "train.jsonl"), split="train")
     lora = LoraConfig(r=r.lora.rank, lora_alpha=r.lora.alpha, lora_dropout=r.lora.dropout,
                       target_modules=list(r.lora.target_modules), bias="none", task_type="CAUSAL_LM")
-    args = SFTConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=4, gradient_accumulation_steps=1,
+    args = SFTConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=batch,
+                     gradient_accumulation_steps=1,
                      learning_rate=r.optim.lr, lr_scheduler_type="cosine",
                      warmup_steps=math.ceil(r.optim.warmup_ratio * steps),
                      weight_decay=r.optim.weight_decay, max_grad_norm=r.optim.grad_clip, adam_beta1=r.optim.betas[0],
                      adam_beta2=r.optim.betas[1], adam_epsilon=r.optim.eps,
                      assistant_only_loss=True, gradient_checkpointing=False, logging_steps=1, save_strategy="no",
-                     report_to=[], use_cpu=True, seed=r.engine.seed, dataloader_num_workers=0,
+                     report_to=[], use_cpu=not on_cuda, bf16=on_cuda and r.model.dtype == "bfloat16",
+                     seed=r.engine.seed, dataloader_num_workers=0,
                      **{"max_length": r.data.cutoff_len, **TRL_CONFIGS[config_name]})
     times, tokens, losses = [], [], []
 
     class Timing(TrainerCallback):
         def on_step_end(self, *a, **k):
+            if on_cuda:
+                torch.cuda.synchronize()  # the step's queued GPU work belongs to it
             times.append(time.perf_counter())
 
         def on_log(self, _args, _state, _control, logs=None, **k):
@@ -130,7 +139,7 @@ def trl_worker(data: Path, out: Path, steps: int, config_name: str) -> dict:
     trainer.train()
     per_step = [tokens[i] / (times[i] - times[i - 1]) for i in range(2, len(times))]
     return {"tokens_per_s": statistics.median(per_step), "final_loss": losses[-1] if losses else None,
-            "peak_memory_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "steps": len(times),
+            "peak_memory_gib": peak_memory_gib("cuda" if on_cuda else "cpu"), "steps": len(times),
             "torch_threads": torch.get_num_threads()}
 
 
