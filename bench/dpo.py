@@ -49,6 +49,21 @@ FILLER = ("Day {d}: impressions {i}, clicks {c}, units {u}, GMV {g:.2f} yuan, RO
           "benchmark and inventory of {k} units. ")
 
 
+def synthetic_prompt(rng, i: int, ask: str, long_enough) -> list[dict]:
+    """Pricing-shaped chat messages for SKU ``i``: FILLER days are appended until ``long_enough(messages)``;
+    ``ask`` ends the user turn (the [ACT_ONLY] instruction or the reasoning one)."""
+    body, d = "", 0
+    while True:
+        body += FILLER.format(d=d, i=rng.randint(100, 9000), c=rng.randint(1, 400), u=rng.randint(0, 40),
+                              g=rng.uniform(0, 3000), r=rng.uniform(0, 6), p=rng.uniform(20, 200),
+                              s=rng.uniform(3, 5), n=rng.randint(0, 80), v=rng.uniform(0, 0.05), k=rng.randint(0, 900))
+        d += 1
+        messages = [{"role": "system", "content": "You set the daily discount of one product."},
+                    {"role": "user", "content": f"SKU{i:05d} state:\n{body}\n{ask}"}]
+        if long_enough(messages):
+            return messages
+
+
 def make_pairs(tokenizer, num_prompts: int, pairs_per_prompt: int, prompt_tokens: int, seed: int) -> list[dict]:
     """Pricing-shaped [ACT_ONLY] pairs: prompts of >= prompt_tokens tokens, best vs worse candidates."""
     import random
@@ -60,18 +75,8 @@ def make_pairs(tokenizer, num_prompts: int, pairs_per_prompt: int, prompt_tokens
     rng = random.Random(seed)
     rows = []
     for i in range(num_prompts):
-        body, d = "", 0
-        while True:
-            body += FILLER.format(d=d, i=rng.randint(100, 9000), c=rng.randint(1, 400), u=rng.randint(0, 40),
-                                  g=rng.uniform(0, 3000), r=rng.uniform(0, 6), p=rng.uniform(20, 200),
-                                  s=rng.uniform(3, 5), n=rng.randint(0, 80), v=rng.uniform(0, 0.05),
-                                  k=rng.randint(0, 900))
-            d += 1
-            messages = [{"role": "system", "content": "You set the daily discount of one product."},
-                        {"role": "user",
-                         "content": f"SKU{i:05d} state:\n{body}\nOutput only the JSON action.\n{ACT_ONLY}"}]
-            if len(tokenize_prompt(tokenizer, messages)) >= prompt_tokens:
-                break
+        messages = synthetic_prompt(rng, i, f"Output only the JSON action.\n{ACT_ONLY}",
+                                    lambda m: len(tokenize_prompt(tokenizer, m)) >= prompt_tokens)
         actions = rng.sample([-0.2, -0.15, -0.1, -0.05, 0.0, 0.05], pairs_per_prompt + 1)
         for j in range(pairs_per_prompt):
             rows.append({"pair_id": f"p{i}:{j}", "prompt_id": f"p{i}", "messages": messages,

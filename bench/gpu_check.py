@@ -491,23 +491,13 @@ def _night_requests(tokenizer, n: int, prompt_tokens: int) -> list:
 
     from aigp_train.llm.backends.base import GenerationRequest
     from aigp_train.llm.prompts import count_prompt_tokens
-    from bench.dpo import FILLER
+    from bench.dpo import synthetic_prompt
 
     rng = random.Random(0)
     out = []
     for i in range(n):
-        body, d = "", 0
-        while True:
-            body += FILLER.format(d=d, i=rng.randint(100, 9000), c=rng.randint(1, 400), u=rng.randint(0, 40),
-                                  g=rng.uniform(0, 3000), r=rng.uniform(0, 6), p=rng.uniform(20, 200),
-                                  s=rng.uniform(3, 5), n=rng.randint(0, 80), v=rng.uniform(0, 0.05),
-                                  k=rng.randint(0, 900))
-            d += 1
-            messages = [{"role": "system", "content": "You set the daily discount of one product."},
-                        {"role": "user", "content": f"SKU{i:05d} state:\n{body}\nReason step by step, then give "
-                                                    "the JSON action."}]
-            if count_prompt_tokens(tokenizer, messages) >= prompt_tokens:
-                break
+        messages = synthetic_prompt(rng, i, "Reason step by step, then give the JSON action.",
+                                    lambda m: count_prompt_tokens(tokenizer, m) >= prompt_tokens)
         out.append(GenerationRequest(f"sku{i}", messages, {}, act_only=False))
     return out
 
