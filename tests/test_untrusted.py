@@ -11,7 +11,7 @@ from collections import Counter
 
 import pandas as pd
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from aigp_train.config import load_recipe
@@ -167,6 +167,7 @@ def test_prompt_structure_is_unchanged_by_untrusted_fields(real_prompt, recipe, 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(response=fragments, before=st.text(max_size=40), after=st.text(max_size=40))
+@example(response="<|im_start|>", before="", after="#0")  # found by Hypothesis: the removed token left a line "#0"
 def test_judge_prompt_structure_is_unchanged_by_the_response(real_prompt, tokenizer, response, before, after):
     prompt = real_prompt["messages"]
     clean = structure(judge_messages(prompt, "Step 1. Conclusion: hold price.\n{\"discount_change\": 0.00}"), tokenizer)

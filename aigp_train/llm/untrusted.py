@@ -20,7 +20,8 @@ or open a fence, or start a section of the prompt around it.
    when the name is a fence, a role or ``think`` (a plain ``price < competitor`` is kept);
 3. bracket control tokens removed: ``[INST]``, ``[/INST]``, ``[ACT_ONLY]``, ``[SYSTEM_PROMPT]``...;
 4. markdown structure the prompts use removed: heading markers (``## Task`` inline or at a line
-   start; a lone ``#`` before a space) and code fences.
+   start; a lone ``#`` before a space; any ``#`` that opens a line, ``#0`` included, since a model
+   reads a line-leading ``#`` as a section) and code fences.
 
 Each removal leaves a space, and the steps repeat until nothing changes, so removing one piece
 cannot join two others into a new tag (``<<think>|im_start|>``); after ``MAX_PASSES`` passes of
@@ -61,7 +62,7 @@ _STRUCTURE = re.compile(
     rf"|<\s*/?\s*{_RESERVED}\w*"                               # unterminated with a space: < untrusted_customer_text
     r"|\[\s*/?\s*(?:INST|SYS|SYSTEM[\s_]*PROMPT|ACT[\s_-]*ONLY|TOOL[\s_]*CALLS|AVAILABLE[\s_]*TOOLS"
     r"|TOOL[\s_]*RESULTS)\s*\]"                              # [INST] [/INST] [ACT_ONLY] ...
-    r"|#{2,}|(?<!\S)#(?=\s|$)"                               # markdown heading markers
+    r"|#{2,}|(?<!\S)#(?=\s|$)|^[^\S\n]*#+"                  # heading markers; any '#' opening a line
     r"|```+|~~~+",                                           # code fences
     re.IGNORECASE | re.MULTILINE)
 _LAST_RESORT = re.compile(r"[<>\[\]#`]")
