@@ -41,11 +41,13 @@ def _metrics(out: Path) -> dict[int, dict]:
 def _make_sft_adapter(path: Path) -> None:
     """A stand-in for `aigp sft`'s output: a real PEFT adapter (LoRA of recipes/tiny/dpo.yaml) with non-zero B."""
     from aigp_train.llm.models import build_model
+    from aigp_train.llm.tokenizer import load_tokenizer
     from aigp_train.stages.dpo import Recipe
-    from aigp_train.train.lora import apply_lora
+    from aigp_train.train.lora import apply_lora, trainable_token_ids
 
     recipe = load_recipe(REPO / "recipes" / "tiny" / "dpo.yaml", Recipe)
-    model = apply_lora(build_model(recipe.model, "cpu"), recipe.lora, seed=3)
+    token_ids = trainable_token_ids(load_tokenizer(recipe.model), recipe.lora)  # [ACT_ONLY]'s row, as aigp sft
+    model = apply_lora(build_model(recipe.model, "cpu"), recipe.lora, seed=3, token_ids=token_ids)
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for name, p in model.named_parameters():

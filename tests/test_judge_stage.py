@@ -35,8 +35,9 @@ def test_teacher_answers_every_prompt_and_is_labelled_a_stand_in(chain):
     summary = chain["teacher"]["summary"]
     assert summary["backend"] == "scripted-teacher-stand-in" and summary["stand_in"] is True
     rows = read_generations(chain["root"] / "teacher" / "responses")
-    prompts = read_prompts(chain["prompts"], "full")
-    assert [r["request_id"] for r in rows] == [p["prompt_id"] for p in prompts]
+    prompts = read_prompts(chain["prompts"], "full") + read_prompts(chain["prompts"], "act_only")
+    assert [r["request_id"] for r in rows] == [p["prompt_id"] for p in prompts]  # both variants answered
+    assert summary["num_act_only_prompts"] == len(prompts) // 2
     assert all(len(r["completions"]) == 2 and len(r["stand_in_defects"]) == 2 for r in rows)
     assert sum(summary["stand_in_defects"].values()) == 2 * len(prompts) == summary["parse"]["num_total"]
     assert summary["parse"]["num_failed"] == summary["stand_in_defects"].get("malformed_json", 0)
@@ -44,7 +45,10 @@ def test_teacher_answers_every_prompt_and_is_labelled_a_stand_in(chain):
 
 def test_judge_keeps_exactly_the_perfect_safe_responses(chain):
     scores = read_jsonl(chain["root"] / "judge" / "scores.jsonl")
-    assert len(scores) == 240
+    assert len(scores) == 480
+    act = [r for r in scores if r["act_only"]]
+    assert len(act) == 240 and all(r["scores"] is None and r["keep"] is r["checks"]["passed"] for r in act)
+    scores = [r for r in scores if not r["act_only"]]
     for row in scores:
         perfect = row["scores"] is not None and all(row["scores"][d] == 5 for d in DIMENSIONS)
         assert row["keep"] is (perfect and row["checks"]["passed"])
@@ -52,6 +56,7 @@ def test_judge_keeps_exactly_the_perfect_safe_responses(chain):
             assert row["checks"]["in_a_safe"] and row["checks"]["json_ok"]
     summary = chain["judge"]["summary"]
     assert summary["num_kept"] == sum(r["keep"] for r in scores)
+    assert summary["act_only"]["responses"] == 240 and summary["act_only"]["passed_checks"] == len(act)
     assert 0 < summary["num_kept"] < len(scores)  # the stand-in's defects give the judge real work
     assert summary["check_failures"]["numbers"] > 0 and summary["check_failures"]["direction"] > 0
     assert summary["stand_in"] is True
@@ -61,10 +66,18 @@ def test_sft_set_format(chain):
     judge_dir = chain["root"] / "judge"
     train, heldout = read_jsonl(judge_dir / "sft" / "train.jsonl"), read_jsonl(judge_dir / "sft" / "heldout.jsonl")
     kept = [r for r in read_jsonl(judge_dir / "scores.jsonl") if r["keep"]]
-    assert len(train) + len(heldout) == len(kept) and train and heldout
+    summary = chain["judge"]["summary"]["act_only"]
+    assert len(train) + len(heldout) == len(kept) - summary["dropped_by_cap"] and train and heldout
     assert not {r["sku_id"] for r in train} & {r["sku_id"] for r in heldout}  # split by SKU
-    prompts = {p["prompt_id"]: p for p in read_prompts(chain["prompts"], "full")}
-    for ex in train + heldout:
+    act = [ex for ex in train + heldout if ex["act_only"]]
+    full = [ex for ex in train + heldout if not ex["act_only"]]
+    # the recipe's share caps the decision-only examples (0.5: at most as many as the reasoned ones)
+    assert 0 < len(act) <= len(full) and summary["dropped_by_cap"] == sum(r["act_only"] for r in kept) - len(act)
+    for ex in act:
+        assert ex["messages"][1]["content"].endswith("[ACT_ONLY]") and ex["scores"] is None
+        assert ex["messages"][2]["content"].startswith('{"discount_change"')  # the decision alone
+    prompts = {p["prompt_id"]: p for v in ("full", "act_only") for p in read_prompts(chain["prompts"], v)}
+    for ex in full:
         assert [m["role"] for m in ex["messages"]] == ["system", "user", "assistant"]
         assert ex["messages"][:2] == prompts[ex["prompt_id"]]["messages"]
         parsed = parse_action(ex["messages"][2]["content"], ex["d_prev"], PRICING)
@@ -81,7 +94,7 @@ def test_judge_agreement_with_stand_in_labels_through_the_cli(chain):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "agreement.json").read_text())
-    scores = read_jsonl(chain["root"] / "judge" / "scores.jsonl")
+    scores = [r for r in read_jsonl(chain["root"] / "judge" / "scores.jsonl") if not r["act_only"]]
     expected = sum(r["keep"] is (r["stand_in_defect"] is None) for r in scores) / len(scores)
     assert report["num_responses"] == 240 and report["keep_agreement"] == pytest.approx(expected)
     assert 0.85 < report["keep_agreement"] < 1.0  # the recipe simulates ~3 % judge error
@@ -91,7 +104,7 @@ def test_judge_agreement_with_stand_in_labels_through_the_cli(chain):
 
 
 def test_judge_agreement_with_an_annotation_file(chain, tmp_path):
-    scores = read_jsonl(chain["root"] / "judge" / "scores.jsonl")
+    scores = [r for r in read_jsonl(chain["root"] / "judge" / "scores.jsonl") if not r["act_only"]]
     labels = tmp_path / "labels.jsonl"
     flip = {r["response_id"] for r in scores[::10]}  # annotators disagree with the judge on every 10th
     labels.write_text("".join(json.dumps({"response_id": r["response_id"],
@@ -111,7 +124,8 @@ def test_judge_agreement_with_an_annotation_file(chain, tmp_path):
 def test_teacher_cli_two_ranks_and_resume(tiny_prompts, tmp_path, monkeypatch):
     """Two ranks split the shards; rank 0 summarises once all exist; a lost shard is regenerated identically."""
     out = tmp_path / "t"
-    overrides = [f"prompts_dir={tiny_prompts}", f"output_dir={out}", "shard_size=30", "max_prompts=90"]
+    overrides = [f"prompts_dir={tiny_prompts}", f"output_dir={out}", "shard_size=30", "max_prompts=90",
+                 "variants=[full]"]
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert run_stage("teacher", str(TINY / "teacher.yaml"), overrides)["summary"] == {"rank": 1, "shards_written": 1}
@@ -216,9 +230,10 @@ def test_kept_examples_longer_than_the_sft_cutoff_are_left_out(chain, tmp_path):
     summary = run_stage("judge", str(TINY / "judge.yaml"), [f"prompts_dir={prompts}",
                                                            f"teacher_dir={chain['root'] / 'teacher'}",
                                                            f"output_dir={out}"])["summary"]
-    tokenizer, cutoff = sft_tokenizer_and_cutoff(str(prompts))
+    tokenizer, cutoff, _ = sft_tokenizer_and_cutoff(str(prompts))
     assert cutoff == resolved["prompt"]["full_cutoff_tokens"]
-    sft = read_jsonl(out / "sft" / "train.jsonl") + read_jsonl(out / "sft" / "heldout.jsonl")
+    sft = [ex for ex in read_jsonl(out / "sft" / "train.jsonl") + read_jsonl(out / "sft" / "heldout.jsonl")
+           if not ex["act_only"]]
     assert summary["sft_over_cutoff"] > 0 and len(sft) == summary["num_kept"] - summary["sft_over_cutoff"]
     assert all(example_tokens(tokenizer, ex["messages"]) <= cutoff for ex in sft)
     scores = read_jsonl(out / "scores.jsonl")

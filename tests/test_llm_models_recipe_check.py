@@ -111,8 +111,10 @@ def test_vllm_servability_of_the_adapter_is_checked():
 
     paper = check("recipes/paper/sft.yaml", [], "cluster/paper-16gpu.yaml", Assumptions())["lora"]
     assert paper["vllm_servable"] and paper["vllm_problems"] == []
+    assert "[ACT_ONLY]" in paper["vllm_merge_first"][0] and "aigp export --merge" in paper["vllm_merge_first"][0]
     tiny = check("recipes/tiny/sft.yaml", [], "cluster/local-cpu.yaml", Assumptions())["lora"]
     assert not tiny["vllm_servable"] and "lm_head" in tiny["vllm_problems"][0]
-    wide = LoraRecipe(rank=64, alpha=128, dropout=0.0, target_modules=["q_proj"], train_experts=False)
+    wide = LoraRecipe(rank=64, alpha=128, dropout=0.0, target_modules=["q_proj"], train_experts=False,
+                      trainable_tokens=[])
     assert vllm_lora_problems("qwen3_moe", wide, 16) == ["lora.rank 64 > the backend's vllm.max_lora_rank 16"]
     assert "no vLLM LoRA table" in vllm_lora_problems("llama", wide, None)[0]

@@ -145,6 +145,13 @@ def test_ci_pipeline_end_to_end(tmp_path):
     pair_stats = json.loads((run_root / "pairs" / "stats.json").read_text())
     assert pair_stats["pair_accuracy_num_pairs"] == min(pair_stats["pairs"], 300)
     assert tables["judge"]["AIGP (SFT+DPO)"]["num_judged"] == 6
+    # both modes: decision-only ([ACT_ONLY]) on every state, deployment (reasoning) on the sample, said so
+    assert row["mode"] == "decision_only" and row["deployment"]["num_states"] == 6
+    assert row["deployment"]["parse"]["num_total"] == 6 and "judge_total" in row["deployment"]
+    assert tables["teacher_spearman"]["student"] == "AIGP (SFT-only)" and "deployment" in tables["teacher_spearman"]
+    assert tables["dpo_gain"]["mode"] == "decision_only" and tables["dpo_gain_deployment"]["num_states"] == 6
+    assert "minus_full_true_value" in tables["table5"]["AIGP (SFT+DPO)"]["w/o Diag"]
+    assert "decision-only mode" in report and "deployment mode" in report
     # every LLM decision is read from the answer: written by the model or forced after its reasoning
     # (force_decision in recipes/tiny/infer.yaml), never a parse failure that holds the price
     assert row["parse"]["num_failed"] == 0 and 0 <= row["parse"]["num_decision_forced"] <= 6
@@ -153,3 +160,7 @@ def test_ci_pipeline_end_to_end(tmp_path):
         assert (run_root / "report" / ("offline_" + name if name.startswith("fig5") else name)).is_file()
     ab = json.loads((run_root / "abtest" / "table4.json").read_text())
     assert ab["groups"]["AIGP (SFT+DPO)"]["num_skus"] >= 2 and "AIGP (SFT+DPO)" in ab["parse"]
+    paired = ab["paired"]
+    assert paired["num_skus"] == 8 and paired["policies"]["AIGP (SFT+DPO)"]["mode"] == "decision_only"
+    assert {"mean", "ci_lo", "ci_hi"} <= set(paired["sft_dpo_minus_price_sales"]["return_14d"])
+    assert "Paired A/B" in report

@@ -126,10 +126,12 @@ def test_lora_wraps_attention_and_freezes_base(tiny_model, sft_recipe):
 
 
 def test_lora_target_errors():
-    lora = LoraRecipe(rank=4, alpha=8, dropout=0.0, target_modules=["attn", "nope"], train_experts=False)
+    lora = LoraRecipe(rank=4, alpha=8, dropout=0.0, target_modules=["attn", "nope"], train_experts=False,
+                      trainable_tokens=[])
     with pytest.raises(RecipeError, match="no linear module named 'nope'.*Linear modules present"):
         check_lora_targets(Outer(), lora)
-    expert_target = LoraRecipe(rank=4, alpha=8, dropout=0.0, target_modules=["0"], train_experts=False)
+    expert_target = LoraRecipe(rank=4, alpha=8, dropout=0.0, target_modules=["0"], train_experts=False,
+                      trainable_tokens=[])
     with pytest.raises(RecipeError, match="inside routed experts.*train_experts"):
         check_lora_targets(Outer(), expert_target)
     expert_target.train_experts = True
@@ -137,7 +139,8 @@ def test_lora_target_errors():
 
 
 def test_lora_fused_expert_target_names_the_fix(tiny_model):
-    lora = LoraRecipe(rank=4, alpha=8, dropout=0.0, target_modules=["gate_up_proj"], train_experts=True)
+    lora = LoraRecipe(rank=4, alpha=8, dropout=0.0, target_modules=["gate_up_proj"], train_experts=True,
+                      trainable_tokens=[])
     with pytest.raises(RecipeError, match="fused 3-D expert parameter"):
         check_lora_targets(tiny_model, lora)
 

@@ -35,6 +35,7 @@ from aigp_train.dpo.logprobs import PackedBatch, completion_logps, pack_groups
 from aigp_train.dpo.loss import dpo_loss
 from aigp_train.outputs import atomic_write_jsonl, read_jsonl
 from aigp_train.progress import Progress
+from aigp_train.train.lora import trainable_token_ids
 from aigp_train.train.runner import StepPlan
 
 __all__ = ["DPOLossModule", "train_dpo", "micro_step", "reference_logps", "check_init_adapter"]
@@ -72,6 +73,12 @@ def check_init_adapter(path: str, lora) -> Path:
         raise RecipeError(f"train.init_adapter {path} has rank {cfg.get('r')} on {targets}, but the DPO recipe's lora "
                           f"block says rank {lora.rank} on {sorted(lora.target_modules)}. DPO continues training the "
                           f"SFT adapter, so they must match: include the SFT recipe's lora block.")
+    if bool(cfg.get("trainable_token_indices")) != bool(lora.trainable_tokens):
+        rows = "with" if cfg.get("trainable_token_indices") else "without"
+        wanted = f"with {lora.trainable_tokens}" if lora.trainable_tokens else "without"
+        raise RecipeError(f"train.init_adapter {path} was trained {rows} embedding rows of its own "
+                          f"(lora.trainable_tokens), the DPO recipe's lora block {wanted}: include the SFT recipe's "
+                          f"lora block, or retrain the SFT adapter with it.")
     return folder
 
 
@@ -210,7 +217,8 @@ def train_dpo(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
         base_model=base_model, wrap=wrap, lora=recipe.lora, optim=recipe.optim, engine=eng,
         checkpoint=recipe.checkpoint, logging=recipe.logging, out_dir=out_dir, num_training_steps=total_steps,
         dist=dist, run_name=f"dpo-{out_dir.name}", config=recipe_to_dict(recipe),
-        flops_per_token=train_flops_per_token(base_model, mean_len))
+        flops_per_token=train_flops_per_token(base_model, mean_len),
+        token_ids=trainable_token_ids(tokenizer, recipe.lora))
     engine, logger = session.engine, session.logger
     reference = _load_or_compute_reference(session, pairs, recipe, out_dir,
                                            _pairs_fingerprint(pairs, tr.init_adapter))

@@ -294,8 +294,9 @@ class CohortSource:
         return hist + [today]
 
 
-def llm_prompt_builder(source: CohortSource, prompt_cfg, pricing, tokenizer):
-    """``prompt_builder(ctx, rows, state, day)`` for ``run_cohort``: full prompts of the contexts' SKUs."""
+def llm_prompt_builder(source: CohortSource, prompt_cfg, pricing, tokenizer, act_only: bool = False):
+    """``prompt_builder(ctx, rows, state, day)`` for ``run_cohort``: prompts of the contexts' SKUs (full, or
+    ``[ACT_ONLY]`` for a decision-only policy)."""
     from aigp_train.llm.prompts import build_prompt
 
     updated_for: list[int] = []
@@ -304,7 +305,8 @@ def llm_prompt_builder(source: CohortSource, prompt_cfg, pricing, tokenizer):
         if updated_for[-1:] != [day]:  # once per day, shared by every LLM group
             source.update(rows, state)
             updated_for.append(day)
-        return [build_prompt(source, sku, day, prompt_cfg, pricing, tokenizer, act_only=False) for sku in ctx["sku_id"]]
+        return [build_prompt(source, sku, day, prompt_cfg, pricing, tokenizer, act_only=act_only)
+                for sku in ctx["sku_id"]]
 
     return build
 

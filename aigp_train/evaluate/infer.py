@@ -4,7 +4,9 @@
 ``aigp abtest`` go through ``run_inference``, so what is evaluated is what would be deployed.
 
 Deployment mode (paper §3.4): the ``[ACT_ONLY]`` control token is removed and the model writes
-its reasoning, then the JSON action; prompts flagged ``act_only`` are refused here. Each output
+its reasoning, then the JSON action; prompts flagged ``act_only`` are refused here. ``aigp evaluate``
+also runs its LLM rows in decision-only mode (``decision_only``: ``[ACT_ONLY]`` prompts only, the
+JSON action alone, the mode candidates and DPO use) through the same path. Each output
 goes through ``parse_action`` (Ψ projection; a failure holds the price), and the counts of
 failures and projections are returned with the decisions. A decision the backend had to append
 after the reasoning (``backend.*.force_decision``) is flagged ``decision_forced`` and counted.
@@ -61,18 +63,21 @@ class InferenceResult:
         return {**self.stats.to_dict(), "num_decision_forced": forced}
 
 
-def build_requests(prompts: list[dict], adapter: str | None) -> list[GenerationRequest]:
-    """Full-reasoning requests from prompt records (``prompt_id``, ``messages``, ``state``, ...)."""
+def build_requests(prompts: list[dict], adapter: str | None, decision_only: bool = False) -> list[GenerationRequest]:
+    """Requests from prompt records (``prompt_id``, ``messages``, ``state``, ...): full-reasoning ones, or
+    with ``decision_only`` the ``[ACT_ONLY]`` ones (a prompt of the other mode is refused)."""
     requests = []
     for p in prompts:
-        if p.get("act_only"):
-            raise ValueError(f"prompt {p.get('prompt_id')} is an [ACT_ONLY] prompt; inference runs in deployment "
-                             f"(full reasoning) mode. Build prompts with act_only false for infer/evaluate/abtest.")
+        if bool(p.get("act_only")) != decision_only:
+            mode = "decision-only ([ACT_ONLY])" if decision_only else "deployment (full reasoning)"
+            raise ValueError(f"prompt {p.get('prompt_id')} is {'' if p.get('act_only') else 'not '}an [ACT_ONLY] "
+                             f"prompt; this inference runs in {mode} mode. Build prompts with act_only "
+                             f"{str(decision_only).lower()} for it (infer and abtest deploy: act_only false).")
         missing = [k for k in ("prompt_id", "sku_id", "d_prev", "messages", "state") if k not in p]
         if missing:
             raise ValueError(f"prompt record {p.get('prompt_id', '?')} lacks {missing}; it must come from "
                              f"aigp_train.llm.prompts (the prompts stage).")
-        requests.append(GenerationRequest(str(p["prompt_id"]), p["messages"], p["state"], False, adapter))
+        requests.append(GenerationRequest(str(p["prompt_id"]), p["messages"], p["state"], decision_only, adapter))
     return requests
 
 
@@ -106,7 +111,7 @@ def _write_parquet(path: Path, table: pa.Table) -> None:
 
 def run_inference(prompts: list[dict], backend, sampling, adapter: str | None, pricing, out_dir: str | Path,
                   shard_size: int, wait_for_ranks_s: float = 0.0, label: str = "inference",
-                  window_s: float | None = None) -> InferenceResult:
+                  window_s: float | None = None, decision_only: bool = False) -> InferenceResult:
     """Decisions for ``prompts`` into ``out_dir`` (resumable); returns them with parse counts.
 
     Under several ranks (RANK/WORLD_SIZE or SLURM) each rank generates its own shards and returns
@@ -120,8 +125,8 @@ def run_inference(prompts: list[dict], backend, sampling, adapter: str | None, p
     by_id = {str(p["prompt_id"]): p for p in prompts}
     if len(by_id) != len(prompts):
         raise ValueError("prompt ids repeat; each SKU must have one prompt per day.")
-    result = run_generation(build_requests(prompts, adapter), backend, sampling, gen_dir, shard_size, label=label,
-                            window_s=window_s)
+    result = run_generation(build_requests(prompts, adapter, decision_only), backend, sampling, gen_dir, shard_size,
+                            label=label, window_s=window_s)
     if result.rank == 0:  # every rank's shards, each request exactly once, before a decision is returned
         wait_for_generations(gen_dir, wait_for_ranks_s if result.world_size > 1 else 0.0)
         shards = range(result.num_shards)

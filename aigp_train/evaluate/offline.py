@@ -43,6 +43,11 @@ class TestSet:
     train_ids: np.ndarray     # SKUs of the training period (the price-sales model trains on them)
     cutoff_date: int          # first launch date of the held-out period
 
+    def subset(self, idx: np.ndarray) -> "TestSet":
+        """The test set restricted to the states ``idx`` (positions in this set), in that order."""
+        return TestSet(self.logs, self.rows[idx], take(self.ctx, idx), self.expert_actions[idx], self.r3d[idx],
+                       self.sku_index[idx], self.day[idx], self.train_ids, self.cutoff_date)
+
 
 def _np(table: pa.Table, name: str) -> np.ndarray:
     return table.column(name).to_numpy(zero_copy_only=False)
@@ -119,20 +124,39 @@ def _decision_sources(parse: dict | None) -> str:
     return f"{parse['num_parsed'] - forced} / {forced} / {parse['num_failed']}"
 
 
+def _tv(r: dict) -> str:
+    return "–" if r.get("true_value") is None else f"{r['true_value']:.3f} ± {r['true_value_se']:.3f}"
+
+
 def table3_markdown(rows: dict[str, dict]) -> str:
-    lines = ["| Model | Avg. Q-Score | MAE | EAMA | EAMA-R | KIPS | True value (simulator) | Judge total | "
+    """Table 3: every row on every test state (LLM rows in decision-only mode, ``[ACT_ONLY]``); then the
+    LLM rows in deployment mode (reasoning, then the action) on their sample, with the judge."""
+    lines = ["LLM rows: decision-only mode ([ACT_ONLY], the JSON action alone), every test state.", "",
+             "| Model | Avg. Q-Score | MAE | EAMA | EAMA-R | KIPS | True value (simulator) | Judge total | "
              "Actions written / forced / failed |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in rows.items():
-        tv = "–" if r.get("true_value") is None else f"{r['true_value']:.3f} ± {r['true_value_se']:.3f}"
         lines.append(f"| {name} | {_fmt(r.get('avg_q'), '.3f')} | {r['mae']:.3f} | {100 * r['eama']:.2f}% | "
-                     f"{r['eama_r']:.4f} | {r['kips']:.4f} | {tv} | {_fmt(r.get('judge_total'), '.2f')} | "
+                     f"{r['eama_r']:.4f} | {r['kips']:.4f} | {_tv(r)} | {_fmt(r.get('judge_total'), '.2f')} | "
                      f"{_decision_sources(r.get('parse'))} |")
+    dep = {n: r["deployment"] for n, r in rows.items() if r.get("deployment")}
+    if dep:
+        n = next(iter(dep.values()))["num_states"]
+        lines += ["", f"LLM rows in deployment mode (reasoning, then the action; the judge scores it), on {n} of "
+                  "the test states:", "",
+                  "| Model | Avg. Q-Score | MAE | EAMA | True value (simulator) | Judge total | "
+                  "Actions written / forced / failed |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for name, r in dep.items():
+            lines.append(f"| {name} | {_fmt(r.get('avg_q'), '.3f')} | {r['mae']:.3f} | {100 * r['eama']:.2f}% | "
+                         f"{_tv(r)} | {_fmt(r.get('judge_total'), '.2f')} | {_decision_sources(r.get('parse'))} |")
     return "\n".join(lines) + "\n"
 
 
 def table5_markdown(rows: dict[str, dict], ablations: dict[str, dict[str, dict]]) -> str:
-    lines = ["| Model | Avg. Q-Score | EAMA-R | KIPS |", "|---|---:|---:|---:|"]
+    lines = ["Decision-only mode on every test state; the true-value difference to the full row is paired (same "
+             "states), with its 95 % bootstrap interval; deployment mode's Avg. Q on its sample last.", "",
+             "| Model | Avg. Q-Score | EAMA-R | KIPS | True value | minus full row [95 % CI] | Deployment Avg. Q |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
 
     def delta(v, base, spec):
         if v is None or base is None:
@@ -141,10 +165,16 @@ def table5_markdown(rows: dict[str, dict], ablations: dict[str, dict[str, dict]]
 
     for name, variants in ablations.items():
         base = rows[name]
-        lines.append(f"| {name} | {_fmt(base.get('avg_q'), '.3f')} | {base['eama_r']:.4f} | {base['kips']:.4f} |")
+        dep_q = (base.get("deployment") or {}).get("avg_q")
+        lines.append(f"| {name} | {_fmt(base.get('avg_q'), '.3f')} | {base['eama_r']:.4f} | {base['kips']:.4f} | "
+                     f"{_tv(base)} | – | {_fmt(dep_q, '.3f')} |")
         for label, r in variants.items():
+            d = r.get("minus_full_true_value")
+            ci = "–" if d is None else f"{d['mean']:+.4f} [{d['ci_lo']:+.4f}, {d['ci_hi']:+.4f}]"
             lines.append(f"| &nbsp;&nbsp; {label} | {delta(r.get('avg_q'), base.get('avg_q'), '.3f')} | "
-                         f"{delta(r['eama_r'], base['eama_r'], '.4f')} | {delta(r['kips'], base['kips'], '.4f')} |")
+                         f"{delta(r['eama_r'], base['eama_r'], '.4f')} | {delta(r['kips'], base['kips'], '.4f')} | "
+                         f"{_tv(r)} | {ci} | "
+                         f"{delta((r.get('deployment') or {}).get('avg_q'), dep_q, '.3f')} |")
     return "\n".join(lines) + "\n"
 
 

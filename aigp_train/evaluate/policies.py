@@ -301,9 +301,10 @@ class LLMPolicy:
     is_text = True
 
     def __init__(self, name: str, backend, sampling, adapter: str | None, pricing, work_dir: str | Path,
-                 shard_size: int):
+                 shard_size: int, decision_only: bool = False):
         self.name, self.backend, self.sampling, self.adapter = name, backend, sampling, adapter
         self.pricing, self.work_dir, self.shard_size = pricing, Path(work_dir), shard_size
+        self.decision_only = decision_only  # [ACT_ONLY] prompts, the JSON action alone (else reasoning first)
 
     def decide(self, ctx: Contexts, prompts: list[dict] | None = None, tag: str = "offline") -> Decisions:
         from aigp_train.evaluate.infer import run_inference
@@ -311,7 +312,7 @@ class LLMPolicy:
         if prompts is None or len(prompts) != num_contexts(ctx):
             raise ValueError(f"LLM policy {self.name} needs one prompt record per context.")
         result = run_inference(prompts, self.backend, self.sampling, self.adapter, self.pricing,
-                               self.work_dir / tag, self.shard_size)
+                               self.work_dir / tag, self.shard_size, decision_only=self.decision_only)
         by_id = {pid: i for i, pid in enumerate(result.decisions.column("prompt_id").to_pylist())}
         order = [by_id[str(p["prompt_id"])] for p in prompts]
         actions = np.asarray(result.decisions.column("action").to_numpy(), dtype=np.float64)[order]

@@ -83,6 +83,38 @@ def _pct(x) -> str:
     return "–" if not isinstance(x, (int, float)) or x != x else f"{100 * x:.1f} %"
 
 
+def _ci(d: dict | None) -> str:
+    return "–" if not d else f"{d['mean']:+.4f} [{d['ci_lo']:+.4f}, {d['ci_hi']:+.4f}]"
+
+
+def _llm_half_rows(tables: dict) -> list[str]:
+    """The student's match with its teacher and DPO's paired gain, with the mode each figure comes from."""
+    out = []
+    ts = tables.get("teacher_spearman")
+    if ts:
+        dep = ts.get("deployment")
+        out.append(f"- {ts['student']} reads the state: Spearman of its actions with the teacher's, decision-only "
+                   f"mode {ts['decision_only']:.2f} ({ts['num_states']} states)"
+                   + ("" if dep is None else f", deployment mode {dep:.2f} ({ts['num_states_deployment']} states)")
+                   + f" (a constant policy scores 0). Within ε of the teacher: "
+                   f"{100 * tables.get('teacher_match_rate', float('nan')):.0f} % (best constant action "
+                   f"{tables.get('teacher_match_best_constant_action', float('nan')):+.2f}: "
+                   f"{100 * tables.get('teacher_match_rate_best_constant', float('nan')):.0f} %).")
+    for key, mode in (("dpo_gain", "decision-only mode, every state"), ("dpo_gain_deployment", "deployment mode")):
+        g = tables.get(key)
+        if not g:
+            continue
+        states = f", {g['num_states']} states" if "num_states" in g else ""
+        line = (f"- {g['treated']} minus {g['baseline']} ({mode}{states}), paired 95 % interval: true value "
+                f"{_ci(g.get('true_value'))}, LTVE Q {_ci(g.get('avg_q'))}")
+        if g.get("room_policy"):
+            share = g.get("share_of_room_closed")
+            line += (f"; the room to {g['room_policy']} is {g['room_true_value']:+.4f} in true value, of which DPO "
+                     f"closes {'n/a' if share is None else f'{100 * share:.0f} %'}")
+        out.append(line + ".")
+    return out
+
+
 def _rho_table3(tables: dict) -> str:
     rho = tables.get("spearman_ltve_vs_true_table3")
     return "" if rho is None else f" ({rho:.2f} over the LLM rows and Price-Sales alone)"
@@ -170,9 +202,12 @@ def write_report(out_dir: str | Path, outputs: dict[str, dict]) -> Path:
                   f"A_safe (backend force_decision), and parse failures (price held)."]
     else:
         lines.append(missing("evaluate"))
+    lines += ["", "## The LLM half: does the student read the state, does DPO add value?", "",
+              *(_llm_half_rows(tables) or [missing("evaluate")])]
     lines += ["", "## Fig. 4: reasoning quality (LLM-as-judge, four dimensions, total out of 20)", "",
               _read(evaluate, "judge.md") or missing("evaluate"),
               "", "## Table 4: simulated online A/B test", "", _read(abtest, "table4.md") or missing("abtest"),
+              "", _read(abtest, "table4_paired.md") or "",
               "", "## Table 5: unstructured-input ablations", "", _read(evaluate, "table5.md") or missing("evaluate"),
               "", "## Fig. 5: pricing adjustment stability (first 14 days after launch)", "",
               "Offline (actions on the held-out states):", "",

@@ -17,7 +17,10 @@ week, promotion) and the discount in force, ``d_{t-1}``. It has these parts, in 
    prompt layout);
 5. diagnosis report (``aigp_train.market.text.diagnosis_report`` of yesterday's row) and the
    category knowledge base (price benchmarks of related products) — each can be switched off
-   for the Table 5 ablations (``include_diagnosis``, ``include_knowledge_base``);
+   for the Table 5 ablations (``include_diagnosis``, ``include_knowledge_base``); the diagnosis's
+   findings (``aigp_train.pricing.findings``: pace, price against benchmark and competitors, ROI
+   headroom, stock cover, reviews, in fixed band phrases) come last before the task, and go with
+   the diagnosis in the w/o-Diag ablation;
 6. product description and customer reviews: UNTRUSTED text, sanitised
    (``aigp_train.llm.untrusted``: e-mail addresses and phone numbers scrubbed and counted, chat
    tokens, tags, control tokens and headings removed), length-capped and fenced as data. KB
@@ -30,7 +33,7 @@ week, promotion) and the discount in force, ``d_{t-1}``. It has these parts, in 
 Token budget (``fit_to_budget``): the prompt is measured with the model's own tokenizer and
 chat template; when it is over budget, context is cut lowest priority first: the oldest
 reviews, then knowledge-base entries beyond the first, then the description tail (down to
-``min_description_chars``), then the diagnosis report. Instructions and the structured state
+``min_description_chars``), then the diagnosis report, then its findings. Instructions and the structured state
 are never cut: if they alone do not fit, ``PromptBudgetError`` says by how much.
 
 What the prompt shows comes from ``aigp_train.market.prompt_source`` (``MarketSource``: the market
@@ -54,6 +57,7 @@ from aigp_train.llm.untrusted import FIELD_MAX_CHARS, neutralise, sanitize_untru
 from aigp_train.market.prompt_source import MarketSource, build_state, price_sales_prediction, reviews_before
 from aigp_train.outputs import read_jsonl
 from aigp_train.pricing import feasible_interval
+from aigp_train.pricing.findings import findings as diagnosis_findings
 from aigp_train.pricing.parse import ACTION_UNIT_RULE, ACTION_UNIT_RULE_SHORT
 
 __all__ = [
@@ -153,6 +157,7 @@ class PromptContext:
     diagnosis: str | None
     elasticity: float
     prediction: list[dict]
+    findings: list[str] | None = None  # the diagnosis findings (pricing.findings); None: w/o Diag or cut
 
     def copy(self) -> "PromptContext":
         return dataclasses.replace(self, reviews=list(self.reviews), kb=list(self.kb))
@@ -283,6 +288,8 @@ def build_messages(state: dict, history: list[dict], ctx: PromptContext, cfg: Pr
         parts += [f"## Customer reviews, newest first ({UNTRUSTED_NOTE})", fence_untrusted("review", ctx.reviews)]
     else:
         parts += ["## Customer reviews", "No reviews yet."]
+    if ctx.findings:  # last before the task: the comparisons the decision rests on, next to where it is made
+        parts += ["## Findings (the diagnosis's comparisons)", *(f"- {line}" for line in ctx.findings)]
     lo, hi = (float(x) for x in feasible_interval(state["d_prev"], pricing))
     if act_only:
         parts += [_task_act_only(lo, hi), act_only_marker()]
@@ -315,11 +322,13 @@ def fit_to_budget(render, ctx: PromptContext, budget: int, tokenizer: Any, min_d
 
     Order: oldest reviews, KB entries beyond the first (as many at once as their own token counts
     say are needed, then re-measured), the description tail
-    (halving towards ``min_description_chars``), then the diagnosis report. Returns the
+    (halving towards ``min_description_chars``), then the diagnosis report, then its findings (the
+    diagnosis a small model reads most: kept longest). Returns the
     messages, the context that was kept and a dict of what was cut (recorded per prompt).
     """
     ctx = ctx.copy()
-    cuts = {"reviews_dropped": 0, "kb_dropped": 0, "description_chars_cut": 0, "diagnosis_dropped": False}
+    cuts = {"reviews_dropped": 0, "kb_dropped": 0, "description_chars_cut": 0, "diagnosis_dropped": False,
+            "findings_dropped": False}
     messages = render(ctx)
     num_tokens = count_prompt_tokens(tokenizer, messages)
     while num_tokens > budget:
@@ -342,6 +351,9 @@ def fit_to_budget(render, ctx: PromptContext, budget: int, tokenizer: Any, min_d
         elif ctx.diagnosis is not None:
             ctx.diagnosis = None
             cuts["diagnosis_dropped"] = True
+        elif ctx.findings:
+            ctx.findings = None
+            cuts["findings_dropped"] = True
         else:
             raise PromptBudgetError(
                 f"the instructions and structured state alone take {num_tokens} tokens, over the prompt budget "
@@ -386,8 +398,9 @@ def build_prompt(source: MarketSource, sku_id: str, day: int, cfg: PromptConfig,
         kb_lines, benchmark = source.kb_entries(category, str(sku.get("product_type", "")), cfg.kb_max_entries)
         kb_lines = [sanitize_untrusted(line, FIELD_MAX_CHARS, scrubbed) for line in kb_lines]
         state["kb_benchmark_price"] = benchmark
-    diagnosis = None
+    diagnosis = findings = None
     if cfg.include_diagnosis:
+        findings = diagnosis_findings(state)
         report = (diagnosis_report(past[-1], milestone, past[-2] if len(past) > 1 else None, source.horizon_days)
                   if past else "No diagnosis yet: the product launches today (no traffic or sales observed).")
         diagnosis = neutralise(report)  # our text, but built from log fields (category, SKU id) real logs fill
@@ -398,18 +411,20 @@ def build_prompt(source: MarketSource, sku_id: str, day: int, cfg: PromptConfig,
     description = sanitize_untrusted(source.descriptions.get(sku_id, ""), cfg.description_max_chars, scrubbed)
     state["prediction"] = price_sales_prediction(state, elasticity, cfg.prediction_actions, pricing)
     state["elasticity"] = round(elasticity, 3)
-    ctx = PromptContext(description, reviews, kb_lines, diagnosis, elasticity, state["prediction"])
+    ctx = PromptContext(description, reviews, kb_lines, diagnosis, elasticity, state["prediction"], findings)
     def render(c: PromptContext) -> list[dict]:
         return build_messages(state, history, c, cfg, pricing, act_only=act_only)
 
     messages, kept, cuts = fit_to_budget(render, ctx, cfg.prompt_budget(act_only), tokenizer, cfg.min_description_chars)
     state["has_diagnosis"] = kept.diagnosis is not None
+    state["has_findings"] = bool(kept.findings)
     variant = "act_only" if act_only else "full"
     return {
         "prompt_id": f"{sku_id}-d{day:02d}" + ("-act" if act_only else ""), "variant": variant, "act_only": act_only,
         "sku_id": sku_id, "category": category, "day": day, "date": int(today["date"]), "d_prev": state["d_prev"],
         "state": state, "messages": messages,
-        "context": {"has_diagnosis": state["has_diagnosis"], "num_kb": len(kept.kb), "num_reviews": len(kept.reviews),
+        "context": {"has_diagnosis": state["has_diagnosis"], "has_findings": state["has_findings"],
+                    "num_kb": len(kept.kb), "num_reviews": len(kept.reviews),
                     "num_reviews_available": len(reviews), "num_tokens": cuts.pop("num_tokens"), "cuts": cuts,
                     "contacts_scrubbed": {k: scrubbed[k] for k in ("email", "phone")}},
     }

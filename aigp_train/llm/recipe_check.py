@@ -266,6 +266,15 @@ def vllm_lora_problems(architecture: str, lora: Any, max_lora_rank: int | None) 
     return problems
 
 
+def vllm_merge_reasons(lora: Any) -> list[str]:
+    """What of this recipe's adapter vLLM would not load as a LoRA, but serves once merged into the base
+    (``aigp export --merge`` writes the trained rows into the embedding): PEFT's trained token rows."""
+    if not getattr(lora, "trainable_tokens", None):
+        return []
+    return [f"the trained embedding rows of {', '.join(lora.trainable_tokens)} (lora.trainable_tokens) are not loaded "
+            f"by vLLM's LoRA path (vLLM issue #36501): serve the merged model (aigp export --merge)"]
+
+
 def _lora_settings(merged: dict):
     from aigp_train.train.recipe import LoraRecipe
 
@@ -355,7 +364,8 @@ def check(recipe_path: str, overrides: list[str], cluster_path: str | None, a: A
         "lora": {"source": lora_source, "targets": list(lora.target_modules), "rank": lora.rank,
                  "modules": len(facts.lora_modules), "expert_weights_targeted": expert_targets,
                  "train_experts": lora.train_experts, "ok": True,
-                 "vllm_servable": not vllm_problems, "vllm_problems": vllm_problems},
+                 "vllm_servable": not vllm_problems, "vllm_problems": vllm_problems,
+                 "vllm_merge_first": vllm_merge_reasons(lora)},
         "params": {**facts.counts, "trainable": facts.lora_params, "moe_blocks": facts.moe_blocks,
                    "largest_zero3_leaf": facts.largest_leaf},
         "deepspeed_crosscheck": {"full_finetune_gib_deepspeed": ds_full / GiB,
@@ -383,7 +393,8 @@ def render(r: dict) -> str:
     lines += [f"LoRA targets ({lo['source']}): {', '.join(lo['targets'])}, rank {lo['rank']}: {lo['modules']} modules "
               f"found; expert weights targeted: {len(lo['expert_weights_targeted'])} -> OK",
               "vLLM serves this adapter: "
-              + ("yes" if lo["vllm_servable"] else "NO: " + "; ".join(lo["vllm_problems"])),
+              + ("NO: " + "; ".join(lo["vllm_problems"]) if not lo["vllm_servable"] else
+                 "yes, merged: " + "; ".join(lo["vllm_merge_first"]) if lo["vllm_merge_first"] else "yes"),
               ""]
     lines += [f"parameters: total {p['total'] / 1e9:.2f} B, active/token {p['active'] / 1e9:.2f} B "
               f"(routed experts {p['expert'] / 1e9:.2f} B, {p['moe_blocks']} MoE blocks), trainable (LoRA) "

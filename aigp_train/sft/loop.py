@@ -36,6 +36,7 @@ from aigp_train.sft.data import (
 )
 from aigp_train.sft.loss import SftLoss, micro_batch_loss
 from aigp_train.train.logging import train_flops_per_token
+from aigp_train.train.lora import trainable_token_ids
 from aigp_train.train.runner import StepPlan
 from aigp_train.train.session import TrainSession, start_session
 
@@ -97,7 +98,8 @@ def train_sft(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
         base_model=base_model, wrap=SftLoss, lora=recipe.lora, optim=recipe.optim, engine=eng,
         checkpoint=recipe.checkpoint, logging=recipe.logging, out_dir=out_dir, num_training_steps=total_steps,
         dist=dist, run_name=f"sft-{out_dir.name}", config=recipe_to_dict(recipe),
-        flops_per_token=train_flops_per_token(base_model, mean_len))
+        flops_per_token=train_flops_per_token(base_model, mean_len),
+        token_ids=trainable_token_ids(tokenizer, recipe.lora))
     engine, logger = session.engine, session.logger
     es = recipe.early_stopping
     loop = {"best_heldout": math.inf, "evals_without_improvement": 0, "stopped_early": False}

@@ -6,9 +6,13 @@ On a held-out expert set (time-based split, ``aigp_train.evaluate.offline``), ev
 * ``price_sales``: the production-style DNN price-sales baseline, trained here on the SKUs of
   the training period (launched and finished before the held-out cutoff) and saved to
   ``price_sales/`` (``aigp abtest`` loads it);
-* ``llm``: the model of ``infer_recipe`` with the policy's adapter (null = the base model),
-  through the exact path of ``aigp infer`` (full prompts, reasoning, Ψ). Its responses are
-  scored by the judge of ``judge_recipe`` (four dimensions, total out of 20);
+* ``llm``: the model of ``infer_recipe`` with the policy's adapter (null = the base model), in two
+  modes. Decision-only (``[ACT_ONLY]`` prompts, the JSON action alone: the mode candidates and DPO
+  use, §3.4) on every test state: the row's Table 3 figures. Deployment (the control token removed:
+  reasoning, then the action, through the exact path of ``aigp infer``, Ψ) on the first
+  ``modes.deployment_max_states`` test states: the row's ``deployment`` block (the same figures on
+  that sample, the parse counts: written / forced / failed, and the judge of ``judge_recipe`` on its
+  reasoning: four dimensions, total out of 20);
 * ``simulator``: one of the market's behaviour policies (``simulator_policy``) on the replayed
   state (it reads the simulator's hidden state: a reference row, not a deployable policy);
 * ``ltve_greedy``: argmax of a critic's Q over the safe grid (what the critic alone would do): the
@@ -37,6 +41,7 @@ import pyarrow.parquet as pq
 
 from aigp_train.config import help_field
 from aigp_train.evaluate import offline
+from aigp_train.evaluate.bootstrap import paired_difference
 from aigp_train.evaluate.policies import (
     Decisions,
     PriceSalesConfig,
@@ -88,9 +93,22 @@ class ComparisonConfig:
     teacher_recipe: str | None = help_field("aigp teacher recipe whose decisions the student is matched against; "
                                             "null = no teacher match rate")
     teacher_student: str | None = help_field("row whose decisions are matched against the teacher's")
+    room_policy: str | None = help_field("row of the value DPO could reach (e.g. 'LTVE-greedy'): the share of the gap "
+                                         "from dpo_baseline to it that dpo_treated closes; null = not reported")
     num_resamples: int = help_field("paired bootstrap resamples")
     confidence: float = help_field("bootstrap interval level")
     seed: int = help_field("bootstrap seed")
+
+
+@dataclass
+class ModesConfig:
+    decision_only_max_new_tokens: int = help_field("tokens a decision-only ([ACT_ONLY]) answer may take: the JSON")
+    decision_only_constraint: Literal["none", "action", "a_safe"] = help_field(
+        "decision-only answers decoded over the action JSON (action), within A_safe (a_safe), or free (none: the "
+        "model must write the JSON itself); deployment answers are never constrained by it")
+    deployment_max_states: int = help_field(
+        "deployment mode (reasoning, then the action) on the first this many test states (0 = all): the judge and "
+        "the parse counts need it, and a reasoned answer costs ~50x a decision-only one")
 
 
 @dataclass
@@ -108,6 +126,7 @@ class Recipe:
     price_sales: PriceSalesConfig = help_field("the price-sales baseline model")
     fig5: Fig5Config = help_field("Fig. 5 stability plots")
     compare: ComparisonConfig = help_field("beyond the paper: DPO's paired gain, the student's match with the teacher")
+    modes: ModesConfig = help_field("the LLM rows' two modes: decision-only on every state, deployment on a sample")
     pricing: PricingConfig = help_field("pricing rules (A_safe, ε, h, λ)")
 
 
@@ -156,22 +175,27 @@ class _LLMSide:
         # The price-sales hint in the prompts is fitted on the training period only (no look-ahead).
         self.source = MarketSource(recipe.market_dir, cutoff_date - 1)
         self.tokenizer = load_tokenizer(self.infer.model)
-        self.backend = make_backend(backend_with_pricing(self.infer.backend, recipe.pricing), self.infer.model,
+        # one backend for both modes: the act-only constraint applies to [ACT_ONLY] requests only
+        backend_cfg = self.infer.backend.with_act_only_constraint(recipe.modes.decision_only_constraint)
+        self.backend = make_backend(backend_with_pricing(backend_cfg, recipe.pricing), self.infer.model,
                                     recipe.pricing)
+        self.decision_sampling = dataclasses.replace(self.infer.sampling,
+                                                     max_new_tokens=recipe.modes.decision_only_max_new_tokens)
         self.judge_backend = make_backend(backend_with_pricing(self.judge.backend, recipe.pricing), self.judge.model,
                                           recipe.pricing)
         self.out = out
         self.pricing = recipe.pricing
 
-    def prompts(self, test: offline.TestSet, **ablation) -> list[dict]:
+    def prompts(self, test: offline.TestSet, act_only: bool = False, **ablation) -> list[dict]:
         from aigp_train.llm.prompts import build_prompt
 
         cfg = dataclasses.replace(self.prompt_cfg, **ablation)
-        return [build_prompt(self.source, sku, int(day), cfg, self.pricing, self.tokenizer, act_only=False)
+        return [build_prompt(self.source, sku, int(day), cfg, self.pricing, self.tokenizer, act_only=act_only)
                 for sku, day in zip(test.ctx["sku_id"], test.day)]
 
-    def teacher_policy(self, teacher_recipe: str):
-        """The teacher of ``teacher_recipe`` answering the same deployment prompts (its backend, greedy sampling)."""
+    def teacher_policy(self, teacher_recipe: str, decision_only: bool = False):
+        """The teacher of ``teacher_recipe`` answering the same prompts (its backend, the infer recipe's greedy
+        sampling)."""
         from aigp_train.config import load_recipe
         from aigp_train.evaluate.policies import LLMPolicy
         from aigp_train.llm.backends import make_backend
@@ -180,14 +204,18 @@ class _LLMSide:
 
         rec = load_recipe(teacher_recipe, teacher.Recipe)
         backend = make_backend(backend_with_pricing(rec.backend, self.pricing), rec.model, self.pricing)
-        return LLMPolicy("teacher", backend, self.infer.sampling, None, self.pricing,
-                         self.out.path / "inference" / "teacher", self.infer.shard_size)
+        return LLMPolicy("teacher", backend, self.decision_sampling if decision_only else self.infer.sampling, None,
+                         self.pricing, self.out.path / "inference" / ("teacher-act" if decision_only else "teacher"),
+                         self.infer.shard_size, decision_only)
 
-    def policy(self, name: str, adapter: str | None, tag: str):
+    def policy(self, name: str, adapter: str | None, tag: str, decision_only: bool = False):
+        """The LLM policy in decision-only mode ([ACT_ONLY] prompts, a short answer) or deployment mode."""
         from aigp_train.evaluate.policies import LLMPolicy
 
-        return LLMPolicy(name, self.backend, self.infer.sampling, adapter, self.pricing,
-                         self.out.path / "inference" / tag, self.infer.shard_size)
+        sampling = self.decision_sampling if decision_only else self.infer.sampling
+        return LLMPolicy(name, self.backend, sampling, adapter, self.pricing,
+                         self.out.path / "inference" / (f"{tag}-act" if decision_only else tag), self.infer.shard_size,
+                         decision_only)
 
     def judge_scores(self, tag: str, prompts: list[dict], responses: list[str | None]) -> dict:
         from aigp_train.llm.backends import GenerationRequest
@@ -227,7 +255,11 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     if unknown:
         raise ValueError(f"ablations {unknown} must name llm policies of 'policies' (Table 5 ablates prompt inputs).")
     llm = _LLMSide(recipe, out, test.cutoff_date) if any(p.kind == "llm" for p in policies.values()) else None
-    base_prompts = llm.prompts(test) if llm else None
+    # deployment mode (reasoning) on a seeded sample of the states; decision-only mode on all of them
+    dep = _deployment_sample(test, recipe.modes.deployment_max_states, recipe.test.seed)
+    act_prompts = llm.prompts(test, act_only=True) if llm else None
+    dep_prompts = llm.prompts(dep.test) if llm else None
+    dep.feats = ltve.features(logs, rows=dep.test.rows) if ltve is not None else None
 
     rows: dict[str, dict] = {}
     actions: dict[str, np.ndarray] = {}
@@ -251,32 +283,44 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
             critic = _load_ltve(spec.ltve_path) if spec.ltve_path else ltve
             dec = Decisions(critic.greedy(critic.features(logs, rows=test.rows), test.ctx["d_prev"], recipe.pricing))
         else:
-            dec = llm.policy(name, spec.adapter, _tag(name)).decide(test.ctx, base_prompts)
-            judge[name] = llm.judge_scores(_tag(name), base_prompts, dec.reasoning)
+            dec = llm.policy(name, spec.adapter, _tag(name), decision_only=True).decide(test.ctx, act_prompts)
         actions[name] = dec.actions
         row = offline.decision_metrics(test, dec.actions, recipe.pricing, ltve, feats)
         tv, tv_se, per_state_true[name] = offline.true_values(sim, test, dec.actions, recipe.true_value.continuation,
                                                               recipe.true_value.num_rollouts, references)
         row.update(true_value=tv, true_value_se=tv_se, kind=spec.kind, adapter=spec.adapter)
-        if dec.parse is not None:
-            row["parse"] = dec.parse
-            row["judge_total"] = judge[name]["total"]
+        if spec.kind == "llm":
+            row.update(mode="decision_only", parse=dec.parse)
+            row["deployment"] = dep.run(llm, name, spec.adapter, _tag(name), dep_prompts, recipe, sim, references,
+                                        ltve)
+            judge[name] = row["deployment"].pop("judge")
+            row["judge_total"] = judge[name]["total"]  # of the deployment answers: the judge scores reasoning
         rows[name] = row
         print(f"[evaluate] {name}: " + ", ".join(f"{k}={v:.4f}" for k, v in row.items() if isinstance(v, float)),
               flush=True)
 
     ablations: dict[str, dict[str, dict]] = {}
+    boot = dict(num_resamples=recipe.compare.num_resamples, confidence=recipe.compare.confidence,
+                seed=recipe.compare.seed)
     for name in recipe.ablations:
         ablations[name] = {}
         for label, switch in (("w/o Diag", {"include_diagnosis": False}),
                               ("w/o KB", {"include_knowledge_base": False})):
-            prompts = llm.prompts(test, **switch)
             tag = _tag(f"{name}-{label}")
-            dec = llm.policy(f"{name} {label}", policies[name].adapter, tag).decide(test.ctx, prompts)
-            ablations[name][label] = offline.decision_metrics(test, dec.actions, recipe.pricing, ltve, feats)
+            dec = llm.policy(f"{name} {label}", policies[name].adapter, tag, decision_only=True).decide(
+                test.ctx, llm.prompts(test, act_only=True, **switch))
+            row = offline.decision_metrics(test, dec.actions, recipe.pricing, ltve, feats)
+            tv, tv_se, per_state = offline.true_values(sim, test, dec.actions, recipe.true_value.continuation,
+                                                       recipe.true_value.num_rollouts, references)
+            row.update(true_value=tv, true_value_se=tv_se, mode="decision_only", parse=dec.parse,
+                       minus_full_true_value=paired_difference(per_state, per_state_true[name], **boot))
+            row["deployment"] = dep.run(llm, f"{name} {label}", policies[name].adapter, tag,
+                                        llm.prompts(dep.test, **switch), recipe, sim, references, ltve)
+            row["deployment"].pop("judge")
+            ablations[name][label] = row
 
-    comparisons = _comparisons(recipe.compare, actions, per_state_true, test, ltve, feats, llm, base_prompts,
-                               recipe.pricing)
+    comparisons = _comparisons(recipe.compare, actions, per_state_true, test, ltve, feats, llm, act_prompts,
+                               recipe.pricing, dep, dep_prompts)
     stab = stability_table(actions, recipe.fig5.bin_width, recipe.pricing.max_step, recipe.fig5.thresholds)
     figures = plot_fig5(stab, out.path, recipe.fig5.bin_width)
     names = list(rows)
@@ -307,10 +351,52 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
             "summary": {"table3": summary, "figures": [str(f) for f in figures]}}
 
 
+@dataclass
+class _Deployment:
+    """Deployment mode (reasoning, then the action) on a seeded sample of the test states."""
+
+    test: offline.TestSet
+    feats: object = None
+    actions: dict = dataclasses.field(default_factory=dict)      # row -> actions on the sample
+    per_state_true: dict = dataclasses.field(default_factory=dict)
+
+    def run(self, llm, name: str, adapter: str | None, tag: str, prompts: list[dict], recipe: Recipe, sim,
+            references, ltve) -> dict:
+        """One LLM row in deployment mode: Table 3's figures on the sample, the parse counts, the judge."""
+        dec = llm.policy(name, adapter, tag).decide(self.test.ctx, prompts)
+        block = offline.decision_metrics(self.test, dec.actions, recipe.pricing, ltve, self.feats)
+        tv, tv_se, self.per_state_true[name] = offline.true_values(
+            sim, self.test, dec.actions, recipe.true_value.continuation, recipe.true_value.num_rollouts, references)
+        self.actions[name] = dec.actions
+        block.update(true_value=tv, true_value_se=tv_se, num_states=int(self.test.rows.size), parse=dec.parse,
+                     judge=llm.judge_scores(tag, prompts, dec.reasoning))
+        block["judge_total"] = block["judge"]["total"]
+        return block
+
+
+def _deployment_sample(test: offline.TestSet, max_states: int, seed: int) -> _Deployment:
+    n = int(test.rows.size)
+    if max_states <= 0 or max_states >= n:
+        return _Deployment(test)
+    idx = np.sort(np.random.default_rng(seed + 1).choice(n, size=max_states, replace=False))
+    return _Deployment(test.subset(idx))
+
+
+def _spearman_or_zero(x, y) -> float | None:
+    """Spearman's rho, 0 for a constant ranking (a policy that decides the same everywhere reads nothing)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.size < 3:
+        return None
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return 0.0
+    return offline.spearman(x, y)
+
+
 def _comparisons(cfg: ComparisonConfig, actions: dict, per_state_true: dict, test, ltve, feats, llm, prompts,
-                 pricing) -> dict:
-    """DPO's paired gain over its baseline (LTVE Q and true value) and the student's match with the teacher."""
-    from aigp_train.evaluate.bootstrap import paired_difference
+                 pricing, dep: _Deployment, dep_prompts) -> dict:
+    """DPO's paired gain over its baseline (LTVE Q and true value) in decision-only mode (every state) and
+    deployment mode (the sample), the share of the room to ``room_policy`` it closes, and the student's
+    match with the teacher (rank correlation and the EAMA-style match rate)."""
     from aigp_train.pricing import project_action
 
     out: dict = {}
@@ -320,14 +406,36 @@ def _comparisons(cfg: ComparisonConfig, actions: dict, per_state_true: dict, tes
         if missing:
             raise ValueError(f"compare.dpo_treated / dpo_baseline name rows {missing} that are not in policies.")
         t, b = cfg.dpo_treated, cfg.dpo_baseline
-        out["dpo_gain"] = {"treated": t, "baseline": b,
+        out["dpo_gain"] = {"treated": t, "baseline": b, "mode": "decision_only",
                            "true_value": paired_difference(per_state_true[t], per_state_true[b], **boot)}
         if ltve is not None:
             out["dpo_gain"]["avg_q"] = paired_difference(ltve.q(feats, actions[t]), ltve.q(feats, actions[b]), **boot)
+        if t in dep.actions and b in dep.actions:
+            out["dpo_gain_deployment"] = {
+                "treated": t, "baseline": b, "mode": "deployment", "num_states": int(dep.test.rows.size),
+                "true_value": paired_difference(dep.per_state_true[t], dep.per_state_true[b], **boot)}
+            if ltve is not None:
+                out["dpo_gain_deployment"]["avg_q"] = paired_difference(
+                    ltve.q(dep.feats, dep.actions[t]), ltve.q(dep.feats, dep.actions[b]), **boot)
+        if cfg.room_policy:
+            if cfg.room_policy not in per_state_true:
+                raise ValueError(f"compare.room_policy {cfg.room_policy!r} is not a row of policies.")
+            gap = float(np.mean(per_state_true[cfg.room_policy]) - np.mean(per_state_true[b]))
+            gain = float(np.mean(per_state_true[t]) - np.mean(per_state_true[b]))
+            out["dpo_gain"].update(room_policy=cfg.room_policy, room_true_value=gap,
+                                   share_of_room_closed=gain / gap if gap > 0 else None)
     if cfg.teacher_recipe and cfg.teacher_student:
         if cfg.teacher_student not in actions or llm is None:
             raise ValueError(f"compare.teacher_student {cfg.teacher_student!r} must name an llm row of policies.")
-        teacher = llm.teacher_policy(cfg.teacher_recipe).decide(test.ctx, prompts).actions
+        teacher = llm.teacher_policy(cfg.teacher_recipe, decision_only=True).decide(test.ctx, prompts).actions
+        student = cfg.teacher_student
+        spearman = {"student": student, "decision_only": _spearman_or_zero(actions[student], teacher),
+                    "num_states": int(test.rows.size)}
+        if student in dep.actions:
+            teacher_dep = llm.teacher_policy(cfg.teacher_recipe).decide(dep.test.ctx, dep_prompts).actions
+            spearman.update(deployment=_spearman_or_zero(dep.actions[student], teacher_dep),
+                            num_states_deployment=int(dep.test.rows.size))
+        out["teacher_spearman"] = spearman
         match = lambda a: float(np.mean(np.abs(np.asarray(a) - teacher) <= pricing.eama_epsilon + 1e-9))  # noqa: E731
         d_prev = np.asarray(test.ctx["d_prev"], dtype=np.float64)
         grid = np.round(np.arange(-pricing.max_step, pricing.max_step + 1e-9, 0.01), 2)

@@ -8,7 +8,11 @@ Coherence, Reasoning-Decision Consistency, 1-5 each) through the configured back
 and resumable like the teacher. With ``skip_llm_on_failed_checks`` a response that already
 failed a deterministic check is not sent to the judge model (it cannot be kept anyway).
 
-Kept = deterministic checks passed and all four scores 5. Writes:
+Kept = deterministic checks passed and all four scores 5. A decision-only answer (an ``[ACT_ONLY]``
+prompt's JSON action, when the teacher answered that variant) has no reasoning for the judge's
+rubric to score: it is kept when its deterministic checks pass (JSON parses, action in A_safe),
+and such examples make up at most ``sft.act_only_share`` of the SFT set (a hash of the response
+id picks which, when there are more). Writes:
 
 * ``scores.jsonl``: one row per response: ids, checks, scores (or the parse failure), keep;
 * ``sft/train.jsonl`` and ``sft/heldout.jsonl``: the kept responses as chat examples
@@ -48,6 +52,8 @@ class SFTSplitConfig:
     heldout_fraction: float = help_field("share of SKUs whose kept responses go to sft/heldout.jsonl")
     salt: str = help_field("salt of the SKU hash that splits train / heldout")
     num_buckets: int = help_field("hash buckets; heldout_fraction * num_buckets must be whole")
+    act_only_share: float = help_field(
+        "most share of the SFT examples that are decision-only ([ACT_ONLY] prompt -> the teacher's JSON action)")
 
 
 @dataclass
@@ -73,9 +79,9 @@ class _PromptsView:
 
 
 def sft_tokenizer_and_cutoff(prompts_dir: str):
-    """The student's tokenizer and the SFT cutoff, from the resolved recipe of the prompts run
-    (one source: the prompts were fitted to the same budget). Only its model and prompt blocks
-    are read."""
+    """The student's tokenizer and the SFT cutoffs (full, [ACT_ONLY]), from the resolved recipe of the
+    prompts run (one source: the prompts were fitted to the same budget). Only its model and prompt
+    blocks are read."""
     import yaml
     from omegaconf import OmegaConf
 
@@ -87,7 +93,7 @@ def sft_tokenizer_and_cutoff(prompts_dir: str):
     data = yaml.safe_load(resolved.read_text())
     view = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(_PromptsView),
                                                {"model": data["model"], "prompt": data["prompt"]}))
-    return load_tokenizer(view.model), view.prompt.full_cutoff_tokens
+    return load_tokenizer(view.model), view.prompt.full_cutoff_tokens, view.prompt.act_only_cutoff_tokens
 
 
 def example_tokens(tokenizer, messages: list[dict]) -> int:
@@ -124,10 +130,29 @@ def _context(prompt: dict) -> dict:
     return {"has_kb": bool(ctx.get("num_kb", 0)), "has_diagnosis": bool(ctx.get("has_diagnosis", False))}
 
 
+def _cap_act_only_share(kept: list[tuple], share: float) -> tuple[list[tuple], int]:
+    """Keep every reasoned example and at most ``share`` of the set as decision-only ones, picked by a
+    hash of the response id (stable across runs and ranks); returns the kept items and the dropped count."""
+    import hashlib
+
+    full = [k for k in kept if not k[1]["act_only"]]
+    act = [k for k in kept if k[1]["act_only"]]
+    room = int(share / (1 - share) * len(full)) if share > 0 else 0
+    if len(act) <= room:
+        return kept, 0
+    ranked = sorted((hashlib.sha256(k[0].encode()).hexdigest(), k[0]) for k in act)
+    chosen = {rid for _, rid in ranked[:room]}
+    return [k for k in kept if not k[1]["act_only"] or k[0] in chosen], len(act) - room
+
+
 def run(recipe: Recipe, out: StageOutput) -> dict:
     if recipe.sampling.n != 1:
         raise ValueError(f"judge sampling.n must be 1 (one verdict per response), got {recipe.sampling.n}.")
+    if not 0 <= recipe.sft.act_only_share < 1:
+        raise ValueError(f"sft.act_only_share must be in [0, 1), got {recipe.sft.act_only_share}.")
     prompts = {p["prompt_id"]: p for p in read_prompts(recipe.prompts_dir, "full")}
+    if (Path(recipe.prompts_dir) / "act_only" / "plan.json").is_file():
+        prompts.update({p["prompt_id"]: p for p in read_prompts(recipe.prompts_dir, "act_only")})
     teacher_rows = read_generations(Path(recipe.teacher_dir) / "responses")
     items = []  # (response_id, prompt, sample, text, teacher row)
     for row in teacher_rows:
@@ -139,8 +164,9 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
             items.append((f"{row['request_id']}#{k}", prompt, k, text, row))
     checks = {rid: deterministic_checks(text, p["state"], recipe.pricing, recipe.checks, p["act_only"])
               for rid, p, _, text, _ in items}
+    # the rubric scores reasoning: a decision-only answer has none, its checks decide alone
     to_judge = [(rid, p, text) for rid, p, _, text, _ in items
-                if checks[rid].passed or not recipe.skip_llm_on_failed_checks]
+                if not p["act_only"] and (checks[rid].passed or not recipe.skip_llm_on_failed_checks)]
     requests = JudgeRequests(to_judge)
     backend = make_backend(backend_with_pricing(recipe.backend, recipe.pricing), recipe.model, recipe.pricing)
     verdict_dir = out.path / "verdicts"
@@ -152,14 +178,21 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
                 for r in wait_for_generations(verdict_dir, recipe.wait_for_ranks_s if world > 1 else 0.0)}
 
     stats = JudgeStats()
+    act_only_stats = {"responses": 0, "passed_checks": 0}
     score_rows, kept = [], []
     teacher_backend = teacher_rows[0]["backend"] if teacher_rows else None
     for rid, prompt, k, text, trow in items:
         chk = checks[rid]
         parsed = parse_scores(verdicts[rid]) if rid in verdicts else None
-        keep = keep_response(chk, parsed)
-        stats.add(chk, parsed, keep)
-        row = {"response_id": rid, "prompt_id": prompt["prompt_id"], "sample": k, "sku_id": prompt["sku_id"],
+        if prompt["act_only"]:
+            keep = chk.passed
+            act_only_stats["responses"] += 1
+            act_only_stats["passed_checks"] += int(keep)
+        else:
+            keep = keep_response(chk, parsed)
+            stats.add(chk, parsed, keep)
+        row = {"response_id": rid, "prompt_id": prompt["prompt_id"], "act_only": bool(prompt["act_only"]),
+               "sample": k, "sku_id": prompt["sku_id"],
                "day": prompt["day"], "date": prompt["date"], "checks": chk.to_dict(),
                "scores": parsed.scores if parsed else None, "score_failure": parsed.failure if parsed else None,
                "judged": parsed is not None, "keep": keep, "teacher_backend": trow["backend"],
@@ -171,14 +204,16 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
             kept.append((rid, prompt, text, chk, parsed, trow))
     # A kept example longer than the SFT cutoff would be truncated before its JSON action and teach
     # the model to stop without deciding: it is left out of the SFT set (and counted).
-    tokenizer, cutoff = sft_tokenizer_and_cutoff(recipe.prompts_dir)
+    tokenizer, cutoff, act_only_cutoff = sft_tokenizer_and_cutoff(recipe.prompts_dir)
     fits = {rid: example_tokens(tokenizer, [*prompt["messages"], {"role": "assistant",
-                                                                   "content": visible_response(text)}]) <= cutoff
+                                                                   "content": visible_response(text)}])
+            <= (act_only_cutoff if prompt["act_only"] else cutoff)
             for rid, prompt, text, *_ in kept}
     for row in score_rows:
         row["fits_cutoff"] = fits.get(row["response_id"])
     over_cutoff = sum(not f for f in fits.values())
     kept = [item for item in kept if fits[item[0]]]
+    kept, act_only_dropped = _cap_act_only_share(kept, recipe.sft.act_only_share)
     atomic_write_jsonl(out.path / "scores.jsonl", score_rows)
 
     split = recipe.sft
@@ -190,7 +225,8 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
             "id": rid, "prompt_id": prompt["prompt_id"], "sku_id": prompt["sku_id"], "day": prompt["day"],
             "date": prompt["date"], "d_prev": prompt["d_prev"], "action": chk.action,
             "messages": [*prompt["messages"], {"role": "assistant", "content": visible_response(text)}],
-            "scores": parsed.scores, "teacher_backend": trow["backend"], "judge_backend": backend.name,
+            "scores": parsed.scores if parsed else None, "act_only": bool(prompt["act_only"]),
+            "teacher_backend": trow["backend"], "judge_backend": backend.name,
         })
     for name, rows in sft.items():
         atomic_write_jsonl(out.path / "sft" / f"{name}.jsonl", rows)
@@ -199,6 +235,10 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
                "stand_in": bool(backend.name.endswith("stand-in") or (teacher_backend or "").endswith("stand-in")),
                "sft_train": len(sft["train"]), "sft_heldout": len(sft["heldout"]),
                "sft_over_cutoff": over_cutoff, "sft_cutoff_tokens": cutoff,
+               "act_only": {**act_only_stats, "share_cap": recipe.sft.act_only_share,
+                            "dropped_by_cap": act_only_dropped,
+                            "in_sft_train": sum(r["act_only"] for r in sft["train"]),
+                            "in_sft_heldout": sum(r["act_only"] for r in sft["heldout"])},
                "shards_written": len(result.written), "shards_skipped": len(result.skipped)}
     return {"inputs": {"prompts": recipe.prompts_dir, "teacher": recipe.teacher_dir},
             "rows": {"responses": len(score_rows), "sft_train": len(sft["train"]), "sft_heldout": len(sft["heldout"])},

@@ -130,7 +130,8 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     scores_path = Path(recipe.judge_dir) / "scores.jsonl"
     if not scores_path.is_file():
         raise FileNotFoundError(f"{scores_path} not found: run `aigp judge` first (judge_dir={recipe.judge_dir}).")
-    rows = read_jsonl(scores_path)
+    # decision-only answers are kept by their checks alone: the judge never scored them
+    rows = [r for r in read_jsonl(scores_path) if not r.get("act_only")]
     labels = file_labels(recipe.labels_path) if recipe.labels_path else stand_in_labels(rows)
     rows = [r for r in rows if r["response_id"] in labels]
     if not rows:

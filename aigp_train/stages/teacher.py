@@ -1,6 +1,7 @@
-"""Teacher responses (paper §3.2): chain-of-thought + JSON action for every full-mode prompt.
+"""Teacher responses (paper §3.2): chain-of-thought + JSON action for every full-mode prompt, and the
+JSON action alone for every ``[ACT_ONLY]`` prompt.
 
-Reads ``<prompts_dir>/full`` (written by ``aigp prompts``) and answers each prompt
+Reads ``<prompts_dir>/<variant>`` for each of ``variants`` (written by ``aigp prompts``) and answers each prompt
 ``sampling.n`` times through the configured backend (``vllm`` for the paper's Qwen3-235B-A22B,
 ``hf`` on a CPU box, ``scripted`` = the rule-based STAND-IN teacher, see
 ``aigp_train.llm.backends.scripted``), sharded across ranks / SLURM tasks with the resumable
@@ -29,7 +30,10 @@ from aigp_train.pricing import ParseStats, PricingConfig, parse_action
 @dataclass
 class Recipe:
     output_dir: str = help_field("folder of this stage's output")
-    prompts_dir: str = help_field("output folder of `aigp prompts` (its full/ variant is answered)")
+    prompts_dir: str = help_field("output folder of `aigp prompts`")
+    variants: list[str] = help_field(
+        "prompt variants answered: full (reasoning + action, judged) and act_only (the decision alone: the SFT set's "
+        "[ACT_ONLY] examples, so the student learns the mode candidates and DPO use)")
     max_prompts: int = help_field("answer at most this many prompts, in prompt order (0 = all)")
     shard_size: int = help_field("prompts per atomically written shard (the unit of resume)")
     wait_for_ranks_s: float = help_field("rank 0 waits this long for other ranks' shards before the summary")
@@ -47,9 +51,14 @@ def backend_with_pricing(cfg: BackendConfig, pricing: PricingConfig) -> BackendC
 
 
 def run(recipe: Recipe, out: StageOutput) -> dict:
-    prompts = [p for p in read_prompts(recipe.prompts_dir, "full")]
-    if recipe.max_prompts > 0:
-        prompts = prompts[: recipe.max_prompts]
+    unknown = sorted(set(recipe.variants) - {"full", "act_only"})
+    if unknown or not recipe.variants:
+        raise ValueError(f"variants must be a non-empty subset of [full, act_only], got {recipe.variants}.")
+    prompts = []
+    for variant in ("full", "act_only"):
+        if variant in recipe.variants:
+            rows = read_prompts(recipe.prompts_dir, variant)
+            prompts += rows[: recipe.max_prompts] if recipe.max_prompts > 0 else rows
     requests = [GenerationRequest(p["prompt_id"], p["messages"], p["state"], p["act_only"], None) for p in prompts]
     backend = make_backend(backend_with_pricing(recipe.backend, recipe.pricing), recipe.model, recipe.pricing)
     extra = None
@@ -74,7 +83,9 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     num = stats.num_total
     summary = {
         "backend": backend.name, "stand_in": backend.name.endswith("stand-in"),
-        "num_prompts": len(rows), "num_responses": num, "mean_response_chars": round(chars / max(num, 1), 1),
+        "num_prompts": len(rows), "num_responses": num,
+        "num_act_only_prompts": sum(bool(by_id[r["request_id"]]["act_only"]) for r in rows),
+        "mean_response_chars": round(chars / max(num, 1), 1),
         "parse": stats.to_dict(), "shards_written": len(result.written), "shards_skipped": len(result.skipped),
         "seconds": round(result.seconds, 2),
     }

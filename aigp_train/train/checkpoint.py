@@ -30,7 +30,7 @@ from safetensors.torch import load_file, save_file
 
 from aigp_train.distributed.dist import DistInfo, barrier, print0
 from aigp_train.outputs import atomic_write_json
-from aigp_train.train.lora import lora_parameters
+from aigp_train.train.lora import TRAINABLE, lora_parameters
 
 __all__ = ["Checkpointer", "gather_lora_state", "save_adapter", "load_adapter_weights"]
 
@@ -68,7 +68,7 @@ def load_adapter_weights(model, adapter_dir: str | Path) -> None:
     require_safetensors(adapter_dir, "adapter")  # a clear error for a .bin-only folder, which is never loaded
     weights = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
     result = set_peft_model_state_dict(model, weights)
-    missing = [k for k in result.missing_keys if "lora_" in k]
+    missing = [k for k in result.missing_keys if any(t in k for t in TRAINABLE)]
     if missing:
         raise ValueError(f"adapter {adapter_dir} lacks {len(missing)} LoRA weight(s) of this model, e.g. {missing[0]}; "
                          f"was it trained with another lora.target_modules or rank?")

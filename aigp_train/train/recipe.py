@@ -22,6 +22,9 @@ class LoraRecipe:
     dropout: float = help_field("dropout on the LoRA input (0 keeps runs bit-reproducible)")
     target_modules: list[str] = help_field("module names that get LoRA adapters (paper: q/k/v/o projections)")
     train_experts: bool = help_field("allow LoRA on routed-expert weights (off: such a target is an error)")
+    trainable_tokens: list[str] = help_field(
+        "special tokens whose embedding rows are trained with the adapter (PEFT trainable_token_indices), e.g. "
+        "[ACT_ONLY]: a control token new to the base model has an untrained row; [] = none")
 
 
 @dataclass

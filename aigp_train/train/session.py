@@ -31,7 +31,7 @@ from aigp_train.train.logging import MetricsLogger
 from aigp_train.train.lora import apply_lora
 from aigp_train.train.recipe import CheckpointRecipe, EngineRecipe, LoggingRecipe, LoraRecipe, OptimRecipe
 from aigp_train.train.signals import Preempted, PreemptionHandler
-from aigp_train.train.zero3 import register_moe_leaf_modules
+from aigp_train.train.zero3 import register_moe_leaf_modules, register_token_rows_embedding
 
 __all__ = ["TrainSession", "start_session"]
 
@@ -79,7 +79,7 @@ class TrainSession:
 def start_session(*, base_model: nn.Module, wrap: Callable[[nn.Module], nn.Module], lora: LoraRecipe,
                   optim: OptimRecipe, engine: EngineRecipe, checkpoint: CheckpointRecipe, logging: LoggingRecipe,
                   out_dir: str | Path, num_training_steps: int, dist: DistInfo, run_name: str,
-                  config: dict[str, Any], flops_per_token: float) -> TrainSession:
+                  config: dict[str, Any], flops_per_token: float, token_ids: list[int] | None = None) -> TrainSession:
     """Build the LoRA'd model, the ZeRO-3 engine, and restore the newest checkpoint (see module doc)."""
     out_dir = Path(out_dir)
     if engine.gradient_checkpointing:
@@ -88,7 +88,7 @@ def start_session(*, base_model: nn.Module, wrap: Callable[[nn.Module], nn.Modul
         base_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if hasattr(base_model, "config"):
         base_model.config.use_cache = False
-    model = apply_lora(base_model, lora, seed=engine.seed)
+    model = apply_lora(base_model, lora, seed=engine.seed, token_ids=token_ids)
     leaf_classes = register_moe_leaf_modules(model)
     print0(f"[aigp] ZeRO-3 leaf modules (MoE blocks): {[c.__name__ for c in leaf_classes] or 'none (dense model)'}")
 
@@ -97,6 +97,7 @@ def start_session(*, base_model: nn.Module, wrap: Callable[[nn.Module], nn.Modul
     if ckpt is not None:
         load_adapter_weights(model, ckpt / "adapter")
     ds_engine = build_engine(wrap(model), optim, engine, num_training_steps, dist)
+    register_token_rows_embedding(model)
     loop_state: dict[str, Any] = {}
     resumed_from = 0
     if ckpt is not None:

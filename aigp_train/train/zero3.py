@@ -102,6 +102,20 @@ def register_moe_leaf_modules(model: nn.Module) -> list[type]:
     return classes
 
 
+def register_token_rows_embedding(model: nn.Module) -> int:
+    """PEFT's trained-token layer (``lora.trainable_tokens``) reads the embedding's weight in its own forward
+    without calling the embedding: register that weight as its external parameter so ZeRO-3 gathers it
+    there (forward and backward). Returns how many layers were registered."""
+    layers = [m for m in model.modules() if type(m).__name__ == "TrainableTokensLayer"]
+    if layers:
+        from deepspeed.runtime.zero import register_external_parameter
+
+        for layer in layers:
+            if hasattr(layer.base_layer.weight, "ds_id"):  # a ZeRO-3 parameter
+                register_external_parameter(layer, layer.base_layer.weight)
+    return len(layers)
+
+
 def expert_parameter_names(model: nn.Module) -> set[str]:
     """Qualified names of the parameters that belong to experts (not routers) of any MoE block."""
     names: set[str] = set()

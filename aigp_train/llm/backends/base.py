@@ -132,3 +132,15 @@ class BackendConfig:
     scripted: dict[str, Any] = help_field(
         "settings of the scripted stand-in; validated by aigp_train.llm.backends.scripted", default={})
 
+    def with_act_only_constraint(self, mode: str) -> "BackendConfig":
+        """This config with the hf / vllm ``constrain_act_only`` set to ``mode`` (it touches [ACT_ONLY]
+        requests only: a run that mixes both modes needs one backend)."""
+        import dataclasses
+
+        out = self
+        for kind in ("hf", "vllm"):
+            sub = getattr(out, kind)
+            if sub is not None:
+                out = dataclasses.replace(out, **{kind: dataclasses.replace(sub, constrain_act_only=mode)})
+        return out
+

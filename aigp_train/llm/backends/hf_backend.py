@@ -145,6 +145,8 @@ class HFBackend:
         with ctx, torch.random.fork_rng(devices=[self.device] if self.device.startswith("cuda") else []):
             torch.manual_seed(batch_seed(sampling.seed, [r.request_id for r in batch]))
             forcing = self.cfg.force_decision != "none"
+            if sampling.n > 1:  # n samples of one prompt share its prefill (generate would repeat it n times)
+                enc, kwargs = self._shared_prefill(model, enc, kwargs, sampling.n)
             out = model.generate(**enc, **kwargs, return_dict_in_generate=forcing)  # forcing reuses its KV cache
             sequences = out.sequences if forcing else out
             new = sequences[:, enc["input_ids"].shape[1]:]
@@ -155,6 +157,20 @@ class HFBackend:
         n = sampling.n
         return ([texts[i * n:(i + 1) * n] for i in range(len(batch))],
                 [forced[i * n:(i + 1) * n] for i in range(len(batch))])
+
+    @staticmethod
+    def _shared_prefill(model, enc, kwargs: dict, n: int):
+        """Prefill every prompt once, all but its last token, and hand generate the KV cache repeated n
+        times (request-major, as num_return_sequences orders its rows): the n samples of a prompt then
+        cost one prefill instead of n. Positions follow the left padding, as generate's own."""
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        prefix = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                       use_cache=True)
+        cache = prefix.past_key_values
+        cache.batch_repeat_interleave(n)
+        shared = {"input_ids": ids.repeat_interleave(n, dim=0), "attention_mask": mask.repeat_interleave(n, dim=0)}
+        return shared, {**kwargs, "num_return_sequences": 1, "past_key_values": cache}
 
     def _force_decisions(self, model, batch: list[GenerationRequest], enc, first, texts: list[str],
                          sampling: SamplingConfig) -> tuple[list[str], list[bool]]:

@@ -74,6 +74,7 @@ from aigp_train.llm.backends.base import GenerationRequest, SamplingConfig
 from aigp_train.llm.prompts import COMPACT_TASK
 from aigp_train.llm.state_fields import FIELD_BY_KEY, STATE_FIELDS, field_tolerance, format_field, quote_pattern
 from aigp_train.pricing.direction import direction_statements
+from aigp_train.pricing.findings import BANDS, pace_band, pace_gap, reviews_established
 
 __all__ = ["DEFECTS", "JudgeStandInConfig", "ScriptedBackend", "ScriptedJudgeStandIn", "ScriptedTeacherStandIn",
            "TeacherStandInConfig", "heuristic_action"]
@@ -275,7 +276,6 @@ class _Quoter:
 # prompt's KB states them: the stand-in operator knows a rule by reading it, like the paper's LLM.
 _KB_LAUNCH_RULE = "launch discount"        # "a launch discount builds sales history and reviews"
 _KB_REFERENCE_RULE = "reference price"     # "avoid price increases above the recent reference price"
-_ESTABLISHED_REVIEWS = 5                   # most review lift is from the first ~5 (Askalidis & Malthouse 2016)
 _GRADUAL_RAISE = 0.02                      # "raise the price gradually": one step of at most this a day
 # Diagnosis findings (phrases of aigp_train.market.text.diagnosis_report) and how an operator answers them.
 _DIAGNOSIS_NUDGES = (
@@ -295,7 +295,7 @@ def _launch_evidence(view: PromptView, q: _Quoter) -> list[Evidence]:
     price = float(s["current_price"])
     if view.has_kb:
         bench = float(s["kb_benchmark_price"])
-        if price > 1.05 * bench:
+        if price > (1 + BANDS.launch_above) * bench:
             return [Evidence("kb", -0.05, f"Launch day: {q('current_price')} is above the knowledge base's "
                                           f"{q('kb_benchmark_price')}: open deeper (-0.05).")]
         if view.kb_states(_KB_LAUNCH_RULE):
@@ -305,7 +305,7 @@ def _launch_evidence(view: PromptView, q: _Quoter) -> list[Evidence]:
         return [Evidence("kb", 0.0, f"Launch day: {q('current_price')}, not above the knowledge base's "
                                     f"{q('kb_benchmark_price')}: hold and observe.")]
     comp = float(s["competitor_price_mean"])
-    if price > 1.05 * comp:
+    if price > (1 + BANDS.launch_above) * comp:
         return [Evidence("competition", -0.05, f"Launch day: {q('current_price')} is above the "
                                                f"{q('competitor_price_mean')}: open lower (-0.05)."), _NO_KB]
     return [Evidence("competition", 0.0, f"Launch day: {q('current_price')}, not above the "
@@ -314,14 +314,13 @@ def _launch_evidence(view: PromptView, q: _Quoter) -> list[Evidence]:
 
 def _milestone_evidence(s: dict, q: _Quoter) -> Evidence:
     """Pace t/14 against milestone progress, with the ROI headroom over the target."""
-    pace = int(s["day"]) / 14.0
-    gap = float(s["milestone_progress"]) - pace
+    gap = pace_gap(s)
     headroom = float(s["cum_roi"]) - float(s["roi_target"])
-    where = f"{100 * abs(gap):.1f} points {'behind' if gap < 0 else 'ahead of'} the pace of {100 * pace:.2f}%"
-    if gap < -0.05 and headroom > 0:
-        nudge = -0.10 if gap < -0.25 else -0.05
+    where = f"pace: {pace_band(gap)} ({100 * abs(gap):.0f} points {'behind' if gap < 0 else 'ahead'})"
+    if gap < -BANDS.behind and headroom > 0:
+        nudge = -0.10 if gap < -BANDS.far_behind else -0.05
         return Evidence("milestone", nudge, f"Progress is {where} with ROI headroom: lower to catch up ({nudge:+.2f}).")
-    if gap > 0.10:
+    if gap > BANDS.ahead:
         return Evidence("milestone", 0.05, f"Progress is {where}: room to raise (+0.05).")
     if headroom < 0:
         return Evidence("milestone", 0.03, f"Progress is {where}, ROI under target: raise for margin (+0.03).")
@@ -330,10 +329,10 @@ def _milestone_evidence(s: dict, q: _Quoter) -> Evidence:
 
 def _competition_evidence(s: dict, behind: bool, q: _Quoter) -> Evidence:
     gap = float(s["price_gap_to_competitors"])
-    if gap > 0.10 and behind:
+    if gap > BANDS.competitors_far and behind:
         return Evidence("competition", -0.02, f"{q('price_gap_to_competitors')} while behind pace: shoppers compare "
                                               "and leave (-0.02).")
-    if gap < -0.10 and not behind:
+    if gap < -BANDS.competitors_far and not behind:
         return Evidence("competition", 0.02, f"{q('price_gap_to_competitors')} while on pace: close part of the gap "
                                              "(+0.02).")
     return Evidence("competition", 0.0, f"{q('price_gap_to_competitors')}: no competitive move.")
@@ -348,9 +347,9 @@ def _kb_evidence(view: PromptView, q: _Quoter) -> Evidence:
     ratio = price / bench - 1.0
     where = f"Knowledge base: {q('current_price')} is {100 * abs(ratio):.1f}% {'above' if ratio > 0 else 'below'} " \
             f"the {q('kb_benchmark_price')} of related products"
-    if ratio > 0.15:
+    if ratio > BANDS.benchmark_far:
         return Evidence("kb", -0.02, f"{where}, dear for its kind (-0.02).")
-    if ratio < -0.15:
+    if ratio < -BANDS.benchmark_far:
         return Evidence("kb", 0.02, f"{where}, cheap for its kind (+0.02).")
     return Evidence("kb", 0.0, f"{where}, in line.")
 
@@ -359,7 +358,7 @@ def _kb_rules(view: PromptView, action: float, q: _Quoter) -> list[Evidence]:
     """The KB's launch rules, when stated: no raise before reviews are established, raises gradual."""
     if action <= 0 or not view.has_kb:
         return []
-    if view.kb_states(_KB_LAUNCH_RULE) and int(view.state["review_count"]) < _ESTABLISHED_REVIEWS:
+    if view.kb_states(_KB_LAUNCH_RULE) and not reviews_established(view.state["review_count"]):
         return [Evidence("kb", -action, f"KB rule: raise only once reviews are established; {q('review_count')}, "
                                         "so no raise.")]
     if view.kb_states(_KB_REFERENCE_RULE) and action > _GRADUAL_RAISE:
@@ -401,7 +400,7 @@ def heuristic_action(view: PromptView, quote: _Quoter | None = None) -> tuple[fl
         evidence = [*_launch_evidence(view, q), *_diagnosis_evidence(view)]
     else:
         milestone = _milestone_evidence(s, q)
-        behind = float(s["milestone_progress"]) < int(s["day"]) / 14.0
+        behind = pace_gap(s) < 0
         evidence = [milestone, _competition_evidence(s, behind, q), _kb_evidence(view, q), *_diagnosis_evidence(view)]
     action = sum(e.nudge for e in evidence)
     evidence += _kb_rules(view, action, q)
