@@ -36,7 +36,7 @@ from safetensors.torch import save_file
 from aigp_train.baselines.config import ActorCriticConfig, DTConfig
 
 __all__ = ["build_algo", "train_actor_critic", "train_dt", "dt_episodes", "save_model", "load_model",
-           "return_targets"]
+           "return_targets", "read_header"]
 
 
 def _d3rlpy():
@@ -171,6 +171,16 @@ def save_model(path: str | Path, algo, header: dict, extra: dict[str, torch.Tens
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(tensors, str(tmp), metadata={"header": json.dumps(header)})
     os.replace(tmp, path)
+
+
+def read_header(path: str | Path) -> dict:
+    """The JSON header of a baseline's model file (or of ``<folder>/model.safetensors``)."""
+    path = Path(path)
+    path = path / "model.safetensors" if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"no baseline model at {path}; run `aigp baselines <recipe>` first.")
+    with safe_open(str(path), framework="pt") as fh:
+        return json.loads(fh.metadata()["header"])
 
 
 def load_model(path: str | Path) -> tuple[Any, dict, dict[str, torch.Tensor]]:

@@ -195,3 +195,19 @@ class RLPolicy:
         out = self.transformer(torch.from_numpy(obs), torch.from_numpy(act), torch.from_numpy(rtg),
                                torch.from_numpy(steps), torch.from_numpy(1.0 - mask))
         return out[:, -1, 0].double().numpy() * self.pricing.max_step
+
+
+def rl_policy(spec, pricing) -> RLPolicy:
+    """The policy of an ``aigp evaluate`` row or ``aigp abtest`` group of kind ``rl`` (``baseline_path``;
+    with ``ltve_picks`` the LTVE at ``ltve_path``, else the one the baseline learned from, picks DT's candidate)."""
+    if not spec.baseline_path:
+        raise ValueError(f"{spec.name!r} is kind rl but names no baseline_path (an aigp baselines folder, e.g. "
+                         "<output>/dt).")
+    ltve = None
+    if spec.ltve_picks:
+        from aigp_train.baselines.models import read_header
+        from aigp_train.ltve.model import load_ltve
+
+        path = Path(spec.ltve_path or read_header(spec.baseline_path)["ltve_dir"])
+        ltve = load_ltve(path / "model.safetensors" if path.is_dir() else path)
+    return RLPolicy(spec.baseline_path, pricing, spec.name, ltve)
