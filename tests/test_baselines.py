@@ -190,3 +190,26 @@ def test_ingested_style_sku_ids(tiny_market, tmp_path):
     assert all(s.startswith("acme-item/") for s in ctx["sku_id"])
     dec = RLPolicy(out / "dt", PRICING, "DT", load_ltve(ltve / "model.safetensors")).add_logs(logs).decide(ctx)
     assert np.all(in_a_safe(dec.actions, ctx["d_prev"], PRICING))
+
+
+def test_evaluate_and_abtest_rows_through_the_cli_stages(trained, tiny_market, tmp_path):
+    """Table 3 rows and Table 4 groups of kind rl (RL-DT, DT + LTVE, RL-SAC) through aigp evaluate / abtest."""
+    ltve, out, _ = trained
+    rl = (f"{{name: RL-DT, kind: rl, baseline_path: '{out}/dt'}}, "
+          f"{{name: DT + LTVE, kind: rl, baseline_path: '{out}/dt', ltve_picks: true}}, "
+          f"{{name: RL-SAC, kind: rl, baseline_path: '{out}/sac'}}")
+    run_stage("evaluate", str(REPO / "recipes/tiny/evaluate.yaml"), [
+        f"output_dir={tmp_path}/ev", f"market_dir={tiny_market}", f"ltve_path={ltve}", "test.max_states=12",
+        "true_value.num_rollouts=2", "price_sales.num_epochs=1", f"policies=[{{name: PS, kind: price_sales}}, {rl}]"])
+    rows = json.loads((tmp_path / "ev" / "tables.json").read_text())["table3"]
+    assert {"RL-DT", "DT + LTVE", "RL-SAC"} <= set(rows)
+    assert rows["DT + LTVE"]["avg_q"] >= rows["RL-DT"]["avg_q"] - 1e-9  # the LTVE picked, by its own Q
+    assert all(np.isfinite(rows[n]["true_value"]) for n in rows)
+    run_stage("abtest", str(REPO / "recipes/tiny/abtest.yaml"), [
+        f"output_dir={tmp_path}/ab", f"market_dir={tiny_market}", f"price_sales_dir={tmp_path}/ev/price_sales",
+        "cohort.num_skus=60", "bootstrap.num_resamples=100",
+        "groups=[{name: PS, share: 0.4, kind: price_sales}, "
+        f"{{name: RL-DT, share: 0.3, kind: rl, baseline_path: '{out}/dt'}}, "
+        f"{{name: DT + LTVE, share: 0.3, kind: rl, baseline_path: '{out}/dt', ltve_picks: true}}]", "control=PS"])
+    groups = json.loads((tmp_path / "ab" / "table4.json").read_text())["groups"]
+    assert {"RL-DT", "DT + LTVE"} <= set(groups)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from aigp_train.evaluate.policies import Contexts, Decisions
@@ -124,17 +125,30 @@ class RLPolicy:
         self.categories = list(self.header["categories"])
         self.gmv_tier = dict(self.header["gmv_tier"])
         self.history = History()
+        self.logs = None
         if self.kind == "dt":
             self.references = References.load(path.parent / "references.json")
             self.transformer = self.algo.impl.modules.transformer.eval()
 
     def add_logs(self, logs) -> "RLPolicy":
-        """Logged SKU-day rows whose history the states need (e.g. the held-out SKUs' earlier days)."""
-        self.history.add(_rows_of_logs(logs))
+        """Logged SKU-day rows (a pyarrow Table or a mapping of columns) whose history the states need, e.g.
+        the held-out SKUs' earlier days. Only the rows of the SKUs a ``decide`` call prices are read from it."""
+        self.logs = logs if hasattr(logs, "filter") else pa.table({c: np.asarray(logs[c]) for c in READ_COLUMNS})
         return self
+
+    def _pull_logged(self, sku: np.ndarray) -> None:
+        if self.logs is None:
+            return
+        import pyarrow.compute as pc
+
+        mask = pc.is_in(self.logs.column("sku_id"), value_set=pa.array(np.unique(sku).tolist(), pa.string()))
+        rows = self.logs.filter(mask)
+        if rows.num_rows:
+            self.history.add(_rows_of_logs(rows))
 
     def decide(self, ctx: Contexts, prompts=None) -> Decisions:
         sku, day = np.asarray(ctx["sku_id"]).astype(str), np.asarray(ctx["day"], np.int64)
+        self._pull_logged(sku)
         has = np.asarray(ctx["has_prev"], bool)
         if has.any():  # yesterday's outcomes of SKUs this policy priced itself
             values = {c: np.asarray(ctx[f"prev_{c}"], np.float64)[has] for c in _FROM_CONTEXT}
