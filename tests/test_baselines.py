@@ -111,8 +111,11 @@ def test_dt_plus_ltve_picks_the_best_candidate_by_the_ltve(trained, tiny_market)
     table = alone.history.upto(np.asarray(ctx["sku_id"]).astype(str), ctx["day"])
     key = [f"{s}\x00{d}" for s, d in zip(table["sku_id"], table["day"])]
     today = np.array([key.index(f"{s}\x00{d}") for s, d in zip(ctx["sku_id"], ctx["day"])])
-    cand = np.stack([alone._psi(alone._dt_actions(table, today, t), ctx["d_prev"])
-                     for t in header["candidate_returns"]], 1)
+    raw = alone._dt_actions(table, today, header["candidate_returns"])
+    one_by_one = np.stack([alone._dt_actions(table, today, [t])[:, 0] for t in header["candidate_returns"]], 1)
+    np.testing.assert_allclose(raw, one_by_one, atol=1e-5)  # the K targets batched = one at a time
+    assert np.ptp(raw, axis=1).max() > 0  # the targets give DT different actions
+    cand = alone._psi(raw, np.asarray(ctx["d_prev"])[:, None])
     q = ltve.q(ltve.features(table, rows=today), cand)
     np.testing.assert_allclose(picked, cand[np.arange(len(today)), q.argmax(1)])
     assert np.all(in_a_safe(picked, ctx["d_prev"], PRICING)) and np.all(in_a_safe(alone_actions, ctx["d_prev"],

@@ -72,7 +72,7 @@ def _run(recipe: Recipe, out: StageOutput) -> dict:
     base_header = {"obs_dim": obs_dim, "horizon": horizon, "max_step": pricing.max_step,
                    "gamma": float(ltve_meta["gamma"]), "n_step": int(ltve_meta["n_step"]),
                    "feature_names": td["feature_names"], "categories": td["categories"], "gmv_tier": td["gmv_tier"],
-                   "ltve_dir": str(ltve_dir.resolve())}
+                   "ltve_dir": str(ltve_dir.resolve()), "cpu_threads": recipe.cpu_threads}
     norm = {"normalizer.mean": torch.from_numpy(np.asarray(td["normalizer"].mean, np.float32)),
             "normalizer.std": torch.from_numpy(np.asarray(td["normalizer"].std, np.float32))}
     summary, rows = {}, {}
