@@ -216,3 +216,19 @@ def test_evaluate_and_abtest_rows_through_the_cli_stages(trained, tiny_market, t
         f"{{name: DT + LTVE, share: 0.3, kind: rl, baseline_path: '{out}/dt', ltve_picks: true}}]", "control=PS"])
     groups = json.loads((tmp_path / "ab" / "table4.json").read_text())["groups"]
     assert {"RL-DT", "DT + LTVE"} <= set(groups)
+
+
+@pytest.mark.parametrize("algo", ["iql", "cql"])
+def test_ltve_crosscheck_script_runs(trained, tiny_market, capsys, algo):
+    """scripts/ltve_crosscheck.py: d3rlpy's critic on the LTVE's rows, compared on the held-out pairs."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import ltve_crosscheck
+    finally:
+        sys.path.pop(0)
+    ltve, _, _ = trained
+    assert ltve_crosscheck.main(["--ltve", str(ltve), "--market", str(tiny_market), "--algo", algo, "--steps", "20",
+                                 "--states", "20", "--rollouts", "2"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["num_pairs"] > 0 and -1 <= out["spearman_q"] <= 1 and 0 <= out["pair_order_agreement"] <= 1
+    assert 0 <= out["true_cda_d3rlpy"] <= 1 and out["d3rlpy_updates"] == 20

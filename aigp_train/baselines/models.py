@@ -36,7 +36,7 @@ from safetensors.torch import save_file
 from aigp_train.baselines.config import ActorCriticConfig, DTConfig
 
 __all__ = ["build_algo", "train_actor_critic", "train_dt", "dt_episodes", "save_model", "load_model",
-           "return_targets", "read_header"]
+           "return_targets", "read_header", "train_on_transitions"]
 
 
 def _d3rlpy():
@@ -82,6 +82,12 @@ def build_algo(kind: str, cfg: DTConfig | ActorCriticConfig, gamma: float, obs_d
 def train_actor_critic(algo, td: dict, cfg: ActorCriticConfig, max_step: float, n_step: int, seed: int,
                        log: Callable[[str], None] = print) -> dict:
     """``cfg.num_steps`` d3rlpy updates on uniformly drawn n-step rows of the LTVE's training split."""
+    return train_on_transitions(algo, td, cfg.batch_size, cfg.num_steps, max_step, n_step, seed, log)
+
+
+def train_on_transitions(algo, td: dict, batch_size: int, num_steps: int, max_step: float, n_step: int, seed: int,
+                         log: Callable[[str], None] = print) -> dict:
+    """Any d3rlpy Q-learning algorithm (DDPG, SAC, IQL, CQL) on the LTVE's n-step rows, as they are."""
     from d3rlpy.dataset import TransitionMiniBatch
 
     from aigp_train.ltve.layout import Columns
@@ -97,14 +103,14 @@ def train_actor_critic(algo, td: dict, cfg: ActorCriticConfig, max_step: float, 
     zeros = np.zeros_like(act)
     rng = np.random.default_rng(seed)
     t0, history = time.perf_counter(), []
-    for step in range(1, cfg.num_steps + 1):
-        i = rng.integers(0, len(rows), cfg.batch_size)
+    for step in range(1, num_steps + 1):
+        i = rng.integers(0, len(rows), batch_size)
         loss = algo.update(TransitionMiniBatch(
             observations=obs[i], actions=act[i], rewards=rew[i], next_observations=nxt[i], next_actions=zeros[i],
             terminals=term[i], intervals=interval[i], transitions=[]))
-        if step % max(cfg.num_steps // 10, 1) == 0 or step == cfg.num_steps:
+        if step % max(num_steps // 10, 1) == 0 or step == num_steps:
             history.append({"step": step, **{k: float(v) for k, v in loss.items()}})
-            log(f"[baselines] {type(algo).__name__} {step}/{cfg.num_steps}: "
+            log(f"[baselines] {type(algo).__name__} {step}/{num_steps}: "
                 + ", ".join(f"{k}={v:.4f}" for k, v in loss.items()))
     return {"num_rows": int(len(rows)), "seconds": time.perf_counter() - t0, "history": history}
 
