@@ -46,6 +46,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "simulate": ("aigp_train.stages.simulate", "simulate a launch market and write Parquet SKU-day logs"),
     "ltve": ("aigp_train.stages.ltve", "train the Long-Term Value Estimator (n-step expectile critic)"),
     "ltve-eval": ("aigp_train.stages.ltve_eval", "LTVE metrics: MAE/EAMA/CDA, Fig. 3 deciles, n-step ablation, CQL"),
+    "baselines": ("aigp_train.stages.baselines", "RL-DT / RL-DDPG / RL-SAC on the LTVE's transitions (d3rlpy)"),
     "prompts": ("aigp_train.stages.prompts", "build pricing prompts (full and [ACT_ONLY]) from logs"),
     "teacher": ("aigp_train.stages.teacher", "generate teacher responses (CoT + JSON action)"),
     "judge": ("aigp_train.stages.judge", "score teacher responses on four dimensions; write the SFT set"),

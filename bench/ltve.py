@@ -3,6 +3,7 @@
     python bench/ltve.py                  # paper networks (256x256), batch 512, state width 32
     python bench/ltve.py --memory         # also peak RSS on 5M synthetic transitions (subprocesses)
     python bench/ltve.py --device cuda    # on a GPU (not run here: no device was available)
+    python bench/ltve.py --d3rlpy         # also d3rlpy's IQL (.[baselines]) as a second reference
 
 Prints one JSON line. Both trainers run Algorithm 1 on the same synthetic transitions, with
 the same networks (Q1, Q2, their targets, V), batch, state width and Adam:
@@ -14,7 +15,12 @@ the same networks (Q1, Q2, their targets, V), batch, state width and Adam:
   defaults, host-side NumPy sampling and ``torch.from_numpy`` per step, a Python loop over
   parameters for the soft target update, ``loss.item()`` per step for logging.
 
-The machine is shared and noisy, so rounds alternate ours / reference / matmul and the
+* second reference (``--d3rlpy``): d3rlpy 2.8.1's IQL with the same widths, batch, expectile,
+  gamma, lr and tau, fed host NumPy mini-batches of the same rows (its ``update`` path: NumPy batch
+  -> tensors -> Q, V *and* its AWR actor update, which Algorithm 1 does not have: d3rlpy's update
+  does more work, so this ratio flatters ours by the actor's share).
+
+The machine is shared and noisy, so rounds alternate ours / reference (/ d3rlpy) / matmul and the
 medians are compared. The roofline is this CPU's fp32 GEMM rate, measured in the same run
 with ``torch.mm`` on the layer shape that dominates the update ([B, H] @ [H, H]); the
 fraction is (update FLOPs x updates/s) / that rate. ``setup.loadavg`` records the 1-minute
@@ -134,21 +140,56 @@ def throughput(args) -> dict:
         ours._run_chunk(args.chunk)
         ours.read_metrics(args.chunk)  # the once-per-chunk host sync is part of the measured loop
 
+    d3_update = _d3rlpy_iql(data, state_dim, hidden, batch, dev) if args.d3rlpy else None
     for _ in range(2):  # warm-up: allocator, oneDNN primitives, optimiser state
         run_ours()
         for _ in range(args.chunk):
             ref.update()
-    r_ours, r_ref, r_mm = [], [], []
+            if d3_update:
+                d3_update()
+    r_ours, r_ref, r_mm, r_d3 = [], [], [], []
     for _ in range(args.rounds):
         r_ours.append(_rate(run_ours, 1, dev) * args.chunk)
         r_ref.append(_rate(ref.update, args.chunk, dev))
+        if d3_update:
+            r_d3.append(_rate(d3_update, args.chunk, dev))
         r_mm.append(_rate(lambda: torch.mm(x, w), args.chunk * 20, dev) * mm_flops)
     ours_ups, ref_ups, mm = statistics.median(r_ours), statistics.median(r_ref), statistics.median(r_mm)
     flops = update_flops(state_dim, hidden, batch)
-    return {"ours_ups": ours_ups, "ref_ups": ref_ups, "ratio": ours_ups / ref_ups,
+    d3 = {"d3rlpy_ups": statistics.median(r_d3),
+          "ratio_d3rlpy_per_round_median": statistics.median(a / b for a, b in zip(r_ours, r_d3))} if r_d3 else {}
+    return {**d3, "ours_ups": ours_ups, "ref_ups": ref_ups, "ratio": ours_ups / ref_ups,
             "ratio_per_round_median": statistics.median(a / b for a, b in zip(r_ours, r_ref)),
             "matmul_gflops": mm / 1e9, "update_gflop": flops / 1e9, "roofline_fraction": flops * ours_ups / mm,
             "ref_roofline_fraction": flops * ref_ups / mm}
+
+
+def _d3rlpy_iql(data: torch.Tensor, state_dim: int, hidden: list[int], batch: int, device: str):
+    """One d3rlpy IQL update per call on host-sampled rows of ``data`` (Algorithm 1's values)."""
+    import d3rlpy
+    from d3rlpy.dataset import TransitionMiniBatch
+    from d3rlpy.models import VectorEncoderFactory
+
+    cols = Columns(state_dim)
+    rows = data.numpy()
+    obs, nxt = np.ascontiguousarray(rows[:, cols.s]), np.ascontiguousarray(rows[:, cols.s_next])
+    act = np.ascontiguousarray(rows[:, cols.a_scaled:cols.a_scaled + 1])
+    rew = np.ascontiguousarray(rows[:, cols.ret:cols.ret + 1])
+    term = (rows[:, cols.boot:cols.boot + 1] == 0).astype(np.float32)
+    interval, zeros = np.full_like(rew, 3.0), np.zeros_like(act)
+    enc = VectorEncoderFactory(hidden_units=list(hidden))
+    algo = d3rlpy.algos.IQLConfig(batch_size=batch, gamma=0.95, tau=0.01, expectile=0.8, actor_learning_rate=3e-4,
+                                  critic_learning_rate=3e-4, actor_encoder_factory=enc, critic_encoder_factory=enc,
+                                  value_encoder_factory=enc).create(device="cuda:0" if device == "cuda" else "cpu:0")
+    algo.create_impl((state_dim,), 1)
+    rng = np.random.default_rng(0)
+
+    def update():
+        i = rng.integers(0, len(rows), batch)
+        algo.update(TransitionMiniBatch(observations=obs[i], actions=act[i], rewards=rew[i], next_observations=nxt[i],
+                                        next_actions=zeros[i], terminals=term[i], intervals=interval[i],
+                                        transitions=[]))
+    return update
 
 
 def memory_child(which: str, n: int, state_dim: int, hidden: list[int], batch: int) -> None:
@@ -175,6 +216,7 @@ def main() -> None:
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                     help="cuda: ours runs CUDA-graph replays + Triton losses; the reference samples on the host")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--d3rlpy", action="store_true", help="also d3rlpy's IQL as a second reference (.[baselines])")
     ap.add_argument("--memory", action="store_true", help="also measure peak RSS on --memory-transitions")
     ap.add_argument("--memory-transitions", type=int, default=5_000_000)
     ap.add_argument("--_child", choices=["ours", "reference"], help=argparse.SUPPRESS)
@@ -190,6 +232,11 @@ def main() -> None:
             "reference": {"name": "plain per-step PyTorch (nn.Module MLPs, host NumPy sampling, loop target update)",
                           "value": round(res["ref_ups"], 2)},
             "ratio": round(res["ratio"], 3), "ratio_per_round_median": round(res["ratio_per_round_median"], 3),
+            **({"reference_d3rlpy": {"name": "d3rlpy 2.8.1 IQL (Q, V and its AWR actor per update)",
+                                     "value": round(res["d3rlpy_ups"], 2)},
+                "ratio_d3rlpy": round(res["ours_ups"] / res["d3rlpy_ups"], 3),
+                "ratio_d3rlpy_per_round_median": round(res["ratio_d3rlpy_per_round_median"], 3)}
+               if "d3rlpy_ups" in res else {}),
             "roofline": {"matmul_gflops": round(res["matmul_gflops"], 1), "update_gflop": round(res["update_gflop"], 4),
                          "ours_fraction": round(res["roofline_fraction"], 3),
                          "reference_fraction": round(res["ref_roofline_fraction"], 3)},

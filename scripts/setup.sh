@@ -12,7 +12,8 @@ PY=${PYTHON:-python3}
 if ! $PY -c "import torch" 2>/dev/null; then
   $PY -m pip install -q "torch==2.13.0"
 fi
-$PY -m pip install -q -e ".[dev]"
+# baselines: d3rlpy for `aigp baselines` (the main job's RL-DT rows) and its tests
+$PY -m pip install -q -e ".[dev,baselines]"
 
 if [[ "${1:-}" == "--slurm" ]]; then
   if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then

@@ -150,3 +150,42 @@ def test_no_import_cycle():
         graph[a].discard(b)
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+# Optional extras: imported inside the functions that need them, never when a module is imported.
+OPTIONAL = ("d3rlpy", "vllm")
+
+
+def _top_level_imports(tree: ast.Module):
+    """Imports that run when the module is imported: module body and ``if``/``try`` blocks at the top."""
+    stack = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        elif isinstance(node, ast.If) and not _is_type_checking(node.test):
+            stack.extend(node.body + node.orelse)
+        elif isinstance(node, ast.Try):
+            stack.extend(node.body + node.orelse + node.finalbody)
+
+
+def test_optional_extras_are_not_imported_at_module_level():
+    offenders = []
+    for mod, path in module_files().items():
+        for node in _top_level_imports(ast.parse(path.read_text(), filename=str(path))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            offenders += [f"{mod}: {n}" for n in names if n.split(".")[0] in OPTIONAL]
+    assert not offenders, offenders
+
+
+def test_importing_the_toolkit_does_not_load_d3rlpy():
+    """The baselines' modules, the stages that use them and the CLI import without d3rlpy (it loads on use)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, aigp_train, aigp_train.cli, aigp_train.baselines.policy, aigp_train.baselines.models, "
+            "aigp_train.stages.baselines, aigp_train.stages.evaluate, aigp_train.stages.abtest; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'd3rlpy'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"

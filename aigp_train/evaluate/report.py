@@ -21,6 +21,7 @@ from aigp_train.outputs import atomic_write_text
 PAPER_SCALE = {
     "simulate": "millions of SKUs over 180 days of Tao Factory logs (§4.1.1)",
     "ltve": "over 5 million transitions (§4.1.2)",
+    "baselines": "RL-DT, RL-DDPG, RL-SAC on the LTVE's transitions and rewards (App. A.2)",
     "ltve-eval": "30,000 held-out expert samples; 50,000 for Fig. 3 (§4.3)",
     "sft": "100,000 instruction-response pairs, LoRA on Qwen3-30B-A3B (§4.1.2)",
     "dpo": "50,000 chosen/rejected pairs (§4.1.2)",

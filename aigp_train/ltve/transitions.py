@@ -20,7 +20,10 @@ Pipeline (two streaming passes over ``logs/part-*.parquet``, never the whole tab
    the end of the H-day trajectory: it is terminal, ``boot = 0`` and ``s_{t+n}`` is zeros.
    A trajectory cut short by the end of the logs (not terminal, next state unknown) yields
    only its complete windows.
-5. **Normalisation** statistics on the training states only, applied to both splits and saved
+5. **Trajectory record** of the training rows (``train_meta``: the SKU as an integer code, the
+   day since launch and the one-step eq.-3 reward r_t), so sequence models (the RL-DT baseline,
+   ``aigp_train.baselines``) see the same rows as whole trajectories, with no second reader.
+6. **Normalisation** statistics on the training states only, applied to both splits and saved
    with the model; then the action features ``x(s_t, a_t)`` of the logged actions
    (``action_features.py``, ``data.action_features``) from the normalised states.
 """
@@ -119,6 +122,7 @@ class TransitionSet:
     train: np.ndarray                     # [N, width] float32, states normalised
     heldout: np.ndarray                   # [M, width] float32, states normalised
     heldout_meta: dict[str, np.ndarray]   # per held-out transition: sku_id, category, day, is_expert, ...
+    train_meta: dict[str, np.ndarray]     # per training transition: trajectory (int SKU code), day, reward r_t
     reward_range: tuple[float, float]     # train split
     cutoff_date: int
     counts: dict[str, int] = field(default_factory=dict)
@@ -194,6 +198,8 @@ def build_transitions(cfg: DataConfig, pricing: PricingConfig) -> TransitionSet:
     out = {"train": [], "heldout": []}
     meta: dict[str, list] = {k: [] for k in ("sku_id", "category", "day", "is_expert", "gmv_7", "gmv_14",
                                              "roi_7", "roi_14", "milestone")}
+    train_meta: dict[str, list] = {"trajectory": [], "day": [], "reward": []}
+    code_of = {s: i for i, s in enumerate(sorted(mixed_ids))}
     r_lo, r_hi = np.inf, -np.inf
     for chunk in _complete_sku_chunks(parts, LOG_COLUMNS_NEEDED, horizon):
         sku = chunk.column("sku_id").to_numpy(zero_copy_only=False).astype(str)
@@ -226,6 +232,10 @@ def build_transitions(cfg: DataConfig, pricing: PricingConfig) -> TransitionSet:
         for name, code in (("train", 0), ("heldout", 1)):
             sel = usable & (split == code)
             out[name].append(block[sel])
+        sel = usable & (split == 0)
+        train_meta["trajectory"].append(np.array([code_of[s] for s in sku[sel]], dtype=np.int64))
+        train_meta["day"].append(day[sel])
+        train_meta["reward"].append(r[sel].astype(np.float64))
         sel = usable & (split == 1)
         outcomes = _launch_outcomes(chunk, pricing)
         meta["sku_id"].append(sku[sel])
@@ -248,6 +258,7 @@ def build_transitions(cfg: DataConfig, pricing: PricingConfig) -> TransitionSet:
     if cfg.max_transitions is not None and len(train) > cfg.max_transitions:
         keep = np.sort(np.random.default_rng(cfg.seed).choice(len(train), cfg.max_transitions, replace=False))
         train = train[keep]
+        train_meta = {k: [np.concatenate(v)[keep]] for k, v in train_meta.items()}
     normalizer = Normalizer.fit(train[:, cols.s])
     action_features = ActionFeatures(cfg.action_features, feature_names(categories), normalizer.mean, normalizer.std,
                                      pricing.max_step)
@@ -258,13 +269,15 @@ def build_transitions(cfg: DataConfig, pricing: PricingConfig) -> TransitionSet:
         x = action_features(torch.from_numpy(arr[:, cols.s]), torch.from_numpy(arr[:, cols.action]))
         arr[:, cols.x] = x.numpy()
     heldout_meta = {k: np.concatenate(v) for k, v in meta.items()}
+    train_meta_arrays = {k: np.concatenate(v) for k, v in train_meta.items()}
     counts = {"train_transitions": int(len(train)), "heldout_transitions": int(len(heldout)),
               "train_skus": int(len(mixed_ids)), "train_expert_skus": n_exp, "heldout_skus": int(len(heldout_ids)),
               "train_terminal": int((train[:, cols.boot] == 0).sum())}
     return TransitionSet(cols=cols, feature_names=feature_names(categories), action_features=list(cfg.action_features),
                          categories=categories, gmv_tier=gmv_tier,
                          normalizer=normalizer, references=references, train=train, heldout=heldout,
-                         heldout_meta=heldout_meta, reward_range=(r_lo, r_hi), cutoff_date=cutoff, counts=counts)
+                         heldout_meta=heldout_meta, train_meta=train_meta_arrays, reward_range=(r_lo, r_hi),
+                         cutoff_date=cutoff, counts=counts)
 
 
 def _launch_outcomes(chunk: pa.Table, pricing: PricingConfig) -> dict[str, dict]:

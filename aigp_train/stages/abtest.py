@@ -8,7 +8,8 @@ priced by its policy, then the market plays the day:
 * ``price_sales``: the DNN baseline trained by ``aigp evaluate`` (``price_sales_dir``);
 * ``llm``: the model of ``infer_recipe`` with the group's adapter, through the inference path of
   ``aigp infer`` (full prompts of the cohort's own history, reviews and descriptions, reasoning, Ψ);
-* ``simulator``: one of the market's behaviour policies (reads hidden state: a reference only).
+* ``simulator``: one of the market's behaviour policies (reads hidden state: a reference only);
+* ``rl``: an RL baseline of ``aigp baselines`` (``baseline_path``; ``ltve_picks``: DT + LTVE).
 
 After the horizon: 7- and 14-day cumulative GMV, integrated ROI and milestone achievement rate
 per group, relative to ``control`` with bootstrap intervals (Table 4 layout), and Fig. 5 of the
@@ -61,9 +62,15 @@ from aigp_train.pricing import PricingConfig
 class GroupSpec:
     name: str = help_field("group (table row) name")
     share: float = help_field("share of hash buckets; shares sum to 1, in bucket order")
-    kind: Literal["price_sales", "llm", "simulator"] = help_field("who prices the group")
+    kind: Literal["price_sales", "llm", "simulator", "rl"] = help_field("who prices the group")
     adapter: str | None = help_field("llm: LoRA adapter folder; null = the base model", default=None)
     simulator_policy: str | None = help_field("simulator: expert, myopic, random_walk or conservative", default=None)
+    baseline_path: str | None = help_field("rl: a model folder of aigp baselines (<output>/dt, ddpg or sac)",
+                                           default=None)
+    ltve_picks: bool = help_field("rl (DT): DT proposes its candidates, the LTVE picks one (DT + LTVE)",
+                                  default=False)
+    ltve_path: str | None = help_field("rl with ltve_picks: the LTVE that picks; null = the one DT learned from",
+                                       default=None)
 
 
 @dataclass
@@ -163,6 +170,10 @@ def _policy(spec, recipe: Recipe, sim, llm: "_LLMSide | None", work_dir: Path, d
         if spec.simulator_policy is None:
             raise ValueError(f"{spec.name!r} is kind simulator but names no simulator_policy.")
         return SimulatorPolicy(sim, spec.simulator_policy, spec.name)
+    if spec.kind == "rl":
+        from aigp_train.baselines.policy import rl_policy  # d3rlpy: the optional .[baselines] extra
+
+        return rl_policy(spec, recipe.pricing)
     sampling = llm.inf.sampling
     if decision_only:
         sampling = dataclasses.replace(sampling, max_new_tokens=recipe.paired.decision_only_max_new_tokens)

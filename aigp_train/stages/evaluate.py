@@ -16,7 +16,9 @@ On a held-out expert set (time-based split, ``aigp_train.evaluate.offline``), ev
 * ``simulator``: one of the market's behaviour policies (``simulator_policy``) on the replayed
   state (it reads the simulator's hidden state: a reference row, not a deployable policy);
 * ``ltve_greedy``: argmax of a critic's Q over the safe grid (what the critic alone would do): the
-  stage's LTVE, or the critic at the policy's own ``ltve_path`` (another n, the CQL baseline).
+  stage's LTVE, or the critic at the policy's own ``ltve_path`` (another n, the CQL baseline);
+* ``rl``: an RL baseline of ``aigp baselines`` (RL-DT, RL-DDPG, RL-SAC at ``baseline_path``; with
+  ``ltve_picks``, DT + LTVE), on the LTVE's state of each test state (``aigp_train.baselines.policy``).
 
 Beyond the paper, each policy's true long-term value from the simulator (``true_value``) and the
 Spearman correlation between the LTVE ranking and the true ranking of the policies
@@ -58,12 +60,18 @@ from aigp_train.pricing import PricingConfig
 @dataclass
 class PolicySpec:
     name: str = help_field("table row name, e.g. 'AIGP (SFT+DPO)'")
-    kind: Literal["price_sales", "llm", "simulator", "ltve_greedy"] = help_field(
-        "price_sales (DNN baseline), llm (infer_recipe's model), simulator (a behaviour policy) or ltve_greedy")
+    kind: Literal["price_sales", "llm", "simulator", "ltve_greedy", "rl"] = help_field(
+        "price_sales (DNN baseline), llm (infer_recipe's model), simulator (a behaviour policy), ltve_greedy "
+        "or rl (an aigp baselines model)")
     adapter: str | None = help_field("llm: LoRA adapter folder; null = the untuned base model", default=None)
     simulator_policy: str | None = help_field("simulator: expert, myopic, random_walk or conservative", default=None)
     ltve_path: str | None = help_field(
-        "ltve_greedy: the critic that decides; null = the stage's ltve_path", default=None)
+        "ltve_greedy: the critic that decides; null = the stage's ltve_path. rl with ltve_picks: the critic that "
+        "picks; null = the one the baseline learned from", default=None)
+    baseline_path: str | None = help_field("rl: a model folder of aigp baselines (<output>/dt, ddpg or sac)",
+                                           default=None)
+    ltve_picks: bool = help_field("rl (DT): DT proposes its candidates, the LTVE picks one (DT + LTVE)",
+                                  default=False)
 
 
 @dataclass
@@ -282,6 +290,10 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
                 raise ValueError(f"policy {name!r} is kind ltve_greedy but the stage's ltve_path is null.")
             critic = _load_ltve(spec.ltve_path) if spec.ltve_path else ltve
             dec = Decisions(critic.greedy(critic.features(logs, rows=test.rows), test.ctx["d_prev"], recipe.pricing))
+        elif spec.kind == "rl":
+            from aigp_train.baselines.policy import rl_policy
+
+            dec = rl_policy(spec, recipe.pricing).add_logs(logs).decide(test.ctx)
         else:
             dec = llm.policy(name, spec.adapter, _tag(name), decision_only=True).decide(test.ctx, act_prompts)
         actions[name] = dec.actions
@@ -327,7 +339,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     rho = rho_table3 = None
     if ltve is not None:
         rho = offline.spearman([rows[n]["avg_q"] for n in names], [rows[n]["true_value"] for n in names])
-        deployable = [n for n in names if policies[n].kind in ("llm", "price_sales")]
+        deployable = [n for n in names if policies[n].kind in ("llm", "price_sales", "rl")]
         rho_table3 = offline.spearman([rows[n]["avg_q"] for n in deployable],
                                       [rows[n]["true_value"] for n in deployable])
     tables = {"table3": rows, "table5": ablations, "judge": judge, "fig5": stab, "num_test_states": int(test.rows.size),

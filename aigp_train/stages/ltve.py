@@ -86,6 +86,8 @@ def _save_transitions(path: Path, ts) -> None:
         if k in META_STRINGS:
             continue
         arrays[f"meta.{k}"] = np.ascontiguousarray(v.astype(np.float64))
+    for k, v in ts.train_meta.items():
+        arrays[f"train_meta.{k}"] = np.ascontiguousarray(v)
     header = {"feature_names": ts.feature_names, "action_features": ts.action_features,
               "categories": ts.categories, "gmv_tier": ts.gmv_tier,
               "reward_range": list(ts.reward_range), "cutoff_date": ts.cutoff_date, "counts": ts.counts,
@@ -105,9 +107,11 @@ def load_transitions(folder: str | Path) -> dict:
     with safe_open(str(path), framework="numpy") as fh:
         header = json.loads(fh.metadata()["header"])
     meta = {k[5:]: v for k, v in arrays.items() if k.startswith("meta.")}
+    # a file written before the training rows' trajectory record has none (aigp baselines says so)
+    train_meta = {k[11:]: v for k, v in arrays.items() if k.startswith("train_meta.")}
     for k in META_STRINGS:
         meta[k] = np.asarray(header.pop(f"meta.{k}"), dtype=str)
-    return {"train": arrays["train"], "heldout": arrays["heldout"], "heldout_meta": meta,
+    return {"train": arrays["train"], "heldout": arrays["heldout"], "heldout_meta": meta, "train_meta": train_meta,
             "normalizer": Normalizer(arrays["normalizer.mean"], arrays["normalizer.std"]), **header}
 
 
