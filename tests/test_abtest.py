@@ -161,3 +161,17 @@ def test_common_random_numbers_narrow_the_interval(sim, tiny_market):
     boot = [rng.choice(a, a.size).mean() - rng.choice(b, b.size).mean() for _ in range(1000)]
     unpaired_width = float(np.quantile(boot, 0.975) - np.quantile(boot, 0.025))
     assert paired["ci_hi"] - paired["ci_lo"] < unpaired_width
+
+
+def test_ltve_greedy_prices_a_cohort_from_its_own_history(sim, tiny_dpo_chain):
+    """The LTVE-greedy policy of the paired A/B: the critic's argmax over the safe grid on states built from
+    the cohort's own rows; every action in A_safe, and it reads the state (not one action for all)."""
+    from aigp_train.baselines.policy import LTVEGreedyPolicy
+    from aigp_train.ltve.model import load_ltve
+
+    ltve = load_ltve(tiny_dpo_chain["ltve"] / "model.safetensors")
+    index = 80_000 + np.arange(60)
+    run = run_cohort(sim, index, np.full(index.size, "g", dtype=object),
+                     {"g": LTVEGreedyPolicy(ltve, sim.pricing, "g")}, log=lambda m: None)
+    assert np.all(np.abs(run.actions) <= sim.pricing.max_step + 1e-9)
+    assert len(np.unique(np.round(run.actions[:, 3], 2))) > 1

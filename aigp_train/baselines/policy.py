@@ -16,6 +16,8 @@ reads a simulator: the same code prices ingested real logs.
 * DT + LTVE (paper Table 2's online row): DT's actions under the K targets of
   ``dt.candidate_quantiles`` are the candidates (after Ψ); the LTVE's Q (min of the twin critics)
   picks one; ties go to the first target.
+* LTVE-greedy (``LTVEGreedyPolicy``): the argmax of the LTVE's Q over the safe grid on the same
+  states, what the critic alone would do (the room DPO could gain, in the paired A/B).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from aigp_train.ltve.features import LAGGED_COLUMNS, READ_COLUMNS, Normalizer, s
 from aigp_train.pricing import project_action
 from aigp_train.pricing.reward import References, rewards_from_arrays, roi
 
-__all__ = ["RLPolicy", "History"]
+__all__ = ["History", "LTVEGreedyPolicy", "RLPolicy"]
 
 # yesterday's outcome columns of a state that a context carries as prev_<name> (roi is recomputed)
 _FROM_CONTEXT = tuple(c for c in (*LAGGED_COLUMNS, "competitor_price_mean", "competitor_price_min") if c != "roi")
@@ -155,21 +157,12 @@ class RLPolicy:
             return self._decide(ctx)
 
     def _decide(self, ctx: Contexts) -> Decisions:
-        sku, day = np.asarray(ctx["sku_id"]).astype(str), np.asarray(ctx["day"], np.int64)
-        self._pull_logged(sku)
-        has = np.asarray(ctx["has_prev"], bool)
-        if has.any():  # yesterday's outcomes of SKUs this policy priced itself
-            values = {c: np.asarray(ctx[f"prev_{c}"], np.float64)[has] for c in _FROM_CONTEXT}
-            values["roi"] = roi(values["gmv"], values["marketing_spend"], self.pricing.roi_spend_floor)
-            self.history.set_outcomes(sku[has], day[has] - 1, values)
-        self.history.add(_today_rows(ctx))
-        table = self.history.upto(sku, day)
-        key = History._key(table["sku_id"], table["day"])
-        pos = {k: i for i, k in enumerate(key.tolist())}
-        today = np.array([pos[k] for k in History._key(sku, day).tolist()], dtype=np.int64)
+        self._pull_logged(np.asarray(ctx["sku_id"]).astype(str))
+        table, today = states_of(self.history, ctx, self.pricing)
         d_prev = np.asarray(ctx["d_prev"], np.float64)
-        if len(sku) == 0:
+        if len(today) == 0:
             return Decisions(np.zeros(0))
+        sku = np.asarray(ctx["sku_id"]).astype(str)
         if self.kind in ("ddpg", "sac"):
             obs = self.normalizer(state_features(table, self.categories, self.gmv_tier, rows=today))
             raw = np.asarray(self.algo.predict(obs), np.float64)[:, 0] * self.pricing.max_step
@@ -221,6 +214,38 @@ class RLPolicy:
         out = self.transformer(rep(obs), rep(act), torch.from_numpy(rtg.reshape(n * k, L, 1)), rep(steps),
                                rep(1.0 - mask))
         return out[:, -1, 0].double().numpy().reshape(n, k) * self.pricing.max_step
+
+
+def states_of(history: History, ctx: Contexts, pricing) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Record the contexts (and yesterday's outcomes they carry) in ``history``; return the rows the states
+    need and the row of each context's decision day in them."""
+    sku, day = np.asarray(ctx["sku_id"]).astype(str), np.asarray(ctx["day"], np.int64)
+    has = np.asarray(ctx["has_prev"], bool)
+    if has.any():  # yesterday's outcomes of SKUs this policy priced itself
+        values = {c: np.asarray(ctx[f"prev_{c}"], np.float64)[has] for c in _FROM_CONTEXT}
+        values["roi"] = roi(values["gmv"], values["marketing_spend"], pricing.roi_spend_floor)
+        history.set_outcomes(sku[has], day[has] - 1, values)
+    history.add(_today_rows(ctx))
+    table = history.upto(sku, day)
+    pos = {k: i for i, k in enumerate(History._key(table["sku_id"], table["day"]).tolist())}
+    return table, np.array([pos[k] for k in History._key(sku, day).tolist()], dtype=np.int64)
+
+
+class LTVEGreedyPolicy:
+    """What the critic alone would do: argmax of the LTVE's Q over the safe grid, on states built from the
+    SKUs' own history (a closed loop such as the A/B test; no simulator read)."""
+
+    is_text = False
+
+    def __init__(self, ltve, pricing, name: str):
+        self.ltve, self.pricing, self.name, self.history = ltve, pricing, name, History()
+
+    def decide(self, ctx: Contexts, prompts=None) -> Decisions:
+        table, today = states_of(self.history, ctx, self.pricing)
+        if len(today) == 0:
+            return Decisions(np.zeros(0))
+        return Decisions(self.ltve.greedy(self.ltve.features(table, rows=today), np.asarray(ctx["d_prev"], float),
+                                          self.pricing))
 
 
 def rl_policy(spec, pricing) -> RLPolicy:

@@ -76,9 +76,13 @@ class GroupSpec:
 @dataclass
 class PairedPolicySpec:
     name: str = help_field("policy name")
-    kind: Literal["price_sales", "llm", "simulator"] = help_field("who prices the whole paired cohort")
+    kind: Literal["price_sales", "llm", "simulator", "rl", "ltve_greedy"] = help_field(
+        "who prices the whole paired cohort (ltve_greedy: argmax of the LTVE's Q over the safe grid)")
     adapter: str | None = help_field("llm: LoRA adapter folder; null = the base model", default=None)
     simulator_policy: str | None = help_field("simulator: expert, myopic, random_walk or conservative", default=None)
+    baseline_path: str | None = help_field("rl: a model folder of aigp baselines", default=None)
+    ltve_picks: bool = help_field("rl (DT): the LTVE picks among DT's candidates", default=False)
+    ltve_path: str | None = help_field("ltve_greedy (and rl with ltve_picks): the LTVE output folder", default=None)
 
 
 @dataclass
@@ -174,6 +178,15 @@ def _policy(spec, recipe: Recipe, sim, llm: "_LLMSide | None", work_dir: Path, d
         from aigp_train.baselines.policy import rl_policy  # d3rlpy: the optional .[baselines] extra
 
         return rl_policy(spec, recipe.pricing)
+    if spec.kind == "ltve_greedy":
+        from aigp_train.baselines.policy import LTVEGreedyPolicy
+        from aigp_train.ltve.model import load_ltve
+
+        if not spec.ltve_path:
+            raise ValueError(f"{spec.name!r} is kind ltve_greedy but names no ltve_path.")
+        path = Path(spec.ltve_path)
+        return LTVEGreedyPolicy(load_ltve(path / "model.safetensors" if path.is_dir() else path), recipe.pricing,
+                                spec.name)
     sampling = llm.inf.sampling
     if decision_only:
         sampling = dataclasses.replace(sampling, max_new_tokens=recipe.paired.decision_only_max_new_tokens)
