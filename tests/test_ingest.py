@@ -227,3 +227,47 @@ def test_duplicated_products_are_refused(cj_slice, tmp_path):
     out = tmp_path / "m"
     run = _cli(str(CJ_RECIPE), *_overrides(cj_slice, out), f"products.path={dup}")
     _assert_refused(run, out, "products", "one row per SKU")
+
+
+def test_ltve_eval_on_ingested_logs_marks_what_needs_a_simulator(cj_market, tmp_path):
+    """`aigp ltve` and `aigp ltve-eval` run on the ingested folder; the simulator-only rows say so (no zeros)."""
+    recipe = tmp_path / "ltve_eval.yaml"
+    recipe.write_text(f"""include: [{REPO / 'recipes' / 'real' / 'completejourney' / 'ltve_eval.yaml'}]
+output_dir: {tmp_path / 'eval'}
+logs_dir: {cj_market}
+ltve_overrides: [train.num_steps=60, train.log_every=20, train.checkpoint_every=60, logging.wandb_mode=disabled]
+cql: {{num_steps: 40}}
+""")
+    run_stage("ltve-eval", str(recipe), [])
+    table2 = json.loads((tmp_path / "eval" / "table2.json").read_text())["3"]
+    assert table2["true_cda"] == table2["oracle_expert_better"] == "needs a simulator"
+    assert 0.0 <= table2["cda"] <= 1.0 and table2["num_states"] > 0
+    assert "needs a simulator" in (tmp_path / "eval" / "table7.md").read_text()
+    fig3 = json.loads((tmp_path / "eval" / "fig3.json").read_text())
+    assert fig3["deciles"] and "rho_decile_gmv_14" in fig3["spearman"]
+
+
+def test_infer_prices_tomorrow_on_ingested_logs(cj_market, tmp_path):
+    """The night after a logged day T of real logs: decisions for T+1, prompts without reviews."""
+    logs = read_logs(cj_market, columns=["sku_id", "day", "date"]).to_pandas()
+    open_ = logs[logs.day < 13]
+    t = int(open_.date.value_counts().idxmax())
+    recipe = tmp_path / "infer.yaml"
+    recipe.write_text(f"""include: [{REPO / 'recipes' / 'tiny' / 'infer.yaml'}]
+output_dir: {tmp_path / 'infer'}
+market_dir: {cj_market}
+date: {t}
+night: tomorrow
+max_skus: 4
+backend:
+  kind: scripted
+  hf: null
+  scripted: {{role: teacher, action_noise_std: 0.02, wrong_number_rate: 0.0, omitted_factor_rate: 0.0,
+              incoherent_rate: 0.0, contradiction_rate: 0.0, malformed_json_rate: 0.0, unsafe_action_rate: 0.0}}
+""")
+    run_stage("infer", str(recipe), [])
+    from aigp_train.evaluate.infer import read_decisions
+
+    d = read_decisions(tmp_path / "infer").to_pandas()
+    assert set(d.date) == {t + 1} and len(d) == min(4, int((open_.date == t).sum()))
+    assert set(d.sku_id) <= set(logs[logs.date == t].sku_id)
