@@ -271,3 +271,22 @@ backend:
     d = read_decisions(tmp_path / "infer").to_pandas()
     assert set(d.date) == {t + 1} and len(d) == min(4, int((open_.date == t).sum()))
     assert set(d.sku_id) <= set(logs[logs.date == t].sku_id)
+
+
+def test_derivable_sku_columns_are_optional(cj_market, tmp_path):
+    """A folder whose skus.parquet lacks the milestone, the expert label and the behaviour policy reads with
+    them derived (market.json's tiers, top 30 % in category): the same values ingest wrote."""
+    import shutil
+
+    copy = tmp_path / "market"
+    shutil.copytree(cj_market, copy)
+    full = read_skus(cj_market)
+    on_disk = pq.read_table(cj_market / "skus.parquet")
+    assert "behaviour_policy" not in on_disk.column_names  # ingest writes no simulator-only column
+    pq.write_table(on_disk.drop_columns(["milestone_reached", "is_expert"]), copy / "skus.parquet")
+    derived = read_skus(copy)
+    assert derived.num_rows == full.num_rows > 0
+    for name in ("milestone_reached", "is_expert", "behaviour_policy"):
+        assert derived.column(name).to_pylist() == full.column(name).to_pylist(), name
+    assert set(full.column("behaviour_policy").to_pylist()) == {"production"}
+    assert set(read_logs(copy, columns=["behaviour_policy"]).column(0).to_pylist()) == {"production"}

@@ -71,8 +71,13 @@ SKU_SCHEMA = pa.schema([pa.field(name, tp, nullable=False) for name, tp, _ in SK
 # it neither helps nor misleads the LTVE). Nothing is written to disk for them: the absent columns are
 # listed in the table's metadata (``b"aigp.absent_columns"``) so a report can say "not in the data".
 OPTIONAL_LOG_COLUMNS: dict[str, object] = {"is_promotion": False, "inventory": 0, "impressions": 0, "clicks": 0,
-                                           "ctr": 0.0, "cvr": 0.0, "review_count": 0, "rating": 0.0}
-OPTIONAL_SKU_COLUMNS: dict[str, object] = {"initial_inventory": 0}
+                                           "ctr": 0.0, "cvr": 0.0, "review_count": 0, "rating": 0.0,
+                                           "behaviour_policy": "production"}
+OPTIONAL_SKU_COLUMNS: dict[str, object] = {"initial_inventory": 0, "behaviour_policy": "production"}
+# SKU columns the toolkit derives when a market folder's skus.parquet lacks them (``read_skus``): the
+# milestone from cum_gmv_14, roi_14 and market.json's per-category gmv_tier / roi_target; the expert label
+# as the top market.json ``expert_top_fraction`` (paper §3.3: 0.3) by cum_gmv_14 within the category.
+DERIVED_SKU_COLUMNS = ("milestone_reached", "is_expert")
 ABSENT_KEY = b"aigp.absent_columns"
 
 # Text tables of a market folder (``text/<name>.parquet``): (required columns, optional columns).
@@ -144,7 +149,7 @@ def check_schema(schema: pa.Schema, expected: pa.Schema = LOG_SCHEMA, where: str
     SKU schema); present, they must have their type."""
     if optional is None:
         optional = tuple(OPTIONAL_LOG_COLUMNS if expected is LOG_SCHEMA else
-                         OPTIONAL_SKU_COLUMNS if expected is SKU_SCHEMA else ())
+                         (*OPTIONAL_SKU_COLUMNS, *DERIVED_SKU_COLUMNS) if expected is SKU_SCHEMA else ())
     _check_names(schema.names, {f.name: str(f.type) for f in expected if f.name not in optional}, expected.names,
                  where)
     for f in expected:
@@ -228,7 +233,42 @@ def read_skus(path: str | Path) -> pa.Table:
         raise FileNotFoundError(f"{p} not found; run `aigp simulate <recipe>` first.")
     schema = pq.read_schema(p)
     check_schema(schema, SKU_SCHEMA, where=str(p))
-    return _fill_absent(pq.read_table(p), list(SKU_SCHEMA.names), SKU_SCHEMA, OPTIONAL_SKU_COLUMNS)
+    table = pq.read_table(p)
+    missing = [c for c in DERIVED_SKU_COLUMNS if c not in schema.names]
+    if missing:
+        table = _derive_sku_columns(table, p.parent, missing)
+    return _fill_absent(table, list(SKU_SCHEMA.names), SKU_SCHEMA, OPTIONAL_SKU_COLUMNS)
+
+
+def _derive_sku_columns(table: pa.Table, market_dir: Path, missing: list[str]) -> pa.Table:
+    """The milestone and the expert label of every SKU from its 14-day GMV and ROI (``DERIVED_SKU_COLUMNS``)."""
+    import json
+
+    import numpy as np
+
+    from aigp_train.market.logs import expert_labels
+    from aigp_train.pricing.reward import milestone_reached, milestone_targets
+
+    params_path = market_dir / "market.json"
+    if not params_path.is_file():
+        raise FileNotFoundError(f"{market_dir}/skus.parquet has no {missing[0]!r} and there is no market.json to "
+                                f"derive it from (per-category gmv_tier / roi_target, docs/log_schema.md).")
+    params = json.loads(params_path.read_text())
+    cat = table.column("category").to_numpy(zero_copy_only=False).astype(str)
+    gmv = table.column("cum_gmv_14").to_numpy().astype(np.float64)
+    if "milestone_reached" in missing:
+        targets = milestone_targets(params)
+        unknown = sorted(set(cat.tolist()) - set(targets))
+        if unknown:
+            raise LogSchemaError(f"{market_dir}/market.json has no gmv_tier/roi_target for category {unknown[0]!r}; "
+                                 f"add it to derive milestone_reached.")
+        reached = milestone_reached(gmv, table.column("roi_14").to_numpy().astype(np.float64),
+                                    np.array([targets[c][0] for c in cat]), np.array([targets[c][1] for c in cat]))
+        table = table.append_column(pa.field("milestone_reached", pa.bool_()), pa.array(np.asarray(reached, bool)))
+    if "is_expert" in missing:
+        top = float(params.get("expert_top_fraction", 0.3))  # paper §3.3: top 30 %
+        table = table.append_column(pa.field("is_expert", pa.bool_()), pa.array(expert_labels(cat, gmv, top)))
+    return table
 
 
 def to_arrow(rows: dict) -> pa.Table:
