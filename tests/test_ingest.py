@@ -271,6 +271,15 @@ backend:
     d = read_decisions(tmp_path / "infer").to_pandas()
     assert set(d.date) == {t + 1} and len(d) == min(4, int((open_.date == t).sum()))
     assert set(d.sku_id) <= set(logs[logs.date == t].sku_id)
+    # the prompt says what real logs lack instead of showing zeros; the SKU id is printed as it is
+    from aigp_train.config import load_recipe
+    from aigp_train.stages import infer
+
+    prompt = infer.night_prompts(load_recipe(str(recipe), infer.Recipe))[0]
+    text = prompt["messages"][1]["content"]
+    assert f"SKU {prompt['sku_id']} " in text and "these logs hold no reviews" in text
+    assert "- inventory:" not in text and "impressions yesterday" not in text
+    assert prompt["state"]["inventory"] is None and prompt["date"] == t + 1
 
 
 def test_derivable_sku_columns_are_optional(cj_market, tmp_path):

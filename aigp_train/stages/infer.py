@@ -98,6 +98,8 @@ class TomorrowSource:
                     "list_price": float(last["list_price"]), "inventory": int(last["inventory"]), "units": 0,
                     "competitor_price_mean": float(last["competitor_price_mean"]),
                     "competitor_price_min": float(last["competitor_price_min"])}
+        if "_absent" in last:
+            tomorrow["_absent"] = last["_absent"]
         return [*rows, tomorrow]
 
 

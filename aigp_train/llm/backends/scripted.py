@@ -261,6 +261,8 @@ class _Quoter:
 
     def __call__(self, key: str) -> str:
         field = FIELD_BY_KEY[key]
+        if self.state.get(key) is None:  # a column real logs do not hold (docs/log_schema.md): nothing to quote
+            return f"{field.label}: not in these logs"
         value = float(self.state[key])
         if key == self.wrong_key:
             wrong = value * (1 + self.rng.choice([-1, 1]) * self.rng.uniform(0.25, 0.6))
@@ -550,7 +552,7 @@ class ScriptedTeacherStandIn:
                     "category priors only.")
         hist = s.get("history") or []
         trend = ""
-        if len(hist) >= 2:
+        if len(hist) >= 2 and hist[0]["impressions"] is not None:
             first, last = hist[0]["impressions"], hist[-1]["impressions"]
             word = "rising" if last > first else "falling" if last < first else "flat"
             trend = f" Impressions {first} to {last} over {len(hist)} days ({word})."
