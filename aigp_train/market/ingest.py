@@ -27,6 +27,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -57,7 +58,8 @@ class TransactionsMap:
     """Which column of the sales table is what. '' = the table has no such column."""
 
     path: str = help_field("Parquet or CSV file of sales rows (transactions or SKU-days)")
-    grain: str = help_field("'transaction' (many rows per SKU and day: summed) or 'sku_day' (one row per SKU-day)")
+    grain: Literal["transaction", "sku_day"] = help_field("'transaction' (many rows per SKU and day: summed) or "
+                                                          "'sku_day' (one row per SKU-day)")
     sku: str = help_field("column holding the SKU / product id (any string or integer)")
     timestamp: str = help_field("column holding the sale's timestamp or date (a date string, DATE or TIMESTAMP)")
     date_format: str = help_field("strptime format of a string timestamp column ('' = ISO 8601)", "")
