@@ -124,6 +124,7 @@ def build_state(today: dict, past: list[dict], sku: dict, milestone: dict, cfg: 
                for r in past[-cfg.history_days:]]
     absent = set(today.get("_absent", ()))
     if absent:  # columns the logs do not hold are absent from the state, never shown as zeros
+        state["absent_columns"] = sorted(absent)  # the judge does not ask a response to analyse them
         for key, col in (("inventory", "inventory"), ("impressions_1d", "impressions"), ("clicks_1d", "clicks"),
                          ("ctr_1d", "ctr"), ("cvr_1d", "cvr"), ("review_count", "review_count"), ("rating", "rating")):
             if col in absent:

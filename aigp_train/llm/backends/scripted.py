@@ -678,7 +678,10 @@ class ScriptedJudgeStandIn:
         # a report the context names but this request's text does not carry cannot be checked against
         invented = [] if report is None and context.get("has_diagnosis") else \
             unsupported_flags(reasoning, diagnosis_flags(report))
-        required = [f for f in _FACTOR_FIELDS if f not in ("kb", "diagnosis")]
+        # real logs without traffic or reviews (state "absent_columns"): the prompt shows none, nothing to cover
+        absent = set(state.get("absent_columns", ()))
+        unshown = {f for f, col in (("traffic", "impressions"), ("reviews", "review_count")) if col in absent}
+        required = [f for f in _FACTOR_FIELDS if f not in ("kb", "diagnosis") and f not in unshown]
         required += [f for f, shown in (("kb", context.get("has_kb")), ("diagnosis", context.get("has_diagnosis")))
                      if shown]
         covered = covered_factors(reasoning, state)
