@@ -245,6 +245,14 @@ cql: {{num_steps: 40}}
     assert "needs a simulator" in (tmp_path / "eval" / "table7.md").read_text()
     fig3 = json.loads((tmp_path / "eval" / "fig3.json").read_text())
     assert fig3["deciles"] and "rho_decile_gmv_14" in fig3["spearman"]
+    # report.md of a chain on real logs: the simulator-only sections say so
+    from aigp_train.evaluate.report import write_report
+
+    report = write_report(tmp_path / "report", {"ingest": {"stage": "ingest", "output_dir": str(cj_market)},
+                                                "ltve_eval": {"stage": "ltve-eval",
+                                                              "output_dir": str(tmp_path / "eval")}}).read_text()
+    assert "real logs mapped in by `aigp ingest`" in report and "_Needs a simulator" in report
+    assert "no `aigp abtest` step in this pipeline; on real logs it needs a simulator" in report
 
 
 def test_infer_prices_tomorrow_on_ingested_logs(cj_market, tmp_path):
