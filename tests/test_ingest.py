@@ -44,12 +44,15 @@ def cj_slice(tmp_path_factory) -> dict[str, Path]:
                 f"transaction_timestamp) TO '{root / 'transactions.parquet'}' (FORMAT parquet)")
     con.execute(f"COPY (SELECT * FROM '{pr}' WHERE product_id IN (SELECT product_id FROM pick)) TO "
                 f"'{root / 'products.parquet'}' (FORMAT parquet)")
-    return {"root": root, "tx": root / "transactions.parquet", "products": root / "products.parquet"}
+    con.execute(f"COPY (SELECT * FROM '{DATA / 'promotions.parquet'}' WHERE product_id IN "
+                f"(SELECT product_id FROM pick)) TO '{root / 'promotions.parquet'}' (FORMAT parquet)")
+    return {"root": root, "tx": root / "transactions.parquet", "products": root / "products.parquet",
+            "promotions": root / "promotions.parquet"}
 
 
 def _overrides(slice_: dict, out: Path, *extra: str) -> list[str]:
     return [f"output_dir={out}", f"transactions.path={slice_['tx']}", f"products.path={slice_['products']}",
-            "rules.min_launches_per_category=5", *extra]
+            f"promotions.path={slice_['promotions']}", "rules.min_launches_per_category=5", *extra]
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +74,19 @@ def test_complete_journey_slice_maps_into_the_log_schema(cj_slice, cj_market):
     for path in [*cj_market.rglob("*.parquet")]:
         names = pq.read_schema(path).names
         assert not any(n in ("household_id", "basket_id", "store_id") for n in names), path
-    # the simulator-only columns are absent on disk and named so on read
-    assert "impressions" not in pq.read_schema(cj_market / "logs" / "part-00000.parquet").names
-    assert "impressions" in absent_columns(logs)
+    # the simulator-only columns are absent on disk and named so on read; the promotion calendar is in
+    names = pq.read_schema(cj_market / "logs" / "part-00000.parquet").names
+    assert "impressions" not in names and "is_promotion" in names
+    assert "impressions" in absent_columns(logs) and "is_promotion" not in absent_columns(logs)
+    promo = logs.column("is_promotion").to_numpy(zero_copy_only=False)
+    assert s["promotion_days"] == int(promo.sum()) and 0 < promo.mean() < 1
+    con0 = duckdb.connect()  # one promoted SKU-day checked against the calendar itself
+    row = logs.filter(pa.array(promo)).slice(0, 1).to_pylist()[0]
+    week = con0.execute(f"""SELECT min(week) FROM '{cj_slice['tx']}' WHERE CAST(transaction_timestamp AS DATE) =
+        DATE '2017-01-01' + INTERVAL {int(row['date'])} DAY""").fetchall()[0][0]
+    hits = con0.execute(f"""SELECT count(*) FROM '{cj_slice['promotions']}' WHERE CAST(product_id AS VARCHAR) =
+        '{row['sku_id']}' AND week = {week} AND (display_location <> '0' OR mailer_location <> '0')""").fetchall()
+    assert hits[0][0] > 0
     # GMV: the sum of the kept rows' sales_value (computed here independently of the ingest SQL)
     con = duckdb.connect()
     expected = con.execute(f"""WITH t AS (SELECT CAST(product_id AS VARCHAR) AS sku, CAST(transaction_timestamp AS DATE)
@@ -141,6 +154,7 @@ transactions:
   path: {path}
 {tx}
 products: {{}}
+promotions: {{}}
 rules: {{launch_after_days: 0, list_price_quantile: 1.0, gmv_tier_quantile: 0.5, roi_target_quantile: 0.5,
         min_launches_per_category: 1, expert_top_fraction: 0.3, ltve_expert_share: 0.6, memory_limit: 1GB,
         threads: 1}}

@@ -70,6 +70,18 @@ class TransactionsMap:
     list_price: str = help_field("column of the per-unit list price; '' = derived (rules.list_price_quantile)", "")
     spend: str = help_field("column of other marketing spend (>= 0) per row; '' = none", "")
     category: str = help_field("category column when the sales table has it; '' = from the products table", "")
+    week: str = help_field("column of the sale's week number (joins promotions.week); '' = none", "")
+
+
+@dataclass
+class PromotionsMap:
+    """The retailer's promotion calendar: which SKU was on display or in the mailer in which week."""
+
+    path: str = help_field("Parquet or CSV file of promotions; '' = none (is_promotion is then not in the logs)", "")
+    sku: str = help_field("column holding the SKU id", "")
+    week: str = help_field("column of the week number (as transactions.week)", "")
+    flags: list[str] = help_field("columns that mark a promotion when their value is not flag_off (any store)", [])
+    flag_off: str = help_field("the value of a flag column that means no promotion", "0")
 
 
 @dataclass
@@ -106,6 +118,7 @@ class IngestRecipe:
     output_dir: str = help_field("market folder to write (logs/, skus.parquet, text/, market.json)")
     transactions: TransactionsMap = help_field("the sales table and its columns")
     products: ProductsMap = help_field("the product table and its columns")
+    promotions: PromotionsMap = help_field("the promotion calendar (display / mailer per SKU and week)")
     rules: IngestRules = help_field("definitions of the derived columns")
     pricing: PricingConfig = help_field("pricing rules (A_safe, Ψ, eq. 3, the ROI spend floor)")
     notes: dict[str, str] = field(default_factory=dict, metadata={"help": "free text kept in market.json"})
@@ -176,6 +189,9 @@ def _check_mapping(recipe: IngestRecipe) -> list[tuple[str, str]]:
     mapped += [(f"transactions.coupon_discounts[{i}]", c) for i, c in enumerate(t.coupon_discounts)]
     mapped += [(f"products.{k}", getattr(p, k)) for k in ("sku", "category", "product_type")]
     mapped += [(f"products.text[{i}]", c) for i, c in enumerate(p.text)]
+    pm = recipe.promotions
+    mapped += [("transactions.week", t.week), ("promotions.sku", pm.sku), ("promotions.week", pm.week)]
+    mapped += [(f"promotions.flags[{i}]", c) for i, c in enumerate(pm.flags)]
     mapped = [(k, c) for k, c in mapped if c]
     for key, col in mapped:
         if is_user_level(col):
@@ -188,6 +204,9 @@ def _check_mapping(recipe: IngestRecipe) -> list[tuple[str, str]]:
             raise UserError(f"transactions.{key} is empty; name the column that holds it.")
     if not t.category and not (p.path and p.category):
         raise UserError("no category: set transactions.category or products.path and products.category.")
+    if pm.path and not (pm.sku and pm.week and pm.flags and t.week):
+        raise UserError("promotions.path is set: promotions.sku, promotions.week, promotions.flags and "
+                        "transactions.week (the sale's week, to join the calendar) must name their columns.")
     if p.path and not (p.sku and p.category):
         raise UserError("products.path is set: products.sku and products.category must name its columns.")
     r = recipe.rules
@@ -253,6 +272,8 @@ def _build(con, recipe: IngestRecipe, staging: Path) -> dict:
         _require(tx_cols, c, f"transactions.coupon_discounts[{i}]", t.path, numeric=True)
     if t.category:
         _require(tx_cols, t.category, "transactions.category", t.path)
+    if t.week:
+        _require(tx_cols, t.week, "transactions.week", t.path, numeric=True)
     num_input = _one(con, f"SELECT count(*) FROM {tx}")[0]
     if num_input == 0:
         raise UserError(f"transactions.path: {t.path} holds no rows; ingest needs at least one sale.")
@@ -281,7 +302,8 @@ def _build(con, recipe: IngestRecipe, staging: Path) -> dict:
         {num(t.units)} AS units, {num(t.revenue)} AS revenue, coalesce({num(t.retail_discount)}, 0) AS retail,
         {coupon} AS coupon, coalesce({num(t.spend)}, 0) AS other_spend,
         {num(t.list_price) if t.list_price else 'NULL::DOUBLE'} AS list_col,
-        {f'CAST({_q(t.category)} AS VARCHAR)' if t.category else 'NULL::VARCHAR'} AS tx_category
+        {f'CAST({_q(t.category)} AS VARCHAR)' if t.category else 'NULL::VARCHAR'} AS tx_category,
+        {f'CAST({_q(t.week)} AS BIGINT)' if t.week else 'NULL::BIGINT'} AS week
         FROM {tx}""")
     removed: dict[str, int] = {}
 
@@ -333,6 +355,18 @@ def _build(con, recipe: IngestRecipe, staging: Path) -> dict:
         con.execute("""CREATE TEMP TABLE products AS SELECT sku_id, any_value(tx_category) AS category,
             NULL::VARCHAR AS product_type, '' AS description FROM raw GROUP BY sku_id""")
         drop("no_category", "tx_category IS NULL")
+    pm = recipe.promotions
+    if pm.path:  # the calendar: (SKU, week) pairs with a display or mailer flag set in any store
+        pt = _scan(pm.path, "promotions.path")
+        pt_cols = _columns(con, pt)
+        _require(pt_cols, pm.sku, "promotions.sku", pm.path)
+        _require(pt_cols, pm.week, "promotions.week", pm.path, numeric=True)
+        for i, c in enumerate(pm.flags):
+            _require(pt_cols, c, f"promotions.flags[{i}]", pm.path)
+        on = " OR ".join(f"coalesce(CAST({_q(c)} AS VARCHAR), {_lit(pm.flag_off)}) <> {_lit(pm.flag_off)}"
+                         for c in pm.flags)
+        con.execute(f"""CREATE TEMP TABLE promo AS SELECT DISTINCT CAST({_q(pm.sku)} AS VARCHAR) AS sku_id,
+            CAST({_q(pm.week)} AS BIGINT) AS week FROM {pt} WHERE {on}""")
     if _one(con, "SELECT count(*) FROM raw")[0] == 0:
         raise UserError(f"transactions: no row of {t.path} is left after the rules (removed: {removed}); check the "
                         f"column mapping.")
@@ -343,6 +377,9 @@ def _build(con, recipe: IngestRecipe, staging: Path) -> dict:
         AS INTEGER) AS date, sum(units) AS units, sum(revenue) AS revenue, sum(retail) AS retail,
         sum(coupon) AS coupon, sum(other_spend) AS other_spend, avg(list_col) AS list_col, count(*) AS num_rows
         FROM raw GROUP BY ALL""")
+    # the week of each calendar day, as the sales table numbers it (joins the promotion calendar)
+    con.execute(f"""CREATE TEMP TABLE dayweek AS SELECT CAST(date_diff('day', DATE {_lit(str(t0[0]))}, day_date)
+        AS INTEGER) AS date, min(week) AS week FROM raw GROUP BY 1""")
     con.execute("DROP TABLE raw")
     netneg = _one(con, "SELECT coalesce(sum(num_rows), 0), count(*) FROM daily WHERE units <= 0")
     if netneg[1]:
@@ -431,9 +468,13 @@ def _build(con, recipe: IngestRecipe, staging: Path) -> dict:
         CAST(coalesce(f.comp_mean_f, f.list_price * a.discount) AS FLOAT) AS competitor_price_mean,
         CAST(coalesce(f.comp_min_f, f.list_price * a.discount) AS FLOAT) AS competitor_price_min,
         CAST(sum(f.revenue) OVER (PARTITION BY f.sku_id ORDER BY f.day) AS FLOAT) AS cum_gmv,
-        'production' AS behaviour_policy, f.product_type
-        FROM filled f JOIN act a ON a.sku_id = f.sku_id AND a.day = f.day""")
-    written = [c for c in LOG_SCHEMA.names if c not in OPTIONAL_LOG_COLUMNS]
+        'production' AS behaviour_policy, f.product_type,
+        {'pr.sku_id IS NOT NULL' if pm.path else 'FALSE'} AS is_promotion
+        FROM filled f JOIN act a ON a.sku_id = f.sku_id AND a.day = f.day
+        {'LEFT JOIN dayweek dw ON dw.date = f.date LEFT JOIN promo pr ON pr.sku_id = f.sku_id AND pr.week = dw.week'
+         if pm.path else ''}""")
+    absent = [c for c in OPTIONAL_LOG_COLUMNS if not (c == "is_promotion" and pm.path)]
+    written = [c for c in LOG_SCHEMA.names if c not in absent]
     (staging / "logs").mkdir()
     con.execute(f"COPY (SELECT {', '.join(written)} FROM logs ORDER BY sku_id, day) TO "
                 f"{_lit(str(staging / 'logs' / 'part-00000.parquet'))} (FORMAT parquet, COMPRESSION zstd)")
@@ -488,7 +529,7 @@ def _build(con, recipe: IngestRecipe, staging: Path) -> dict:
               "expert_top_fraction": rules.expert_top_fraction, "ltve_expert_share": rules.ltve_expert_share,
               "first_date": str(t0[0]), "last_date": str(t0[1]), "categories": categories,
               "pricing": {k: getattr(pricing, k) for k in vars(pricing)}, "notes": dict(recipe.notes),
-              "absent_columns": sorted(OPTIONAL_LOG_COLUMNS)}
+              "absent_columns": sorted(absent)}
     (staging / "market.json").write_text(json.dumps(market, indent=2, sort_keys=True, default=str) + "\n")
     logs_ref = con.sql("SELECT sku_id, day, gmv, marketing_spend FROM logs").to_arrow_table()
     refs = category_references(logs_ref, skus, market, pricing)
@@ -512,6 +553,7 @@ def _build(con, recipe: IngestRecipe, staging: Path) -> dict:
         "spend_floor_binds_on_selling_days": round(float((sp[sold] < floor).mean()), 4) if sold.any() else 0.0,
         "roi_quantiles_selling_days": _quantiles(r[sold]), "gmv_14_quantiles": _quantiles(gmv14),
         "num_categories": len(categories),
+        "promotion_days": int(_one(con, "SELECT count(*) FROM logs WHERE is_promotion")[0]) if pm.path else None,
     }
     return {"rows": {"input_rows": int(num_input), "sku_days": int(num_rows), "skus": int(num_skus)},
             "summary": summary}
