@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from aigp_train.config import UserError, help_field
+from aigp_train.market.labels import expert_labels
 from aigp_train.market.schema import (
     LOG_SCHEMA,
     OPTIONAL_LOG_COLUMNS,
@@ -498,8 +499,6 @@ def _build(con, recipe: IngestRecipe, staging: Path) -> dict:
     tier = np.array([categories[c]["gmv_tier"] for c in cat])
     target = np.array([categories[c]["roi_target"] for c in cat])
     reached = np.asarray(milestone_reached(gmv14, roi14, tier, target), dtype=bool)
-    from aigp_train.market.logs import expert_labels
-
     is_expert = expert_labels(cat, gmv14, rules.expert_top_fraction)
     sku_cols = {"sku_id": sku_t.column("sku_id"), "category": pa.array(cat),
                 "product_type": sku_t.column("product_type"), "list_price": sku_t.column("list_price"),

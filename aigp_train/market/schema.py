@@ -246,7 +246,7 @@ def _derive_sku_columns(table: pa.Table, market_dir: Path, missing: list[str]) -
 
     import numpy as np
 
-    from aigp_train.market.logs import expert_labels
+    from aigp_train.market.labels import expert_labels
     from aigp_train.pricing.reward import milestone_reached, milestone_targets
 
     params_path = market_dir / "market.json"
