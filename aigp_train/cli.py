@@ -44,6 +44,7 @@ USER_ERRORS = (UserError, ValueError, FileNotFoundError, NotADirectoryError, IsA
 # their stage runs, so `aigp simulate` never pays for torch/transformers imports.
 STAGES: dict[str, tuple[str, str]] = {
     "simulate": ("aigp_train.stages.simulate", "simulate a launch market and write Parquet SKU-day logs"),
+    "ingest": ("aigp_train.stages.ingest", "map a retailer's own sales tables into the log schema (DuckDB)"),
     "ltve": ("aigp_train.stages.ltve", "train the Long-Term Value Estimator (n-step expectile critic)"),
     "ltve-eval": ("aigp_train.stages.ltve_eval", "LTVE metrics: MAE/EAMA/CDA, Fig. 3 deciles, n-step ablation, CQL"),
     "baselines": ("aigp_train.stages.baselines", "RL-DT / RL-DDPG / RL-SAC on the LTVE's transitions (d3rlpy)"),

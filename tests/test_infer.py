@@ -129,3 +129,40 @@ def test_two_ranks_killed_mid_run_then_restarted_answer_every_sku_exactly_once(t
     assert manifest["rows"]["decisions"] == 8 and manifest["summary"]["shards_skipped"] == 0  # nothing reused
     new_ids = read_decisions(out).column("prompt_id").to_pylist()
     assert len(new_ids) == len(set(new_ids)) == 8 and set(new_ids) != set(ids)
+
+
+def test_tomorrow_prices_t_plus_1_and_replay_reprices_the_logged_day(tiny_market, tmp_path):
+    """night=tomorrow: every SKU with a row on the last logged date T whose launch window goes on is priced
+    for T+1 from its row on T; night=replay: the SKUs of T are re-priced for T itself."""
+    from aigp_train.market.schema import read_logs
+
+    recipe = tmp_path / "infer.yaml"
+    recipe.write_text(SCRIPTED.format(repo=REPO))
+    logs = read_logs(tiny_market, columns=["sku_id", "day", "date", "discount", "discount_prev"]).to_pandas()
+    last = int(logs[logs.day < 13].date.max())  # date=-1: the last night a launch window goes on
+    on_t = logs[logs.date == last].set_index("sku_id")
+    going_on = on_t[on_t.day < 13]
+    assert 0 < len(going_on) < len(on_t)  # the tiny market has SKUs in and at the end of their window on T
+
+    tomorrow = tmp_path / "tomorrow"
+    proc = _aigp(str(recipe), f"market_dir={tiny_market}", f"output_dir={tomorrow}", "max_skus=0", "shard_size=8",
+                 "night=tomorrow")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    d = read_decisions(tomorrow).to_pandas().set_index("sku_id")
+    summary = json.loads((tomorrow / "manifest.json").read_text())["summary"]
+    assert set(d.date) == {last + 1} and summary["decisions_for_date"] == last + 1
+    assert summary["priced_from_date"] == last and summary["window_ended"] == len(on_t) - len(going_on)
+    assert set(d.index) == set(going_on.index)
+    np.testing.assert_allclose(d.d_prev.sort_index(), going_on.discount.sort_index(), atol=1e-4)  # d_{T+1-1} = d_T
+    assert (d.day.sort_index() == going_on.day.sort_index() + 1).all()
+
+    replay = tmp_path / "replay"
+    proc = _aigp(str(recipe), f"market_dir={tiny_market}", f"output_dir={replay}", "max_skus=0", "shard_size=8",
+                 "night=replay")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = read_decisions(replay).to_pandas().set_index("sku_id")
+    last_logged = int(logs.date.max())  # replay, date=-1: the last logged date
+    on_t = logs[logs.date == last_logged].set_index("sku_id")
+    assert set(r.date) == {last_logged} and set(r.index) == set(on_t.index)
+    np.testing.assert_allclose(r.d_prev.sort_index(), on_t.discount_prev.sort_index(), atol=1e-4)
+    assert (r.day.sort_index() == on_t.day.sort_index()).all()

@@ -123,7 +123,7 @@ def _write_variant(src: Path, dst: Path, change) -> Path:
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda t: t.drop(["clicks"]), "missing column 'clicks'"),
+    (lambda t: t.drop(["units"]), "missing column 'units'"),
     (lambda t: t.append_column("weather", pa.array(np.zeros(t.num_rows))), "unexpected column 'weather'"),
     (lambda t: t.set_column(t.schema.get_field_index("units"), "units", t.column("units").cast(pa.float64())),
      "column 'units' has type double"),

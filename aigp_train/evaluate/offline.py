@@ -38,7 +38,7 @@ class TestSet:
     ctx: Contexts             # their pricing contexts
     expert_actions: np.ndarray
     r3d: np.ndarray
-    sku_index: np.ndarray     # simulator SKU indices (for replay / true Q)
+    sku_index: np.ndarray     # simulator SKU indices (for replay / true Q); -1 for real SKU ids (no simulator)
     day: np.ndarray
     train_ids: np.ndarray     # SKUs of the training period (the price-sales model trains on them)
     cutoff_date: int          # first launch date of the held-out period
@@ -56,7 +56,7 @@ def _np(table: pa.Table, name: str) -> np.ndarray:
 def build_test_set(logs: pa.Table, skus: pa.Table, pricing, heldout_fraction: float, horizon: int, max_states: int,
                    seed: int) -> TestSet:
     from aigp_train.ltve.transitions import split_skus
-    from aigp_train.market.simulator import sku_index_of
+    from aigp_train.market.simulator import is_simulator_sku_id, sku_index_of
 
     train_ids, heldout_ids, cutoff = split_skus(skus, horizon, heldout_fraction)
     sku_ids = np.asarray(_np(skus, "sku_id")).astype(str)
@@ -75,7 +75,8 @@ def build_test_set(logs: pa.Table, skus: pa.Table, pricing, heldout_fraction: fl
     ctx_all = contexts_from_logs(cols)
     r3d = metrics.r3d(gmv3[rows], roi3[rows], pricing.lambda1, pricing.lambda2)
     return TestSet(logs, rows, take(ctx_all, rows), np.asarray(_np(logs, "action"), dtype=np.float64)[rows], r3d,
-                   sku_index_of(sku[rows]), np.asarray(_np(logs, "day"), dtype=np.int64)[rows], train_ids, cutoff)
+                   sku_index_of(sku[rows]) if is_simulator_sku_id(sku[rows]) else np.full(rows.size, -1, np.int64),
+                   np.asarray(_np(logs, "day"), dtype=np.int64)[rows], train_ids, cutoff)
 
 
 def decision_metrics(test: TestSet, actions: np.ndarray, pricing, ltve=None, ltve_features=None) -> dict:

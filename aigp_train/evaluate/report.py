@@ -167,9 +167,18 @@ def write_report(out_dir: str | Path, outputs: dict[str, dict]) -> Path:
         lines.append(f"| {step_id} | {o['stage']} | `{o['output_dir']}` | {m.get('wall_seconds', '–')} | "
                      f"{str(m.get('code_version', '–'))[:12]} |")
 
+    ingest = _last(outputs, "ingest")  # real logs (aigp ingest): no simulator behind them
+    if ingest is not None:
+        missing = lambda stage: (f"_Not produced: no `aigp {stage}` step in this pipeline; on real logs it "  # noqa: E731
+                                 f"needs a simulator._" if stage in ("evaluate", "abtest") else
+                                 f"_Not produced: no `aigp {stage}` step in this pipeline._")
     lines += ["", "## Scale: this run versus the paper", "",
-              "This is a reproduction on a simulated market (the paper's Tao Factory logs are proprietary), at the "
-              "sizes of the recipes used. Where the recipes run a tiny model or a rule-based stand-in teacher and "
+              (f"This run is on a retailer's real logs mapped in by `aigp ingest` (`{ingest}`), at the sizes of the "
+               "recipes used; figures that need a simulator (true value, true CDA, pair accuracy against the truth, "
+               "the simulated A/B) are absent and marked so." if ingest is not None else
+               "This is a reproduction on a simulated market (the paper's Tao Factory logs are proprietary), at the "
+               "sizes of the recipes used.")
+              + " Where the recipes run a tiny model or a rule-based stand-in teacher and "
               "judge (CPU), the LLM rows measure the pipeline's mechanics, not the quality of a 30B model: compare "
               "rows within this report, not with the paper's values.", "", *_scale_rows(outputs)]
     stand_in = any("stand-in" in json.dumps(_manifest(Path(o["output_dir"])).get("summary", {}))
@@ -179,7 +188,9 @@ def write_report(out_dir: str | Path, outputs: dict[str, dict]) -> Path:
                       "`aigp_train/llm/backends/scripted.py`, not Qwen3-235B models."]
 
     lines += ["", "## Ground truth: does the LTVE rank like the simulator?", "",
-              *_truth_rows(ltve_eval, _last(outputs, "pairs"), _last(outputs, "evaluate"), _last(outputs, "simulate"))]
+              *(["_Needs a simulator: these are real logs (no true Q of an action not taken)._"] if ingest is not None
+                else _truth_rows(ltve_eval, _last(outputs, "pairs"), _last(outputs, "evaluate"),
+                                 _last(outputs, "simulate")))]
     lines += ["", "## Table 2: LTVE evaluation and n-step ablation", "",
               _read(ltve_eval, "table2.md") or missing("ltve-eval"),
               "", "## Fig. 3: Q-score deciles versus realised cumulative GMV", "",

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,9 +213,11 @@ def _history_table(history: list[dict]) -> str:
         return "No sales history yet: today is the launch day (cold start)."
     head = "| day | discount | action | price | impressions | clicks | CTR | CVR | units | GMV | ROI |"
     sep = "|" + "---|" * 11
-    rows = [f"| {h['day']} | {h['discount']:.2f} | {h['action']:+.2f} | ¥{h['price']:.2f} | {h['impressions']} | "
-            f"{h['clicks']} | {100 * h['ctr']:.2f}% | {100 * h['cvr']:.2f}% | {h['units']} | ¥{h['gmv']:.2f} | "
-            f"{h['roi']:.2f} |" for h in history]
+    pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}%"  # noqa: E731  (None: not in these logs)
+    rows = [f"| {h['day']} | {h['discount']:.2f} | {h['action']:+.2f} | ¥{h['price']:.2f} | "
+            f"{'n/a' if h['impressions'] is None else h['impressions']} | "
+            f"{'n/a' if h['clicks'] is None else h['clicks']} | {pct(h['ctr'])} | {pct(h['cvr'])} | {h['units']} | "
+            f"¥{h['gmv']:.2f} | {h['roi']:.2f} |" for h in history]
     return "\n".join([head, sep, *rows])
 
 
@@ -269,7 +272,9 @@ def build_messages(state: dict, history: list[dict], ctx: PromptContext, cfg: Pr
     compact = cfg.layout == "compact"
     dow = DAY_NAMES[int(state["day_of_week"]) % 7]
     promo = "yes" if state["is_promotion"] else "no"
-    sku, category = (sanitize_untrusted(state[k], FIELD_MAX_CHARS) for k in ("sku_id", "category"))
+    category = sanitize_untrusted(state["category"], FIELD_MAX_CHARS)
+    # a SKU id is the retailer's key, never a contact: neutralised, not scrubbed (a 7-digit id is no phone)
+    sku = re.sub(r"\s+", " ", neutralise(state["sku_id"])).strip()[:FIELD_MAX_CHARS]
     parts = [
         f"# Pricing decision for SKU {sku} (category: {category})",
         f"Today: day {state['day']} since launch, {dow}, platform promotion today: {promo}.",
@@ -287,7 +292,8 @@ def build_messages(state: dict, history: list[dict], ctx: PromptContext, cfg: Pr
     if ctx.reviews:
         parts += [f"## Customer reviews, newest first ({UNTRUSTED_NOTE})", fence_untrusted("review", ctx.reviews)]
     else:
-        parts += ["## Customer reviews", "No reviews yet."]
+        parts += ["## Customer reviews", "No reviews yet." if "review_count" not in state
+                  or state["review_count"] is not None else "None: these logs hold no reviews."]
     if ctx.findings:  # last before the task: the comparisons the decision rests on, next to where it is made
         parts += ["## Findings (the diagnosis's comparisons)", *(f"- {line}" for line in ctx.findings)]
     lo, hi = (float(x) for x in feasible_interval(state["d_prev"], pricing))

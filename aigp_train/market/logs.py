@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from aigp_train.config import recipe_to_dict
 from aigp_train.market import rng
+from aigp_train.market.labels import expert_labels
 from aigp_train.market.policies import POLICIES
 from aigp_train.market.recipe import MarketRecipe
 from aigp_train.market.schema import SKU_SCHEMA, read_logs, to_arrow
@@ -142,19 +143,6 @@ def _simulate_part(recipe: MarketRecipe, out: Path, part: int, start: int, stop:
                          paths["descriptions"])
     write_parquet_atomic(table, paths["logs"])
     return table.num_rows
-
-
-def expert_labels(category: np.ndarray, cum_gmv_14: np.ndarray, top_fraction: float) -> np.ndarray:
-    """True for the top ``top_fraction`` of SKUs by 14-day GMV within each category (ties broken by order)."""
-    category = np.asarray(category).astype(str)
-    gmv = np.asarray(cum_gmv_14, dtype=np.float64)
-    out = np.zeros(gmv.size, dtype=bool)
-    for cat in np.unique(category):
-        sel = np.flatnonzero(category == cat)
-        k = int(round(top_fraction * sel.size))
-        if k:
-            out[sel[np.argsort(-gmv[sel], kind="stable")[:k]]] = True
-    return out
 
 
 def ltve_mix(skus: pa.Table | dict, expert_share: float, seed: int, max_skus: int | None = None) -> np.ndarray:

@@ -122,6 +122,17 @@ def build_state(today: dict, past: list[dict], sku: dict, milestone: dict, cfg: 
                 "ctr": float(r["ctr"]), "cvr": float(r["cvr"]), "units": int(r["units"]),
                 "gmv": round(float(r["gmv"]), 2), "roi": round(float(r["roi"]), 2)}
                for r in past[-cfg.history_days:]]
+    absent = set(today.get("_absent", ()))
+    if absent:  # columns the logs do not hold are absent from the state, never shown as zeros
+        state["absent_columns"] = sorted(absent)  # the judge does not ask a response to analyse them
+        for key, col in (("inventory", "inventory"), ("impressions_1d", "impressions"), ("clicks_1d", "clicks"),
+                         ("ctr_1d", "ctr"), ("cvr_1d", "cvr"), ("review_count", "review_count"), ("rating", "rating")):
+            if col in absent:
+                state[key] = None
+        for h in history:
+            for col in ("impressions", "clicks", "ctr", "cvr"):
+                if col in absent:
+                    h[col] = None
     state["history"] = history
     return state, history
 
@@ -182,7 +193,8 @@ class MarketSource:
     """
 
     def __init__(self, market_dir: str, elasticity_max_date: int | None = None):
-        from aigp_train.market.schema import read_logs, read_skus, read_text_table  # pyarrow (heavy): loading only
+        # pyarrow (heavy): loading only
+        from aigp_train.market.schema import absent_columns, read_logs, read_skus, read_text_table
 
         root = Path(market_dir)
         if not (root / "market.json").is_file():
@@ -192,6 +204,7 @@ class MarketSource:
         self.horizon_days = int(self.params["horizon_days"])
         self.milestones = {c: {"gmv_tier": t, "roi_target": r} for c, (t, r) in milestone_targets(self.params).items()}
         self._log_table = read_logs(root)
+        self.absent_columns = tuple(absent_columns(self._log_table))  # real logs: no traffic, stock, reviews
         self.logs = self._log_table.to_pandas()
         self.skus = {r["sku_id"]: r for r in read_skus(root).to_pylist()}
         self.descriptions = dict(zip(*read_text_table(root, "descriptions", ["sku_id", "description"])
@@ -218,6 +231,9 @@ class MarketSource:
             if sku_id not in self._log_index:
                 raise KeyError(f"{sku_id} is not in the logs.")
             rows = self._log_table.take(self._log_index[sku_id]).to_pylist()  # arrow: much faster than pandas here
+            if self.absent_columns:  # the prompt and the diagnosis say "not in these logs" for them
+                for r in rows:
+                    r["_absent"] = self.absent_columns
             self._rows[sku_id] = sorted(rows, key=lambda r: r["day"])
         return self._rows[sku_id]
 

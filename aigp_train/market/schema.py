@@ -64,6 +64,22 @@ SKU_COLUMNS: list[tuple[str, pa.DataType, str]] = [
 ]
 SKU_SCHEMA = pa.schema([pa.field(name, tp, nullable=False) for name, tp, _ in SKU_COLUMNS])
 
+# Columns only a simulator (or a marketplace with its own traffic and review logs) can give. A retailer's
+# transaction logs have no impressions, clicks, stock counts or reviews, so ``aigp ingest`` leaves them
+# out of what it writes; the readers accept a table without them and hand downstream code the
+# constant below in their place (a state feature built from a constant column carries no information:
+# it neither helps nor misleads the LTVE). Nothing is written to disk for them: the absent columns are
+# listed in the table's metadata (``b"aigp.absent_columns"``) so a report can say "not in the data".
+OPTIONAL_LOG_COLUMNS: dict[str, object] = {"is_promotion": False, "inventory": 0, "impressions": 0, "clicks": 0,
+                                           "ctr": 0.0, "cvr": 0.0, "review_count": 0, "rating": 0.0,
+                                           "behaviour_policy": "production"}
+OPTIONAL_SKU_COLUMNS: dict[str, object] = {"initial_inventory": 0, "behaviour_policy": "production"}
+# SKU columns the toolkit derives when a market folder's skus.parquet lacks them (``read_skus``): the
+# milestone from cum_gmv_14, roi_14 and market.json's per-category gmv_tier / roi_target; the expert label
+# as the top market.json ``expert_top_fraction`` (paper §3.3: 0.3) by cum_gmv_14 within the category.
+DERIVED_SKU_COLUMNS = ("milestone_reached", "is_expert")
+ABSENT_KEY = b"aigp.absent_columns"
+
 # Text tables of a market folder (``text/<name>.parquet``): (required columns, optional columns).
 # ``kind`` (normal/hostile/injection) is a label only the simulator can give: real reviews lack it.
 TEXT_COLUMNS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -126,10 +142,19 @@ def _check_names(names: list[str], required: dict[str, str], allowed: list[str],
                              f"Remove it, or keep it in a separate table keyed by sku_id.")
 
 
-def check_schema(schema: pa.Schema, expected: pa.Schema = LOG_SCHEMA, where: str = "logs") -> None:
-    """Raise ``LogSchemaError`` naming the first problem column of ``schema``."""
-    _check_names(schema.names, {f.name: str(f.type) for f in expected}, expected.names, where)
+def check_schema(schema: pa.Schema, expected: pa.Schema = LOG_SCHEMA, where: str = "logs",
+                 optional: tuple[str, ...] | None = None) -> None:
+    """Raise ``LogSchemaError`` naming the first problem column of ``schema``. ``optional``: columns that
+    may be absent (default: ``OPTIONAL_LOG_COLUMNS`` for the log schema, ``OPTIONAL_SKU_COLUMNS`` for the
+    SKU schema); present, they must have their type."""
+    if optional is None:
+        optional = tuple(OPTIONAL_LOG_COLUMNS if expected is LOG_SCHEMA else
+                         (*OPTIONAL_SKU_COLUMNS, *DERIVED_SKU_COLUMNS) if expected is SKU_SCHEMA else ())
+    _check_names(schema.names, {f.name: str(f.type) for f in expected if f.name not in optional}, expected.names,
+                 where)
     for f in expected:
+        if f.name not in schema.names:
+            continue
         got = schema.field(f.name).type
         if got != f.type:
             raise LogSchemaError(f"{where}: column {f.name!r} has type {got}, expected {f.type}. "
@@ -162,10 +187,42 @@ def _parts(path: Path) -> list[Path]:
 def read_logs(path: str | Path, columns: list[str] | None = None) -> pa.Table:
     """Read and validate SKU-day logs: a market folder, its ``logs/`` folder, or one Parquet file."""
     parts = _parts(Path(path))
+    present = None
     for p in parts:  # schema of every part: a bad part must not hide behind a good first one
-        check_schema(pq.read_schema(p), where=str(p))
-    table = pads.dataset([str(p) for p in parts], schema=LOG_SCHEMA, format="parquet").to_table(columns=columns)
-    return table
+        schema = pq.read_schema(p)
+        check_schema(schema, where=str(p))
+        if present is None:
+            present = schema.names
+        elif set(schema.names) != set(present):
+            raise LogSchemaError(f"{p}: its columns differ from those of {parts[0]} "
+                                 f"({sorted(set(schema.names) ^ set(present))}); every part of one market holds the "
+                                 f"same columns. Write the parts again.")
+    on_disk = pa.schema([f for f in LOG_SCHEMA if f.name in present])
+    wanted = list(LOG_SCHEMA.names) if columns is None else list(columns)
+    table = pads.dataset([str(p) for p in parts], schema=on_disk, format="parquet").to_table(
+        columns=[c for c in wanted if c in present])
+    return _fill_absent(table, wanted, LOG_SCHEMA, OPTIONAL_LOG_COLUMNS)
+
+
+def _fill_absent(table: pa.Table, wanted: list[str], schema: pa.Schema, optional: dict[str, object]) -> pa.Table:
+    """``table`` with the absent optional columns of ``wanted`` as constants, in ``wanted`` order; the
+    absent ones named in the schema metadata (``ABSENT_KEY``)."""
+    absent = [c for c in wanted if c not in table.column_names]
+    if not absent:
+        return table
+    unknown = [c for c in absent if c not in optional]
+    if unknown:
+        raise LogSchemaError(f"no column {unknown[0]!r} in the schema (docs/log_schema.md).")
+    arrays = [table.column(c) if c in table.column_names
+              else pa.array([optional[c]] * table.num_rows, type=schema.field(c).type) for c in wanted]
+    out = pa.Table.from_arrays(arrays, schema=pa.schema([schema.field(c) for c in wanted]))
+    return out.replace_schema_metadata({ABSENT_KEY: ",".join(absent).encode()})
+
+
+def absent_columns(table: pa.Table) -> list[str]:
+    """The optional columns a reader filled in because the data had none (``ABSENT_KEY``)."""
+    meta = table.schema.metadata or {}
+    return [c for c in meta.get(ABSENT_KEY, b"").decode().split(",") if c]
 
 
 def read_skus(path: str | Path) -> pa.Table:
@@ -174,8 +231,44 @@ def read_skus(path: str | Path) -> pa.Table:
     p = p / "skus.parquet" if p.is_dir() else p
     if not p.is_file():
         raise FileNotFoundError(f"{p} not found; run `aigp simulate <recipe>` first.")
-    check_schema(pq.read_schema(p), SKU_SCHEMA, where=str(p))
-    return pq.read_table(p)
+    schema = pq.read_schema(p)
+    check_schema(schema, SKU_SCHEMA, where=str(p))
+    table = pq.read_table(p)
+    missing = [c for c in DERIVED_SKU_COLUMNS if c not in schema.names]
+    if missing:
+        table = _derive_sku_columns(table, p.parent, missing)
+    return _fill_absent(table, list(SKU_SCHEMA.names), SKU_SCHEMA, OPTIONAL_SKU_COLUMNS)
+
+
+def _derive_sku_columns(table: pa.Table, market_dir: Path, missing: list[str]) -> pa.Table:
+    """The milestone and the expert label of every SKU from its 14-day GMV and ROI (``DERIVED_SKU_COLUMNS``)."""
+    import json
+
+    import numpy as np
+
+    from aigp_train.market.labels import expert_labels
+    from aigp_train.pricing.reward import milestone_reached, milestone_targets
+
+    params_path = market_dir / "market.json"
+    if not params_path.is_file():
+        raise FileNotFoundError(f"{market_dir}/skus.parquet has no {missing[0]!r} and there is no market.json to "
+                                f"derive it from (per-category gmv_tier / roi_target, docs/log_schema.md).")
+    params = json.loads(params_path.read_text())
+    cat = table.column("category").to_numpy(zero_copy_only=False).astype(str)
+    gmv = table.column("cum_gmv_14").to_numpy().astype(np.float64)
+    if "milestone_reached" in missing:
+        targets = milestone_targets(params)
+        unknown = sorted(set(cat.tolist()) - set(targets))
+        if unknown:
+            raise LogSchemaError(f"{market_dir}/market.json has no gmv_tier/roi_target for category {unknown[0]!r}; "
+                                 f"add it to derive milestone_reached.")
+        reached = milestone_reached(gmv, table.column("roi_14").to_numpy().astype(np.float64),
+                                    np.array([targets[c][0] for c in cat]), np.array([targets[c][1] for c in cat]))
+        table = table.append_column(pa.field("milestone_reached", pa.bool_()), pa.array(np.asarray(reached, bool)))
+    if "is_expert" in missing:
+        top = float(params.get("expert_top_fraction", 0.3))  # paper §3.3: top 30 %
+        table = table.append_column(pa.field("is_expert", pa.bool_()), pa.array(expert_labels(cat, gmv, top)))
+    return table
 
 
 def to_arrow(rows: dict) -> pa.Table:

@@ -64,8 +64,16 @@ def sku_id_of(index) -> np.ndarray:
     return np.array([f"SKU{i:08d}" for i in index.ravel().tolist()], dtype="<U11").reshape(index.shape)
 
 
+def is_simulator_sku_id(sku_ids) -> bool:
+    """True when every id is one ``sku_id_of`` writes ('SKU' + 8 digits); real logs use any string."""
+    ids = np.asarray(sku_ids).astype(str)
+    return bool(ids.size == 0 or (np.char.startswith(ids, "SKU") & (np.char.str_len(ids) == 11)
+                                  & np.char.isdigit(np.char.lstrip(ids, "SKU"))).all())
+
+
 def sku_index_of(sku_ids) -> np.ndarray:
-    """Inverse of ``sku_id_of`` ('SKU00000042' -> 42)."""
+    """Inverse of ``sku_id_of`` ('SKU00000042' -> 42); only simulator ids have one (see
+    ``is_simulator_sku_id``): real SKU ids are keys, never parsed."""
     ids = np.asarray(sku_ids).astype(str)
     bad = ~np.char.startswith(ids, "SKU")
     if bad.any():

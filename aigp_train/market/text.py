@@ -135,12 +135,15 @@ def diagnosis_report(row: dict, milestone: dict | None = None, prev: dict | None
     Deterministic: the same inputs give the same text (prompts and the judge rely on it).
     """
     day = int(row["day"])
+    absent = set(row.get("_absent", ()))  # columns these logs do not hold (real logs, docs/log_schema.md)
     lines = [f"Diagnosis for {row['sku_id']} ({row['category']}), day {day} since launch"
              + (" [promotion day]" if row.get("is_promotion") else "") + "."]
     imp, clicks, units = int(row["impressions"]), int(row["clicks"]), int(row["units"])
     traffic = f"Traffic: {imp:,} impressions, {clicks:,} clicks (CTR {100 * float(row['ctr']):.2f}%), " \
               f"{units} units sold (CVR {100 * float(row['cvr']):.2f}%)"
-    if prev is not None and int(prev["impressions"]) > 0:
+    if "impressions" in absent:
+        traffic = f"Sales: {units} units sold (no traffic data in these logs)"
+    elif prev is not None and int(prev["impressions"]) > 0:
         traffic += f"; impressions {_pct(imp / int(prev['impressions']) - 1)} vs the previous day"
     lines.append(traffic + ".")
     lines.append(f"Price: ¥{float(row['price']):.2f} at discount {float(row['discount']):.2f} of list ¥"
@@ -161,12 +164,21 @@ def diagnosis_report(row: dict, milestone: dict | None = None, prev: dict | None
                      + f"ROI target {target:.2f}.")
     stock = int(row["inventory"])
     cover = stock / units if units > 0 else float("inf")
-    lines.append(f"Inventory: {stock} units left" + (f" (~{cover:.0f} days at today's sales)." if units > 0 else "."))
+    if "inventory" in absent:
+        lines.append("Inventory: not in these logs.")
+    else:
+        lines.append(f"Inventory: {stock} units left" + (f" (~{cover:.0f} days at today's sales)." if units > 0
+                                                          else "."))
     n = int(row["review_count"])
-    lines.append(f"Reviews: {n} so far" + (f", average {float(row['rating']):.1f} stars." if n else
-                                            " (no social proof yet: the first reviews matter most)."))
+    if "review_count" in absent:
+        lines.append("Reviews: none in these logs (the retailer's data holds no reviews).")
+    else:
+        lines.append(f"Reviews: {n} so far" + (f", average {float(row['rating']):.1f} stars." if n else
+                                                " (no social proof yet: the first reviews matter most)."))
     flags = []
-    if stock == 0:
+    if "inventory" in absent:
+        pass
+    elif stock == 0:
         flags.append("sold out")
     elif units > 0 and cover < horizon_days - day - 1:
         flags.append("stock may run out before the milestone window ends")

@@ -77,12 +77,12 @@ def _off(ratio: float) -> str:
 
 def findings(state: dict, bands: Bands = BANDS) -> list[str]:
     """The findings of one decision's structured state, one phrase each (see the module docstring).
-    A comparison whose numbers the state lacks (launch day, no KB) is left out, never guessed."""
+    A comparison whose numbers the state lacks (launch day, no KB, a column real logs do not have) is
+    left out, never guessed."""
     out = []
-    launch = state.get("units_1d") is None
-    if launch:
+    if state.get("units_1d") is None:
         out.append("pace: launch day (no sales yet)")
-    else:
+    elif state.get("milestone_progress") is not None:
         gap = pace_gap(state)
         out.append(f"pace: {pace_band(gap, bands)} ({100 * abs(gap):.0f} points {'behind' if gap < 0 else 'ahead'})")
     price = float(state["current_price"])
@@ -91,22 +91,23 @@ def findings(state: dict, bands: Bands = BANDS) -> list[str]:
     if bench:
         ratio = price / float(bench) - 1.0
         out.append(f"price vs benchmark: {price_band(ratio, bands.benchmark_far, bands.launch_above)} ({_off(ratio)})")
-    comp = float(state["competitor_price_mean"])
-    if comp > 0:
-        ratio = price / comp - 1.0
+    comp = state.get("competitor_price_mean")
+    if comp:
+        ratio = price / float(comp) - 1.0
         out.append(f"price vs competitors: {price_band(ratio, bands.competitors_far, bands.launch_above)} "
                    f"({_off(ratio)})")
-    if state.get("cum_roi") is not None:
+    if state.get("cum_roi") is not None and state.get("roi_target") is not None:
         headroom = float(state["cum_roi"]) - float(state["roi_target"])
         out.append(f"ROI: {'above target' if headroom > 0 else 'below target'} ({headroom:+.2f})")
-    units = state.get("units_1d")
-    if units:
-        cover = int(state["inventory"]) / int(units)
+    units, stock = state.get("units_1d"), state.get("inventory")
+    if stock is not None and units:
+        cover = int(stock) / int(units)
         word = "short" if cover < int(state["days_left"]) else "enough"
         out.append(f"stock: {word} (~{cover:.0f} days of sales, {int(state['days_left'])} days left)")
-    elif int(state["inventory"]) == 0:
+    elif stock is not None and int(stock) == 0:
         out.append("stock: sold out")
-    n = int(state["review_count"])
-    out.append(f"reviews: {'established' if reviews_established(n, bands) else 'not established'} "
-               f"({n} of {bands.established_reviews})")
+    n = state.get("review_count")
+    if n is not None:
+        out.append(f"reviews: {'established' if reviews_established(n, bands) else 'not established'} "
+                   f"({int(n)} of {bands.established_reviews})")
     return out

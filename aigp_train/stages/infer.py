@@ -1,7 +1,16 @@
 """Nightly batch inference: pricing decisions for one day's SKUs (paper §3.4 deployment, App. B.3).
 
-For every SKU with a logged row on ``date`` (the day being priced; its calendar, d_{t-1} and
-posted competitor prices are known the night before, its outcomes are not used), a full
+``night: tomorrow`` (what a retailer runs): after the last logged day T (``date: -1``, or the
+``date`` given), every SKU with a row on T is priced for T+1 from the rows up to T: tomorrow's
+pseudo-row holds what is known the night before (day and date T+1, d_{t-1} = d_T, the list price, the
+stock left at the end of T, T's posted competitor prices; no platform promotion, which the logs do not
+announce). A SKU whose row on T is the last day of its launch window (day H-1) is past the launch
+problem and is not priced (counted, ``summary.window_ended``). ``night: replay`` re-prices the logged
+day ``date`` itself (for evaluation against what was logged): for every SKU with a row on ``date``
+(its calendar, d_{t-1} and posted competitor prices are known the night before, its outcomes are not
+used). Either way the decisions' ``date`` and ``day`` columns are the day each decision is for.
+
+Per SKU, a full
 prompt (``aigp_train.llm.prompts.build_prompt``, deployment mode: no ``[ACT_ONLY]``) goes to the
 configured backend with the recipe's adapter; the model reasons, then writes the JSON action.
 Each output is parsed and projected into A_safe by Ψ (a parse failure holds the price).
@@ -19,6 +28,7 @@ The same recipe drives the LLM policies of ``aigp evaluate`` and ``aigp abtest``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from aigp_train.config import help_field
 from aigp_train.evaluate.infer import run_inference
@@ -35,7 +45,10 @@ from aigp_train.stages.teacher import backend_with_pricing
 class Recipe:
     output_dir: str = help_field("folder of this stage's output")
     market_dir: str = help_field("market folder (aigp simulate output or real logs) with the night's rows")
-    date: int = help_field("calendar date being priced; -1 = the last logged date")
+    date: int = help_field("tomorrow: the logged date T whose SKUs are priced for T+1 (-1 = the last date on which "
+                           "a launch window goes on); replay: the logged date re-priced (-1 = the last)")
+    night: Literal["tomorrow", "replay"] = help_field("tomorrow: price T+1 for the SKUs active on T (deployment); "
+                                                      "replay: re-price the logged day (evaluation)")
     max_skus: int = help_field("price at most this many of the day's SKUs, by a seeded hash (0 = all)")
     seed: int = help_field("seed of that sample")
     adapter: str | None = help_field("LoRA adapter folder (PEFT); null = the base model")
@@ -65,22 +78,84 @@ def extra_inputs(recipe: Recipe) -> dict[str, str]:
     return {"prompt_recipe.prompt": recipe_hash(prompt_config(recipe))}
 
 
-def night_prompts(recipe: Recipe, source: MarketSource | None = None, tokenizer=None) -> list[dict]:
-    """Full-mode prompt records of the SKUs priced on ``recipe.date``."""
-    from aigp_train.llm.tokenizer import load_tokenizer
+class TomorrowSource:
+    """A ``MarketSource`` whose SKUs end in tomorrow's pseudo-row: the logged rows up to day T, then day
+    T+1 holding only what is known the night before (the module docstring). ``build_prompt`` reads it as
+    it reads the simulated A/B cohort's pseudo-rows."""
+
+    def __init__(self, source: MarketSource):
+        self._source = source
+
+    def __getattr__(self, name: str):
+        return getattr(self._source, name)
+
+    def rows(self, sku_id: str) -> list[dict]:
+        rows = self._source.rows(sku_id)
+        last = rows[-1]
+        tomorrow = {"sku_id": last["sku_id"], "category": last["category"], "day": int(last["day"]) + 1,
+                    "date": int(last["date"]) + 1, "day_of_week": (int(last["day_of_week"]) + 1) % 7,
+                    "is_promotion": False, "discount_prev": float(last["discount"]),
+                    "list_price": float(last["list_price"]), "inventory": int(last["inventory"]), "units": 0,
+                    "competitor_price_mean": float(last["competitor_price_mean"]),
+                    "competitor_price_min": float(last["competitor_price_min"])}
+        if "_absent" in last:
+            tomorrow["_absent"] = last["_absent"]
+        return [*rows, tomorrow]
+
+
+def night_keys(recipe: Recipe, source: MarketSource) -> tuple[list[tuple[str, int]], int, int]:
+    """(sku_id, day) of the decisions, the date they are for, and how many SKUs active on T were left
+    out because their launch window ended on T (tomorrow only)."""
     from aigp_train.stages.prompts import SelectionConfig, select_keys
 
+    logs = source.logs
+    if recipe.date >= 0:
+        date = recipe.date
+    elif recipe.night == "tomorrow":  # the last night with a launch window going on (a simulated market's
+        going_on = logs["day"] < source.horizon_days - 1  # last dates only end windows)
+        date = int(logs.loc[going_on, "date"].max()) if going_on.any() else int(logs["date"].max())
+    else:
+        date = int(logs["date"].max())
+    keys = select_keys(logs, SelectionConfig(date, date, [], 0, recipe.seed))
+    if recipe.night == "replay":
+        return _sample(keys, recipe), date, 0
+    open_keys = [(sku, day + 1) for sku, day in keys if day + 1 < source.horizon_days]
+    if not open_keys:
+        raise ValueError(f"every SKU with a row on date {date} ends its {source.horizon_days}-day launch window "
+                         f"there; nothing to price for date {date + 1}. Set date to an earlier logged date, or "
+                         f"night=replay to re-price a logged day.")
+    return _sample(open_keys, recipe), date + 1, len(keys) - len(open_keys)
+
+
+def _sample(keys: list[tuple[str, int]], recipe: Recipe) -> list[tuple[str, int]]:
+    """At most ``max_skus`` of the night's keys, by a seeded hash of the SKU id (any string), in SKU order."""
+    import hashlib
+
+    if recipe.max_skus > 0 and len(keys) > recipe.max_skus:
+        keys = sorted(keys, key=lambda k: hashlib.sha256(f"{recipe.seed}:{k[0]}:{k[1]}".encode()).digest())
+        keys = keys[: recipe.max_skus]
+    return sorted(keys)
+
+
+def night_prompts(recipe: Recipe, source: MarketSource | None = None, tokenizer=None) -> list[dict]:
+    """Full-mode prompt records of the night's decisions (``recipe.night``: T+1 or a replayed day)."""
+    return _night(recipe, source, tokenizer)[0]
+
+
+def _night(recipe: Recipe, source: MarketSource | None = None, tokenizer=None) -> tuple[list[dict], int, int]:
+    from aigp_train.llm.tokenizer import load_tokenizer
+
     source = source or MarketSource(recipe.market_dir, None)
-    date = int(source.logs["date"].max()) if recipe.date < 0 else recipe.date
-    keys = select_keys(source.logs, SelectionConfig(date, date, [], recipe.max_skus, recipe.seed))
+    keys, for_date, window_ended = night_keys(recipe, source)
     tokenizer = tokenizer or load_tokenizer(recipe.model)
     cfg = prompt_config(recipe)
-    return [build_prompt(source, sku, day, cfg, recipe.pricing, tokenizer, act_only=False)
-            for sku, day in keys]
+    src = TomorrowSource(source) if recipe.night == "tomorrow" else source
+    prompts = [build_prompt(src, sku, day, cfg, recipe.pricing, tokenizer, act_only=False) for sku, day in keys]
+    return prompts, for_date, window_ended
 
 
 def run(recipe: Recipe, out: StageOutput) -> dict:
-    prompts = night_prompts(recipe)
+    prompts, for_date, window_ended = _night(recipe)
     backend = make_backend(backend_with_pricing(recipe.backend, recipe.pricing), recipe.model, recipe.pricing)
     result = run_inference(prompts, backend, recipe.sampling, recipe.adapter, recipe.pricing, out.path,
                            recipe.shard_size, recipe.wait_for_ranks_s, label="infer",
@@ -90,7 +165,9 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     stats = result.parse_summary()
     discounts = result.decisions.column("discount").to_pylist()
     summary = {
-        "date": prompts[0]["date"], "num_skus": len(prompts), "backend": backend.name, "adapter": recipe.adapter,
+        "date": prompts[0]["date"], "night": recipe.night, "decisions_for_date": for_date,
+        "priced_from_date": for_date - 1 if recipe.night == "tomorrow" else for_date, "window_ended": window_ended,
+        "num_skus": len(prompts), "backend": backend.name, "adapter": recipe.adapter,
         "parse_failures": stats["num_failed"], "projected": stats["num_projected"],
         "decisions_forced": stats["num_decision_forced"], "parse": stats,
         "shards_written": result.num_shards_written, "shards_skipped": result.num_shards_skipped,

@@ -10,6 +10,11 @@ held-out (later-launched) SKUs:
   fig3_deciles.png / fig3.json   Q-score deciles vs realised 7/14-day GMV, Spearman rho
 
 How counterfactuals are drawn and what "true CDA" is: see aigp_train/ltve/evaluate.py.
+
+On real logs (a market folder written by ``aigp ingest``: ``market.json`` says ``"simulator": false``)
+there is no simulator: the true CDA, the oracle rows and the behaviour-policy subsets are absent and
+marked "needs a simulator" in the tables and JSON, never filled in; MAE, EAMA, CDA against the logged
+label and Fig. 3 are computed as on simulated logs.
 """
 
 from __future__ import annotations
@@ -91,7 +96,12 @@ def _train_cql(recipe: Recipe, ltve_dir: Path, out_dir: Path) -> None:
     save_model(out_dir / "model.safetensors", trainer.q, trainer.v, td["normalizer"], meta)
 
 
-def _fmt(x: float) -> str:
+NEEDS_SIMULATOR = "needs a simulator"
+
+
+def _fmt(x: float | str) -> str:
+    if isinstance(x, str):
+        return x
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
 
 
@@ -112,8 +122,12 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     cql_dir = out.path / "cql"
     _train_cql(recipe, main_dir, cql_dir)
 
-    sim_recipe = load_recipe(Path(recipe.logs_dir) / "recipe.yaml", MarketRecipe)
-    sim = MarketSimulator(sim_recipe)
+    import json
+
+    market = json.loads((Path(recipe.logs_dir) / "market.json").read_text())
+    sim = None
+    if market.get("simulator", True):  # real logs (aigp ingest) have no simulator behind them
+        sim = MarketSimulator(load_recipe(Path(recipe.logs_dir) / "recipe.yaml", MarketRecipe))
 
     def heldout(folder: Path):
         td = ltve_stage.load_transitions(folder)
@@ -134,7 +148,8 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
                              f"{recipe.pricing.max_step}; both recipes must include the same pricing block.")
         # The paper's "expert" is an outcome label (top GMV); on the simulated market many labelled SKUs
         # were priced by another behaviour policy, so CDA is also reported on those the expert policy priced.
-        subsets = {"expert_policy": ev.behaviour_policies(sim, sku_index_of(m["sku_id"][expert])) == "expert"}
+        subsets = ({"expert_policy": ev.behaviour_policies(sim, sku_index_of(m["sku_id"][expert])) == "expert"}
+                   if sim is not None else {})
         table2[n] = ev.offline_metrics(model, s, a, d_prev, day, recipe.pricing, e.counterfactual_offsets,
                                        e.cold_start_max_day, e.boundary_abs_action, subsets=subsets)
         models = {"ltve": model}
@@ -145,6 +160,16 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
                       "cql": ev.offline_metrics(cql_model, s, a, d_prev, day, recipe.pricing, e.counterfactual_offsets,
                                                 e.cold_start_max_day, e.boundary_abs_action, greedy=False,
                                                 subsets=subsets)}
+        if sim is None:
+            true_rows[n] = NEEDS_SIMULATOR
+            for k in ("true_cda", "true_cda_resolved", "oracle_expert_better", "oracle_expert_better_expert_policy",
+                      "cda_expert_policy"):
+                table2[n][k] = NEEDS_SIMULATOR
+            if n == e.main_n_step:
+                for name in ("ltve", "cql"):
+                    table7[name]["true_cda"] = table7[name]["cda_expert_policy"] = NEEDS_SIMULATOR
+                    table7[name]["num_pairs_expert_policy"] = NEEDS_SIMULATOR
+            continue
         refs = References.load(folder / "references.json")
         true_rows[n] = ev.true_cda(models, sim, refs, sku_index_of(m["sku_id"][expert]), day, s, a, d_prev,
                                    recipe.pricing, e.counterfactual_offsets, e.true_cda_states, e.true_q_rollouts,
@@ -187,8 +212,10 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
              + " | ".join(_fmt(table2[n]["oracle_expert_better_expert_policy"]) for n in ns) + " |",
              "", f"{table2[ns[0]]['num_states']} held-out expert states, "
              f"{table2[ns[0]]['num_pairs']} counterfactual pairs "
-             f"(a_cf = Ψ(a_expert ± {e.counterfactual_offsets})); true CDA on {true_rows[ns[0]]['num_pairs']} pairs, "
-             f"{e.true_q_rollouts} rollouts, continuation '{e.true_q_continuation}'."]
+             f"(a_cf = Ψ(a_expert ± {e.counterfactual_offsets})); "
+             + (f"true CDA on {true_rows[ns[0]]['num_pairs']} pairs, {e.true_q_rollouts} rollouts, continuation "
+                f"'{e.true_q_continuation}'." if sim is not None else
+                "real logs: the true CDA and the oracle rows need a simulator (none behind these logs).")]
     if recipe.ablation_overrides:
         lines.append(f"The n != {e.main_n_step} runs are smaller than the deployed one: "
                      f"{', '.join(recipe.ablation_overrides)} (Table 2 compares them at that size).")
@@ -202,7 +229,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
           f"| SKUs the expert policy priced | {_fmt(table7['ltve']['cda_expert_policy'])} | "
           f"{_fmt(table7['cql']['cda_expert_policy'])} | {table7['ltve']['num_pairs_expert_policy']} |",
           f"| true CDA (simulator) | {_fmt(table7['ltve']['true_cda'])} | {_fmt(table7['cql']['true_cda'])} | "
-          f"{true_rows[e.main_n_step]['num_pairs']} |"]
+          f"{true_rows[e.main_n_step]['num_pairs'] if sim is not None else NEEDS_SIMULATOR} |"]
     atomic_write_text(out.path / "table7.md", "\n".join(t7) + "\n")
     summary = {"table2": {f"n={n}": {k: round(v, 4) for k, v in table2[n].items() if isinstance(v, float)} for n in ns},
                "table7": {k: {m: round(v, 4) for m, v in d.items()

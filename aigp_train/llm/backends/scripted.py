@@ -262,6 +262,8 @@ class _Quoter:
 
     def __call__(self, key: str) -> str:
         field = FIELD_BY_KEY[key]
+        if self.state.get(key) is None:  # a column real logs do not hold (docs/log_schema.md): nothing to quote
+            return f"{field.label}: not in these logs"
         value = float(self.state[key])
         if key == self.wrong_key:
             wrong = value * (1 + self.rng.choice([-1, 1]) * self.rng.uniform(0.25, 0.6))
@@ -549,7 +551,7 @@ class ScriptedTeacherStandIn:
                     "category priors only.")
         hist = s.get("history") or []
         trend = ""
-        if len(hist) >= 2:
+        if len(hist) >= 2 and hist[0]["impressions"] is not None:
             first, last = hist[0]["impressions"], hist[-1]["impressions"]
             word = "rising" if last > first else "falling" if last < first else "flat"
             trend = f" Impressions {first} to {last} over {len(hist)} days ({word})."
@@ -675,7 +677,10 @@ class ScriptedJudgeStandIn:
         # a report the context names but this request's text does not carry cannot be checked against
         invented = [] if report is None and context.get("has_diagnosis") else \
             unsupported_flags(reasoning, diagnosis_flags(report))
-        required = [f for f in _FACTOR_FIELDS if f not in ("kb", "diagnosis")]
+        # real logs without traffic or reviews (state "absent_columns"): the prompt shows none, nothing to cover
+        absent = set(state.get("absent_columns", ()))
+        unshown = {f for f, col in (("traffic", "impressions"), ("reviews", "review_count")) if col in absent}
+        required = [f for f in _FACTOR_FIELDS if f not in ("kb", "diagnosis") and f not in unshown]
         required += [f for f, shown in (("kb", context.get("has_kb")), ("diagnosis", context.get("has_diagnosis")))
                      if shown]
         covered = covered_factors(reasoning, state)
