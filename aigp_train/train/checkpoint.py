@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from aigp_train.distributed.dist import DistInfo, barrier, print0
-from aigp_train.outputs import atomic_write_json
+from aigp_train.outputs import atomic_write_json, claim
 from aigp_train.train.lora import lora_parameters
 
 __all__ = ["Checkpointer", "gather_lora_state", "save_adapter", "load_adapter_weights"]
@@ -102,6 +102,7 @@ class Checkpointer:
         tmp = self.root / f".tmp-step-{step:06d}"
         rank0 = self.dist.rank == 0
         if rank0:
+            claim(tmp), claim(final)
             shutil.rmtree(tmp, ignore_errors=True)
             (tmp / "rng").mkdir(parents=True)
         barrier()

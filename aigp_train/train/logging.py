@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from aigp_train.distributed.dist import DistInfo
+from aigp_train.outputs import claim
 from aigp_train.train.recipe import LoggingRecipe
 
 __all__ = ["MetricsLogger", "drop_rows_after", "train_flops_per_token", "peak_memory_gib"]
@@ -103,6 +104,7 @@ class MetricsLogger:
                    peak_memory_gib=peak_memory_gib(self.dist.device))
         self._t_last, self._tokens = now, 0
         if self.dist.rank == 0:
+            claim(self.path)
             with open(self.path, "a") as fh:
                 fh.write(json.dumps(row, sort_keys=True) + "\n")
             if self.run is not None:
@@ -118,6 +120,7 @@ class MetricsLogger:
         if self.dist.rank != 0:
             return
         row = {"step": step, **values}
+        claim(self.path)
         with open(self.path, "a") as fh:
             fh.write(json.dumps(row, sort_keys=True) + "\n")
         if self.run is not None:
