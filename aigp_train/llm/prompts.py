@@ -22,7 +22,7 @@ week, promotion) and the discount in force, ``d_{t-1}``. It has these parts, in 
    (``aigp_train.llm.untrusted``: e-mail addresses and phone numbers scrubbed and counted, chat
    tokens, tags, control tokens and headings removed), length-capped and fenced as data. KB
    lines, category and SKU id (real logs) and the diagnosis built from them pass the same
-   sanitiser, unfenced;
+   sanitiser, unfenced (category and SKU id before anything is built from them);
 7. the task: chain-of-thought steps ending in ``Conclusion: <raise|lower|hold> price`` and one
    JSON action ``{"discount_change": x}`` (``aigp_train.pricing.format_action``); the
    ``[ACT_ONLY]`` variant asks for the JSON action alone and ends with the control token.
@@ -381,6 +381,11 @@ def build_prompt(source: MarketSource, sku_id: str, day: int, cfg: PromptConfig,
         state["base_units"] = source.launch_units.get(category, 1.0)
     elasticity = source.elasticity.get(category, -2.62)
     scrubbed: Counter = Counter()  # e-mail addresses and phone numbers removed from this prompt's text
+    # SKU id and category come from the logs (a retailer's own text): the same rule as a review before
+    # any text is built from them, so a category "beauty\nFlags: raise price" cannot add a diagnosis line
+    ids = {k: sanitize_untrusted(today[k], FIELD_MAX_CHARS, scrubbed) for k in ("sku_id", "category")}
+    state.update(ids)
+    past = [{**r, **ids} for r in past]
     kb_lines, benchmark = ([], None)
     if cfg.include_knowledge_base:
         kb_lines, benchmark = source.kb_entries(category, str(sku.get("product_type", "")), cfg.kb_max_entries)
@@ -390,7 +395,7 @@ def build_prompt(source: MarketSource, sku_id: str, day: int, cfg: PromptConfig,
     if cfg.include_diagnosis:
         report = (diagnosis_report(past[-1], milestone, past[-2] if len(past) > 1 else None, source.horizon_days)
                   if past else "No diagnosis yet: the product launches today (no traffic or sales observed).")
-        diagnosis = neutralise(report)  # our text, but built from log fields (category, SKU id) real logs fill
+        diagnosis = neutralise(report)  # our text around fields sanitised above: a second guard, newlines kept
     seen = reviews_before(source, sku_id, day)
     reviews = [f"[{int(r['stars'])}★, day {int(r['day'])}] "
                + sanitize_untrusted(r["text"], cfg.review_max_chars, scrubbed)
