@@ -168,18 +168,22 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def file_hash(path: str | Path) -> str:
-    """Fingerprint of an input: a folder's manifest hash if it has one (a finished stage output),
-    else its files' names and fingerprints; a file's content, or for a file above
-    ``CONTENT_HASH_MAX_BYTES`` (model weights) its size and mtime."""
+    """Fingerprint of an input. A folder: its files' names and fingerprints (its own bookkeeping and
+    temp files left out); in a finished stage output (it has a manifest) each file by size and mtime
+    plus the manifest's content, so an in-place edit of a shard after the stage finished shows, at the
+    cost of one stat per file. A file: its content, or above ``CONTENT_HASH_MAX_BYTES`` (model
+    weights) its size and mtime."""
     path = Path(path)
     if path.is_dir():
-        manifest = path / MANIFEST
-        if manifest.is_file():
-            return hashlib.sha256(manifest.read_bytes()).hexdigest()
+        finished = (path / MANIFEST).is_file()
         digest = hashlib.sha256()
         for p in sorted(path.rglob("*")):
-            if p.is_file():
-                digest.update(f"{p.relative_to(path)}\0{file_hash(p)}\n".encode())
+            if not p.is_file() or p.name in (LOCK, WRITTEN) or TMP_NAME.match(p.name):
+                continue
+            st = p.stat()
+            fingerprint = (f"size={st.st_size} mtime_ns={st.st_mtime_ns}" if finished and p.name != MANIFEST
+                           else file_hash(p))
+            digest.update(f"{p.relative_to(path)}\0{fingerprint}\n".encode())
         return digest.hexdigest()
     st = path.stat()
     if st.st_size > CONTENT_HASH_MAX_BYTES:
