@@ -30,8 +30,10 @@ week, promotion) and the discount in force, ``d_{t-1}``. It has these parts, in 
 Token budget (``fit_to_budget``): the prompt is measured with the model's own tokenizer and
 chat template; when it is over budget, context is cut lowest priority first: the oldest
 reviews, then knowledge-base entries beyond the first, then the description tail (down to
-``min_description_chars``), then the diagnosis report. Instructions and the structured state
-are never cut: if they alone do not fit, ``PromptBudgetError`` says by how much.
+``min_description_chars``), then the diagnosis report, the last KB entry, and last the SKU id and
+category (to ``SHORT_FIELD_CHARS``; a long hostile field is cut and counted, ``field_chars_cut``).
+Instructions and the structured numbers are never cut: if they alone do not fit (a recipe whose
+budget is too small), ``PromptBudgetError`` says by how much.
 
 What the prompt shows comes from ``aigp_train.market.prompt_source`` (``MarketSource``: the market
 folder; ``build_state``: the structured state; the elasticities and the prediction); the state
@@ -297,6 +299,10 @@ def build_messages(state: dict, history: list[dict], ctx: PromptContext, cfg: Pr
 # ---------------------------------------------------------------------------
 
 
+# What is left of a SKU id or category when even the diagnosis and the KB are cut and the prompt is over budget.
+SHORT_FIELD_CHARS = 40
+
+
 class PromptBudgetError(ValueError):
     """The instructions and the structured state alone exceed the prompt budget."""
 
@@ -309,17 +315,20 @@ def count_prompt_tokens(tokenizer: Any, messages: list[dict]) -> int:
     return len(ids)
 
 
-def fit_to_budget(render, ctx: PromptContext, budget: int, tokenizer: Any, min_description_chars: int
-                  ) -> tuple[list[dict], PromptContext, dict]:
+def fit_to_budget(render, ctx: PromptContext, budget: int, tokenizer: Any, min_description_chars: int,
+                  shorten_fields=None) -> tuple[list[dict], PromptContext, dict]:
     """Cut context, lowest priority first, until ``render(ctx)`` fits ``budget`` tokens.
 
     Order: oldest reviews, KB entries beyond the first (as many at once as their own token counts
     say are needed, then re-measured), the description tail
-    (halving towards ``min_description_chars``), then the diagnosis report. Returns the
-    messages, the context that was kept and a dict of what was cut (recorded per prompt).
+    (halving towards ``min_description_chars``), the diagnosis report, the last KB entry, then
+    ``shorten_fields()`` (cuts the untrusted fields of the header, returns the characters cut; 0 when
+    nothing is left to cut). Returns the messages, the context that was kept and a dict of what was cut
+    (recorded per prompt). A long untrusted field is cut and counted, never the end of a stage.
     """
     ctx = ctx.copy()
-    cuts = {"reviews_dropped": 0, "kb_dropped": 0, "description_chars_cut": 0, "diagnosis_dropped": False}
+    cuts = {"reviews_dropped": 0, "kb_dropped": 0, "description_chars_cut": 0, "diagnosis_dropped": False,
+            "field_chars_cut": 0}
     messages = render(ctx)
     num_tokens = count_prompt_tokens(tokenizer, messages)
     while num_tokens > budget:
@@ -342,6 +351,11 @@ def fit_to_budget(render, ctx: PromptContext, budget: int, tokenizer: Any, min_d
         elif ctx.diagnosis is not None:
             ctx.diagnosis = None
             cuts["diagnosis_dropped"] = True
+        elif ctx.kb:  # a 300-character product type in the one KB entry left
+            ctx.kb.pop()
+            cuts["kb_dropped"] += 1
+        elif shorten_fields is not None and (chars := shorten_fields()) > 0:
+            cuts["field_chars_cut"] += chars
         else:
             raise PromptBudgetError(
                 f"the instructions and structured state alone take {num_tokens} tokens, over the prompt budget "
@@ -407,7 +421,16 @@ def build_prompt(source: MarketSource, sku_id: str, day: int, cfg: PromptConfig,
     def render(c: PromptContext) -> list[dict]:
         return build_messages(state, history, c, cfg, pricing, act_only=act_only)
 
-    messages, kept, cuts = fit_to_budget(render, ctx, cfg.prompt_budget(act_only), tokenizer, cfg.min_description_chars)
+    def shorten_fields() -> int:  # the header's untrusted fields, cut to SHORT_FIELD_CHARS once
+        cut = 0
+        for key in ("sku_id", "category"):
+            if len(state[key]) > SHORT_FIELD_CHARS:
+                cut += len(state[key]) - SHORT_FIELD_CHARS
+                state[key] = state[key][:SHORT_FIELD_CHARS - 1] + "…"
+        return cut
+
+    messages, kept, cuts = fit_to_budget(render, ctx, cfg.prompt_budget(act_only), tokenizer, cfg.min_description_chars,
+                                         shorten_fields)
     state["has_diagnosis"] = kept.diagnosis is not None
     variant = "act_only" if act_only else "full"
     return {
