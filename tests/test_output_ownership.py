@@ -154,6 +154,10 @@ def test_a_killed_runs_lock_is_named_and_taken_over(tmp_path):
     assert killed.returncode == -signal.SIGKILL
     holder = (out / ".aigp.lock").read_text().strip()
     assert holder.startswith("pid ")
+    stale = [out / "logs" / ".part-00002.parquet.k1ll3d00.tmp", out / "logs" / ".part-00003.parquet.k1ll3d01.tmp"]
+    for path in stale:  # what writes killed before their rename leave
+        path.write_bytes(b"half a file")
     again = _aigp(*MARKET, f"output_dir={out}", "logging.skus_per_part=20")
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"last locked by {holder}, which is gone" in again.stderr
+    assert not any(path.exists() for path in stale)  # swept on resume
