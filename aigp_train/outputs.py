@@ -362,6 +362,7 @@ class StageOutput:
             return
         self.written.add(name)
         line = json.dumps({"stage": self.stage, "entry": name}) + "\n"
+        self.path.mkdir(parents=True, exist_ok=True)  # another rank may claim before rank 0 made the folder
         fd = os.open(self.path / WRITTEN, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         try:
             os.write(fd, line.encode())  # one short O_APPEND write: ranks appending at once never interleave

@@ -65,6 +65,7 @@ def _wandb_run(cfg: LtveLogging, out_dir: Path, config: dict):
     import wandb
 
     run_id = "ltve-" + hashlib.sha256(str(out_dir.resolve()).encode()).hexdigest()[:12]
+    claim(out_dir / "wandb")  # wandb writes its run folder there
     return wandb.init(project=cfg.wandb_project, name=f"ltve-{out_dir.name}", id=run_id, resume="allow",
                       dir=str(out_dir), mode=mode, config=config, reinit="finish_previous")
 

@@ -84,6 +84,7 @@ class MetricsLogger:
         if mode != "disabled":
             import wandb
 
+            claim(Path(out_dir) / "wandb")  # wandb writes its run folder there
             self.run = wandb.init(project=cfg.wandb_project, name=run_name, dir=str(out_dir), mode=mode,
                                   id=run_id, resume="allow", config=config, reinit="finish_previous")
             self.run_id = self.run.id
