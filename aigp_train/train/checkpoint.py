@@ -56,6 +56,7 @@ def save_adapter(model, path: str | Path, state: dict[str, torch.Tensor] | None 
     """Write ``model``'s LoRA adapter as a PEFT folder (safetensors); ``state`` defaults to a gather."""
     state = gather_lora_state(model) if state is None else state
     if is_writer:
+        claim(path)
         model.save_pretrained(str(path), state_dict=state, safe_serialization=True)
 
 
