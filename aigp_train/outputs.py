@@ -382,10 +382,11 @@ class StageOutput:
         run (its own bookkeeping: the LTVE run that ltve-eval reuses) are neither foreign nor ever removed."""
         if not self.path.is_dir():
             return []
+        children = sorted(self.path.iterdir())  # listed before the claims are read: a claim precedes its entry
         ours = self._claims().get(self.stage, set())
         bookkept = (self.path / WRITTEN).is_file()
         foreign = []
-        for child in sorted(self.path.iterdir()):
+        for child in children:
             if self._is_ours(child, ours, bookkept):
                 continue
             if child.is_dir() and not child.is_symlink() and (
@@ -394,10 +395,10 @@ class StageOutput:
             foreign.append(child.name + ("/" if child.is_dir() else ""))
         return foreign
 
-    def check_folder(self) -> None:
+    def check_folder(self, foreign: bool = True) -> None:
         """Refuse (``UserError``) an output_dir that is a file or a dangling link, a folder that is one
-        of the recipe's inputs or holds one, and a folder holding entries this stage did not write:
-        ``--force`` would delete the user's files or the stage's own input."""
+        of the recipe's inputs or holds one, and (``foreign``) a folder holding entries this stage did
+        not write: ``--force`` would delete the user's files or the stage's own input."""
         raw = str(self.recipe.output_dir)
         if raw.startswith("~"):
             raise UserError(f"output_dir={raw}: '~' is not expanded inside a recipe or a key=value override; "
@@ -414,9 +415,9 @@ class StageOutput:
                 what = "is" if path == out_dir else "holds"
                 raise UserError(f"output_dir {self.path} {what} this stage's input {key} ({path}); writing there "
                                 f"would overwrite it. Set output_dir to a folder of its own.")
-        foreign = self._foreign()
-        if foreign:
-            shown = ", ".join(foreign[:6]) + (f" and {len(foreign) - 6} more" if len(foreign) > 6 else "")
+        entries = self._foreign() if foreign else []
+        if entries:
+            shown = ", ".join(entries[:6]) + (f" and {len(entries) - 6} more" if len(entries) > 6 else "")
             raise UserError(f"output_dir {self.path} holds entries aigp {self.stage} did not write ({shown}); it "
                             f"never deletes them, --force included. Set output_dir to a new or empty folder.")
 
@@ -427,7 +428,8 @@ class StageOutput:
         pieces were made from another recipe or other inputs, which ``force`` clears first (only what
         this stage wrote; a folder of this very recipe and these inputs is only rerun over its pieces).
         Returns whether the folder is new."""
-        self.check_folder()
+        # the other ranks leave the foreign-entry check to rank 0, which may be clearing the folder now
+        self.check_folder(foreign=_rank() == 0)
         current = self.provenance()
         changed = self.changes(current)
         if changed and not force:
