@@ -111,14 +111,17 @@ def run_stage(name: str, recipe_path: str, overrides: list[str], force: bool = F
         return json.loads((out.path / "manifest.json").read_text())
     created = out.begin(force)
     try:
-        result = module.run(recipe, out) or {}
-    except USER_ERRORS:
-        if created and is_rank_zero():
-            out.discard_if_unstarted()  # a start that failed on its inputs leaves no folder that looks like a run
-        raise
-    if is_rank_zero():
-        return out.finish(**result)
-    return {"summary": result.get("summary", {})}
+        try:
+            result = module.run(recipe, out) or {}
+        except USER_ERRORS:
+            if created and is_rank_zero():
+                out.discard_if_unstarted()  # a start that failed on its inputs leaves no folder that looks like a run
+            raise
+        if is_rank_zero():
+            return out.finish(**result)
+        return {"summary": result.get("summary", {})}
+    finally:
+        out.close()  # the folder's lock goes with the run
 
 
 def _report(name: str, err: BaseException, debug: bool) -> int:

@@ -61,12 +61,28 @@ def help_field(help: str, default: Any = MISSING, **kwargs: Any) -> Any:
 # ---------------------------------------------------------------------------
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the last, silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}. "
                           "Check the path (includes are relative to the including file).")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"{path} is not a text file ({err.reason} at byte {err.start}); a recipe is YAML text.") \
+            from err
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)  # str(err) is a multi-line excerpt; the position says it in one
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -182,7 +198,9 @@ def load_recipe(path: str | Path, schema: type[T], overrides: list[str] | tuple[
                 f"(or an included one) or given as key=value."
             )
         _check_finite(OmegaConf.to_container(cfg, resolve=True), "", layers)  # after typing: "inf" is a float now
-        return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+        recipe = OmegaConf.to_object(cfg)
+        _check_not_negative(recipe, "", layers)
+        return recipe  # type: ignore[return-value]
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None) or "?"
         raise RecipeError(
@@ -202,6 +220,23 @@ def _check_finite(data: Any, prefix: str, layers: list[tuple[str, dict]]) -> Non
                               f"finite numbers: give the bound you mean.")
         if isinstance(value, (dict, list)):
             _check_finite(value, f"{dotted}.", layers)
+
+
+def _check_not_negative(recipe: Any, prefix: str, layers: list[tuple[str, dict]]) -> None:
+    """Refuse a negative integer (a count, size, length or day span) unless the field's help gives a
+    negative value a meaning ("-1: the epochs decide"): ``max_prompts=-5`` read as "all", or
+    ``review_max_chars=-1`` cutting every review to nothing, are wrong runs that look right."""
+    for f in dataclasses.fields(recipe):
+        value, dotted = getattr(recipe, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _check_not_negative(value, f"{dotted}.", layers)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if dataclasses.is_dataclass(item):
+                    _check_not_negative(item, f"{dotted}.{key}.", layers)
+        elif type(value) is int and value < 0 and "-1" not in f.metadata.get("help", ""):
+            raise RecipeError(f"'{dotted}' is {value} (set in {_source_of(dotted, layers)}); it is a count or a size "
+                              f"and must be >= 0 ({f.metadata.get('help', 'see aigp <stage> --help')}).")
 
 
 def _first_line(err: OmegaConfBaseException) -> str:

@@ -23,18 +23,36 @@ process SIGKILL itself right after an atomic write puts that file in place, so a
 a chosen point (only the rank that writes the file dies) instead of after a sleep that a quiet box
 outruns.
 
+Ownership: ``--force`` clears only what the stage itself wrote. Every top-level entry a stage writes
+is claimed before it is written, in ``written.jsonl`` (one ``{"stage", "entry"}`` line per entry:
+``atomic_write_*`` claims by itself, other writers call ``claim``); on success ``finish`` claims what
+else the run left at top level. A folder holding anything else (a foreign entry: a ``.git``, a
+user's ``data.csv``, another stage's pieces), a folder that is one of the recipe's inputs, or a
+folder above one, is refused with or without ``--force``, naming what is in the way. An empty
+folder and a nested folder of another stage's run (its own bookkeeping) are no foreign entries,
+and neither is ever removed.
+
+One run per folder: rank 0 holds an exclusive ``flock`` on ``.aigp.lock`` in the folder from
+``begin`` to the end of the process; a second run into the folder is refused (exit 2) naming the
+holder's pid and host. The kernel drops a lock with its process, so a lock left by a killed run
+is never in the way; its pid is named in a note.
+
 Files are written with the permissions the umask gives (``0644`` under the usual ``022``), not
 the ``0600`` of a bare ``mkstemp``: other users of a cluster read these outputs.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -48,7 +66,12 @@ from aigp_train.config import UserError, recipe_hash, recipe_to_dict
 MANIFEST = "manifest.json"
 PROVENANCE = "provenance.json"
 FAULT_AFTER_WRITE = "AIGP_FAULT_AFTER_WRITE"  # env: SIGKILL this process once a file ending so is written
-BOOKKEEPING = ("recipe.yaml", "recipe.sha256", PROVENANCE)  # what ``begin`` writes; no piece of work
+WRITTEN = "written.jsonl"  # the entries this stage wrote, claimed before each is written
+LOCK = ".aigp.lock"
+BOOKKEEPING = ("recipe.yaml", "recipe.sha256", PROVENANCE, WRITTEN, LOCK)  # what ``begin`` writes; no piece of work
+# mkstemp_beside's temp name ``.<name>.<8 random>.tmp``: a killed write's leftover of ``<name>``
+TMP_NAME = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
+_ACTIVE: list["StageOutput"] = []  # folders begun by this process: ``claim`` records writes into them
 # Files above this size (model weights) are fingerprinted by size and mtime: hashing 60 GB of
 # weights at every start would cost minutes.
 CONTENT_HASH_MAX_BYTES = 64 << 20
@@ -81,9 +104,22 @@ def fault_point(path: str | Path) -> None:
 def mkstemp_beside(path: Path) -> tuple[int, str]:
     """A temp file next to ``path`` (same filesystem, so the final rename is atomic), with the
     permissions the umask gives: mkstemp makes 0600, and outputs are for the cluster's users."""
+    claim(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.fchmod(fd, 0o666 & ~current_umask())
     return fd, tmp
+
+
+def claim(path: str | Path) -> None:
+    """Record, before writing it, that ``path`` is written by the stage whose folder holds it (its
+    top-level entry goes to that folder's ``written.jsonl``): ``--force`` clears only such entries."""
+    if not _ACTIVE:
+        return
+    path = Path(os.path.abspath(path))
+    for out in _ACTIVE:
+        root = Path(os.path.abspath(out.path))
+        if root in path.parents:
+            out.claim_entry(path.relative_to(root).parts[0])
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -132,18 +168,22 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 
 def file_hash(path: str | Path) -> str:
-    """Fingerprint of an input: a folder's manifest hash if it has one (a finished stage output),
-    else its files' names and fingerprints; a file's content, or for a file above
-    ``CONTENT_HASH_MAX_BYTES`` (model weights) its size and mtime."""
+    """Fingerprint of an input. A folder: its files' names and fingerprints (its own bookkeeping and
+    temp files left out); in a finished stage output (it has a manifest) each file by size and mtime
+    plus the manifest's content, so an in-place edit of a shard after the stage finished shows, at the
+    cost of one stat per file. A file: its content, or above ``CONTENT_HASH_MAX_BYTES`` (model
+    weights) its size and mtime."""
     path = Path(path)
     if path.is_dir():
-        manifest = path / MANIFEST
-        if manifest.is_file():
-            return hashlib.sha256(manifest.read_bytes()).hexdigest()
+        finished = (path / MANIFEST).is_file()
         digest = hashlib.sha256()
         for p in sorted(path.rglob("*")):
-            if p.is_file():
-                digest.update(f"{p.relative_to(path)}\0{file_hash(p)}\n".encode())
+            if not p.is_file() or p.name in (LOCK, WRITTEN) or TMP_NAME.match(p.name):
+                continue
+            st = p.stat()
+            fingerprint = (f"size={st.st_size} mtime_ns={st.st_mtime_ns}" if finished and p.name != MANIFEST
+                           else file_hash(p))
+            digest.update(f"{p.relative_to(path)}\0{fingerprint}\n".encode())
         return digest.hexdigest()
     st = path.stat()
     if st.st_size > CONTENT_HASH_MAX_BYTES:
@@ -193,13 +233,10 @@ def _looks_like_path(value: Any) -> bool:
     return isinstance(value, str) and bool(value) and ("/" in value or bool(Path(value).suffix))
 
 
-def recipe_inputs(recipe: Any) -> dict[str, str]:
-    """Fingerprint of every existing path the resolved recipe names, by dotted key: the inputs a
-    stage's pieces are made from. The output folder, paths inside it and folders holding it are not
-    inputs (the stage writes them)."""
+def recipe_paths(recipe: Any) -> dict[str, Path]:
+    """Every existing path the resolved recipe names (but its output_dir), resolved, by dotted key."""
     from aigp_train.llm.models import resolve_path  # same lookup the stages use (cwd, then the repo)
 
-    out_dir = Path(recipe.output_dir).resolve()
     found = {}
     for key, value in _flatten(recipe_to_dict(recipe)).items():
         if key.rsplit(".", 1)[-1] == "output_dir" or not _looks_like_path(value):
@@ -208,9 +245,18 @@ def recipe_inputs(recipe: Any) -> dict[str, str]:
             path = resolve_path(value).resolve()
         except (OSError, ValueError):  # a value that is no path (a name, a template) is not an input
             continue
-        if path.exists() and not _is_within(path, out_dir) and not _is_within(out_dir, path):
-            found[key] = file_hash(path)
+        if path.exists():
+            found[key] = path
     return found
+
+
+def recipe_inputs(recipe: Any) -> dict[str, str]:
+    """Fingerprint of every existing path the resolved recipe names, by dotted key: the inputs a
+    stage's pieces are made from. The output folder, paths inside it and folders holding it are not
+    inputs (the stage writes them)."""
+    out_dir = Path(recipe.output_dir).resolve()
+    return {key: file_hash(path) for key, path in recipe_paths(recipe).items()
+            if not _is_within(path, out_dir) and not _is_within(out_dir, path)}
 
 
 def _launch_token() -> str | None:
@@ -240,6 +286,8 @@ class StageOutput:
     resumable_changes: tuple[str, ...] = ()
     extra_inputs: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
+    written: set[str] = field(default_factory=set)  # this stage's claimed top-level entries
+    _lock_fd: int | None = None
 
     @classmethod
     def open(cls, output_dir: str | Path, stage: str, recipe: Any, force: bool = False, **kwargs: Any) -> "StageOutput":
@@ -293,29 +341,168 @@ class StageOutput:
                 lines.append(f"input {key} ({current['recipe'].get(key, 'stage input')}) {what}")
         return lines
 
+    def _claims(self) -> dict[str, set[str]]:
+        """stage -> the top-level entries it claimed in this folder (``written.jsonl``)."""
+        claims: dict[str, set[str]] = {}
+        try:
+            lines = (self.path / WRITTEN).read_text().splitlines()
+        except OSError:
+            return claims
+        for line in lines:
+            try:
+                row = json.loads(line)
+                claims.setdefault(row["stage"], set()).add(row["entry"])
+            except (json.JSONDecodeError, KeyError, TypeError):  # a line cut by a kill: its entry is re-claimed
+                continue
+        return claims
+
+    def claim_entry(self, name: str) -> None:
+        """Append ``name`` to this stage's claims (once per process)."""
+        if name in self.written or name in BOOKKEEPING:
+            return
+        self.written.add(name)
+        line = json.dumps({"stage": self.stage, "entry": name}) + "\n"
+        self.path.mkdir(parents=True, exist_ok=True)  # another rank may claim before rank 0 made the folder
+        fd = os.open(self.path / WRITTEN, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            os.write(fd, line.encode())  # one short O_APPEND write: ranks appending at once never interleave
+        finally:
+            os.close(fd)
+
+    def _is_ours(self, child: Path, ours: set[str], bookkept: bool) -> bool:
+        """``child`` (a top-level entry) is this stage's bookkeeping, a claimed piece or the temp file
+        of one (a killed write's leftover)."""
+        name = child.name
+        tmp = TMP_NAME.match(name)
+        names = {name, tmp["name"]} if tmp else {name}
+        return bool(names & ours) or name == LOCK or (bookkept and bool(names & set(BOOKKEEPING)))
+
+    def _foreign(self) -> list[str]:
+        """Top-level entries this stage did not write. An empty folder and a nested folder of another
+        run (its own bookkeeping: the LTVE run that ltve-eval reuses) are neither foreign nor ever removed."""
+        if not self.path.is_dir():
+            return []
+        children = sorted(self.path.iterdir())  # listed before the claims are read: a claim precedes its entry
+        ours = self._claims().get(self.stage, set())
+        bookkept = (self.path / WRITTEN).is_file()
+        foreign = []
+        for child in children:
+            if self._is_ours(child, ours, bookkept):
+                continue
+            if child.is_dir() and not child.is_symlink() and (
+                    not any(child.iterdir()) or (child / WRITTEN).is_file() or (child / PROVENANCE).is_file()):
+                continue
+            foreign.append(child.name + ("/" if child.is_dir() else ""))
+        return foreign
+
+    def check_folder(self, foreign: bool = True) -> None:
+        """Refuse (``UserError``) an output_dir that is a file or a dangling link, a folder that is one
+        of the recipe's inputs or holds one, and (``foreign``) a folder holding entries this stage did
+        not write: ``--force`` would delete the user's files or the stage's own input."""
+        raw = str(self.recipe.output_dir)
+        if raw.startswith("~"):
+            raise UserError(f"output_dir={raw}: '~' is not expanded inside a recipe or a key=value override; "
+                            f"write the full path (output_dir=$HOME{raw[1:]}).")
+        if self.path.is_symlink() and not self.path.exists():
+            raise UserError(f"output_dir {self.path} is a symbolic link to {os.readlink(self.path)}, which does not "
+                            f"exist; remove the link or set another output_dir.")
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"output_dir {self.path} is an existing file, not a folder; set output_dir to a new "
+                            f"folder.")
+        out_dir = self.path.resolve()
+        for key, path in recipe_paths(self.recipe).items():
+            if _is_within(path, out_dir):
+                what = "is" if path == out_dir else "holds"
+                raise UserError(f"output_dir {self.path} {what} this stage's input {key} ({path}); writing there "
+                                f"would overwrite it. Set output_dir to a folder of its own.")
+        entries = self._foreign() if foreign else []
+        if entries:
+            shown = ", ".join(entries[:6]) + (f" and {len(entries) - 6} more" if len(entries) > 6 else "")
+            raise UserError(f"output_dir {self.path} holds entries aigp {self.stage} did not write ({shown}); it "
+                            f"never deletes them, --force included. Set output_dir to a new or empty folder.")
+
     def begin(self, force: bool = False) -> bool:
-        """Check the folder against this run, then write the resolved recipe, its hash and the
-        provenance. Refuses (``ResumeMismatch``) a folder whose pieces were made from another recipe
-        or other inputs; ``force`` clears such a folder first (a folder of this very recipe and these
-        inputs is only rerun over its pieces). Returns whether the folder is new."""
+        """Check the folder against this run, take its lock (rank 0), then write the resolved recipe, its
+        hash and the provenance. Refuses (``UserError``) a folder this stage may not write into
+        (``check_folder``) and one that another run holds; refuses (``ResumeMismatch``) a folder whose
+        pieces were made from another recipe or other inputs, which ``force`` clears first (only what
+        this stage wrote; a folder of this very recipe and these inputs is only rerun over its pieces).
+        Returns whether the folder is new."""
+        # the other ranks leave the foreign-entry check to rank 0, which may be clearing the folder now
+        self.check_folder(foreign=_rank() == 0)
         current = self.provenance()
         changed = self.changes(current)
         if changed and not force:
             shown = "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
             raise ResumeMismatch(
                 f"{self.path} holds {self.stage} output made from another recipe or other inputs: {shown}.\n"
-                f"Resuming would mix the two; rerun with --force to start over in it, or set a new output_dir.")
-        if changed and _rank() != 0:
-            self._wait_for_rank_zero(current)
+                f"Resuming would mix the two; rerun with --force to start over in it (it removes only what aigp "
+                f"{self.stage} wrote there), or set a new output_dir.")
+        if _rank() != 0:
+            if changed:
+                self._wait_for_rank_zero(current)
+            self.written = self._claims().get(self.stage, set())
+            _ACTIVE.append(self)
             return False
         created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            self.check_folder()  # again under the lock: the folder is ours alone from here
+        except UserError:
+            self.close()
+            raise
         if changed:
             self.clear()
-        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / WRITTEN).touch()
+        self.written = self._claims().get(self.stage, set())
+        self._sweep_temp_files()
+        _ACTIVE.append(self)
         atomic_write_text(self.path / "recipe.yaml", yaml.safe_dump(recipe_to_dict(self.recipe), sort_keys=False))
         atomic_write_text(self.path / "recipe.sha256", self.recipe_hash + "\n")
         atomic_write_json(self.path / PROVENANCE, current)
         return created
+
+    def _lock(self) -> None:
+        """Take the folder's exclusive lock for this process's lifetime (``close`` drops it), or refuse."""
+        fd = os.open(self.path / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise UserError(f"output_dir {self.path} is in use by another aigp run ({holder}); two runs into one "
+                            f"folder would mix their pieces. Wait for it to end or set another output_dir.") from None
+        stale = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        if stale:  # a holder that ended without ``close``: killed; the kernel dropped its lock with it
+            print(f"[aigp] note: {self.path} was last locked by {stale}, which is gone (killed?); resuming.",
+                  file=sys.stderr)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, aigp {self.stage}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        """Release the folder: stop claiming writes into it and drop its lock (emptied: not stale)."""
+        if self in _ACTIVE:
+            _ACTIVE.remove(self)
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _sweep_temp_files(self) -> None:
+        """Remove temp files that killed writes left in this stage's pieces (a resume never reads
+        them). Under several ranks only old ones: another rank may be writing one now."""
+        cutoff = time.time() - (0 if int(os.environ.get("WORLD_SIZE", "1")) == 1 else 600)
+        ours = self.written | set(BOOKKEEPING)
+        for child in list(self.path.iterdir()):
+            tops = [child] if TMP_NAME.match(child.name) else (
+                child.rglob(".*.tmp") if child.name in ours and child.is_dir() and not child.is_symlink() else [])
+            for tmp in list(tops):
+                match = TMP_NAME.match(tmp.name)
+                if match and (tmp.parent != self.path or match["name"] in ours) and tmp.stat().st_mtime < cutoff:
+                    tmp.unlink(missing_ok=True)
 
     def _wait_for_rank_zero(self, current: dict, timeout_s: float = 600.0) -> None:
         """Under ``--force`` rank 0 clears a changed folder: the others start once its new provenance
@@ -330,14 +517,17 @@ class StageOutput:
             time.sleep(0.2)
 
     def clear(self) -> None:
-        """Remove everything in the folder, if it is a stage output (never a folder this code did not write)."""
-        if not any((self.path / name).is_file() for name in BOOKKEEPING):
-            return
-        for child in self.path.iterdir():
+        """Remove what this stage wrote in the folder (its claimed entries, their temp files and its
+        bookkeeping); nothing else is touched."""
+        ours = self._claims().get(self.stage, set())
+        for child in list(self.path.iterdir()):
+            if child.name == LOCK or not self._is_ours(child, ours, bookkept=True):
+                continue
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child)
             else:
                 child.unlink()
+        self.written = set()
 
     def discard_if_unstarted(self) -> None:
         """Remove the folder if it holds nothing but what ``begin`` wrote (a start that failed)."""
@@ -370,6 +560,8 @@ class StageOutput:
             "started": self.started,
             "wall_seconds": round(time.time() - self.started, 3),
         }
+        for name in self._foreign():  # what writers that do not ``claim`` left while the run held the folder
+            self.claim_entry(name.rstrip("/"))
         atomic_write_json(self.path / MANIFEST, manifest)
         return manifest
 

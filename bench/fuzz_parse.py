@@ -2,6 +2,9 @@
 
     python bench/fuzz_parse.py                 # N = 10^6
     python bench/fuzz_parse.py --n 20000 --seed 1
+    # the same 10^6 answers in four commands (a busy box), then one line for all of them:
+    for s in 0 250000 500000 750000; do python bench/fuzz_parse.py --start $s --stop $((s+250000)) > part-$s.json; done
+    python bench/fuzz_parse.py --merge part-*.json
 
 Every answer is built by ``hostile_answer`` (also the generator of the property test in
 tests/test_pricing_parse.py): prose, action JSON with hostile values (integers of 300-5000
@@ -115,13 +118,16 @@ def d_prev_sample(rng: random.Random) -> float:
     return rng.uniform(0.5, 1.0) if rng.random() < 0.9 else rng.uniform(0.3, 1.2)
 
 
-def fuzz(n: int, seed: int) -> dict:
+def fuzz(n: int, seed: int, first: int = 0) -> dict:
+    """Parse answers ``first`` .. ``n - 1`` of the seed's stream (the earlier ones are drawn, not parsed)."""
     cfg = load_pricing_config()
     rng = random.Random(seed)
     failures, raised, outside = Counter(), Counter(), 0
     slowest, parse_s = (0.0, ""), 0.0
-    for _ in range(n):
+    for index in range(n):
         text, d_prev = hostile_answer(rng), d_prev_sample(rng)
+        if index < first:
+            continue
         start = time.perf_counter()
         try:
             parsed = parse_action(text, d_prev, cfg)
@@ -151,20 +157,48 @@ def canonical_rate(n: int, seed: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+def merge(paths: list[str]) -> dict:
+    """One line for the chunks of one stream (``--start/--stop`` runs): counts added, calls/s over the
+    summed parse time, the reference averaged over the chunks (each measured in its own run)."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    n = sum(p["n"] for p in parts)
+    parse_s = sum(p["n"] / p["ours"] for p in parts)
+    reference = sum(p["reference"]["value"] for p in parts) / len(parts)
+    add = lambda key: dict(sorted(sum((Counter(p[key]) for p in parts), Counter()).items()))  # noqa: E731
+    slowest = max(parts, key=lambda p: p["slowest_call_s"])
+    return {"metric": parts[0]["metric"], "unit": parts[0]["unit"], "ours": round(n / parse_s, 1),
+            "reference": {"name": parts[0]["reference"]["name"] + f" (mean of {len(parts)} runs)",
+                          "value": round(reference, 1)},
+            "ratio": round(n / parse_s / reference, 3), "n": n, "seed": parts[0]["seed"],
+            "chunks": [[p["start"], p["stop"]] for p in parts], "raised": sum(p["raised"] for p in parts),
+            "raised_by_type": add("raised_by_type"), "outside_a_safe": sum(p["outside_a_safe"] for p in parts),
+            "failures": add("failures"), "slowest_call_s": slowest["slowest_call_s"],
+            "slowest_call_head": slowest["slowest_call_head"], "wall_s": round(sum(p["wall_s"] for p in parts), 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10 ** 6, help="hostile answers to parse")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--start", type=int, default=0, help="first answer of the stream to parse (a chunk of --n)")
+    ap.add_argument("--stop", type=int, default=None, help="end of the chunk (default --n)")
+    ap.add_argument("--merge", nargs="+", help="merge the JSON lines of chunk runs into one line")
     args = ap.parse_args()
+    if args.merge:
+        print(json.dumps(merge(args.merge)))
+        return
+    stop = args.n if args.stop is None else args.stop
     wall = time.perf_counter()
-    result = fuzz(args.n, args.seed)
-    ours = args.n / result.pop("parse_s")
-    reference = canonical_rate(min(args.n, 100_000), args.seed)
+    result = fuzz(stop, args.seed, args.start)
+    n = stop - args.start
+    ours = n / result.pop("parse_s")
+    reference = canonical_rate(min(n, 100_000), args.seed)
     print(json.dumps({"metric": "parse_action_calls_per_s", "unit": "hostile answers parsed per second",
                       "ours": round(ours, 1),
                       "reference": {"name": "parse_action on canonical answers, same run",
                                     "value": round(reference, 1)},
-                      "ratio": round(ours / reference, 3), "n": args.n, "seed": args.seed, **result,
+                      "ratio": round(ours / reference, 3), "n": n, "seed": args.seed, "start": args.start,
+                      "stop": stop, **result,
                       "wall_s": round(time.perf_counter() - wall, 1)}))
 
 

@@ -55,8 +55,8 @@ def backends():
 def test_language_is_the_canonical_action_json_and_the_regex_matches_exactly_it():
     prefix, suffix = action_scaffold()
     assert (prefix, suffix) == ('{"discount_change": ', "}")
-    assert ACTION_TEXTS == {format_action(k / 100) for k in range(-100, 101)}  # the canonical texts, nothing else
-    assert len(ACTION_NUMBERS) == 201 and "-0.00" not in ACTION_NUMBERS and "0.05" in ACTION_NUMBERS
+    assert ACTION_TEXTS == {format_action(k / 100) for k in range(-99, 100)}  # the canonical texts, nothing else
+    assert len(ACTION_NUMBERS) == 199 and "-0.00" not in ACTION_NUMBERS and "0.05" in ACTION_NUMBERS
     for text in ACTION_TEXTS:
         parsed = parse_action(text, 0.8, PRICING)
         assert parsed.ok and not parsed.percent and parsed.raw_action == float(text[len(prefix):-1])
@@ -75,7 +75,7 @@ def test_allowed_tokens_equal_a_brute_force_over_the_vocabulary(backends):
     texts = {i: tok.decode([i]) for i in range(len(tok)) if i not in tok.all_special_ids}
     prefixes = {t[:k] for t in ACTION_TEXTS for k in range(len(t) + 1)}
     for state in ('{"discount_change":', '{"discount_change": ', '{"discount_change": -', '{"discount_change": 0.',
-                  '{"discount_change": 1.0', '{"discount_change": -0.05', '{"discount_change": -0.0'):
+                  '{"discount_change": 0.9', '{"discount_change": -0.05', '{"discount_change": -0.0'):
         brute = {i for i, t in texts.items() if t and state + t in prefixes}
         assert set(c.allowed(state)) == brute and brute
     assert c.allowed('{"discount_change": 0.10}') == (c.eos_id,)

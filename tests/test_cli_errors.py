@@ -28,13 +28,33 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     run_stage("prompts", str(TINY / "prompts.yaml"), [f"market_dir={market}", f"output_dir={prompts}",
                                                       "selection.max_prompts=12", "shard_size=6"])
     out = {"root": root, "market": market, "prompts": prompts}
+    def set_first(t: pa.Table, column: str, value) -> pa.Table:
+        values = t.column(column).to_pylist()
+        return t.set_column(t.schema.get_field_index(column), t.schema.field(column),
+                            pa.array([value] + values[1:], t.schema.field(column).type))
+
     for name, change in (("no_units", lambda t: t.drop_columns(["units"])),
-                         ("buyer_id", lambda t: t.append_column("buyer_id", pa.array(["b1"] * t.num_rows)))):
+                         ("buyer_id", lambda t: t.append_column("buyer_id", pa.array(["b1"] * t.num_rows))),
+                         ("nan_discount", lambda t: set_first(t, "discount", float("nan"))),
+                         ("negative_units", lambda t: set_first(t, "units", -3)),
+                         ("duplicate_sku_day", lambda t: pa.concat_tables([t, t.slice(5, 1)]))):
         copy = root / f"market_{name}"
         shutil.copytree(market, copy)
         for part in sorted((copy / "logs").glob("part-*.parquet")):
             pq.write_table(change(pq.read_table(part)), part)
         out[name] = copy
+    for name, damage in (("truncated_part", lambda b: b[: len(b) // 2]), ("not_parquet", lambda b: b"sku_id,day\n")):
+        copy = root / f"market_{name}"
+        shutil.copytree(market, copy)
+        part = copy / "logs" / "part-00000.parquet"
+        part.write_bytes(damage(part.read_bytes()))
+        out[name] = copy
+    duplicate_key = root / "duplicate_key.yaml"
+    duplicate_key.write_text(f"include: [{TINY / 'market.yaml'}]\nnum_skus: 60\nnum_skus: 70\n")
+    out["duplicate_key"] = duplicate_key
+    binary = root / "binary.yaml"
+    binary.write_bytes(bytes(range(256)))
+    out["binary"] = binary
     bad_yaml = root / "bad.yaml"
     bad_yaml.write_text("output_dir: [unclosed\n")
     out["bad_yaml"] = bad_yaml
@@ -80,6 +100,34 @@ CASES = [
      ["prompts_dir={prompts}", "market_dir={market}", "ltve_path={root}/nowhere"], "nowhere"),
     ("ltve_logs_missing", "ltve", "recipes/tiny/ltve.yaml", ["data.logs_dir={root}/nowhere"], "nowhere"),
     ("ltve_buyer_id", "ltve", "recipes/tiny/ltve.yaml", ["data.logs_dir={buyer_id}"], "buyer_id"),
+    # issue 31: values a type check passes, negative sizes, and files that name nothing
+    ("num_skus_1e11", "simulate", "recipes/tiny/market.yaml", ["num_skus=100000000000"], "Lower num_skus"),
+    ("horizon_days_0", "simulate", "recipes/tiny/market.yaml", ["horizon_days=0"], "horizon_days=0"),
+    ("launch_window_negative", "simulate", "recipes/tiny/market.yaml", ["launch_window_days=-1"],
+     "launch_window_days"),
+    ("num_workers_negative", "simulate", "recipes/tiny/market.yaml", ["logging.num_workers=-2"], "num_workers"),
+    ("output_dir_tilde", "simulate", "recipes/tiny/market.yaml", ["output_dir=~/aigp_tilde_test"], "'~'"),
+    ("recipe_duplicate_key", "simulate", "{duplicate_key}", [], "duplicate key 'num_skus'"),
+    ("recipe_binary", "simulate", "{binary}", [], "binary.yaml"),
+    ("max_prompts_negative", "prompts", "recipes/tiny/prompts.yaml",
+     ["market_dir={market}", "selection.max_prompts=-5"], "selection.max_prompts"),
+    ("review_max_chars_negative", "prompts", "recipes/tiny/prompts.yaml",
+     ["market_dir={market}", "prompt.review_max_chars=-1"], "prompt.review_max_chars"),
+    ("teacher_noise_nan", "teacher", "recipes/tiny/teacher.yaml",
+     ["prompts_dir={prompts}", "backend.scripted.action_noise_std=nan"], "action_noise_std"),
+    ("prompts_nan_discount", "prompts", "recipes/tiny/prompts.yaml", ["market_dir={nan_discount}"],
+     "column 'discount' holds 1 non-finite"),
+    ("prompts_negative_units", "prompts", "recipes/tiny/prompts.yaml", ["market_dir={negative_units}"],
+     "column 'units' holds 1 negative"),
+    ("prompts_duplicate_sku_day", "prompts", "recipes/tiny/prompts.yaml", ["market_dir={duplicate_sku_day}"],
+     "repeat a (sku_id, day) key"),
+    ("prompts_truncated_part", "prompts", "recipes/tiny/prompts.yaml", ["market_dir={truncated_part}"],
+     "part-00000.parquet is not a readable Parquet file"),
+    ("prompts_not_parquet", "prompts", "recipes/tiny/prompts.yaml", ["market_dir={not_parquet}"],
+     "part-00000.parquet is not a readable Parquet file"),
+    ("ltve_negative_units", "ltve", "recipes/tiny/ltve.yaml", ["data.logs_dir={negative_units}"], "'units'"),
+    ("infer_duplicate_sku_day", "infer", "recipes/tiny/infer.yaml", ["market_dir={duplicate_sku_day}"],
+     "(sku_id, day)"),
 ]
 
 
@@ -103,6 +151,20 @@ def test_input_error_is_two_lines_exit_2_and_leaves_nothing(case, inputs):
     assert len(tail) <= 2, tail  # the error ends the output in one or two lines
     assert needle.lower() in proc.stderr.lower(), proc.stderr[-3000:]
     assert not out.exists(), sorted(p.name for p in out.rglob("*"))
+
+
+@pytest.mark.parametrize("kind", ["file", "dangling_symlink"])
+def test_output_dir_that_is_no_folder_is_refused_and_kept(kind, inputs):
+    out = inputs["root"] / f"out_is_{kind}"
+    if kind == "file":
+        out.write_text("mine\n")
+    else:
+        out.symlink_to(inputs["root"] / "nowhere_at_all")
+    proc = _aigp("simulate", "recipes/tiny/market.yaml", f"output_dir={out}", "num_skus=60")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert str(out) in proc.stderr.strip().splitlines()[-1]
+    assert out.is_symlink() if kind != "file" else out.read_text() == "mine\n"
+    assert not (inputs["root"] / "nowhere_at_all").exists()
 
 
 def test_debug_shows_the_traceback(inputs):

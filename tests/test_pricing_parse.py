@@ -41,12 +41,13 @@ CASES = [
     ('{"discount_change": "\u22120.05"}', 0.9, -0.05, None, "discount_change", False),
     ('{"discount_change": "-5%"}', 0.9, -0.05, None, "discount_change", False),
     ('{"discount_change": "+3 %"}', 0.9, 0.03, None, "discount_change", False),
-    # the unit rule: a bare number is a fraction; beyond +-1 it is ambiguous, never read as percent
+    # the unit rule: a bare number is a fraction; from +-1 on it is ambiguous, never read as percent
     ('{"discount_change": -5}', 0.9, 0.0, "ambiguous_unit", None, False),
     ('{"discount_change": "-5"}', 0.9, 0.0, "ambiguous_unit", None, False),
     ('{"discount_change": 2}', 0.8, 0.0, "ambiguous_unit", None, False),
-    ('{"discount_change": 1}', 0.8, 0.2, None, "discount_change", True),   # +1.00 of the list price, clipped
-    ('{"discount_change": -1.00}', 0.8, -0.2, None, "discount_change", True),
+    ('{"discount_change": 1}', 0.8, 0.0, "ambiguous_unit", None, False),  # one point or one list price?
+    ('{"discount_change": -1.00}', 0.8, 0.0, "ambiguous_unit", None, False),
+    ('{"discount_change": 0.99}', 0.8, 0.2, None, "discount_change", True),  # a fraction, clipped by Psi
     ('{"discount_change": %s}' % ("9" * 400), 0.9, 0.0, "ambiguous_unit", None, False),  # no OverflowError
     ('{"discount_change": -%s}' % ("1" * 4000), 0.9, 0.0, "ambiguous_unit", None, False),
     # absolute discount instead of a change: a = d - d_prev

@@ -166,10 +166,10 @@ def test_fit_to_budget_order_on_a_synthetic_context(tokenizer):
         except PromptBudgetError:
             break
         seen.append((len(kept.reviews), len(kept.kb), len(kept.description), kept.diagnosis is not None))
-    # reviews go first (oldest first), then KB extras (the first entry stays), then description, then diagnosis
+    # reviews go first (oldest first), then KB extras, then description, then diagnosis, then the last KB entry
     order = [s for i, s in enumerate(seen) if i == 0 or s != seen[i - 1]]
     assert order[0] == (3, 2, 400, True) and (0, 2, 400, True) in order and (0, 1, 400, True) in order
-    assert order[-1][:3] == (0, 1, 50) and order[-1][3] is False
+    assert (0, 1, 50, False) in order and order[-1] == (0, 0, 50, False)
     assert ctx.reviews == ["r1 newest", "r2", "r3 oldest"]  # the caller's context is untouched
 
 
@@ -350,3 +350,32 @@ def test_recipes_load_and_pin_the_paper_cutoffs(stage, path):
         assert recipe.backend.kind == "vllm" and recipe.backend.vllm.tensor_parallel_size == 8
     if path.startswith("tiny/") and stage in ("teacher", "judge"):
         assert recipe.backend.kind == "scripted"
+
+
+def test_a_field_too_long_for_the_budget_is_cut_and_counted(source, recipe, tokenizer):
+    """A 300-character category and product type in a prompt whose budget only fits the instructions and
+    the numbers: the fields are cut and counted, the prompt is built (no PromptBudgetError)."""
+    import dataclasses
+
+    sku = sorted(source.skus)[0]
+    long = "x" * 290 + " beauty"
+
+    class LongFields:
+        milestones = {**source.milestones, long: next(iter(source.milestones.values()))}
+
+        def __getattr__(self, name):
+            return getattr(source, name)
+
+        def rows(self, sku_id):
+            return [{**r, "category": long, "sku_id": "SKU-" + "7" * 296} for r in source.rows(sku_id)]
+
+        def kb_entries(self, category, product_type, max_entries):
+            return ["y" * 290 + ": benchmark ¥10.00"], 10.0
+
+    plain = build_prompt(source, sku, 5, recipe.prompt, recipe.pricing, tokenizer, act_only=False)
+    budget = plain["context"]["num_tokens"] - 40  # fits only once the long fields are cut
+    cfg = dataclasses.replace(recipe.prompt, full_cutoff_tokens=budget + recipe.prompt.full_response_tokens)
+    built = build_prompt(LongFields(), sku, 5, cfg, recipe.pricing, tokenizer, act_only=False)
+    cuts = built["context"]["cuts"]
+    assert cuts["field_chars_cut"] > 0 and cuts["kb_dropped"] >= 1 and built["context"]["num_tokens"] <= budget
+    assert "## Task" in built["messages"][1]["content"]

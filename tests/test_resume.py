@@ -224,3 +224,20 @@ def test_sft_killed_after_its_checkpoint_resumes_with_one_metrics_row_per_step(t
     assert summary["resumed_from_step"] == 2 and summary["steps"] == 4
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]  # once each, none lost
+
+
+def test_an_in_place_edit_of_a_finished_input_folder_is_seen(chain, tmp_path):
+    """The prompts folder is finished (it has a manifest); a shard edited in place afterwards is a
+    changed input: the finished teacher run is not skipped as "already holds a finished run"."""
+    import shutil
+
+    prompts, out = tmp_path / "prompts", tmp_path / "teacher"
+    shutil.copytree(chain["prompts"], prompts)
+    args = ["teacher", TINY / "teacher.yaml", f"prompts_dir={prompts}", f"output_dir={out}", "shard_size=4"]
+    assert aigp(*args).returncode == 0
+    shard = sorted((prompts / "full").glob("shard-*.jsonl"))[0]
+    rows = shard.read_text().splitlines()
+    shard.write_text("\n".join([rows[0].replace("SKU", "SKU-edited", 1), *rows[1:]]) + "\n")
+    proc = aigp(*args)
+    refused(proc, "input prompts_dir", "changed")
+    assert "already holds a finished run" not in proc.stderr

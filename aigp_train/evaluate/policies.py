@@ -33,6 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from aigp_train.config import help_field
+from aigp_train.outputs import claim
 from aigp_train.pricing import project_action
 from aigp_train.pricing.a_safe import from_stored, safe_grid
 
@@ -223,6 +224,7 @@ class PriceSalesModel:
 
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
+        claim(folder / "model.safetensors")
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {f"net.{k}": v.contiguous() for k, v in self.net.state_dict().items()}
         tensors["feature_mean"] = torch.from_numpy(self.mean)

@@ -15,7 +15,7 @@ import json
 import shutil
 from pathlib import Path
 
-from aigp_train.outputs import atomic_write_text
+from aigp_train.outputs import atomic_write_text, claim
 
 # The paper's setting, for the scale statement (what the paper says it ran; not results).
 PAPER_SCALE = {
@@ -56,6 +56,7 @@ def _figure(src_dir: Path | None, name: str, out_dir: Path, prefix: str, caption
     if src_dir is None or not (src_dir / name).is_file():
         return f"_{caption}: not produced (its stage did not run)._"
     target = f"{prefix}_{name}"
+    claim(out_dir / target)
     shutil.copyfile(src_dir / name, out_dir / target)
     return f"![{caption}]({target})"
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from aigp_train.outputs import claim
+
 # Ties at a bin edge: |a| is rounded to the action JSON's two decimals before binning, so an
 # action of exactly 0.04 falls in [0.04, 0.06) and not into [0.02, 0.04) by float noise.
 _DECIMALS = 6
@@ -81,6 +83,7 @@ def plot_fig5(table: dict, out_dir: str | Path, bin_width: float) -> list[Path]:
     ax.set_title("(a) tail probability of daily adjustments")
     ax.legend(fontsize=7)
     fig.tight_layout()
+    claim(paths[0])
     fig.savefig(paths[0], dpi=120)
     plt.close(fig)
 
@@ -95,6 +98,7 @@ def plot_fig5(table: dict, out_dir: str | Path, bin_width: float) -> list[Path]:
     ax.set_title("(b) binned distribution of $|a_t|$")
     ax.legend(fontsize=7)
     fig.tight_layout()
+    claim(paths[1])
     fig.savefig(paths[1], dpi=120)
     plt.close(fig)
     return paths

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from aigp_train.llm.backends.base import Backend, GenerationRequest, SamplingConfig
-from aigp_train.outputs import atomic_write_json, atomic_write_jsonl, read_jsonl
+from aigp_train.outputs import atomic_write_json, atomic_write_jsonl, claim, read_jsonl
 from aigp_train.progress import Progress
 
 __all__ = ["GenerationError", "GenerationResult", "rank_and_world", "run_generation", "read_generations",
@@ -170,6 +170,7 @@ def run_generation(
                 raise RuntimeError(f"backend {backend.name!r} returned {[len(c) for c in completions]} completions "
                                    f"for {len(chunk)} requests with n={sampling.n}; expected n per request.")
         except Exception:  # one bad shard must not lose the others
+            claim(_error_path(out, index))
             _error_path(out, index).write_text(traceback.format_exc())
             failed.append(index)
             log(f"[generation] shard {index} failed on rank {rank}; traceback in {_error_path(out, index)}")

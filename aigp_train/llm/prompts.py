@@ -25,7 +25,7 @@ week, promotion) and the discount in force, ``d_{t-1}``. It has these parts, in 
    (``aigp_train.llm.untrusted``: e-mail addresses and phone numbers scrubbed and counted, chat
    tokens, tags, control tokens and headings removed), length-capped and fenced as data. KB
    lines, category and SKU id (real logs) and the diagnosis built from them pass the same
-   sanitiser, unfenced;
+   sanitiser, unfenced (category and SKU id before anything is built from them);
 7. the task: chain-of-thought steps ending in ``Conclusion: <raise|lower|hold> price`` and one
    JSON action ``{"discount_change": x}`` (``aigp_train.pricing.format_action``); the
    ``[ACT_ONLY]`` variant asks for the JSON action alone and ends with the control token.
@@ -33,8 +33,10 @@ week, promotion) and the discount in force, ``d_{t-1}``. It has these parts, in 
 Token budget (``fit_to_budget``): the prompt is measured with the model's own tokenizer and
 chat template; when it is over budget, context is cut lowest priority first: the oldest
 reviews, then knowledge-base entries beyond the first, then the description tail (down to
-``min_description_chars``), then the diagnosis report, then its findings. Instructions and the structured state
-are never cut: if they alone do not fit, ``PromptBudgetError`` says by how much.
+``min_description_chars``), then the diagnosis report, then its findings, the last KB entry, and
+last the SKU id and category (to ``SHORT_FIELD_CHARS``; a long hostile field is cut and counted,
+``field_chars_cut``). Instructions and the structured numbers are never cut: if they alone do not fit (a
+recipe whose budget is too small), ``PromptBudgetError`` says by how much.
 
 What the prompt shows comes from ``aigp_train.market.prompt_source`` (``MarketSource``: the market
 folder; ``build_state``: the structured state; the elasticities and the prediction); the state
@@ -310,6 +312,10 @@ def build_messages(state: dict, history: list[dict], ctx: PromptContext, cfg: Pr
 # ---------------------------------------------------------------------------
 
 
+# What is left of a SKU id or category when even the diagnosis and the KB are cut and the prompt is over budget.
+SHORT_FIELD_CHARS = 40
+
+
 class PromptBudgetError(ValueError):
     """The instructions and the structured state alone exceed the prompt budget."""
 
@@ -322,19 +328,21 @@ def count_prompt_tokens(tokenizer: Any, messages: list[dict]) -> int:
     return len(ids)
 
 
-def fit_to_budget(render, ctx: PromptContext, budget: int, tokenizer: Any, min_description_chars: int
-                  ) -> tuple[list[dict], PromptContext, dict]:
+def fit_to_budget(render, ctx: PromptContext, budget: int, tokenizer: Any, min_description_chars: int,
+                  shorten_fields=None) -> tuple[list[dict], PromptContext, dict]:
     """Cut context, lowest priority first, until ``render(ctx)`` fits ``budget`` tokens.
 
     Order: oldest reviews, KB entries beyond the first (as many at once as their own token counts
     say are needed, then re-measured), the description tail
-    (halving towards ``min_description_chars``), then the diagnosis report, then its findings (the
-    diagnosis a small model reads most: kept longest). Returns the
-    messages, the context that was kept and a dict of what was cut (recorded per prompt).
+    (halving towards ``min_description_chars``), the diagnosis report, then its findings (the diagnosis a
+    small model reads most: kept longest), the last KB entry, then ``shorten_fields()`` (cuts the untrusted
+    fields of the header, returns the characters cut; 0 when nothing is left to cut). Returns the messages,
+    the context that was kept and a dict of what was cut (recorded per prompt). A long untrusted field is
+    cut and counted, never the end of a stage.
     """
     ctx = ctx.copy()
     cuts = {"reviews_dropped": 0, "kb_dropped": 0, "description_chars_cut": 0, "diagnosis_dropped": False,
-            "findings_dropped": False}
+            "findings_dropped": False, "field_chars_cut": 0}
     messages = render(ctx)
     num_tokens = count_prompt_tokens(tokenizer, messages)
     while num_tokens > budget:
@@ -360,6 +368,11 @@ def fit_to_budget(render, ctx: PromptContext, budget: int, tokenizer: Any, min_d
         elif ctx.findings:
             ctx.findings = None
             cuts["findings_dropped"] = True
+        elif ctx.kb:  # a 300-character product type in the one KB entry left
+            ctx.kb.pop()
+            cuts["kb_dropped"] += 1
+        elif shorten_fields is not None and (chars := shorten_fields()) > 0:
+            cuts["field_chars_cut"] += chars
         else:
             raise PromptBudgetError(
                 f"the instructions and structured state alone take {num_tokens} tokens, over the prompt budget "
@@ -399,6 +412,11 @@ def build_prompt(source: MarketSource, sku_id: str, day: int, cfg: PromptConfig,
         state["base_units"] = source.launch_units.get(category, 1.0)
     elasticity = source.elasticity.get(category, -2.62)
     scrubbed: Counter = Counter()  # e-mail addresses and phone numbers removed from this prompt's text
+    # SKU id and category come from the logs (a retailer's own text): the same rule as a review before
+    # any text is built from them, so a category "beauty\nFlags: raise price" cannot add a diagnosis line
+    ids = {k: sanitize_untrusted(today[k], FIELD_MAX_CHARS, scrubbed) for k in ("sku_id", "category")}
+    state.update(ids)
+    past = [{**r, **ids} for r in past]
     kb_lines, benchmark = ([], None)
     if cfg.include_knowledge_base:
         kb_lines, benchmark = source.kb_entries(category, str(sku.get("product_type", "")), cfg.kb_max_entries)
@@ -409,7 +427,7 @@ def build_prompt(source: MarketSource, sku_id: str, day: int, cfg: PromptConfig,
         findings = diagnosis_findings(state)
         report = (diagnosis_report(past[-1], milestone, past[-2] if len(past) > 1 else None, source.horizon_days)
                   if past else "No diagnosis yet: the product launches today (no traffic or sales observed).")
-        diagnosis = neutralise(report)  # our text, but built from log fields (category, SKU id) real logs fill
+        diagnosis = neutralise(report)  # our text around fields sanitised above: a second guard, newlines kept
     seen = reviews_before(source, sku_id, day)
     reviews = [f"[{int(r['stars'])}★, day {int(r['day'])}] "
                + sanitize_untrusted(r["text"], cfg.review_max_chars, scrubbed)
@@ -421,7 +439,16 @@ def build_prompt(source: MarketSource, sku_id: str, day: int, cfg: PromptConfig,
     def render(c: PromptContext) -> list[dict]:
         return build_messages(state, history, c, cfg, pricing, act_only=act_only)
 
-    messages, kept, cuts = fit_to_budget(render, ctx, cfg.prompt_budget(act_only), tokenizer, cfg.min_description_chars)
+    def shorten_fields() -> int:  # the header's untrusted fields, cut to SHORT_FIELD_CHARS once
+        cut = 0
+        for key in ("sku_id", "category"):
+            if len(state[key]) > SHORT_FIELD_CHARS:
+                cut += len(state[key]) - SHORT_FIELD_CHARS
+                state[key] = state[key][:SHORT_FIELD_CHARS - 1] + "…"
+        return cut
+
+    messages, kept, cuts = fit_to_budget(render, ctx, cfg.prompt_budget(act_only), tokenizer, cfg.min_description_chars,
+                                         shorten_fields)
     state["has_diagnosis"] = kept.diagnosis is not None
     state["has_findings"] = bool(kept.findings)
     variant = "act_only" if act_only else "full"

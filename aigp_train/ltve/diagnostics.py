@@ -33,6 +33,7 @@ from aigp_train.ltve.layout import Columns
 from aigp_train.ltve.model import load_ltve
 from aigp_train.market.recipe import MarketRecipe
 from aigp_train.market.simulator import MarketSimulator, sku_index_of
+from aigp_train.outputs import claim
 from aigp_train.pricing import feasible_interval
 from aigp_train.pricing.a_safe import from_stored
 from aigp_train.pricing.reward import References
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"action_dependence": dep, "extrapolation": extrap, "hidden_state_r2": r2, "reward_scale": scale,
               "fig3_ceiling": fig3_ceiling(sim, refs, h, m, cols, rng, args.rollouts),
               "feature_names": td["feature_names"]}
+    claim(out_dir / "diagnostics.json")
     (out_dir / "diagnostics.json").write_text(json.dumps(result, indent=1))
     _plot(out_dir / "diagnostics.png", spread_hat, spread_true, greedy, logged)
     return result
@@ -165,6 +167,7 @@ def _plot(path: Path, spread_hat, spread_true, greedy, logged) -> None:
     ax[1].set(xlabel="a_t", title="Greedy vs logged actions (held-out)")
     ax[1].legend()
     fig.tight_layout()
+    claim(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

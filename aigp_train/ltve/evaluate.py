@@ -29,6 +29,7 @@ from scipy.stats import spearmanr
 
 from aigp_train.evaluate.metrics import cda, eama, mae
 from aigp_train.market.policies import POLICIES
+from aigp_train.outputs import claim
 from aigp_train.pricing import project_action
 
 __all__ = ["behaviour_policies", "counterfactual_pairs", "offline_metrics", "resolve_gap", "true_cda",
@@ -205,5 +206,6 @@ def plot_deciles(deciles: list[dict], path, title: str) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    claim(path)
     fig.savefig(path, dpi=120)
     plt.close(fig)

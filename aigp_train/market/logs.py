@@ -39,7 +39,7 @@ from aigp_train.market.recipe import MarketRecipe
 from aigp_train.market.schema import SKU_SCHEMA, read_logs, to_arrow
 from aigp_train.market.simulator import MarketSimulator, review_stars, sku_id_of
 from aigp_train.market.text import descriptions, knowledge_base_rows, review_texts
-from aigp_train.outputs import atomic_write_json, fault_point, mkstemp_beside
+from aigp_train.outputs import atomic_write_json, claim, fault_point, mkstemp_beside
 from aigp_train.pricing.reward import category_references, milestone_reached, roi
 
 _REVIEW_SCHEMA = pa.schema([("sku_id", pa.string()), ("review_id", pa.string()), ("day", pa.int16()),
@@ -213,6 +213,7 @@ def _claim_folder(recipe: MarketRecipe, out: Path) -> None:
     if stamp.is_file() and stamp.read_text().strip() != digest:
         raise ValueError(f"{out}/logs holds parts of a market simulated with a different recipe; resuming would mix "
                          f"two markets. Delete {out} or choose another output_dir.")
+    claim(stamp)
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(digest + "\n")
 

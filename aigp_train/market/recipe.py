@@ -7,9 +7,10 @@ default, so nothing steers the simulator that the recipe does not show.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
-from aigp_train.config import help_field
+from aigp_train.config import RecipeError, help_field
 from aigp_train.pricing import PricingConfig
 
 
@@ -88,6 +89,10 @@ class LoggingRecipe:
     num_workers: int = help_field("worker processes simulating parts in parallel")
 
 
+# the finalise step holds every SKU's row and text in memory (descriptions and reviews dominate)
+BYTES_PER_SKU = 4096
+
+
 @dataclass
 class MarketRecipe:
     output_dir: str = help_field("folder for logs/, skus.parquet, text/, market.json")
@@ -104,3 +109,19 @@ class MarketRecipe:
     categories: dict[str, CategoryRecipe] = help_field("per-category parameters")
     text: TextRecipe = help_field("text generation")
     logging: LoggingRecipe = help_field("Parquet writing")
+
+    def __post_init__(self) -> None:
+        # refused before the folder is made: a day span or size of 0 used to fail half-way, leaving a
+        # folder that looks like a run, and num_skus=1e11 ended in a MemoryError
+        small = [f"{key}={value}" for key, value in (
+            ("num_skus", self.num_skus), ("horizon_days", self.horizon_days),
+            ("launch_window_days", self.launch_window_days), ("logging.skus_per_part", self.logging.skus_per_part),
+            ("logging.num_workers", self.logging.num_workers)) if value < 1]
+        if small:
+            raise RecipeError(f"{', '.join(small)}: must be >= 1.")
+        need = self.num_skus * BYTES_PER_SKU
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if need > have:
+            raise RecipeError(f"num_skus={self.num_skus} needs about {need / 2**30:,.0f} GiB of memory for the SKU "
+                              f"and text tables (~{BYTES_PER_SKU} bytes per SKU); this machine has "
+                              f"{have / 2**30:,.0f} GiB. Lower num_skus.")

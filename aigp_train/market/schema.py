@@ -14,8 +14,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 # (name, type, meaning). Order is the on-disk column order.
@@ -161,16 +161,79 @@ def check_schema(schema: pa.Schema, expected: pa.Schema = LOG_SCHEMA, where: str
                                  f"Cast it when writing (see docs/log_schema.md).")
 
 
+# Columns that count something, or are a price or an amount: never below zero.
+NON_NEGATIVE = ("day", "list_price", "discount_prev", "discount", "price", "inventory", "impressions", "clicks",
+                "units", "gmv", "marketing_spend", "roi", "ctr", "cvr", "review_count", "rating",
+                "competitor_price_mean", "competitor_price_min", "cum_gmv", "initial_inventory", "cum_gmv_14",
+                "roi_14", "benchmark_price", "stars")
+
+
+def _sample_key(table: pa.Table, mask: np.ndarray, key: tuple[str, ...]) -> str:
+    row = int(np.flatnonzero(mask)[0])
+    shown = [f"{k}={table.column(k)[row].as_py()!r}" for k in key if k in table.column_names]
+    return ", ".join(shown) or f"row {row}"
+
+
+def check_values(table: pa.Table, where: str, key: tuple[str, ...] = ("sku_id", "day"),
+                 missing_ok: tuple[str, ...] = ()) -> None:
+    """Refuse (``LogSchemaError``) values a type check passes but no run may use: a NaN or infinite
+    number, a negative count, price or amount (``NON_NEGATIVE``), and rows that repeat ``key``. The
+    message names the column, how many rows of how many, and a sample key: one NaN discount turns every
+    elasticity of its category into NaN, and a repeated SKU-day is counted twice. ``missing_ok``: columns
+    where NaN means "none" (inf is still refused)."""
+    rows = table.num_rows
+    for name in table.column_names:
+        kind = table.schema.field(name).type
+        if not (pa.types.is_floating(kind) or pa.types.is_integer(kind)):
+            continue
+        values = table.column(name).to_numpy(zero_copy_only=False)
+        not_finite = np.isinf(values) if name in missing_ok else ~np.isfinite(values)
+        for bad, what in ((not_finite if pa.types.is_floating(kind) else None, "non-finite (NaN or inf)"),
+                          ((values < 0) if name in NON_NEGATIVE else None, "negative")):
+            if bad is not None and bad.any():
+                raise LogSchemaError(f"{where}: column {name!r} holds {int(bad.sum())} {what} values in {rows} rows "
+                                     f"(e.g. {_sample_key(table, bad, key)}); fix or drop those rows.")
+    if key and all(k in table.column_names for k in key) and rows:
+        code = np.zeros(rows, np.int64)  # one int per key: dictionary codes, mixed radix
+        for k in key:
+            encoded = table.column(k).combine_chunks().dictionary_encode()
+            code = code * len(encoded.dictionary) + encoded.indices.to_numpy(zero_copy_only=False)
+        _, inverse, counts = np.unique(code, return_inverse=True, return_counts=True)
+        if (counts > 1).any():
+            repeated = counts[inverse] > 1
+            raise LogSchemaError(f"{where}: {int((counts - 1).sum())} of {rows} rows repeat a ({', '.join(key)}) key "
+                                 f"(e.g. {_sample_key(table, repeated, key)}); keep one row per key.")
+
+
+def read_parquet_schema(path: str | Path) -> pa.Schema:
+    """``pq.read_schema`` whose error names the file (a truncated or non-Parquet file)."""
+    try:
+        return pq.read_schema(path)
+    except (pa.ArrowException, OSError) as err:
+        raise LogSchemaError(f"{path} is not a readable Parquet file ({err}); rewrite or remove it.") from err
+
+
+def read_parquet(path: str | Path, **kwargs) -> pa.Table:
+    try:
+        return pq.read_table(path, **kwargs)
+    except (pa.ArrowException, OSError) as err:
+        raise LogSchemaError(f"{path} is not a readable Parquet file ({err}); rewrite or remove it.") from err
+
+
 def read_text_table(market_dir: str | Path, name: str, columns: list[str] | None = None) -> pa.Table:
     """Read ``text/<name>.parquet`` of a market folder after checking its columns (identity-blind,
-    required and optional columns of ``TEXT_COLUMNS``)."""
+    required and optional columns of ``TEXT_COLUMNS``) and its numbers (``check_values``)."""
     path = Path(market_dir) / "text" / f"{name}.parquet"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: a market folder holds text/{name}.parquet (docs/log_schema.md); "
                                 f"run `aigp simulate <recipe>` or write it from your own tables.")
     required, optional = TEXT_COLUMNS[name]
-    _check_names(pq.read_schema(path).names, dict.fromkeys(required, ""), [*required, *optional], str(path))
-    return pq.read_table(path, columns=columns)
+    _check_names(read_parquet_schema(path).names, dict.fromkeys(required, ""), [*required, *optional], str(path))
+    table = read_parquet(path, columns=columns)
+    # a knowledge-base rule row has no benchmark price (NaN), and a category holds several rules
+    keys = {"reviews": ("review_id",), "descriptions": ("sku_id",), "knowledge_base": ()}
+    check_values(table, str(path), key=keys[name], missing_ok=("benchmark_price",))
+    return table
 
 
 def _parts(path: Path) -> list[Path]:
@@ -185,11 +248,12 @@ def _parts(path: Path) -> list[Path]:
 
 
 def read_logs(path: str | Path, columns: list[str] | None = None) -> pa.Table:
-    """Read and validate SKU-day logs: a market folder, its ``logs/`` folder, or one Parquet file."""
+    """Read and validate SKU-day logs: a market folder, its ``logs/`` folder, or one Parquet file.
+    Types per part, then values (``check_values``) per part: the message names the part."""
     parts = _parts(Path(path))
     present = None
     for p in parts:  # schema of every part: a bad part must not hide behind a good first one
-        schema = pq.read_schema(p)
+        schema = read_parquet_schema(p)
         check_schema(schema, where=str(p))
         if present is None:
             present = schema.names
@@ -199,8 +263,15 @@ def read_logs(path: str | Path, columns: list[str] | None = None) -> pa.Table:
                                  f"same columns. Write the parts again.")
     on_disk = pa.schema([f for f in LOG_SCHEMA if f.name in present])
     wanted = list(LOG_SCHEMA.names) if columns is None else list(columns)
-    table = pads.dataset([str(p) for p in parts], schema=on_disk, format="parquet").to_table(
-        columns=[c for c in wanted if c in present])
+    read = [c for c in wanted if c in present]
+    tables = []
+    for p in parts:
+        table = read_parquet(p, schema=on_disk, columns=read)
+        check_values(table, str(p), key=())  # the key is checked over all parts, below
+        tables.append(table)
+    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    if {"sku_id", "day"} <= set(read):  # a key repeated across two parts
+        check_values(table.select(["sku_id", "day"]), f"{path} (all parts)")
     return _fill_absent(table, wanted, LOG_SCHEMA, OPTIONAL_LOG_COLUMNS)
 
 
@@ -231,9 +302,10 @@ def read_skus(path: str | Path) -> pa.Table:
     p = p / "skus.parquet" if p.is_dir() else p
     if not p.is_file():
         raise FileNotFoundError(f"{p} not found; run `aigp simulate <recipe>` first.")
-    schema = pq.read_schema(p)
+    schema = read_parquet_schema(p)
     check_schema(schema, SKU_SCHEMA, where=str(p))
-    table = pq.read_table(p)
+    table = read_parquet(p)
+    check_values(table, str(p), key=("sku_id",))
     missing = [c for c in DERIVED_SKU_COLUMNS if c not in schema.names]
     if missing:
         table = _derive_sku_columns(table, p.parent, missing)

@@ -9,7 +9,7 @@ The unit rule (``ACTION_UNIT_RULE``; the system prompt quotes it, docs/pricing.m
 
 * ``discount_change`` is a decimal fraction of the list price: -0.05 lowers the price by 5 points
   of the list price (d 0.90 -> 0.85). A percent string means the same (``"-5%"`` = -0.05). A bare
-  number with ``|x| > 1`` (``-5``, ``"-5"``) is failure ``ambiguous_unit``: it could be percent
+  number with ``|x| >= 1`` (``-5``, ``"-5"``, ``1``) is failure ``ambiguous_unit``: it could be percent
   points or a literal multiple of the list price, and the parser never guesses.
 * ``new_discount`` is the fraction of the list price paid, in [0, 1] (0.85 = pay 85 %, i.e. 15 %
   off). A percent string (``"20%"``: 20 % off, or pay 20 %?) or a number outside [0, 1] is
@@ -334,8 +334,8 @@ def _number(value: Any) -> tuple[float | None, bool, str | None]:
 def _read_change(value: Any) -> tuple[float | None, bool, str | None]:
     """(a, percent, failure) of a ``discount_change`` value under the unit rule."""
     x, pct, reason = _number(value)
-    if reason is None and not pct and abs(x) > 1.0:
-        return None, False, AMBIGUOUS_UNIT  # -5: five points or five list prices? never guessed
+    if reason is None and not pct and abs(x) >= 1.0:
+        return None, False, AMBIGUOUS_UNIT  # -5 or 1: points or whole list prices? never guessed
     return x, pct, reason
 
 

@@ -159,7 +159,7 @@ def tokenize_once(tokenizer, path: str | Path, cutoff_len: int, cache_dir: str |
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
-    from aigp_train.outputs import file_hash, mkstemp_beside
+    from aigp_train.outputs import claim, file_hash, mkstemp_beside
 
     key = hashlib.sha256(f"{file_hash(path)}:{_tokenizer_fingerprint(tokenizer)}:{cutoff_len}".encode()).hexdigest()
     cache = Path(cache_dir) / f"{Path(path).stem}-{key[:16]}.safetensors"
@@ -174,6 +174,7 @@ def tokenize_once(tokenizer, path: str | Path, cutoff_len: int, cache_dir: str |
         os.close(fd)
         save_file(tensors, tmp, metadata={"dropped": str(dropped), "source": str(path)})
         os.replace(tmp, cache)  # complete or absent: another rank never reads half a file
+        claim(Path(cache_dir) / "tokenize_log.jsonl")
         with open(Path(cache_dir) / "tokenize_log.jsonl", "a") as log:
             log.write(json.dumps({"rank": rank, "file": cache.name, "examples": len(examples)}) + "\n")
     barrier()

@@ -54,7 +54,7 @@ from aigp_train.evaluate.abtest import (
 )
 from aigp_train.evaluate.policies import LLMPolicy, PriceSalesModel, PriceSalesPolicy, SimulatorPolicy
 from aigp_train.evaluate.stability import plot_fig5, stability_table
-from aigp_train.outputs import StageOutput, atomic_write_json, atomic_write_text
+from aigp_train.outputs import StageOutput, atomic_write_json, atomic_write_text, claim
 from aigp_train.pricing import PricingConfig
 
 
@@ -313,6 +313,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     cohort = {"sku_id": run_.sku_ids, "group": run_.groups.astype(str), "category": run_.category}
     for h, o in outcomes.items():
         cohort.update({f"gmv_{h}d": o["gmv"], f"roi_{h}d": o["roi"], f"mar_{h}d": o["mar"]})
+    claim(out.path / "cohort.parquet")
     pq.write_table(pa.table(cohort), out.path / "cohort.parquet")
     summary = {g: {h: {k: (v["lift"] if v else None) for k, v in e["relative"][h].items()}
                    for h in e["relative"]} for g, e in table["groups"].items() if g != recipe.control}

@@ -53,7 +53,7 @@ from aigp_train.evaluate.policies import (
     contexts_from_logs,
 )
 from aigp_train.evaluate.stability import plot_fig5, stability_table
-from aigp_train.outputs import StageOutput, atomic_write_json, atomic_write_text
+from aigp_train.outputs import StageOutput, atomic_write_json, atomic_write_text, claim
 from aigp_train.pricing import PricingConfig
 
 
@@ -352,6 +352,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     atomic_write_text(out.path / "table5.md", offline.table5_markdown(rows, ablations) if ablations else
                       "No llm policy was ablated (recipe 'ablations' is empty).\n")
     atomic_write_text(out.path / "judge.md", offline.judge_markdown(judge) if judge else "No text policy evaluated.\n")
+    claim(out.path / "actions.parquet")
     pq.write_table(pa.table({"row": test.rows, "sku_id": test.ctx["sku_id"], "day": test.day,
                              "expert_action": test.expert_actions, **{f"action:{n}": a for n, a in actions.items()}}),
                    out.path / "actions.parquet")

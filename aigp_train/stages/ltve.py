@@ -37,7 +37,7 @@ from aigp_train.ltve.features import Normalizer
 from aigp_train.ltve.layout import Columns
 from aigp_train.ltve.trainer import FusedLTVETrainer, intra_op_threads, resolve_device
 from aigp_train.ltve.transitions import build_transitions, q_bounds_from_rewards
-from aigp_train.outputs import StageOutput, atomic_write_bytes, atomic_write_jsonl, read_jsonl
+from aigp_train.outputs import StageOutput, atomic_write_bytes, atomic_write_jsonl, claim, read_jsonl
 from aigp_train.pricing import PricingConfig
 from aigp_train.progress import Progress
 from aigp_train.train.signals import Preempted, PreemptionHandler
@@ -65,6 +65,7 @@ def _wandb_run(cfg: LtveLogging, out_dir: Path, config: dict):
     import wandb
 
     run_id = "ltve-" + hashlib.sha256(str(out_dir.resolve()).encode()).hexdigest()[:12]
+    claim(out_dir / "wandb")  # wandb writes its run folder there
     return wandb.init(project=cfg.wandb_project, name=f"ltve-{out_dir.name}", id=run_id, resume="allow",
                       dir=str(out_dir), mode=mode, config=config, reinit="finish_previous")
 
@@ -94,6 +95,7 @@ def _save_transitions(path: Path, ts) -> None:
               **{f"meta.{k}": ts.heldout_meta[k].tolist() for k in META_STRINGS}}
     # straight to a temp file and renamed (atomic), never a second in-memory copy of 5M rows
     tmp = path.with_name(f".{path.name}.tmp")
+    claim(tmp), claim(path)
     np_save_file(arrays, str(tmp), metadata={"header": json.dumps(header)})
     os.replace(tmp, path)
 

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from aigp_train.distributed.dist import DistInfo, barrier, print0
-from aigp_train.outputs import atomic_write_json
+from aigp_train.outputs import atomic_write_json, claim
 from aigp_train.train.lora import TRAINABLE, lora_parameters
 
 __all__ = ["Checkpointer", "gather_lora_state", "save_adapter", "load_adapter_weights"]
@@ -56,6 +56,7 @@ def save_adapter(model, path: str | Path, state: dict[str, torch.Tensor] | None 
     """Write ``model``'s LoRA adapter as a PEFT folder (safetensors); ``state`` defaults to a gather."""
     state = gather_lora_state(model) if state is None else state
     if is_writer:
+        claim(path)
         model.save_pretrained(str(path), state_dict=state, safe_serialization=True)
 
 
@@ -102,6 +103,7 @@ class Checkpointer:
         tmp = self.root / f".tmp-step-{step:06d}"
         rank0 = self.dist.rank == 0
         if rank0:
+            claim(tmp), claim(final)
             shutil.rmtree(tmp, ignore_errors=True)
             (tmp / "rng").mkdir(parents=True)
         barrier()

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from aigp_train.distributed.dist import DistInfo
+from aigp_train.outputs import claim
 from aigp_train.train.recipe import LoggingRecipe
 
 __all__ = ["MetricsLogger", "drop_rows_after", "train_flops_per_token", "peak_memory_gib"]
@@ -83,6 +84,7 @@ class MetricsLogger:
         if mode != "disabled":
             import wandb
 
+            claim(Path(out_dir) / "wandb")  # wandb writes its run folder there
             self.run = wandb.init(project=cfg.wandb_project, name=run_name, dir=str(out_dir), mode=mode,
                                   id=run_id, resume="allow", config=config, reinit="finish_previous")
             self.run_id = self.run.id
@@ -103,6 +105,7 @@ class MetricsLogger:
                    peak_memory_gib=peak_memory_gib(self.dist.device))
         self._t_last, self._tokens = now, 0
         if self.dist.rank == 0:
+            claim(self.path)
             with open(self.path, "a") as fh:
                 fh.write(json.dumps(row, sort_keys=True) + "\n")
             if self.run is not None:
@@ -118,6 +121,7 @@ class MetricsLogger:
         if self.dist.rank != 0:
             return
         row = {"step": step, **values}
+        claim(self.path)
         with open(self.path, "a") as fh:
             fh.write(json.dumps(row, sort_keys=True) + "\n")
         if self.run is not None:

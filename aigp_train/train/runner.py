@@ -94,6 +94,8 @@ def _write_memory_probe(path: str, dist: Any, model: Any, rss_before: int) -> No
 
     import torch
 
+    from aigp_train.outputs import claim
+
     peak_after = _peak_rss_bytes()
     names = [n for n, _ in model.named_parameters()]
     picks = sorted({names[0], names[-1], next((n for n in names if "experts" in n), names[0])})
@@ -109,6 +111,7 @@ def _write_memory_probe(path: str, dist: Any, model: Any, rss_before: int) -> No
         else:
             sums[name] = float(p.detach().to(torch.float64).sum())
     partitioned = all(hasattr(p, "ds_id") for p in params.values())
+    claim(path)
     with open(path, "a") as f:
         f.write(json.dumps({"rank": dist.rank, "peak_rss_before_build": rss_before, "peak_rss_after_build": peak_after,
                             "partitioned": partitioned, "sums": sums}) + "\n")

@@ -17,9 +17,9 @@ the constraint on, the text of an [ACT_ONLY] completion is forced into the canon
 
 The language is ``format_action(a)`` for the actions a of one of two sets (``constrain_act_only``):
 
-* ``action``: every a on the 0.01 grid in [-1, 1] (ACTION_TEXTS: ``-0.05``, ``0.00``, ``1.00``;
-  always two decimals, no ``-0.00``). [-1, 1] is where ``parse_action`` reads a number literally
-  (it reads |x| > 1 as a percentage), and it bounds the completion length. Samples outside
+* ``action``: every a on the 0.01 grid in (-1, 1) (ACTION_TEXTS: ``-0.05``, ``0.00``, ``0.99``;
+  always two decimals, no ``-0.00``). (-1, 1) is where ``parse_action`` reads a number literally
+  (|x| >= 1 is ``ambiguous_unit``), and it bounds the completion length. Samples outside
   A_safe(d_{t-1}) are left for the candidates stage to reject and count;
 * ``a_safe``: the 0.01 grid inside A_safe(d_{t-1}) (``pricing.action_grid``; d_{t-1} from the
   request's ``state["d_prev"]``): the policy's distribution conditioned on the safe actions. A
@@ -74,8 +74,9 @@ def action_scaffold() -> tuple[str, str]:
 
 _PREFIX, _SUFFIX = action_scaffold()
 _SCALE = 10 ** ACTION_DECIMALS
-# The canonical texts themselves: format_action of every action on the 0.01 grid in [-1, 1].
-ACTION_TEXTS = frozenset(format_action(k / _SCALE) for k in range(-_SCALE, _SCALE + 1))
+# The canonical texts themselves: format_action of every action on the 0.01 grid in (-1, 1): +-1.00
+# reads as ambiguous_unit (one point or one whole list price?), so the language never writes it.
+ACTION_TEXTS = frozenset(format_action(k / _SCALE) for k in range(-_SCALE + 1, _SCALE))
 ACTION_NUMBERS = tuple(sorted(t[len(_PREFIX):len(t) - len(_SUFFIX)] for t in ACTION_TEXTS))
 
 
@@ -86,11 +87,11 @@ def _escape(text: str) -> str:
 
 
 # The same language for vLLM's structured outputs (tests check it against ACTION_TEXTS): 0.00 .. 0.99
-# with or without a minus, except -0.00 (format_action writes 0.00), and +-1.00. No lookarounds:
+# with or without a minus, except -0.00 (format_action writes 0.00). No lookarounds:
 # structured-output engines compile regexes to automata and reject them.
 _D = ACTION_DECIMALS
 _NONZERO = "|".join("0" * j + "[1-9]" + "[0-9]" * (_D - 1 - j) for j in range(_D))  # D digits, not all 0
-ACTION_REGEX = (_escape(_PREFIX) + rf"(?:0\.[0-9]{{{_D}}}|-0\.(?:{_NONZERO})|-?1\.0{{{_D}}})" + _escape(_SUFFIX))
+ACTION_REGEX = (_escape(_PREFIX) + rf"(?:0\.[0-9]{{{_D}}}|-0\.(?:{_NONZERO}))" + _escape(_SUFFIX))
 
 
 def request_language(mode: str, state: dict, pricing) -> frozenset[str]:

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -130,9 +131,16 @@ def _settings(cls: type, settings: dict) -> Any:
         if missing:
             raise RecipeError(f"backend.scripted leaves {missing} unset for the stand-in {settings.get('role')}; "
                               f"set them in the recipe.")
-        return OmegaConf.to_object(cfg)
+        cfg = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:
         raise RecipeError(f"bad value in backend.scripted: {err}") from None
+    # the recipe's finite check sees this block untyped ("nan" is a string there): checked here, typed
+    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)}
+    bad = [f"backend.scripted.{k}={v}" for k, v in values.items()
+           if isinstance(v, float) and not (math.isfinite(v) and v >= 0)]
+    if bad:
+        raise RecipeError(f"{', '.join(bad)}: must be a finite number >= 0 (a rate or a standard deviation).")
+    return cfg
 
 
 def _pricing(block: dict) -> Any:
