@@ -43,10 +43,10 @@ def trained(tiny_prompts, tmp_path_factory):
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", WANDB_MODE="disabled")
     proc = subprocess.run(["aigp", "sft", "recipes/tiny/sft.yaml", f"data.train_path={root / 'train.jsonl'}",
                            f"data.heldout_path={root / 'heldout.jsonl'}", f"output_dir={out}",
-                           "model.weights_path=recipes/models/tiny-base", "train.max_steps=160",
+                           "model.weights_path=recipes/models/tiny-base", "train.epochs=4", "train.max_steps=200",
                            "engine.micro_batch_size=4", "engine.grad_accum_steps=1",
                            "engine.gradient_checkpointing=false", "engine.param_persistence_threshold=100000",
-                           "early_stopping.eval_every_steps=160", "checkpoint.every_steps=160"],
+                           "early_stopping.eval_every_steps=200", "checkpoint.every_steps=200"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out

@@ -66,7 +66,8 @@ def LTVE_STEPS(num_steps: int) -> list[str]:
 
 def test_teacher_refuses_a_changed_backend_setting_then_force_starts_over(chain, tmp_path):
     out = tmp_path / "teacher"
-    args = ["teacher", TINY / "teacher.yaml", f"prompts_dir={chain['prompts']}", f"output_dir={out}", "shard_size=4"]
+    args = ["teacher", TINY / "teacher.yaml", f"prompts_dir={chain['prompts']}", f"output_dir={out}", "shard_size=4",
+            "variants=[full]"]
     assert aigp(*args).returncode == 0
     before = snapshot(out / "responses")
     proc = aigp(*args, "backend.scripted.wrong_number_rate=0.6")  # the 0.06 -> 0.6
