@@ -157,7 +157,7 @@ def section_ltve(args) -> dict:
 
     dev = _device(args.dry_run)
     s = sizes(args.dry_run, args.layers, args.sft_batching)["ltve"]
-    ns = argparse.Namespace(device=dev, **s)
+    ns = argparse.Namespace(device=dev, d3rlpy=False, **s)  # the GPU check times ours vs the reference only
     cfg = ltve_bench._cfg(s["batch"], s["chunk"], dev)
     res = ltve_bench.throughput(ns)
     out = {"ours_updates_per_s": res["ours_ups"], "reference_updates_per_s": res["ref_ups"],
