@@ -53,4 +53,6 @@ def test_sbatch_dpo_tiny_runs_to_completion(slurm_env, tiny_dpo_chain, tmp_path)
     assert s["world_size"] == 2 and s["steps"] == 2 and s["reference"] == "SFT adapter"
     assert "rendezvous" in logs  # launched by launch/_common.sh under srun torchrun
     weights = load_file(str(out / "adapter" / "adapter_model.safetensors"))
-    assert weights and all(k.endswith(("lora_A.weight", "lora_B.weight")) for k in weights)
+    # LoRA matrices and the trained [ACT_ONLY] embedding row (lora.trainable_tokens), nothing of the base
+    assert weights and all(k.endswith(("lora_A.weight", "lora_B.weight", "trainable_tokens_delta")) for k in weights)
+    assert any(k.endswith("trainable_tokens_delta") for k in weights)
