@@ -193,6 +193,7 @@ class _LLMSide:
                                           recipe.pricing)
         self.out = out
         self.pricing = recipe.pricing
+        self._teacher = None  # (teacher recipe, its backend), built on first use
 
     def prompts(self, test: offline.TestSet, act_only: bool = False, **ablation) -> list[dict]:
         from aigp_train.llm.prompts import build_prompt
@@ -210,8 +211,11 @@ class _LLMSide:
         from aigp_train.stages import teacher
         from aigp_train.stages.teacher import backend_with_pricing
 
-        rec = load_recipe(teacher_recipe, teacher.Recipe)
-        backend = make_backend(backend_with_pricing(rec.backend, self.pricing), rec.model, self.pricing)
+        if self._teacher is None or self._teacher[0] != teacher_recipe:  # built once for both modes (a 235B engine)
+            rec = load_recipe(teacher_recipe, teacher.Recipe)
+            self._teacher = (teacher_recipe, make_backend(backend_with_pricing(rec.backend, self.pricing), rec.model,
+                                                          self.pricing))
+        backend = self._teacher[1]
         return LLMPolicy("teacher", backend, self.decision_sampling if decision_only else self.infer.sampling, None,
                          self.pricing, self.out.path / "inference" / ("teacher-act" if decision_only else "teacher"),
                          self.infer.shard_size, decision_only)

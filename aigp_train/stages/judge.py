@@ -23,6 +23,7 @@ id picks which, when there are more). Writes:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,8 +134,6 @@ def _context(prompt: dict) -> dict:
 def _cap_act_only_share(kept: list[tuple], share: float) -> tuple[list[tuple], int]:
     """Keep every reasoned example and at most ``share`` of the set as decision-only ones, picked by a
     hash of the response id (stable across runs and ranks); returns the kept items and the dropped count."""
-    import hashlib
-
     full = [k for k in kept if not k[1]["act_only"]]
     act = [k for k in kept if k[1]["act_only"]]
     room = int(share / (1 - share) * len(full)) if share > 0 else 0
