@@ -202,6 +202,27 @@ def test_dpo_loss_properties():
         dpo_loss(c, r[:1], c, r, beta=0.1)
 
 
+def test_rpo_term_is_the_chosen_mean_token_nll():
+    """rpo_alpha adds alpha x mean over pairs of -log pi(y+) / |y+|; 0 leaves eq. 8 unchanged."""
+    c = torch.tensor([-2.0, -6.0], requires_grad=True)
+    r = torch.tensor([-3.0, -1.0])
+    tokens = torch.tensor([2, 3])
+    plain = dpo_loss(c, r, torch.zeros(2), torch.zeros(2), beta=0.1)
+    same = dpo_loss(c, r, torch.zeros(2), torch.zeros(2), beta=0.1, chosen_tokens=tokens, rpo_alpha=0.0)
+    assert same.loss.item() == plain.loss.item()
+    assert torch.allclose(same.chosen_nll, torch.tensor([1.0, 2.0]))
+    rpo = dpo_loss(c, r, torch.zeros(2), torch.zeros(2), beta=0.1, chosen_tokens=tokens, rpo_alpha=0.5)
+    assert abs(rpo.loss.item() - (plain.loss.item() + 0.5 * 1.5)) < 1e-6
+    rpo.loss.backward()
+    eq8_grad = torch.autograd.grad(dpo_loss(c, r, torch.zeros(2), torch.zeros(2), beta=0.1).loss, c)[0]
+    # the NLL term pushes each chosen log-prob up by alpha / (pairs x tokens) beyond eq. 8's push
+    assert torch.allclose(c.grad - eq8_grad, torch.tensor([-0.5 / (2 * 2), -0.5 / (2 * 3)]))
+    with pytest.raises(ValueError, match="chosen_tokens"):
+        dpo_loss(c, r, c, r, beta=0.1, rpo_alpha=1.0)
+    with pytest.raises(ValueError, match="rpo_alpha"):
+        dpo_loss(c, r, c, r, beta=0.1, chosen_tokens=tokens, rpo_alpha=-1.0)
+
+
 def test_scored_token_mask_scopes():
     text = '{"discount_change": -0.05}'
     lo, hi = action_value_span(text)

@@ -9,6 +9,17 @@ rejected, so its log-ratio terms carry no preference signal and only add varianc
 
 The FullSeq ablation (Table 1) sums over the whole reasoning response (``scope="completion"`` on
 a response generated without ``[ACT_ONLY]``).
+
+The reference log-probabilities are constants: the trainer computes them once, before the first
+step, from the starting policy (the SFT adapter; the base model with the adapter disabled for
+DPO-only) and stores them with the run (``reference_logps.jsonl``).
+
+``rpo_alpha`` (not in the paper; 0 keeps eq. 8 alone) adds the chosen completion's mean token
+negative log-likelihood, as RPO (Pang et al. 2024, "Iterative Reasoning Preference Optimization";
+TRL's ``rpo_alpha``). Eq. 8 only rewards the *gap* between chosen and rejected: it is met as well by
+lowering both, and on the tiny student it lowers the chosen action's log-probability by tens of nats,
+moving the mass to actions no pair showed (likelihood displacement; docs/dpo.md). The NLL term keeps
+the chosen actions likely while the gap grows.
 """
 
 from __future__ import annotations
@@ -34,14 +45,18 @@ class DPOOutput:
     rejected_rewards: torch.Tensor  # same for y-
     margins: torch.Tensor           # chosen_rewards - rejected_rewards
     accuracy: torch.Tensor          # fraction of pairs with a positive margin
+    chosen_nll: torch.Tensor        # mean token NLL of y+ per pair, detached (the RPO term before rpo_alpha)
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-             ref_rejected: torch.Tensor, beta: float) -> DPOOutput:
-    """Eq. 8: -log sigma(beta * ((log pi(y+) - log ref(y+)) - (log pi(y-) - log ref(y-)))), mean over pairs.
+             ref_rejected: torch.Tensor, beta: float, chosen_tokens: torch.Tensor | None = None,
+             rpo_alpha: float = 0.0) -> DPOOutput:
+    """Eq. 8: -log sigma(beta * ((log pi(y+) - log ref(y+)) - (log pi(y-) - log ref(y-)))), mean over pairs,
+    plus ``rpo_alpha`` x the mean over pairs of y+'s per-token NLL (``-log pi(y+) / chosen_tokens``).
 
     All inputs are per-pair summed log-probabilities (shape ``[num_pairs]``); the reference terms
-    are constants (precomputed once with the adapter disabled and stored with the pairs).
+    are constants (module docstring). ``chosen_tokens`` counts y+'s scored tokens (needed when
+    ``rpo_alpha`` > 0; the NLL is logged whenever it is given).
     """
     if policy_chosen.shape != policy_rejected.shape or ref_chosen.shape != policy_chosen.shape \
             or ref_rejected.shape != policy_chosen.shape:
@@ -50,14 +65,26 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
             f"{tuple(policy_rejected.shape)}, {tuple(ref_chosen.shape)}, {tuple(ref_rejected.shape)}.")
     if beta <= 0:
         raise ValueError(f"DPO beta must be > 0 (paper Table 8 uses 0.1), got {beta}.")
+    if rpo_alpha < 0:
+        raise ValueError(f"rpo_alpha must be >= 0 (0: eq. 8 alone), got {rpo_alpha}.")
+    if rpo_alpha > 0 and chosen_tokens is None:
+        raise ValueError("rpo_alpha > 0 needs chosen_tokens, the scored token count of each chosen completion.")
     chosen_logratio = policy_chosen - ref_chosen.to(policy_chosen.dtype)
     rejected_logratio = policy_rejected - ref_rejected.to(policy_rejected.dtype)
     logits = beta * (chosen_logratio - rejected_logratio)
     loss = -F.logsigmoid(logits).mean()
+    if chosen_tokens is not None:
+        nll = -policy_chosen / chosen_tokens.to(policy_chosen.dtype).clamp(min=1)
+        if rpo_alpha > 0:
+            loss = loss + rpo_alpha * nll.mean()
+        chosen_nll = nll.detach()
+    else:
+        chosen_nll = torch.full_like(policy_chosen, float("nan")).detach()
     chosen_rewards = (beta * chosen_logratio).detach()
     rejected_rewards = (beta * rejected_logratio).detach()
     margins = chosen_rewards - rejected_rewards
-    return DPOOutput(loss, chosen_rewards, rejected_rewards, margins, (margins > 0).to(margins.dtype).mean())
+    return DPOOutput(loss, chosen_rewards, rejected_rewards, margins, (margins > 0).to(margins.dtype).mean(),
+                     chosen_nll)
 
 
 def action_value_span(completion: str) -> tuple[int, int]:

@@ -130,7 +130,7 @@ def reference_logps(engine, peft_model, pairs: list[TokenizedPair], dist: DistIn
 
 
 def micro_step(engine, chunk: list[TokenizedPair], reference: dict[str, tuple[float, float]], beta: float,
-               weight: float, aux_coef: float, aux_norm: float):
+               weight: float, aux_coef: float, aux_norm: float, rpo_alpha: float = 0.0):
     """One micro-batch of the DPO step: shared-prefix forward, eq. 8, backward, engine step.
 
     ``weight`` scales this micro-batch's mean eq. 8 loss (its share of the global batch, times the
@@ -140,7 +140,9 @@ def micro_step(engine, chunk: list[TokenizedPair], reference: dict[str, tuple[fl
     batch = pack_groups(group_pairs(chunk), pad_id=PAD_ID).to(engine.device)
     logps, aux = engine(batch)
     ref = torch.tensor([reference[p.pair_id] for p in chunk], dtype=logps.dtype, device=logps.device)
-    out = dpo_loss(logps[batch.chosen], logps[batch.rejected], ref[:, 0], ref[:, 1], beta)
+    chosen_tokens = torch.tensor([sum(p.chosen[1]) for p in chunk], device=logps.device)
+    out = dpo_loss(logps[batch.chosen], logps[batch.rejected], ref[:, 0], ref[:, 1], beta,
+                   chosen_tokens=chosen_tokens, rpo_alpha=rpo_alpha)
     loss = out.loss * weight
     if aux_coef > 0:
         loss = loss + aux_coef * aux.sum() / aux_norm
@@ -226,7 +228,7 @@ def train_dpo(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
     step = session.resumed_from
     loop: dict[str, Any] = dict(session.loop_state)
     last: dict[str, float] = {}
-    window = {"loss": 0.0, "aux": 0.0, "acc": 0.0, "margin": 0.0, "chosen": 0.0, "rejected": 0.0,
+    window = {"loss": 0.0, "aux": 0.0, "acc": 0.0, "margin": 0.0, "chosen": 0.0, "rejected": 0.0, "nll": 0.0,
               "pairs": 0, "rows": 0, "tokens": 0}
     t_start, trained_pairs = time.perf_counter(), 0
     progress = Progress("dpo", total_steps, "steps", start_done=step)
@@ -241,7 +243,8 @@ def train_dpo(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
             chunk = micro_batch(order, step_in_epoch, micro, dist.rank, dist.world_size, eng.micro_batch_size,
                                 eng.grad_accum_steps)
             out, aux, num_tokens = micro_step(engine, chunk, reference, tr.beta, len(chunk) / global_batch * scale,
-                                              tr.router_aux_loss_coef if top_k > 0 else 0.0, num_rows / scale)
+                                              tr.router_aux_loss_coef if top_k > 0 else 0.0, num_rows / scale,
+                                              rpo_alpha=tr.rpo_alpha)
             n = len(chunk)
             window["loss"] += float(out.loss) * n
             window["aux"] += float(aux.sum())
@@ -249,6 +252,7 @@ def train_dpo(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
             window["margin"] += float(out.margins.sum())
             window["chosen"] += float(out.chosen_rewards.sum())
             window["rejected"] += float(out.rejected_rewards.sum())
+            window["nll"] += float(out.chosen_nll.sum())
             window["tokens"] += num_tokens
         window["pairs"] += len(step_pairs)
         window["rows"] += num_rows
@@ -256,7 +260,7 @@ def train_dpo(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
         step += 1
         loop.update(epoch=step // per_epoch, step_in_epoch=step % per_epoch)
         if step % recipe.logging.every_steps == 0 or step == total_steps:
-            keys = ["loss", "aux", "acc", "margin", "chosen", "rejected", "tokens"]
+            keys = ["loss", "aux", "acc", "margin", "chosen", "rejected", "nll", "tokens"]
             sums = dict(zip(keys, all_reduce_sum([window[k] for k in keys])))
             grad_norm = engine.get_global_grad_norm()
             pairs_n = window["pairs"]
@@ -264,6 +268,7 @@ def train_dpo(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
                 "loss": sums["loss"] / pairs_n, "aux_loss": sums["aux"] / max(window["rows"], 1),
                 "reward_accuracy": sums["acc"] / pairs_n, "reward_margin": sums["margin"] / pairs_n,
                 "chosen_reward": sums["chosen"] / pairs_n, "rejected_reward": sums["rejected"] / pairs_n,
+                "chosen_nll": sums["nll"] / pairs_n,
                 "lr": engine.lr_scheduler.get_last_lr()[0],
                 "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                 "epoch": step / per_epoch}, global_tokens=int(sums["tokens"]))
@@ -284,7 +289,7 @@ def train_dpo(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
         "pairs": len(pairs), "prompts": data_stats["prompts"], "pairs_over_cutoff": data_stats["pairs_over_cutoff"],
         "mean_prompt_tokens": data_stats["mean_prompt_tokens"],
         "scored_tokens_per_completion": data_stats["scored_tokens_per_completion"],
-        "loss_scope": recipe.data.loss_scope, "beta": tr.beta,
+        "loss_scope": recipe.data.loss_scope, "beta": tr.beta, "rpo_alpha": tr.rpo_alpha,
         "reference": "SFT adapter" if tr.init_adapter else "base model (adapter disabled)",
         "final_loss": last.get("loss"), "final_reward_accuracy": last.get("reward_accuracy"),
         "final_reward_margin": last.get("reward_margin"),

@@ -50,6 +50,8 @@ class DpoData:
 @dataclass
 class DpoTrain:
     beta: float = help_field("DPO temperature beta of eq. 8")
+    rpo_alpha: float = help_field(
+        "weight of the chosen completion's per-token NLL added to eq. 8 (RPO; 0: eq. 8 alone, as the paper)")
     epochs: int = help_field("passes over the pairs")
     max_steps: int = help_field("stop after this many optimizer steps (-1: the epochs decide)")
     router_aux_loss_coef: float = help_field("weight of the router load-balancing loss (0: off)")
