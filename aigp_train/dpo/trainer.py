@@ -293,6 +293,8 @@ def train_dpo(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
         "reference": "SFT adapter" if tr.init_adapter else "base model (adapter disabled)",
         "final_loss": last.get("loss"), "final_reward_accuracy": last.get("reward_accuracy"),
         "final_reward_margin": last.get("reward_margin"),
+        # beta x (log pi(y+) - log ref(y+)): far below 0 means eq. 8 lowered the chosen actions too (docs/dpo.md)
+        "final_chosen_reward": last.get("chosen_reward"),
         "pairs_per_s": trained_pairs / elapsed if elapsed > 0 else None,
         "peak_memory_gib": last.get("peak_memory_gib"),
         "moe_leaf_modules": [c.__name__ for c in session.moe_leaf_classes],

@@ -117,6 +117,21 @@ def _llm_half_rows(tables: dict) -> list[str]:
     return out
 
 
+def _dpo_objective_rows(outputs: dict[str, dict]) -> list[str]:
+    """What the SFT+DPO step trained: its pairs, steps and objective (eq. 8, plus RPO's NLL term if set)."""
+    step = outputs.get("dpo")
+    s = _manifest(Path(step["output_dir"])).get("summary", {}) if step else {}
+    if not s:
+        return []
+    alpha = s.get("rpo_alpha") or 0.0
+    objective = "eq. 8 alone" if alpha == 0 else f"eq. 8 + {alpha:g} x the chosen action's token NLL (RPO; docs/dpo.md)"
+    chosen = s.get("final_chosen_reward")
+    return [f"- SFT+DPO trained {s.get('steps')} steps on {s.get('pairs')} pairs of {s.get('prompts')} prompts, "
+            f"beta {s.get('beta')}, objective: {objective}; final chosen reward "
+            f"{'–' if chosen is None else f'{chosen:+.2f}'} (beta x log-ratio of the chosen actions: far below 0 "
+            f"means DPO made the chosen actions less likely too)."]
+
+
 def _rho_table3(tables: dict) -> str:
     rho = tables.get("spearman_ltve_vs_true_table3")
     return "" if rho is None else f" ({rho:.2f} over the LLM rows and Price-Sales alone)"
@@ -216,7 +231,7 @@ def write_report(out_dir: str | Path, outputs: dict[str, dict]) -> Path:
     else:
         lines.append(missing("evaluate"))
     lines += ["", "## The LLM half: does the student read the state, does DPO add value?", "",
-              *(_llm_half_rows(tables) or [missing("evaluate")])]
+              *(_llm_half_rows(tables) or [missing("evaluate")]), *_dpo_objective_rows(outputs)]
     lines += ["", "## Fig. 4: reasoning quality (LLM-as-judge, four dimensions, total out of 20)", "",
               _read(evaluate, "judge.md") or missing("evaluate"),
               "", "## Table 4: simulated online A/B test", "", _read(abtest, "table4.md") or missing("abtest"),
