@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
+import pytest
+
 from aigp_train.progress import Progress, duration
 
 
@@ -62,3 +66,85 @@ def test_generation_prints_rank0_progress_over_all_shards(tmp_path):
                    label="teacher")
     assert lines[0].startswith("[aigp] teacher: 4/10 prompts (40.0 %)")  # the first shard, at once
     assert lines[-1].startswith("[aigp] teacher: 10/10 prompts (100.0 %)") and "done in" in lines[-1]
+
+
+def _progress_lines(text: str, label: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(f"[aigp] {label}: ")]
+
+
+def test_simulate_and_prompts_print_the_progress_line(tiny_market, tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    sim = subprocess.run([sys.executable, "-m", "aigp_train.cli", "simulate", "recipes/tiny/market.yaml",
+                          f"output_dir={tmp_path / 'market'}", "num_skus=40", "logging.skus_per_part=20"],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert sim.returncode == 0, sim.stderr[-3000:]
+    lines = _progress_lines(sim.stderr, "simulate")
+    assert lines[0].startswith("[aigp] simulate: 20/40 SKUs (50.0 %)") and "ETA" in lines[0]  # the first part, at once
+    assert re.fullmatch(r"\[aigp\] simulate: 40/40 SKUs \(100\.0 %\), [\d.]+ SKUs/s, done in \d+s", lines[-1])
+    assert "\r" not in sim.stderr  # no tqdm bar: a SLURM log file shows it as garbage
+
+    res = subprocess.run([sys.executable, "-m", "aigp_train.cli", "prompts", "recipes/tiny/prompts.yaml",
+                          f"market_dir={tiny_market}", f"output_dir={tmp_path / 'prompts'}",
+                          "selection.max_prompts=8", "shard_size=4"],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = _progress_lines(res.stderr, "prompts")
+    assert lines[0].startswith("[aigp] prompts: 4/16 prompts (25.0 %)")  # 8 SKU-days x {full, act_only}
+    assert lines[-1].startswith("[aigp] prompts: 16/16 prompts (100.0 %)") and "done in" in lines[-1]
+
+
+STAGES_ON_TWO_RANKS = {
+    # stage, recipe, overrides (4 shards: rank 0 writes shards 0 and 2, rank 1 shards 1 and 3), unit total
+    "prompts": ("recipes/tiny/prompts.yaml", ["selection.max_prompts=8", "shard_size=2", "variants=[act_only]"], 8),
+    "teacher": ("recipes/tiny/teacher.yaml", ["max_prompts=8", "shard_size=2", "variants=[act_only]"], 8),
+}
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES_ON_TWO_RANKS))
+def test_two_ranks_rank0_last_line_comes_after_every_rank(stage, tiny_market, tiny_prompts, tmp_path):
+    """Rank 0 runs alone until its own shards are written; its line must not say done until rank 1 (started
+    only then) has written the other half."""
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    recipe, overrides, total = STAGES_ON_TWO_RANKS[stage]
+    out = tmp_path / stage
+    inputs = f"market_dir={tiny_market}" if stage == "prompts" else f"prompts_dir={tiny_prompts}"
+    cmd = [sys.executable, "-m", "aigp_train.cli", stage, recipe, inputs, f"output_dir={out}", *overrides,
+           "wait_for_ranks_s=600"]
+    shards = out / "act_only" if stage == "prompts" else out / "responses"
+    logs = {r: tmp_path / f"rank{r}.err" for r in (0, 1)}
+
+    def start(rank: int) -> subprocess.Popen:
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", TORCHELASTIC_RUN_ID="two-ranks")
+        with open(logs[rank], "w") as err:
+            return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
+
+    rank0 = start(0)
+    try:
+        deadline = time.time() + 300
+        while not all((shards / f"shard-{i:05d}.jsonl").is_file() for i in (0, 2)):
+            assert rank0.poll() is None and time.time() < deadline, logs[0].read_text()[-3000:]
+            time.sleep(0.2)
+        time.sleep(3.0)  # rank 0 is now waiting for rank 1's shards (a wait polls every 2 s)
+        before = _progress_lines(logs[0].read_text(), stage)
+        assert before and not any("done in" in line or "100.0 %" in line for line in before), before
+        rank1 = start(1)
+        assert rank1.wait(timeout=600) == 0, logs[1].read_text()[-3000:]
+        assert rank0.wait(timeout=600) == 0, logs[0].read_text()[-3000:]
+    finally:
+        for proc in (rank0, locals().get("rank1")):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    lines = _progress_lines(logs[0].read_text(), stage)
+    assert lines[-1].startswith(f"[aigp] {stage}: {total}/{total} prompts (100.0 %)") and "done in" in lines[-1]
+    assert sum("done in" in line for line in lines) == 1
+    assert _progress_lines(logs[1].read_text(), stage) == []  # rank 0 alone prints the line

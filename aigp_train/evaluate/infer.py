@@ -128,7 +128,7 @@ def run_inference(prompts: list[dict], backend, sampling, adapter: str | None, p
     result = run_generation(build_requests(prompts, adapter, decision_only), backend, sampling, gen_dir, shard_size,
                             label=label, window_s=window_s)
     if result.rank == 0:  # every rank's shards, each request exactly once, before a decision is returned
-        wait_for_generations(gen_dir, wait_for_ranks_s if result.world_size > 1 else 0.0)
+        wait_for_generations(gen_dir, wait_for_ranks_s if result.world_size > 1 else 0.0, result.progress)
         shards = range(result.num_shards)
     else:
         shards = range(result.rank, result.num_shards, result.world_size)

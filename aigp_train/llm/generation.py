@@ -18,7 +18,9 @@ Under several ranks each rank generates its shards and rank 0 alone reads the re
 ``wait_for_generations`` waits (up to the stage's ``wait_for_ranks_s``) until every rank's shards
 are there and checks each request is answered exactly once over all ranks. Every generation
 stage (teacher, judge, candidates, infer) ends that way, so a manifest never says done while
-another node is still generating.
+another node is still generating. Rank 0's progress line (``aigp_train.progress``) counts every
+rank's finished shards; under several ranks its last line ("done in ...") comes from that wait,
+after the last rank's last shard (``GenerationResult.progress``, passed to ``wait_for_generations``).
 
 Fault injection: ``AIGP_FAULT_AFTER_WRITE=shard-0000k.jsonl`` SIGKILLs the process right after
 shard ``k`` is written (only the rank owning it dies; ``aigp_train.outputs.fault_point``).
@@ -66,6 +68,9 @@ class GenerationResult:
     rank: int
     world_size: int
     seconds: float
+    # rank 0's progress line under several ranks, still open: ``wait_for_generations`` ends it once every
+    # rank's shards are there (rank 0's own shards being done says nothing of the other nodes)
+    progress: Progress | None = None
 
 
 def rank_and_world() -> tuple[int, int]:
@@ -85,6 +90,12 @@ def shard_path(out_dir: str | Path, index: int) -> Path:
 
 def _error_path(out_dir: Path, index: int) -> Path:
     return out_dir / f"shard-{index:05d}.error.txt"
+
+
+def _requests_done(out_dir: Path, num_requests: int, shard_size: int) -> int:
+    """Requests in all ranks' finished shards (a shared file system); the last shard may be short."""
+    return sum(min(shard_size, num_requests - i * shard_size)
+               for i in range(-(-num_requests // shard_size)) if shard_path(out_dir, i).is_file())
 
 
 def _plan(requests: Sequence[GenerationRequest], shard_size: int, sampling: SamplingConfig, backend: str) -> dict:
@@ -152,9 +163,8 @@ def run_generation(
     start = time.perf_counter()
     written, skipped, failed = [], [], []
 
-    def requests_done() -> int:  # all ranks' finished shards (a shared file system), the last one short
-        return sum(min(shard_size, len(requests) - i * shard_size)
-                   for i in range(plan["num_shards"]) if shard_path(out, i).is_file())
+    def requests_done() -> int:
+        return _requests_done(out, len(requests), shard_size)
 
     progress = Progress(label, len(requests), "prompts", window_s=window_s, start_done=requests_done(), log=log) \
         if rank == 0 else None
@@ -189,14 +199,15 @@ def run_generation(
         written.append(index)
         if progress is not None:
             progress.update(requests_done())
-    if progress is not None:
+    if progress is not None and world_size == 1:
         progress.update(requests_done(), final=True)
     if failed:
         raise GenerationError(
             f"{len(failed)} shard(s) failed on rank {rank}: {failed} (tracebacks in {out}/shard-*.error.txt); "
             f"{len(written) + len(skipped)} other shard(s) are written and kept. Fix the cause and rerun: only "
             f"the failed shards are regenerated.")
-    return GenerationResult(plan["num_shards"], written, skipped, rank, world_size, time.perf_counter() - start)
+    return GenerationResult(plan["num_shards"], written, skipped, rank, world_size, time.perf_counter() - start,
+                            progress if world_size > 1 else None)
 
 
 def read_generations(out_dir: str | Path) -> list[dict]:
@@ -219,15 +230,24 @@ def read_generations(out_dir: str | Path) -> list[dict]:
     return rows
 
 
-def wait_for_generations(out_dir: str | Path, timeout_s: float) -> list[dict]:
+def wait_for_generations(out_dir: str | Path, timeout_s: float, progress: Progress | None = None) -> list[dict]:
     """All rows of a generation once every rank's shards are written (``read_generations``: each
-    request exactly once), waiting up to ``timeout_s`` for the other ranks; a failed shard ends the wait."""
+    request exactly once), waiting up to ``timeout_s`` for the other ranks; a failed shard ends the wait.
+    ``progress`` (rank 0's line, ``GenerationResult.progress``) goes on over the other ranks' shards and
+    prints its last line once all are there."""
     out = Path(out_dir)
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            return read_generations(out)
+            rows = read_generations(out)
         except GenerationError:
             if time.monotonic() > deadline or list(out.glob("shard-*.error.txt")):
                 raise
+            if progress is not None:
+                plan = json.loads((out / PLAN).read_text())
+                progress.update(_requests_done(out, plan["num_requests"], plan["shard_size"]))
             time.sleep(2.0)
+            continue
+        if progress is not None:
+            progress.update(len(rows), final=True)
+        return rows

@@ -186,20 +186,25 @@ def simulate_market(recipe: MarketRecipe, out_dir: str | Path, progress: bool = 
         raise ValueError("num_skus and logging.skus_per_part must be >= 1.")
     jobs = [(p, s, min(s + per, n)) for p, s in enumerate(range(0, n, per))]
     _claim_folder(recipe, out)
-    from tqdm.auto import tqdm
+    from aigp_train.progress import Progress
 
-    bar = tqdm(total=len(jobs), desc="simulate parts", unit="part", disable=not progress)
+    def skus_done() -> int:  # SKUs of the parts on disk (a resumed run's count toward done, not the rate)
+        return sum(stop - start for part, start, stop in jobs
+                   if all(p.is_file() for p in _part_paths(out, part).values()))
+
+    # The one progress line of every stage (a log file without a TTY shows a tqdm bar as garbage).
+    line = Progress("simulate", n, "SKUs", start_done=skus_done(), log=None if progress else (lambda line: None))
     if recipe.logging.num_workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(recipe.logging.num_workers, mp_context=get_context("spawn")) as pool:
             futures = [pool.submit(_simulate_part, recipe, out, *job) for job in jobs]
             for f in futures:
                 f.result()
-                bar.update()
+                line.update(skus_done())
     else:
         for job in jobs:
             _simulate_part(recipe, out, *job)
-            bar.update()
-    bar.close()
+            line.update(skus_done())
+    line.update(n, final=True)
     return _finalise(recipe, out, len(jobs))
 
 

@@ -129,7 +129,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     rank, world = rank_and_world()
     if rank != 0:  # every rank generated its shards; rank 0 scores once all are written
         return {"summary": {"rank": rank, "shards_written": len(result.written)}}
-    generated = wait_for_generations(gen_dir, recipe.wait_for_ranks_s if world > 1 else 0.0)
+    generated = wait_for_generations(gen_dir, recipe.wait_for_ranks_s if world > 1 else 0.0, result.progress)
     completions = {row["request_id"]: row["completions"] for row in generated}
 
     rows, rejected_total, num_samples = [], Counter(), 0

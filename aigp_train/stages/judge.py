@@ -174,7 +174,8 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     if rank != 0:
         return {"summary": {"rank": rank, "shards_written": len(result.written)}}
     verdicts = {r["request_id"]: r["completions"][0]
-                for r in wait_for_generations(verdict_dir, recipe.wait_for_ranks_s if world > 1 else 0.0)}
+                for r in wait_for_generations(verdict_dir, recipe.wait_for_ranks_s if world > 1 else 0.0,
+                                               result.progress)}
 
     stats = JudgeStats()
     act_only_stats = {"responses": 0, "passed_checks": 0}

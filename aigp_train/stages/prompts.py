@@ -11,7 +11,9 @@ Every prompt fits its token budget (paper cutoffs 8192 SFT / 4096 DPO), measured
 model's tokenizer; the lowest-priority context is cut first (``aigp_train.llm.prompts``).
 
 Writes ``<variant>/shard-*.jsonl`` (one record per prompt: prompt_id, sku_id, day, date, d_prev,
-state, messages, act_only, context) and ``elasticity.json``. Review text (and every other untrusted
+state, messages, act_only, context) and ``elasticity.json``. Rank 0 prints the one progress line of
+every stage (``aigp_train.progress``) over all ranks' shards of all variants; its last line comes once
+every rank's shards are there. Review text (and every other untrusted
 field) is scrubbed of e-mail addresses and phone numbers before it reaches a prompt; the manifest's
 ``summary.contacts_scrubbed`` counts them per variant. Shards are written atomically and
 spread over ranks / SLURM tasks; a rerun skips finished shards.
@@ -32,6 +34,7 @@ from aigp_train.llm.prompts import PromptConfig, build_prompt
 from aigp_train.market.prompt_source import MarketSource
 from aigp_train.outputs import StageOutput, atomic_write_json, atomic_write_jsonl
 from aigp_train.pricing import PricingConfig
+from aigp_train.progress import Progress
 
 
 @dataclass
@@ -95,6 +98,13 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
             "keys_sha256": hashlib.sha256(json.dumps(keys).encode()).hexdigest()}
     written = skipped = 0
     mine = [i for i in range(rank, num_shards, world)]
+
+    def prompts_done() -> int:  # every rank's finished shards (a shared file system), the last one short
+        return sum(min(recipe.shard_size, len(keys) - i * recipe.shard_size) for v in recipe.variants
+                   for i in range(num_shards) if (out.path / v / f"shard-{i:05d}.jsonl").is_file())
+
+    progress = Progress("prompts", len(keys) * len(recipe.variants), "prompts", start_done=prompts_done()) \
+        if rank == 0 else None
     for variant in recipe.variants:
         folder = out.path / variant
         folder.mkdir(parents=True, exist_ok=True)
@@ -114,11 +124,15 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
             atomic_write_jsonl(path, rows)
             source.release()
             written += 1
+            if progress is not None:
+                progress.update(prompts_done())
     atomic_write_json(out.path / "elasticity.json", source.elasticity)
     if rank != 0:
         return {"summary": {"rank": rank, "shards_written": written}}
     # The manifest (written by rank 0) declares the output finished: every rank's shards must be there.
-    _wait_for_shards(out.path, recipe.variants, num_shards, recipe.wait_for_ranks_s if world > 1 else 0.0)
+    _wait_for_shards(out.path, recipe.variants, num_shards, recipe.wait_for_ranks_s if world > 1 else 0.0,
+                     lambda: progress.update(prompts_done()))
+    progress.update(prompts_done(), final=True)  # after every rank's last shard, not rank 0's own
     summary = {"num_prompts": len(keys), "variants": list(recipe.variants), "shards_written": written,
                "shards_skipped": skipped, "elasticity": source.elasticity,
                "ablation": {"include_diagnosis": recipe.prompt.include_diagnosis,
@@ -129,7 +143,8 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
             "rows": {v: len(keys) for v in recipe.variants}, "summary": summary}
 
 
-def _wait_for_shards(path: Path, variants: list[str], num_shards: int, timeout_s: float) -> None:
+def _wait_for_shards(path: Path, variants: list[str], num_shards: int, timeout_s: float, tick) -> None:
+    """Return once every rank's shards are written; ``tick()`` (the progress line) while waiting."""
     import time
 
     deadline = time.monotonic() + timeout_s
@@ -141,6 +156,7 @@ def _wait_for_shards(path: Path, variants: list[str], num_shards: int, timeout_s
         if time.monotonic() > deadline:
             raise RuntimeError(f"{len(missing)} prompt shard(s) missing after waiting {timeout_s:.0f} s for the other "
                                f"ranks (first: {missing[:3]}); rerun the stage to write them.")
+        tick()
         time.sleep(2.0)
 
 

@@ -70,7 +70,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     rank, world = rank_and_world()
     if rank != 0:
         return {"summary": {"rank": rank, "shards_written": len(result.written)}}
-    rows = wait_for_generations(responses, recipe.wait_for_ranks_s if world > 1 else 0.0)
+    rows = wait_for_generations(responses, recipe.wait_for_ranks_s if world > 1 else 0.0, result.progress)
     by_id = {p["prompt_id"]: p for p in prompts}
     stats, defects, chars = ParseStats(), Counter(), 0
     for row in rows:
