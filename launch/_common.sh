@@ -39,10 +39,12 @@ _aigp_setup() {
   export PYTHONUNBUFFERED=1
 }
 
+# The first argument is a stage's recipe, or a command's input (a cluster file, the run folder that
+# `aigp export` reads): it must exist before a job spends its nodes.
 _aigp_check_args() {
-  local stage="$1" recipe="${2:-}"
-  [[ -n "$recipe" ]] || _aigp_die "usage: sbatch launch/$stage.slurm <recipe.yaml> [key=value ...]"
-  [[ -f "$recipe" ]] || _aigp_die "recipe $recipe not found (paths are relative to $AIGP_REPO)"
+  local stage="$1" first="${2:-}"
+  [[ -n "$first" ]] || _aigp_die "usage: sbatch launch/$stage.slurm <recipe.yaml> [key=value ...] (commands: see the script's header)"
+  [[ -e "$first" ]] || _aigp_die "$first not found (paths are relative to $AIGP_REPO)"
 }
 
 # aigp_slurm_stage <stage> <devices|1> <recipe> [key=value ...]   -- inside an sbatch job
