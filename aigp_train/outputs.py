@@ -21,7 +21,9 @@ run created that holds nothing but what ``begin`` wrote (``discard_if_unstarted`
 Fault injection: ``AIGP_FAULT_AFTER_WRITE=<path suffix>`` (e.g. ``shard-00002.jsonl``) makes the
 process SIGKILL itself right after an atomic write puts that file in place, so a kill test kills at
 a chosen point (only the rank that writes the file dies) instead of after a sleep that a quiet box
-outruns.
+outruns. With ``AIGP_FAULT_ACTION=hold`` the process instead waits there (up to 10 minutes) until
+SIGUSR1 or SIGTERM arrives, then hands the signal to the handler the run had installed: a preemption
+test (``scancel --batch --signal=USR1`` through SLURM) lands its signal at exactly that point.
 
 Ownership: ``--force`` clears only what the stage itself wrote. Every top-level entry a stage writes
 is claimed before it is written, in ``written.jsonl`` (one ``{"stage", "entry"}`` line per entry:
@@ -66,6 +68,8 @@ from aigp_train.config import UserError, recipe_hash, recipe_to_dict
 MANIFEST = "manifest.json"
 PROVENANCE = "provenance.json"
 FAULT_AFTER_WRITE = "AIGP_FAULT_AFTER_WRITE"  # env: SIGKILL this process once a file ending so is written
+FAULT_ACTION = "AIGP_FAULT_ACTION"  # env: kill (the default) or hold (wait there for SIGUSR1/SIGTERM)
+FAULT_HOLD_S = 600.0  # a held process goes on by itself after this long (a test that never signals fails, not hangs)
 WRITTEN = "written.jsonl"  # the entries this stage wrote, claimed before each is written
 LOCK = ".aigp.lock"
 BOOKKEEPING = ("recipe.yaml", "recipe.sha256", PROVENANCE, WRITTEN, LOCK)  # what ``begin`` writes; no piece of work
@@ -95,10 +99,40 @@ def current_umask() -> int:
 
 
 def fault_point(path: str | Path) -> None:
-    """The fault-injection hook (``AIGP_FAULT_AFTER_WRITE``): a real SIGKILL, no cleanup, no flush."""
+    """The fault-injection hook (``AIGP_FAULT_AFTER_WRITE``): a real SIGKILL, no cleanup, no flush; or
+    (``AIGP_FAULT_ACTION=hold``) a wait for the preemption signal at this point."""
     target = os.environ.get(FAULT_AFTER_WRITE)
-    if target and Path(path).as_posix().endswith(target):
+    if not (target and Path(path).as_posix().endswith(target)):
+        return
+    action = os.environ.get(FAULT_ACTION, "kill")
+    if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "hold":
+        _hold_for_signal(path)
+    else:
+        raise UserError(f"{FAULT_ACTION}={action}: expected kill or hold.")
+
+
+def _hold_for_signal(path: str | Path) -> None:
+    """Wait until SIGUSR1 or SIGTERM arrives, then run the handler the process had for it (the default
+    action if none): the signal lands where the file was just written, whatever the box's speed."""
+    sigs = (signal.SIGUSR1, signal.SIGTERM)
+    arrived: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: arrived.append(signum)) for sig in sigs}
+    print(f"[aigp] fault hook: holding after writing {path} until SIGUSR1 or SIGTERM", file=sys.stderr, flush=True)
+    deadline = time.monotonic() + FAULT_HOLD_S
+    try:
+        while not arrived and time.monotonic() < deadline:
+            time.sleep(0.05)  # a Python handler runs in the main thread between these sleeps
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if arrived:
+        handler = previous[arrived[0]]
+        if callable(handler):
+            handler(arrived[0], None)
+        elif handler == signal.SIG_DFL:
+            os.kill(os.getpid(), arrived[0])  # the default action (terminate), now that it is restored
 
 
 def mkstemp_beside(path: Path) -> tuple[int, str]:

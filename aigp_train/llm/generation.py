@@ -22,8 +22,14 @@ another node is still generating. Rank 0's progress line (``aigp_train.progress`
 rank's finished shards; under several ranks its last line ("done in ...") comes from that wait,
 after the last rank's last shard (``GenerationResult.progress``, passed to ``wait_for_generations``).
 
+Preemption (SLURM's USR1 warning, ``launch/_common.sh``; SIGTERM): the rank exits at once with 75
+(``aigp_train.train.signals.stop_at_once``): the shard in flight is dropped, the written ones stay, and
+the requeued job generates only the missing shards.
+
 Fault injection: ``AIGP_FAULT_AFTER_WRITE=shard-0000k.jsonl`` SIGKILLs the process right after
-shard ``k`` is written (only the rank owning it dies; ``aigp_train.outputs.fault_point``).
+shard ``k`` is written (only the rank owning it dies; ``aigp_train.outputs.fault_point``); with
+``AIGP_FAULT_ACTION=hold`` the process waits there for SIGUSR1/SIGTERM instead, so a preemption test
+signals it at exactly that point.
 
 A backend exception in one shard does not lose the others: the runner writes
 ``shard-00007.error.txt`` (the traceback), carries on with the remaining shards, then raises
@@ -49,6 +55,7 @@ from typing import Callable, Sequence
 from aigp_train.llm.backends.base import Backend, GenerationRequest, SamplingConfig
 from aigp_train.outputs import atomic_write_json, atomic_write_jsonl, claim, read_jsonl
 from aigp_train.progress import Progress
+from aigp_train.train.signals import stop_at_once
 
 __all__ = ["GenerationError", "GenerationResult", "rank_and_world", "run_generation", "read_generations",
            "shard_path", "wait_for_generations"]
@@ -168,37 +175,38 @@ def run_generation(
 
     progress = Progress(label, len(requests), "prompts", window_s=window_s, start_done=requests_done(), log=log) \
         if rank == 0 else None
-    for index in range(rank, plan["num_shards"], world_size):
-        path = shard_path(out, index)
-        if path.is_file():
-            skipped.append(index)
-            continue
-        chunk = list(requests[index * shard_size:(index + 1) * shard_size])
-        try:
-            completions = backend.generate(chunk, sampling)
-            if len(completions) != len(chunk) or any(len(c) != sampling.n for c in completions):
-                raise RuntimeError(f"backend {backend.name!r} returned {[len(c) for c in completions]} completions "
-                                   f"for {len(chunk)} requests with n={sampling.n}; expected n per request.")
-        except Exception:  # one bad shard must not lose the others
-            claim(_error_path(out, index))
-            _error_path(out, index).write_text(traceback.format_exc())
-            failed.append(index)
-            log(f"[generation] shard {index} failed on rank {rank}; traceback in {_error_path(out, index)}")
-            continue
-        forced = getattr(backend, "last_forced", None) or [[False] * sampling.n for _ in chunk]
-        rows = []
-        for req, outs, flags in zip(chunk, completions, forced):
-            row = {"request_id": req.request_id, "shard": index, "completions": list(outs),
-                   "decision_forced": [bool(f) for f in flags], "backend": backend.name,
-                   "act_only": req.act_only, "adapter": req.adapter}
-            if extra is not None:
-                row.update(extra(req))
-            rows.append(row)
-        atomic_write_jsonl(path, rows)
-        _error_path(out, index).unlink(missing_ok=True)
-        written.append(index)
-        if progress is not None:
-            progress.update(requests_done())
+    with stop_at_once(f"{out}: the written shards stay; the requeued run generates the missing ones"):
+        for index in range(rank, plan["num_shards"], world_size):
+            path = shard_path(out, index)
+            if path.is_file():
+                skipped.append(index)
+                continue
+            chunk = list(requests[index * shard_size:(index + 1) * shard_size])
+            try:
+                completions = backend.generate(chunk, sampling)
+                if len(completions) != len(chunk) or any(len(c) != sampling.n for c in completions):
+                    raise RuntimeError(f"backend {backend.name!r} returned {[len(c) for c in completions]} completions "
+                                       f"for {len(chunk)} requests with n={sampling.n}; expected n per request.")
+            except Exception:  # one bad shard must not lose the others
+                claim(_error_path(out, index))
+                _error_path(out, index).write_text(traceback.format_exc())
+                failed.append(index)
+                log(f"[generation] shard {index} failed on rank {rank}; traceback in {_error_path(out, index)}")
+                continue
+            forced = getattr(backend, "last_forced", None) or [[False] * sampling.n for _ in chunk]
+            rows = []
+            for req, outs, flags in zip(chunk, completions, forced):
+                row = {"request_id": req.request_id, "shard": index, "completions": list(outs),
+                       "decision_forced": [bool(f) for f in flags], "backend": backend.name,
+                       "act_only": req.act_only, "adapter": req.adapter}
+                if extra is not None:
+                    row.update(extra(req))
+                rows.append(row)
+            atomic_write_jsonl(path, rows)
+            _error_path(out, index).unlink(missing_ok=True)
+            written.append(index)
+            if progress is not None:
+                progress.update(requests_done())
     if progress is not None and world_size == 1:
         progress.update(requests_done(), final=True)
     if failed:
