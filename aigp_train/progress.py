@@ -40,6 +40,7 @@ class Progress:
         self.clock = clock
         self.start, self.start_done = clock(), start_done
         self._last: float | None = None
+        self._last_done: int | None = None  # the count the last printed line showed
 
     def line(self, done: int) -> str:
         elapsed = max(self.clock() - self.start, 1e-9)
@@ -67,11 +68,14 @@ class Progress:
         return f"ETA {duration((self.total - done) / rate)}" if rate > 0 else "ETA unknown"
 
     def update(self, done: int, final: bool = False) -> str | None:
-        """Print the line if ``every_s`` passed since the last one (or ``final``); returns what was printed."""
+        """Print the line if ``every_s`` passed since the last one (or ``final``, unless the last line already
+        said this count: the last shard's own update may have printed it); returns what was printed."""
         now = self.clock()
         if not final and self._last is not None and now - self._last < self.every_s:
             return None
-        self._last = now
+        if final and self._last_done == done:
+            return None
+        self._last, self._last_done = now, done
         text = self.line(done)
         self.log(text)
         return text
