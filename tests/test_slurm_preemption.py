@@ -9,7 +9,7 @@ every step / prompt done exactly once and the result of an uninterrupted run.
 
 * DPO (launch/dpo.slurm, 2 gloo ranks under ZeRO-3; in tests/test_dpo_slurm.py, beside the uninterrupted
   job it must equal): the signal lands while rank 0 writes the step-2 checkpoint; the ranks agree at step
-  3, checkpoint and exit 75; the requeued job resumes at step 3; then launch/export.slurm ships the adapter.
+  3, checkpoint and exit 75; the requeued job resumes at step 3.
 * teacher (launch/teacher.slurm; the tiny recipe's stand-in teacher, so the test times SLURM and the runner,
   not a model): the signal lands right after shard 2 is written; the requeued job writes only shards 3-5.
   The SFT job's requeue is tests/test_slurm_sft.py.
