@@ -214,6 +214,32 @@ def test_any_sku_id_string(tmp_path):
     assert (buckets == bucket_of(list(reversed(odd)), "salt", 1000)[::-1]).all()
 
 
+def test_currency_is_a_stated_value_of_the_data(tmp_path):
+    """The ingest recipe states the data's currency; market.json keeps it and every amount of the prompt is
+    written with it (a simulated market states none: ¥, tests/test_market.py and test_teacher.py); a symbol
+    the quotes cannot carry is refused."""
+    from aigp_train.config import load_recipe
+    from aigp_train.llm.judge import check_numbers
+    from aigp_train.stages import infer
+
+    recipe = _table_recipe(tmp_path, _sales(GOOD))  # currency: "€"
+    run = _cli(str(recipe))
+    assert run.returncode == 0, run.stderr
+    assert json.loads((tmp_path / "market" / "market.json").read_text())["currency"] == "€"
+    night = load_recipe(str(REPO / "recipes" / "tiny" / "infer.yaml"), infer.Recipe,
+                        [f"market_dir={tmp_path / 'market'}", "night=replay", "date=3", "max_skus=0"])
+    prompt = next(p for p in infer.night_prompts(night) if p["sku_id"] == "A")
+    text = prompt["messages"][1]["content"]
+    assert prompt["state"]["currency"] == "€" and "¥" not in text
+    assert f"current price: €{prompt['state']['current_price']:.2f}" in text  # the structured state
+    assert "| €4.00 |" in text and "GMV tier €" in text and "benchmark €" in text  # history, diagnosis, KB
+    quote = f"current price: €{prompt['state']['current_price']:.2f}"  # the judge reads the stated symbol
+    assert check_numbers(quote, prompt["state"], 0.02) == (1, [])
+
+    out = tmp_path / "usd"
+    _assert_refused(_cli(str(recipe), f"output_dir={out}", "currency=USD"), out, "'USD'", "'$' for USD")
+
+
 BAD = {
     "missing_column": (GOOD, {"units": "quantity"}, ["transactions.units", "'quantity'", "Fix the name"]),
     "mistyped_column": ([(s, w, "many", p, d, c) for s, w, _, p, d, c in GOOD], {}, ["'qty'", "expected a number"]),
@@ -309,6 +335,7 @@ backend:
     prompt = infer.night_prompts(load_recipe(str(recipe), infer.Recipe))[0]
     text = prompt["messages"][1]["content"]
     assert f"SKU {prompt['sku_id']} " in text and "these logs hold no reviews" in text
+    assert "¥" not in text and "current price: $" in text  # the Complete Journey is in USD (its ingest recipe)
     assert "- inventory:" not in text and "impressions yesterday" not in text
     assert prompt["state"]["inventory"] is None and prompt["date"] == t + 1
 

@@ -396,7 +396,8 @@ def build_prompt(source: MarketSource, sku_id: str, day: int, cfg: PromptConfig,
     ``source`` is a ``MarketSource`` or anything with the same attributes: ``rows(sku_id)`` (log
     rows by day; row ``day`` may be a pseudo-row holding only what is known before the decision),
     ``reviews``, ``skus``, ``descriptions``, ``milestones``, ``horizon_days``, ``elasticity``,
-    ``launch_units`` and ``kb_entries(category, product_type, max_entries)``.
+    ``launch_units``, ``currency`` (the symbol amounts are written with) and
+    ``kb_entries(category, product_type, max_entries)``.
     """
     from aigp_train.market.text import diagnosis_report  # scipy (heavy, via market.rng): building only
 
