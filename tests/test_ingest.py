@@ -359,6 +359,41 @@ def test_derivable_sku_columns_are_optional(cj_market, tmp_path):
     assert set(read_logs(copy, columns=["behaviour_policy"]).column(0).to_pylist()) == {"production"}
 
 
+@pytest.fixture(scope="module")
+def cj_ltve(cj_market, tmp_path_factory) -> Path:
+    """`aigp ltve` on the ingested slice, a few updates (the critic the later stages score with)."""
+    out = tmp_path_factory.mktemp("cj_ltve")
+    run_stage("ltve", str(REPO / "recipes" / "real" / "completejourney" / "ltve.yaml"),
+              [f"output_dir={out}", f"data.logs_dir={cj_market}", "train.num_steps=60", "train.log_every=20",
+               "train.checkpoint_every=60", "logging.wandb_mode=disabled"])
+    return out
+
+
+def test_the_text_and_pair_stages_run_on_ingested_logs(cj_market, cj_ltve, tmp_path):
+    """prompts -> teacher (stand-in) -> judge -> candidates -> pairs (no truth block) on real logs whose SKU ids
+    are the retailer's product numbers, not SKU<digits>: the pair accuracy says it needs a simulator."""
+    tiny = REPO / "recipes" / "tiny"
+    run_stage("prompts", str(tiny / "prompts.yaml"), [f"output_dir={tmp_path / 'prompts'}",
+                                                      f"market_dir={cj_market}", "selection.max_prompts=12"])
+    run_stage("teacher", str(tiny / "teacher.yaml"), [f"output_dir={tmp_path / 'teacher'}",
+                                                      f"prompts_dir={tmp_path / 'prompts'}"])
+    judged = run_stage("judge", str(tiny / "judge.yaml"), [f"output_dir={tmp_path / 'judge'}",
+                                                           f"prompts_dir={tmp_path / 'prompts'}",
+                                                           f"teacher_dir={tmp_path / 'teacher'}"])
+    assert judged["rows"]["sft_train"] + judged["rows"].get("sft_heldout", 0) > 0, judged["rows"]
+    run_stage("candidates", str(tiny / "candidates.yaml"), [
+        f"output_dir={tmp_path / 'candidates'}", f"prompts_dir={tmp_path / 'prompts'}", f"market_dir={cj_market}",
+        f"ltve_path={cj_ltve}", "adapter=''", "backend.kind=scripted", "backend.hf=null", "max_prompts=12"])
+    pairs = run_stage("pairs", str(tiny / "pairs.yaml"), [f"output_dir={tmp_path / 'pairs'}",
+                                                          f"candidates_dir={tmp_path / 'candidates'}",
+                                                          "truth.market_dir=null"])
+    rows = [json.loads(line) for line in (tmp_path / "pairs" / "pairs.jsonl").read_text().splitlines()]
+    skus = set(read_skus(cj_market).column("sku_id").to_pylist())
+    assert rows and {r["sku_id"] for r in rows} <= skus and not any(r["sku_id"].startswith("SKU") for r in rows)
+    stats = json.loads((tmp_path / "pairs" / "stats.json").read_text())
+    assert stats["pair_accuracy"] == "needs a simulator" and pairs["rows"]["pairs"] == len(rows)
+
+
 SCRIPTED_MODEL = """include: [{repo}/recipes/tiny/infer.yaml]
 backend:
   kind: scripted
@@ -385,23 +420,20 @@ def _simulator_only(tables: dict) -> dict:
     return found
 
 
-def test_evaluate_on_ingested_logs_writes_no_simulator_only_figure(cj_market, tmp_path):
+def test_evaluate_on_ingested_logs_writes_no_simulator_only_figure(cj_market, cj_ltve, tmp_path):
     """`aigp evaluate` on real logs: every row gets what the logs support (LTVE Q, EAMA vs the logged expert
     action, parse counts, the judge, DPO's paired gain in LTVE Q, the teacher match); the true value and all
     that is measured in it hold the marker, never a number, and the report says so."""
     from aigp_train.evaluate.report import write_report
     from aigp_train.market.schema import NEEDS_SIMULATOR
 
-    run_stage("ltve", str(REPO / "recipes" / "real" / "completejourney" / "ltve.yaml"),
-              [f"output_dir={tmp_path / 'ltve'}", f"data.logs_dir={cj_market}", "train.num_steps=60",
-               "train.log_every=20", "train.checkpoint_every=60", "logging.wandb_mode=disabled"])
     model = tmp_path / "model.yaml"
     model.write_text(SCRIPTED_MODEL.format(repo=REPO))
     recipe = tmp_path / "evaluate.yaml"
     recipe.write_text(f"""include: [{REPO / 'recipes' / 'real' / 'completejourney' / 'evaluate.yaml'}]
 output_dir: {tmp_path / 'evaluate'}
 market_dir: {cj_market}
-ltve_path: {tmp_path / 'ltve'}
+ltve_path: {cj_ltve}
 infer_recipe: {model}
 infer_overrides: []
 policies:
