@@ -476,6 +476,7 @@ compare: {{dpo_treated: SFT+DPO, dpo_baseline: SFT-only, teacher_recipe: {REPO /
     llm_half = text[text.index("## The LLM half"):text.index("## Fig. 4")]
     assert f"true value {NEEDS_SIMULATOR}, LTVE Q" in llm_half
     assert "no `aigp abtest` step in this pipeline; on real logs it needs a simulator" in text
+    assert "_Needs a simulator: the A/B cohort is simulated" in text  # Fig. 5's closed loop
 
     # a behaviour policy of the simulator cannot be a row on real logs: refused, naming the fix
     with pytest.raises(ValueError, match="remove it from policies"):

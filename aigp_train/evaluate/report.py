@@ -250,8 +250,9 @@ def write_report(out_dir: str | Path, outputs: dict[str, dict]) -> Path:
               _figure(evaluate, "fig5a_tail_probability.png", out, "offline", "Fig. 5a offline"),
               _figure(evaluate, "fig5b_action_bins.png", out, "offline", "Fig. 5b offline"), "",
               "Closed loop (the A/B cohort's daily actions):", "",
-              _figure(abtest, "fig5a_tail_probability.png", out, "abtest", "Fig. 5a A/B"),
-              _figure(abtest, "fig5b_action_bins.png", out, "abtest", "Fig. 5b A/B"),
+              *(["_Needs a simulator: the A/B cohort is simulated (these are real logs)._"] if ingest is not None
+                else [_figure(abtest, "fig5a_tail_probability.png", out, "abtest", "Fig. 5a A/B"),
+                      _figure(abtest, "fig5b_action_bins.png", out, "abtest", "Fig. 5b A/B")]),
               "", "## Table 7: counterfactual discrimination accuracy by scenario", "",
               _read(ltve_eval, "table7.md") or missing("ltve-eval"), ""]
     path = out / "report.md"
