@@ -132,29 +132,38 @@ def test_two_ranks_killed_mid_run_then_restarted_answer_every_sku_exactly_once(t
 
 
 def test_tomorrow_prices_t_plus_1_and_replay_reprices_the_logged_day(tiny_market, tmp_path):
-    """night=tomorrow: every SKU with a row on the last logged date T whose launch window goes on is priced
-    for T+1 from its row on T; night=replay: the SKUs of T are re-priced for T itself."""
+    """night=tomorrow: every SKU with a row on the logged date T is priced for T+1 from its row on T, those on
+    the last day of their launch window too (a retailer keeps selling them); date=-1 is the last logged date.
+    night=replay: the SKUs of T are re-priced for T itself."""
     from aigp_train.market.schema import read_logs
 
     recipe = tmp_path / "infer.yaml"
     recipe.write_text(SCRIPTED.format(repo=REPO))
     logs = read_logs(tiny_market, columns=["sku_id", "day", "date", "discount", "discount_prev"]).to_pandas()
-    last = int(logs[logs.day < 13].date.max())  # date=-1: the last night a launch window goes on
-    on_t = logs[logs.date == last].set_index("sku_id")
-    going_on = on_t[on_t.day < 13]
-    assert 0 < len(going_on) < len(on_t)  # the tiny market has SKUs in and at the end of their window on T
+    mixed = int(logs[logs.day < 13].date.max())  # the last date with SKUs both in and at the end of their window
+    on_t = logs[logs.date == mixed].set_index("sku_id")
+    ending = on_t[on_t.day == 13]
+    assert 0 < len(ending) < len(on_t)
 
     tomorrow = tmp_path / "tomorrow"
     proc = _aigp(str(recipe), f"market_dir={tiny_market}", f"output_dir={tomorrow}", "max_skus=0", "shard_size=8",
-                 "night=tomorrow")
+                 "night=tomorrow", f"date={mixed}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     d = read_decisions(tomorrow).to_pandas().set_index("sku_id")
     summary = json.loads((tomorrow / "manifest.json").read_text())["summary"]
-    assert set(d.date) == {last + 1} and summary["decisions_for_date"] == last + 1
-    assert summary["priced_from_date"] == last and summary["window_ended"] == len(on_t) - len(going_on)
-    assert set(d.index) == set(going_on.index)
-    np.testing.assert_allclose(d.d_prev.sort_index(), going_on.discount.sort_index(), atol=1e-4)  # d_{T+1-1} = d_T
-    assert (d.day.sort_index() == going_on.day.sort_index() + 1).all()
+    assert set(d.date) == {mixed + 1} and summary["decisions_for_date"] == mixed + 1
+    assert summary["priced_from_date"] == mixed and summary["past_launch_window"] == len(ending)
+    assert set(d.index) == set(on_t.index)  # every SKU active on T, those whose window ended on T included
+    np.testing.assert_allclose(d.d_prev.sort_index(), on_t.discount.sort_index(), atol=1e-4)  # d_{T+1-1} = d_T
+    assert (d.day.sort_index() == on_t.day.sort_index() + 1).all()
+
+    last_logged = int(logs.date.max())  # date=-1: the last logged date, whatever day its SKUs are on
+    last = tmp_path / "last"
+    proc = _aigp(str(recipe), f"market_dir={tiny_market}", f"output_dir={last}", "max_skus=0", "shard_size=8",
+                 "night=tomorrow")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    d = read_decisions(last).to_pandas()
+    assert set(d.date) == {last_logged + 1} and set(d.sku_id) == set(logs[logs.date == last_logged].sku_id)
 
     replay = tmp_path / "replay"
     proc = _aigp(str(recipe), f"market_dir={tiny_market}", f"output_dir={replay}", "max_skus=0", "shard_size=8",

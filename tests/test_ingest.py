@@ -150,6 +150,7 @@ def _table_recipe(tmp: Path, table: pa.Table, fmt: str = "csv", **mapping: str) 
     recipe = tmp / "ingest.yaml"
     recipe.write_text(f"""include: [{REPO / 'recipes' / 'paper' / 'pricing.yaml'}]
 output_dir: {tmp / 'market'}
+currency: "€"
 transactions:
   path: {path}
 {tx}
@@ -211,6 +212,32 @@ def test_any_sku_id_string(tmp_path):
     buckets = bucket_of(odd, "salt", 1000)  # the A/B hash keys on the string itself
     assert buckets.shape == (3,) and len(set(buckets.tolist())) == 3
     assert (buckets == bucket_of(list(reversed(odd)), "salt", 1000)[::-1]).all()
+
+
+def test_currency_is_a_stated_value_of_the_data(tmp_path):
+    """The ingest recipe states the data's currency; market.json keeps it and every amount of the prompt is
+    written with it (a simulated market states none: ¥, tests/test_market.py and test_teacher.py); a symbol
+    the quotes cannot carry is refused."""
+    from aigp_train.config import load_recipe
+    from aigp_train.llm.judge import check_numbers
+    from aigp_train.stages import infer
+
+    recipe = _table_recipe(tmp_path, _sales(GOOD))  # currency: "€"
+    run = _cli(str(recipe))
+    assert run.returncode == 0, run.stderr
+    assert json.loads((tmp_path / "market" / "market.json").read_text())["currency"] == "€"
+    night = load_recipe(str(REPO / "recipes" / "tiny" / "infer.yaml"), infer.Recipe,
+                        [f"market_dir={tmp_path / 'market'}", "night=replay", "date=3", "max_skus=0"])
+    prompt = next(p for p in infer.night_prompts(night) if p["sku_id"] == "A")
+    text = prompt["messages"][1]["content"]
+    assert prompt["state"]["currency"] == "€" and "¥" not in text
+    assert f"current price: €{prompt['state']['current_price']:.2f}" in text  # the structured state
+    assert "| €4.00 |" in text and "GMV tier €" in text and "benchmark €" in text  # history, diagnosis, KB
+    quote = f"current price: €{prompt['state']['current_price']:.2f}"  # the judge reads the stated symbol
+    assert check_numbers(quote, prompt["state"], 0.02) == (1, [])
+
+    out = tmp_path / "usd"
+    _assert_refused(_cli(str(recipe), f"output_dir={out}", "currency=USD"), out, "'USD'", "'$' for USD")
 
 
 BAD = {
@@ -291,8 +318,16 @@ backend:
     from aigp_train.evaluate.infer import read_decisions
 
     d = read_decisions(tmp_path / "infer").to_pandas()
-    assert set(d.date) == {t + 1} and len(d) == min(4, int((open_.date == t).sum()))
+    assert set(d.date) == {t + 1} and len(d) == min(4, int((logs.date == t).sum()))
     assert set(d.sku_id) <= set(logs[logs.date == t].sku_id)
+    # the night after the last logged day: every SKU active on it is priced, past its launch window or not
+    run_stage("infer", str(recipe), [f"output_dir={tmp_path / 'last'}", "date=-1", "max_skus=0"])
+    last = int(logs.date.max())
+    d = read_decisions(tmp_path / "last").to_pandas()
+    active = logs[logs.date == last]
+    assert set(d.date) == {last + 1} and sorted(d.sku_id) == sorted(active.sku_id)
+    summary = json.loads((tmp_path / "last" / "manifest.json").read_text())["summary"]
+    assert summary["past_launch_window"] == int((active.day == 13).sum())
     # the prompt says what real logs lack instead of showing zeros; the SKU id is printed as it is
     from aigp_train.config import load_recipe
     from aigp_train.stages import infer
@@ -300,6 +335,7 @@ backend:
     prompt = infer.night_prompts(load_recipe(str(recipe), infer.Recipe))[0]
     text = prompt["messages"][1]["content"]
     assert f"SKU {prompt['sku_id']} " in text and "these logs hold no reviews" in text
+    assert "¥" not in text and "current price: $" in text  # the Complete Journey is in USD (its ingest recipe)
     assert "- inventory:" not in text and "impressions yesterday" not in text
     assert prompt["state"]["inventory"] is None and prompt["date"] == t + 1
 
@@ -321,3 +357,130 @@ def test_derivable_sku_columns_are_optional(cj_market, tmp_path):
         assert derived.column(name).to_pylist() == full.column(name).to_pylist(), name
     assert set(full.column("behaviour_policy").to_pylist()) == {"production"}
     assert set(read_logs(copy, columns=["behaviour_policy"]).column(0).to_pylist()) == {"production"}
+
+
+@pytest.fixture(scope="module")
+def cj_ltve(cj_market, tmp_path_factory) -> Path:
+    """`aigp ltve` on the ingested slice, a few updates (the critic the later stages score with)."""
+    out = tmp_path_factory.mktemp("cj_ltve")
+    run_stage("ltve", str(REPO / "recipes" / "real" / "completejourney" / "ltve.yaml"),
+              [f"output_dir={out}", f"data.logs_dir={cj_market}", "train.num_steps=60", "train.log_every=20",
+               "train.checkpoint_every=60", "logging.wandb_mode=disabled"])
+    return out
+
+
+def test_the_text_and_pair_stages_run_on_ingested_logs(cj_market, cj_ltve, tmp_path):
+    """prompts -> teacher (stand-in) -> judge -> candidates -> pairs (no truth block) on real logs whose SKU ids
+    are the retailer's product numbers, not SKU<digits>: the pair accuracy says it needs a simulator."""
+    tiny = REPO / "recipes" / "tiny"
+    run_stage("prompts", str(tiny / "prompts.yaml"), [f"output_dir={tmp_path / 'prompts'}",
+                                                      f"market_dir={cj_market}", "selection.max_prompts=12"])
+    run_stage("teacher", str(tiny / "teacher.yaml"), [f"output_dir={tmp_path / 'teacher'}",
+                                                      f"prompts_dir={tmp_path / 'prompts'}"])
+    judged = run_stage("judge", str(tiny / "judge.yaml"), [f"output_dir={tmp_path / 'judge'}",
+                                                           f"prompts_dir={tmp_path / 'prompts'}",
+                                                           f"teacher_dir={tmp_path / 'teacher'}"])
+    assert judged["rows"]["sft_train"] + judged["rows"].get("sft_heldout", 0) > 0, judged["rows"]
+    run_stage("candidates", str(tiny / "candidates.yaml"), [
+        f"output_dir={tmp_path / 'candidates'}", f"prompts_dir={tmp_path / 'prompts'}", f"market_dir={cj_market}",
+        f"ltve_path={cj_ltve}", "adapter=''", "backend.kind=scripted", "backend.hf=null", "max_prompts=12"])
+    pairs = run_stage("pairs", str(tiny / "pairs.yaml"), [f"output_dir={tmp_path / 'pairs'}",
+                                                          f"candidates_dir={tmp_path / 'candidates'}",
+                                                          "truth.market_dir=null"])
+    rows = [json.loads(line) for line in (tmp_path / "pairs" / "pairs.jsonl").read_text().splitlines()]
+    skus = set(read_skus(cj_market).column("sku_id").to_pylist())
+    assert rows and {r["sku_id"] for r in rows} <= skus and not any(r["sku_id"].startswith("SKU") for r in rows)
+    stats = json.loads((tmp_path / "pairs" / "stats.json").read_text())
+    assert stats["pair_accuracy"] == "needs a simulator" and pairs["rows"]["pairs"] == len(rows)
+
+
+SCRIPTED_MODEL = """include: [{repo}/recipes/tiny/infer.yaml]
+backend:
+  kind: scripted
+  hf: null
+  scripted: {{role: teacher, action_noise_std: 0.02, wrong_number_rate: 0.0, omitted_factor_rate: 0.0,
+              incoherent_rate: 0.0, contradiction_rate: 0.0, malformed_json_rate: 0.2, unsafe_action_rate: 0.2}}
+"""
+
+
+def _simulator_only(tables: dict) -> dict:
+    """Every value of ``tables.json`` under a key that names a simulator-only figure, by its path."""
+    found = {}
+
+    def walk(node, path):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k.startswith(("true_value", "spearman_ltve_vs_true", "room_true_value", "share_of_room")) \
+                        or k == "minus_full_true_value":
+                    found[f"{path}/{k}"] = v
+                else:
+                    walk(v, f"{path}/{k}")
+
+    walk(tables, "")
+    return found
+
+
+def test_evaluate_on_ingested_logs_writes_no_simulator_only_figure(cj_market, cj_ltve, tmp_path):
+    """`aigp evaluate` on real logs: every row gets what the logs support (LTVE Q, EAMA vs the logged expert
+    action, parse counts, the judge, DPO's paired gain in LTVE Q, the teacher match); the true value and all
+    that is measured in it hold the marker, never a number, and the report says so."""
+    from aigp_train.evaluate.report import write_report
+    from aigp_train.market.schema import NEEDS_SIMULATOR
+
+    model = tmp_path / "model.yaml"
+    model.write_text(SCRIPTED_MODEL.format(repo=REPO))
+    recipe = tmp_path / "evaluate.yaml"
+    recipe.write_text(f"""include: [{REPO / 'recipes' / 'real' / 'completejourney' / 'evaluate.yaml'}]
+output_dir: {tmp_path / 'evaluate'}
+market_dir: {cj_market}
+ltve_path: {cj_ltve}
+infer_recipe: {model}
+infer_overrides: []
+policies:
+  - {{name: Price-Sales, kind: price_sales}}
+  - {{name: LTVE-greedy, kind: ltve_greedy}}
+  - {{name: SFT-only, kind: llm, adapter: null}}
+  - {{name: SFT+DPO, kind: llm, adapter: null}}
+ablations: [SFT+DPO]
+test: {{max_states: 12}}
+price_sales: {{num_epochs: 2}}
+modes: {{deployment_max_states: 3}}
+compare: {{dpo_treated: SFT+DPO, dpo_baseline: SFT-only, teacher_recipe: {REPO / 'recipes' / 'tiny' / 'teacher.yaml'},
+          teacher_student: SFT-only, room_policy: LTVE-greedy, num_resamples: 200}}
+""")
+    run_stage("evaluate", str(recipe), [])
+    out = tmp_path / "evaluate"
+    tables = json.loads((out / "tables.json").read_text())
+    assert tables["simulator"] is False and set(tables["table3"]) == {"Price-Sales", "LTVE-greedy", "SFT-only",
+                                                                       "SFT+DPO"}
+    marked = _simulator_only(tables)
+    # every row, deployment block and ablation, the paired gains, the room, the Spearman against the truth
+    assert len(marked) >= 4 + 2 + 2 + 3 + 2 and set(marked.values()) == {NEEDS_SIMULATOR}, marked
+    for name, row in tables["table3"].items():
+        assert np.isfinite(row["avg_q"]) and 0.0 <= row["eama"] <= 1.0 and np.isfinite(row["kips"]), name
+    llm = tables["table3"]["SFT+DPO"]
+    assert llm["parse"]["num_parsed"] + llm["parse"]["num_failed"] == tables["num_test_states"] == 12
+    assert tables["judge"]["SFT+DPO"]["num_judged"] == 3 and tables["judge"]["SFT+DPO"]["total"] > 0
+    gain = tables["dpo_gain"]
+    assert gain["true_value"] == NEEDS_SIMULATOR and {"mean", "ci_lo", "ci_hi"} <= set(gain["avg_q"])
+    assert -1.0 <= tables["teacher_spearman"]["decision_only"] <= 1.0
+    table3 = (out / "table3.md").read_text()
+    assert table3.count(NEEDS_SIMULATOR) == 4 + 2  # the true-value cell of every row, both modes
+    assert NEEDS_SIMULATOR in (out / "table5.md").read_text()
+
+    report = write_report(tmp_path / "report", {"ingest": {"stage": "ingest", "output_dir": str(cj_market)},
+                                                "evaluate": {"stage": "evaluate", "output_dir": str(out)}})
+    text = report.read_text()
+    table3_section = text[text.index("## Table 3"):text.index("## The LLM half")]
+    assert NEEDS_SIMULATOR in table3_section and "the simulator's discounted" not in table3_section
+    llm_half = text[text.index("## The LLM half"):text.index("## Fig. 4")]
+    assert f"true value {NEEDS_SIMULATOR}, LTVE Q" in llm_half
+    assert "no `aigp abtest` step in this pipeline; on real logs it needs a simulator" in text
+    assert "_Needs a simulator: the A/B cohort is simulated" in text  # Fig. 5's closed loop
+
+    # a behaviour policy of the simulator cannot be a row on real logs: refused, naming the fix
+    with pytest.raises(ValueError, match="remove it from policies"):
+        run_stage("evaluate", str(recipe), [f"output_dir={tmp_path / 'refused'}", "ablations=[]",
+                                            "policies=[{name: Expert, kind: simulator, simulator_policy: expert}]",
+                                            *(f"compare.{k}=null" for k in ("dpo_treated", "dpo_baseline",
+                                                                             "teacher_recipe", "room_policy"))])

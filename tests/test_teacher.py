@@ -42,6 +42,7 @@ class _Market:
     horizon_days = 14
     elasticity = {"kitchenware": -2.5}
     launch_units = {"kitchenware": 2.0}
+    currency = "¥"
     rule = ("New products: a launch discount builds sales history and reviews; raise the price gradually once "
             "reviews and conversion are established. Avoid price increases above the recent reference price.")
 

@@ -242,6 +242,7 @@ class CohortSource:
         from aigp_train.market.text import descriptions
 
         self.params, self.horizon_days, self.milestones = base.params, base.horizon_days, base.milestones
+        self.currency = base.currency
         self.kb, self.elasticity, self.launch_units = base.kb, base.elasticity, base.launch_units
         self.kb_entries = base.kb_entries
         self.sim, self.state0 = sim, state0

@@ -126,6 +126,8 @@ def _decision_sources(parse: dict | None) -> str:
 
 
 def _tv(r: dict) -> str:
+    if isinstance(r.get("true_value"), str):  # real logs: the marker (aigp_train.market.schema.NEEDS_SIMULATOR)
+        return r["true_value"]
     return "–" if r.get("true_value") is None else f"{r['true_value']:.3f} ± {r['true_value_se']:.3f}"
 
 
@@ -171,7 +173,8 @@ def table5_markdown(rows: dict[str, dict], ablations: dict[str, dict[str, dict]]
                      f"{_tv(base)} | – | {_fmt(dep_q, '.3f')} |")
         for label, r in variants.items():
             d = r.get("minus_full_true_value")
-            ci = "–" if d is None else f"{d['mean']:+.4f} [{d['ci_lo']:+.4f}, {d['ci_hi']:+.4f}]"
+            ci = ("–" if d is None else d if isinstance(d, str)  # real logs: the marker
+                  else f"{d['mean']:+.4f} [{d['ci_lo']:+.4f}, {d['ci_hi']:+.4f}]")
             lines.append(f"| &nbsp;&nbsp; {label} | {delta(r.get('avg_q'), base.get('avg_q'), '.3f')} | "
                          f"{delta(r['eama_r'], base['eama_r'], '.4f')} | {delta(r['kips'], base['kips'], '.4f')} | "
                          f"{_tv(r)} | {ci} | "

@@ -85,7 +85,9 @@ def _pct(x) -> str:
     return "–" if not isinstance(x, (int, float)) or x != x else f"{100 * x:.1f} %"
 
 
-def _ci(d: dict | None) -> str:
+def _ci(d: dict | str | None) -> str:
+    if isinstance(d, str):  # real logs: the marker (aigp_train.market.schema.NEEDS_SIMULATOR)
+        return d
     return "–" if not d else f"{d['mean']:+.4f} [{d['ci_lo']:+.4f}, {d['ci_hi']:+.4f}]"
 
 
@@ -109,7 +111,9 @@ def _llm_half_rows(tables: dict) -> list[str]:
         states = f", {g['num_states']} states" if "num_states" in g else ""
         line = (f"- {g['treated']} minus {g['baseline']} ({mode}{states}), paired 95 % interval: true value "
                 f"{_ci(g.get('true_value'))}, LTVE Q {_ci(g.get('avg_q'))}")
-        if g.get("room_policy"):
+        if g.get("room_policy") and isinstance(g.get("room_true_value"), str):
+            line += f"; the room to {g['room_policy']} is measured in true value: {g['room_true_value']}"
+        elif g.get("room_policy"):
             share = g.get("share_of_room_closed")
             line += (f"; the room to {g['room_policy']} is {g['room_true_value']:+.4f} in true value, of which DPO "
                      f"closes {'n/a' if share is None else f'{100 * share:.0f} %'}")
@@ -134,7 +138,7 @@ def _dpo_objective_rows(outputs: dict[str, dict]) -> list[str]:
 
 def _rho_table3(tables: dict) -> str:
     rho = tables.get("spearman_ltve_vs_true_table3")
-    return "" if rho is None else f" ({rho:.2f} over the LLM rows and Price-Sales alone)"
+    return "" if not isinstance(rho, float) else f" ({rho:.2f} over the LLM rows and Price-Sales alone)"
 
 
 def _truth_rows(ltve_eval: Path | None, pairs: Path | None, evaluate: Path | None, market: Path | None) -> list[str]:
@@ -216,18 +220,22 @@ def write_report(out_dir: str | Path, outputs: dict[str, dict]) -> Path:
     lines += ["", "## Table 3: long-term value and expert-trajectory overlap", ""]
     if evaluate is not None:
         rho = tables.get("spearman_ltve_vs_true")
+        truth = (f"True value and the Spearman correlation of the LTVE ranking with the true ranking: {rho} "
+                 f"(real logs: no true value of an action not taken; the column says so). "
+                 if isinstance(rho, str) else
+                 f"True value: the simulator's discounted eq.-3 return of the "
+                 f"policy's action followed by the {tables.get('true_value', {}).get('continuation', '?')} policy "
+                 f"(beyond the paper). Spearman correlation of the LTVE ranking with the true ranking over the "
+                 f"policies: {'n/a (needs the LTVE and at least 3 policies)' if rho is None else f'{rho:.2f}'}"
+                 f"{_rho_table3(tables)}. ")
         lines += [_read(evaluate, "table3.md") or "", "",
                   f"{tables.get('num_test_states', '?')} held-out expert states (SKUs launched from date "
                   f"{tables.get('heldout_cutoff_date', '?')}). "
                   f"EAMA-R and KIPS follow eqs. 11-12 as written (in [0, 1]; "
-                  f"see aigp_train/evaluate/metrics.py). True value: the simulator's discounted eq.-3 return of the "
-                  f"policy's action followed by the {tables.get('true_value', {}).get('continuation', '?')} policy "
-                  f"(beyond the paper). Spearman correlation of the LTVE ranking with the true ranking over the "
-                  f"policies: {'n/a (needs the LTVE and at least 3 policies)' if rho is None else f'{rho:.2f}'}"
-                  f"{_rho_table3(tables)}. "
-                  f"Actions written / forced / failed (text policies): decisions the model wrote in its answer, "
-                  f"decisions the backend appended after its reasoning, sampled from the model's own logits over "
-                  f"A_safe (backend force_decision), and parse failures (price held)."]
+                  f"see aigp_train/evaluate/metrics.py). " + truth +
+                  "Actions written / forced / failed (text policies): decisions the model wrote in its answer, "
+                  "decisions the backend appended after its reasoning, sampled from the model's own logits over "
+                  "A_safe (backend force_decision), and parse failures (price held)."]
     else:
         lines.append(missing("evaluate"))
     lines += ["", "## The LLM half: does the student read the state, does DPO add value?", "",
@@ -242,8 +250,9 @@ def write_report(out_dir: str | Path, outputs: dict[str, dict]) -> Path:
               _figure(evaluate, "fig5a_tail_probability.png", out, "offline", "Fig. 5a offline"),
               _figure(evaluate, "fig5b_action_bins.png", out, "offline", "Fig. 5b offline"), "",
               "Closed loop (the A/B cohort's daily actions):", "",
-              _figure(abtest, "fig5a_tail_probability.png", out, "abtest", "Fig. 5a A/B"),
-              _figure(abtest, "fig5b_action_bins.png", out, "abtest", "Fig. 5b A/B"),
+              *(["_Needs a simulator: the A/B cohort is simulated (these are real logs)._"] if ingest is not None
+                else [_figure(abtest, "fig5a_tail_probability.png", out, "abtest", "Fig. 5a A/B"),
+                      _figure(abtest, "fig5b_action_bins.png", out, "abtest", "Fig. 5b A/B")]),
               "", "## Table 7: counterfactual discrimination accuracy by scenario", "",
               _read(ltve_eval, "table7.md") or missing("ltve-eval"), ""]
     path = out / "report.md"

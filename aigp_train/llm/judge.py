@@ -29,7 +29,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aigp_train.config import help_field
-from aigp_train.llm.state_fields import STATE_FIELDS, field_tolerance, format_field, parse_field_value, quote_pattern
+from aigp_train.llm.state_fields import (
+    STATE_FIELDS,
+    currency_of,
+    field_tolerance,
+    format_field,
+    parse_field_value,
+    quote_pattern,
+)
 from aigp_train.llm.untrusted import neutralise
 from aigp_train.pricing.direction import DIRECTION_SIGNS, direction_of
 from aigp_train.pricing.parse import json_objects
@@ -105,7 +112,8 @@ def check_numbers(reasoning: str, state: dict, rel_tol: float) -> tuple[int, lis
             quoted = parse_field_value(f, m)
             checked += 1
             if abs(quoted - float(true)) > field_tolerance(f, float(true), rel_tol):
-                mismatches.append({"field": f.key, "quoted": m.group(0).strip(), "expected": format_field(f, true)})
+                mismatches.append({"field": f.key, "quoted": m.group(0).strip(),
+                                   "expected": format_field(f, true, currency_of(state))})
     return checked, mismatches
 
 

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from aigp_train.config import help_field
-from aigp_train.llm.state_fields import STATE_FIELDS, format_field
+from aigp_train.llm.state_fields import STATE_FIELDS, currency_of, format_field
 from aigp_train.llm.tokenizer import ACT_ONLY
 from aigp_train.llm.untrusted import FIELD_MAX_CHARS, neutralise, sanitize_untrusted
 from aigp_train.market.prompt_source import MarketSource, build_state, price_sales_prediction, reviews_before
@@ -206,30 +206,30 @@ DAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 
 def _field_lines(state: dict, section: str) -> list[str]:
-    return [f"- {f.label}: {format_field(f, state[f.key])}" for f in STATE_FIELDS
+    return [f"- {f.label}: {format_field(f, state[f.key], currency_of(state))}" for f in STATE_FIELDS
             if f.section == section and state.get(f.key) is not None]
 
 
-def _history_table(history: list[dict]) -> str:
+def _history_table(history: list[dict], cur: str) -> str:
     if not history:
         return "No sales history yet: today is the launch day (cold start)."
     head = "| day | discount | action | price | impressions | clicks | CTR | CVR | units | GMV | ROI |"
     sep = "|" + "---|" * 11
     pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}%"  # noqa: E731  (None: not in these logs)
-    rows = [f"| {h['day']} | {h['discount']:.2f} | {h['action']:+.2f} | ¥{h['price']:.2f} | "
+    rows = [f"| {h['day']} | {h['discount']:.2f} | {h['action']:+.2f} | {cur}{h['price']:.2f} | "
             f"{'n/a' if h['impressions'] is None else h['impressions']} | "
             f"{'n/a' if h['clicks'] is None else h['clicks']} | {pct(h['ctr'])} | {pct(h['cvr'])} | {h['units']} | "
-            f"¥{h['gmv']:.2f} | {h['roi']:.2f} |" for h in history]
+            f"{cur}{h['gmv']:.2f} | {h['roi']:.2f} |" for h in history]
     return "\n".join([head, sep, *rows])
 
 
-def _prediction_table(ctx: PromptContext, compact: bool = False) -> str:
+def _prediction_table(ctx: PromptContext, cur: str, compact: bool = False) -> str:
     head = (f"Next-day estimate (category elasticity {ctx.elasticity:.2f}; myopic):\n" if compact else
             "Short-term price-sales prediction (constant elasticity "
             f"{ctx.elasticity:.2f} estimated from this category's logs; myopic, next day only):\n")
     head += ("| discount_change | new discount | price | predicted units | predicted GMV |\n|---|---|---|---|---|")
-    rows = [f"| {p['discount_change']:+.2f} | {p['new_discount']:.2f} | ¥{p['price']:.2f} | "
-            f"{p['predicted_units']:.1f} | ¥{p['predicted_gmv']:.2f} |" for p in ctx.prediction]
+    rows = [f"| {p['discount_change']:+.2f} | {p['new_discount']:.2f} | {cur}{p['price']:.2f} | "
+            f"{p['predicted_units']:.1f} | {cur}{p['predicted_gmv']:.2f} |" for p in ctx.prediction]
     return "\n".join([head, *rows])
 
 
@@ -281,9 +281,9 @@ def build_messages(state: dict, history: list[dict], ctx: PromptContext, cfg: Pr
         f"# Pricing decision for SKU {sku} (category: {category})",
         f"Today: day {state['day']} since launch, {dow}, platform promotion today: {promo}.",
         "## Structured state", *_field_lines(state, "state"),
-        f"Daily history (last {cfg.history_days} days, oldest first):", _history_table(history),
+        f"Daily history (last {cfg.history_days} days, oldest first):", _history_table(history, currency_of(state)),
         "## Business goals (14-day milestone)", *_field_lines(state, "goals"),
-        "## Price-sales prediction", _prediction_table(ctx, compact),
+        "## Price-sales prediction", _prediction_table(ctx, currency_of(state), compact),
     ]
     if ctx.diagnosis is not None:
         parts += ["## Diagnosis report", compact_diagnosis(ctx.diagnosis) if compact else ctx.diagnosis]
@@ -396,7 +396,8 @@ def build_prompt(source: MarketSource, sku_id: str, day: int, cfg: PromptConfig,
     ``source`` is a ``MarketSource`` or anything with the same attributes: ``rows(sku_id)`` (log
     rows by day; row ``day`` may be a pseudo-row holding only what is known before the decision),
     ``reviews``, ``skus``, ``descriptions``, ``milestones``, ``horizon_days``, ``elasticity``,
-    ``launch_units`` and ``kb_entries(category, product_type, max_entries)``.
+    ``launch_units``, ``currency`` (the symbol amounts are written with) and
+    ``kb_entries(category, product_type, max_entries)``.
     """
     from aigp_train.market.text import diagnosis_report  # scipy (heavy, via market.rng): building only
 
@@ -408,6 +409,7 @@ def build_prompt(source: MarketSource, sku_id: str, day: int, cfg: PromptConfig,
     category = str(today["category"])
     milestone = source.milestones[category]
     state, history = build_state(today, past, sku, milestone, cfg, source.horizon_days)
+    state["currency"] = source.currency  # the market's stated currency (market.json; the simulator's: ¥)
     if state["base_units"] is None:
         state["base_units"] = source.launch_units.get(category, 1.0)
     elasticity = source.elasticity.get(category, -2.62)
@@ -425,7 +427,8 @@ def build_prompt(source: MarketSource, sku_id: str, day: int, cfg: PromptConfig,
     diagnosis = findings = None
     if cfg.include_diagnosis:
         findings = diagnosis_findings(state)
-        report = (diagnosis_report(past[-1], milestone, past[-2] if len(past) > 1 else None, source.horizon_days)
+        report = (diagnosis_report(past[-1], milestone, past[-2] if len(past) > 1 else None, source.horizon_days,
+                                   source.currency)
                   if past else "No diagnosis yet: the product launches today (no traffic or sales observed).")
         diagnosis = neutralise(report)  # our text around fields sanitised above: a second guard, newlines kept
     seen = reviews_before(source, sku_id, day)

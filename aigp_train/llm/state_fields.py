@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
+    "CURRENCIES",
+    "DEFAULT_CURRENCY",
     "FIELD_BY_KEY",
     "STATE_FIELDS",
     "StateField",
+    "currency_of",
     "field_tolerance",
     "format_field",
     "parse_field_value",
@@ -70,10 +73,21 @@ FIELD_BY_KEY = {f.key: f for f in STATE_FIELDS}
 _DECIMALS = {"discount": 2, "money": 2, "int": 0, "pct": 2, "ratio": 2, "rating": 2}
 
 
-def format_field(field: StateField, value: float | int) -> str:
-    """The canonical text of a state value: ``0.85``, ``¥42.50``, ``3.10%``, ``1234``."""
+# The currency symbol of a market whose market.json states none: the simulator's, which models Tao Factory (CNY).
+# Real logs state theirs (the ingest recipe's ``currency``, written to market.json; a prompt's ``state["currency"]``).
+DEFAULT_CURRENCY = "¥"
+CURRENCIES = ("¥", "$", "€", "£")  # the symbols a quote of an amount may carry (``_NUMBER``)
+
+
+def currency_of(state: dict) -> str:
+    """The currency symbol a prompt's amounts are written in (prompt records built before it was stated: ¥)."""
+    return state.get("currency") or DEFAULT_CURRENCY
+
+
+def format_field(field: StateField, value: float | int, currency: str) -> str:
+    """The canonical text of a state value: ``0.85``, ``¥42.50`` (``currency`` ¥), ``3.10%``, ``1234``."""
     if field.kind == "money":
-        return f"¥{value:.2f}"
+        return f"{currency}{value:.2f}"
     if field.kind == "pct":
         return f"{100 * value:.2f}%"
     if field.kind == "int":
@@ -89,7 +103,7 @@ def field_tolerance(field: StateField, value: float, rel_tol: float) -> float:
     return max(rel_tol * abs(value), 0.5 * unit + 1e-12)
 
 
-_NUMBER = r"(?P<sign>[-+−])?\s*(?P<cur>[¥$])?\s*(?P<num>\d[\d,]*(?:\.\d+)?|\.\d+)\s*(?P<pct>%)?"
+_NUMBER = rf"(?P<sign>[-+−])?\s*(?P<cur>[{''.join(CURRENCIES)}])?\s*(?P<num>\d[\d,]*(?:\.\d+)?|\.\d+)\s*(?P<pct>%)?"
 
 
 def parse_field_value(field: StateField, match: re.Match) -> float:

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from aigp_train.config import UserError, help_field
+from aigp_train.llm.state_fields import CURRENCIES
 from aigp_train.market.labels import expert_labels
 from aigp_train.market.schema import (
     LOG_SCHEMA,
@@ -117,6 +118,8 @@ class IngestRules:
 @dataclass
 class IngestRecipe:
     output_dir: str = help_field("market folder to write (logs/, skus.parquet, text/, market.json)")
+    currency: str = help_field("the symbol of the data's currency, one of ¥ $ € £: the prompts write amounts with it "
+                               "(market.json 'currency')")
     transactions: TransactionsMap = help_field("the sales table and its columns")
     products: ProductsMap = help_field("the product table and its columns")
     promotions: PromotionsMap = help_field("the promotion calendar (display / mailer per SKU and week)")
@@ -198,6 +201,9 @@ def _check_mapping(recipe: IngestRecipe) -> list[tuple[str, str]]:
         if is_user_level(col):
             raise UserError(f"{key} maps column {col!r}, which is user-level data; AIGP is identity-blind (paper "
                             f"§3.1) and ingest keeps no buyer column. Remove {key} from the recipe.")
+    if recipe.currency not in CURRENCIES:
+        raise UserError(f"currency is {recipe.currency!r}; use one of {' '.join(CURRENCIES)} (the symbol the prompts "
+                        f"write amounts with, e.g. '$' for USD).")
     if t.grain not in ("transaction", "sku_day"):
         raise UserError(f"transactions.grain is {t.grain!r}; use 'transaction' or 'sku_day'.")
     for key in ("sku", "timestamp", "units", "revenue"):
@@ -524,7 +530,8 @@ def _build(con, recipe: IngestRecipe, staging: Path) -> dict:
                              "day": pa.array([], pa.int16()), "stars": pa.array([], pa.int8()),
                              "text": pa.array([], pa.string())}), staging / "text" / "reviews.parquet")
 
-    market = {"source": "ingest", "simulator": False, "horizon_days": horizon, "num_skus": int(num_skus),
+    market = {"source": "ingest", "simulator": False, "currency": recipe.currency, "horizon_days": horizon,
+              "num_skus": int(num_skus),
               "expert_top_fraction": rules.expert_top_fraction, "ltve_expert_share": rules.ltve_expert_share,
               "first_date": str(t0[0]), "last_date": str(t0[1]), "categories": categories,
               "pricing": {k: getattr(pricing, k) for k in vars(pricing)}, "notes": dict(recipe.notes),

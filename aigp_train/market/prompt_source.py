@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from aigp_train.llm.state_fields import DEFAULT_CURRENCY
 from aigp_train.pricing import project_action
 from aigp_train.pricing.reward import milestone_targets
 
@@ -202,6 +203,7 @@ class MarketSource:
                                     f"`aigp simulate` (or real logs in the same layout, see docs/log_schema.md).")
         self.params = json.loads((root / "market.json").read_text())
         self.horizon_days = int(self.params["horizon_days"])
+        self.currency = str(self.params.get("currency") or DEFAULT_CURRENCY)  # aigp ingest states it; simulated: ¥
         self.milestones = {c: {"gmv_tier": t, "roi_target": r} for c, (t, r) in milestone_targets(self.params).items()}
         self._log_table = read_logs(root)
         self.absent_columns = tuple(absent_columns(self._log_table))  # real logs: no traffic, stock, reviews
@@ -284,7 +286,8 @@ class MarketSource:
                 if note:
                     lines.append(f"Rule: {note}")
             else:
-                lines.append(f"{r['product_type']}: benchmark ¥{price:.2f}" + (f" ({note})" if note else ""))
+                lines.append(f"{r['product_type']}: benchmark {self.currency}{price:.2f}"
+                             + (f" ({note})" if note else ""))
         priced = [r for r in rows if np.isfinite(float(r["benchmark_price"]))]
         exact = [float(r["benchmark_price"]) for r in priced if rank(r) == 0]
         related = [float(r["benchmark_price"]) for r in priced if rank(r) == 1]

@@ -296,6 +296,23 @@ def absent_columns(table: pa.Table) -> list[str]:
     return [c for c in meta.get(ABSENT_KEY, b"").decode().split(",") if c]
 
 
+# The marker of a figure that only a simulator can give (true value, true CDA, pair accuracy against the
+# truth, the simulated A/B): on real logs it stands where the figure would, never a zero or a guess.
+NEEDS_SIMULATOR = "needs a simulator"
+
+
+def has_simulator(market_dir: str | Path) -> bool:
+    """Whether a simulator is behind the market folder: ``aigp ingest`` writes ``"simulator": false`` into
+    ``market.json`` (a retailer's logs); ``aigp simulate``'s folders have a ``recipe.yaml`` to rebuild it."""
+    import json
+
+    path = Path(market_dir) / "market.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the market folder must be the output of aigp simulate or "
+                                f"aigp ingest.")
+    return bool(json.loads(path.read_text()).get("simulator", True))
+
+
 def read_skus(path: str | Path) -> pa.Table:
     """Read and validate ``skus.parquet`` of a market folder."""
     p = Path(path)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from aigp_train.llm.state_fields import DEFAULT_CURRENCY
 from aigp_train.market import rng
 
 _ADJECTIVES = ["durable", "lightweight", "premium", "compact", "eco-friendly", "classic", "modern", "soft-touch"]
@@ -127,11 +128,12 @@ def _pct(x: float) -> str:
 
 
 def diagnosis_report(row: dict, milestone: dict | None = None, prev: dict | None = None,
-                     horizon_days: int = 14) -> str:
+                     horizon_days: int = 14, cur: str = DEFAULT_CURRENCY) -> str:
     """The daily diagnosis of one logged SKU-day ``row`` (a dict of the log columns), as plain text.
 
     ``milestone``: {"gmv_tier": .., "roi_target": ..} of the row's category (from market.json)
-    for pace-to-milestone lines; ``prev``: the previous day's row for day-over-day changes.
+    for pace-to-milestone lines; ``prev``: the previous day's row for day-over-day changes; ``cur``: the
+    market's currency symbol (``MarketSource.currency``).
     Deterministic: the same inputs give the same text (prompts and the judge rely on it).
     """
     day = int(row["day"])
@@ -146,12 +148,12 @@ def diagnosis_report(row: dict, milestone: dict | None = None, prev: dict | None
     elif prev is not None and int(prev["impressions"]) > 0:
         traffic += f"; impressions {_pct(imp / int(prev['impressions']) - 1)} vs the previous day"
     lines.append(traffic + ".")
-    lines.append(f"Price: ¥{float(row['price']):.2f} at discount {float(row['discount']):.2f} of list ¥"
-                 f"{float(row['list_price']):.2f} (change {float(row['action']):+.2f}); competitors mean ¥"
-                 f"{float(row['competitor_price_mean']):.2f}, min ¥{float(row['competitor_price_min']):.2f} "
+    lines.append(f"Price: {cur}{float(row['price']):.2f} at discount {float(row['discount']):.2f} of list {cur}"
+                 f"{float(row['list_price']):.2f} (change {float(row['action']):+.2f}); competitors mean {cur}"
+                 f"{float(row['competitor_price_mean']):.2f}, min {cur}{float(row['competitor_price_min']):.2f} "
                  f"({_pct(float(row['price']) / float(row['competitor_price_mean']) - 1)} vs mean).")
-    lines.append(f"Money: GMV ¥{float(row['gmv']):.2f}, marketing spend ¥{float(row['marketing_spend']):.2f}, "
-                 f"ROI {float(row['roi']):.2f}; cumulative GMV ¥{float(row['cum_gmv']):.2f}.")
+    lines.append(f"Money: GMV {cur}{float(row['gmv']):.2f}, marketing spend {cur}{float(row['marketing_spend']):.2f}, "
+                 f"ROI {float(row['roi']):.2f}; cumulative GMV {cur}{float(row['cum_gmv']):.2f}.")
     if milestone is not None:
         tier, target = float(milestone["gmv_tier"]), float(milestone["roi_target"])
         days_done = day + 1
@@ -159,9 +161,9 @@ def diagnosis_report(row: dict, milestone: dict | None = None, prev: dict | None
         left = max(horizon_days - days_done, 0)
         pace = float(row["cum_gmv"]) / days_done * horizon_days
         status = "reached" if needed == 0 else ("on pace" if pace >= tier else "behind pace")
-        lines.append(f"Milestone: GMV tier ¥{tier:.0f}, {100 * float(row['cum_gmv']) / tier:.0f}% done ({status}); "
-                     + (f"needs ¥{needed / left:.2f}/day over the {left} days left; " if needed > 0 and left else "")
-                     + f"ROI target {target:.2f}.")
+        pace_line = f"needs {cur}{needed / left:.2f}/day over the {left} days left; " if needed > 0 and left else ""
+        lines.append(f"Milestone: GMV tier {cur}{tier:.0f}, {100 * float(row['cum_gmv']) / tier:.0f}% done ({status}); "
+                     + pace_line + f"ROI target {target:.2f}.")
     stock = int(row["inventory"])
     cover = stock / units if units > 0 else float("inf")
     if "inventory" in absent:

@@ -25,6 +25,12 @@ Spearman correlation between the LTVE ranking and the true ranking of the polici
 (``spearman_ltve_vs_true`` over all rows, ``spearman_ltve_vs_true_table3`` over the LLM rows and
 Price-Sales only, so that easy behaviour policies cannot carry the figure).
 
+On real logs (a market folder written by ``aigp ingest``: no simulator behind it) every row gets what the
+logs support (LTVE Q, MAE / EAMA / EAMA-R / KIPS against the logged expert action, parse counts, the
+judge, the teacher match, DPO's paired gain in LTVE Q); the true value, its paired differences, the
+Spearman against the true ranking and the ``simulator`` rows need a simulator: they hold the marker
+``"needs a simulator"`` (``aigp_train.market.schema.NEEDS_SIMULATOR``), never a number.
+
 Writes ``tables.json``, ``table3.md``, ``table5.md``, ``judge.md``, ``fig5a_tail_probability.png``,
 ``fig5b_action_bins.png``, ``actions.parquet`` (every policy's action per test state) and
 ``price_sales/`` (model.safetensors + model.json).
@@ -53,6 +59,7 @@ from aigp_train.evaluate.policies import (
     contexts_from_logs,
 )
 from aigp_train.evaluate.stability import plot_fig5, stability_table
+from aigp_train.market.schema import NEEDS_SIMULATOR, has_simulator
 from aigp_train.outputs import StageOutput, atomic_write_json, atomic_write_text, claim
 from aigp_train.pricing import PricingConfig
 
@@ -139,14 +146,32 @@ class Recipe:
 
 
 def _market_sim(market_dir: str):
+    """(simulator, references, horizon in days, category -> GMV tier); the simulator is None on real logs."""
+    import json
+
     from aigp_train.config import load_recipe
     from aigp_train.market.recipe import MarketRecipe
     from aigp_train.market.simulator import MarketSimulator
-    from aigp_train.pricing.reward import References
+    from aigp_train.pricing.reward import References, milestone_targets
 
     root = Path(market_dir)
+    references = References.load(root / "references.json")
+    if not has_simulator(root):  # real logs: the data's own horizon and tiers (market.json, aigp ingest)
+        market = json.loads((root / "market.json").read_text())
+        tiers = {c: t for c, (t, _) in milestone_targets(market).items()}
+        return None, references, int(market["horizon_days"]), tiers
     sim = MarketSimulator(load_recipe(root / "recipe.yaml", MarketRecipe))
-    return sim, References.load(root / "references.json")
+    return sim, references, sim.horizon, {c: m["gmv_tier"] for c, m in sim.milestone_params().items()}
+
+
+def _true_values(sim, test: offline.TestSet, actions: np.ndarray, recipe: "Recipe", references):
+    """A row's true-value fields ({true_value, true_value_se} from ``offline.true_values``) and the per-state
+    values; on real logs {true_value: the marker} and no per-state values."""
+    if sim is None:
+        return {"true_value": NEEDS_SIMULATOR}, None
+    tv, tv_se, per_state = offline.true_values(sim, test, actions, recipe.true_value.continuation,
+                                               recipe.true_value.num_rollouts, references)
+    return {"true_value": tv, "true_value_se": tv_se}, per_state
 
 
 def train_price_sales(logs: pa.Table, train_ids: np.ndarray, cutoff: int, cfg: PriceSalesConfig, gmv_tier: dict,
@@ -251,8 +276,8 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     from aigp_train.market.schema import read_logs, read_skus
 
     logs, skus = read_logs(recipe.market_dir), read_skus(recipe.market_dir)
-    sim, references = _market_sim(recipe.market_dir)
-    test = offline.build_test_set(logs, skus, recipe.pricing, recipe.test.heldout_fraction, sim.horizon,
+    sim, references, horizon, gmv_tiers = _market_sim(recipe.market_dir)
+    test = offline.build_test_set(logs, skus, recipe.pricing, recipe.test.heldout_fraction, horizon,
                                   recipe.test.max_states, recipe.test.seed)
     print(f"[evaluate] {test.rows.size} held-out expert states (SKUs launched from date {test.cutoff_date})",
           flush=True)
@@ -280,13 +305,15 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     price_sales_info = None
     for name, spec in policies.items():
         if spec.kind == "price_sales":
-            tiers = {c: m["gmv_tier"] for c, m in sim.milestone_params().items()}
             model, price_sales_info = train_price_sales(logs, test.train_ids, test.cutoff_date, recipe.price_sales,
-                                                        tiers, out.path / "price_sales")
+                                                        gmv_tiers, out.path / "price_sales")
             dec = PriceSalesPolicy(model, recipe.pricing, name, recipe.price_sales.objective).decide(test.ctx)
         elif spec.kind == "simulator":
             if spec.simulator_policy is None:
                 raise ValueError(f"policy {name!r} is kind simulator but names no simulator_policy.")
+            if sim is None:
+                raise ValueError(f"policy {name!r} is kind simulator: a behaviour policy of the simulator, which "
+                                 f"{recipe.market_dir} (real logs) does not have; remove it from policies.")
             dec = SimulatorPolicy(sim, spec.simulator_policy, name).decide_state(
                 sim.replay_states(test.sku_index, test.day))
         elif spec.kind == "ltve_greedy":
@@ -302,9 +329,8 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
             dec = llm.policy(name, spec.adapter, _tag(name), decision_only=True).decide(test.ctx, act_prompts)
         actions[name] = dec.actions
         row = offline.decision_metrics(test, dec.actions, recipe.pricing, ltve, feats)
-        tv, tv_se, per_state_true[name] = offline.true_values(sim, test, dec.actions, recipe.true_value.continuation,
-                                                              recipe.true_value.num_rollouts, references)
-        row.update(true_value=tv, true_value_se=tv_se, kind=spec.kind, adapter=spec.adapter)
+        truth, per_state_true[name] = _true_values(sim, test, dec.actions, recipe, references)
+        row.update(**truth, kind=spec.kind, adapter=spec.adapter)
         if spec.kind == "llm":
             row.update(mode="decision_only", parse=dec.parse)
             row["deployment"] = dep.run(llm, name, spec.adapter, _tag(name), dep_prompts, recipe, sim, references,
@@ -326,10 +352,10 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
             dec = llm.policy(f"{name} {label}", policies[name].adapter, tag, decision_only=True).decide(
                 test.ctx, llm.prompts(test, act_only=True, **switch))
             row = offline.decision_metrics(test, dec.actions, recipe.pricing, ltve, feats)
-            tv, tv_se, per_state = offline.true_values(sim, test, dec.actions, recipe.true_value.continuation,
-                                                       recipe.true_value.num_rollouts, references)
-            row.update(true_value=tv, true_value_se=tv_se, mode="decision_only", parse=dec.parse,
-                       minus_full_true_value=paired_difference(per_state, per_state_true[name], **boot))
+            truth, per_state = _true_values(sim, test, dec.actions, recipe, references)
+            row.update(**truth, mode="decision_only", parse=dec.parse,
+                       minus_full_true_value=NEEDS_SIMULATOR if sim is None else
+                       paired_difference(per_state, per_state_true[name], **boot))
             row["deployment"] = dep.run(llm, f"{name} {label}", policies[name].adapter, tag,
                                         llm.prompts(dep.test, **switch), recipe, sim, references, ltve)
             row["deployment"].pop("judge")
@@ -341,15 +367,19 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     figures = plot_fig5(stab, out.path, recipe.fig5.bin_width)
     names = list(rows)
     rho = rho_table3 = None
-    if ltve is not None:
+    if sim is None:  # real logs: no true ranking to compare the LTVE's with
+        rho = rho_table3 = NEEDS_SIMULATOR
+    elif ltve is not None:
         rho = offline.spearman([rows[n]["avg_q"] for n in names], [rows[n]["true_value"] for n in names])
         deployable = [n for n in names if policies[n].kind in ("llm", "price_sales", "rl")]
         rho_table3 = offline.spearman([rows[n]["avg_q"] for n in deployable],
                                       [rows[n]["true_value"] for n in deployable])
     tables = {"table3": rows, "table5": ablations, "judge": judge, "fig5": stab, "num_test_states": int(test.rows.size),
               "heldout_cutoff_date": test.cutoff_date, "spearman_ltve_vs_true": rho,
-              "spearman_ltve_vs_true_table3": rho_table3, "num_policies_ranked": len(names) if rho is not None else 0,
-              "true_value": dataclasses.asdict(recipe.true_value), "price_sales": price_sales_info,
+              "spearman_ltve_vs_true_table3": rho_table3, "simulator": sim is not None,
+              "num_policies_ranked": len(names) if isinstance(rho, float) else 0,
+              "true_value": dataclasses.asdict(recipe.true_value) if sim is not None else NEEDS_SIMULATOR,
+              "price_sales": price_sales_info,
               "ltve_path": recipe.ltve_path, **comparisons}
     atomic_write_json(out.path / "tables.json", tables)
     atomic_write_text(out.path / "table3.md", offline.table3_markdown(rows))
@@ -382,10 +412,9 @@ class _Deployment:
         """One LLM row in deployment mode: Table 3's figures on the sample, the parse counts, the judge."""
         dec = llm.policy(name, adapter, tag).decide(self.test.ctx, prompts)
         block = offline.decision_metrics(self.test, dec.actions, recipe.pricing, ltve, self.feats)
-        tv, tv_se, self.per_state_true[name] = offline.true_values(
-            sim, self.test, dec.actions, recipe.true_value.continuation, recipe.true_value.num_rollouts, references)
+        truth, self.per_state_true[name] = _true_values(sim, self.test, dec.actions, recipe, references)
         self.actions[name] = dec.actions
-        block.update(true_value=tv, true_value_se=tv_se, num_states=int(self.test.rows.size), parse=dec.parse,
+        block.update(**truth, num_states=int(self.test.rows.size), parse=dec.parse,
                      judge=llm.judge_scores(tag, prompts, dec.reasoning))
         block["judge_total"] = block["judge"]["total"]
         return block
@@ -414,8 +443,6 @@ def _comparisons(cfg: ComparisonConfig, actions: dict, per_state_true: dict, tes
     """DPO's paired gain over its baseline (LTVE Q and true value) in decision-only mode (every state) and
     deployment mode (the sample), the share of the room to ``room_policy`` it closes, and the student's
     match with the teacher (rank correlation and the EAMA-style match rate)."""
-    from aigp_train.pricing import project_action
-
     out: dict = {}
     boot = dict(num_resamples=cfg.num_resamples, confidence=cfg.confidence, seed=cfg.seed)
     if cfg.dpo_treated and cfg.dpo_baseline:
@@ -424,23 +451,42 @@ def _comparisons(cfg: ComparisonConfig, actions: dict, per_state_true: dict, tes
             raise ValueError(f"compare.dpo_treated / dpo_baseline name rows {missing} that are not in policies.")
         t, b = cfg.dpo_treated, cfg.dpo_baseline
         out["dpo_gain"] = {"treated": t, "baseline": b, "mode": "decision_only",
-                           "true_value": paired_difference(per_state_true[t], per_state_true[b], **boot)}
+                           "true_value": _paired_true(per_state_true, t, b, boot)}
         if ltve is not None:
             out["dpo_gain"]["avg_q"] = paired_difference(ltve.q(feats, actions[t]), ltve.q(feats, actions[b]), **boot)
         if t in dep.actions and b in dep.actions:
             out["dpo_gain_deployment"] = {
                 "treated": t, "baseline": b, "mode": "deployment", "num_states": int(dep.test.rows.size),
-                "true_value": paired_difference(dep.per_state_true[t], dep.per_state_true[b], **boot)}
+                "true_value": _paired_true(dep.per_state_true, t, b, boot)}
             if ltve is not None:
                 out["dpo_gain_deployment"]["avg_q"] = paired_difference(
                     ltve.q(dep.feats, dep.actions[t]), ltve.q(dep.feats, dep.actions[b]), **boot)
         if cfg.room_policy:
             if cfg.room_policy not in per_state_true:
                 raise ValueError(f"compare.room_policy {cfg.room_policy!r} is not a row of policies.")
-            gap = float(np.mean(per_state_true[cfg.room_policy]) - np.mean(per_state_true[b]))
-            gain = float(np.mean(per_state_true[t]) - np.mean(per_state_true[b]))
-            out["dpo_gain"].update(room_policy=cfg.room_policy, room_true_value=gap,
-                                   share_of_room_closed=gain / gap if gap > 0 else None)
+            if per_state_true[b] is None:  # real logs: the room is measured in true value
+                out["dpo_gain"].update(room_policy=cfg.room_policy, room_true_value=NEEDS_SIMULATOR,
+                                       share_of_room_closed=NEEDS_SIMULATOR)
+            else:
+                gap = float(np.mean(per_state_true[cfg.room_policy]) - np.mean(per_state_true[b]))
+                gain = float(np.mean(per_state_true[t]) - np.mean(per_state_true[b]))
+                out["dpo_gain"].update(room_policy=cfg.room_policy, room_true_value=gap,
+                                       share_of_room_closed=gain / gap if gap > 0 else None)
+    return _teacher_comparisons(cfg, actions, test, llm, prompts, pricing, dep, dep_prompts, out)
+
+
+def _paired_true(per_state_true: dict, treated: str, baseline: str, boot: dict):
+    """The paired bootstrap difference of two rows' true values, or the marker on real logs."""
+    if per_state_true[treated] is None:
+        return NEEDS_SIMULATOR
+    return paired_difference(per_state_true[treated], per_state_true[baseline], **boot)
+
+
+def _teacher_comparisons(cfg: ComparisonConfig, actions: dict, test, llm, prompts, pricing, dep: _Deployment,
+                         dep_prompts, out: dict) -> dict:
+    """The student's match with the teacher (rank correlation and the EAMA-style match rate), added to ``out``."""
+    from aigp_train.pricing import project_action
+
     if cfg.teacher_recipe and cfg.teacher_student:
         if cfg.teacher_student not in actions or llm is None:
             raise ValueError(f"compare.teacher_student {cfg.teacher_student!r} must name an llm row of policies.")

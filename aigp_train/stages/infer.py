@@ -4,8 +4,9 @@
 ``date`` given), every SKU with a row on T is priced for T+1 from the rows up to T: tomorrow's
 pseudo-row holds what is known the night before (day and date T+1, d_{t-1} = d_T, the list price, the
 stock left at the end of T, T's posted competitor prices; no platform promotion, which the logs do not
-announce). A SKU whose row on T is the last day of its launch window (day H-1) is past the launch
-problem and is not priced (counted, ``summary.window_ended``). ``night: replay`` re-prices the logged
+announce). A SKU still on sale is priced whatever its day: one whose row on T is the last day of its
+launch window (day H-1) is priced for day H too, its milestone days spent (counted,
+``summary.past_launch_window``). ``night: replay`` re-prices the logged
 day ``date`` itself (for evaluation against what was logged): for every SKU with a row on ``date``
 (its calendar, d_{t-1} and posted competitor prices are known the night before, its outcomes are not
 used). Either way the decisions' ``date`` and ``day`` columns are the day each decision is for.
@@ -45,8 +46,8 @@ from aigp_train.stages.teacher import backend_with_pricing
 class Recipe:
     output_dir: str = help_field("folder of this stage's output")
     market_dir: str = help_field("market folder (aigp simulate output or real logs) with the night's rows")
-    date: int = help_field("tomorrow: the logged date T whose SKUs are priced for T+1 (-1 = the last date on which "
-                           "a launch window goes on); replay: the logged date re-priced (-1 = the last)")
+    date: int = help_field("tomorrow: the logged date T whose SKUs are priced for T+1; replay: the logged date "
+                           "re-priced (-1 = the last logged date)")
     night: Literal["tomorrow", "replay"] = help_field("tomorrow: price T+1 for the SKUs active on T (deployment); "
                                                       "replay: re-price the logged day (evaluation)")
     max_skus: int = help_field("price at most this many of the day's SKUs, by a seeded hash (0 = all)")
@@ -104,27 +105,18 @@ class TomorrowSource:
 
 
 def night_keys(recipe: Recipe, source: MarketSource) -> tuple[list[tuple[str, int]], int, int]:
-    """(sku_id, day) of the decisions, the date they are for, and how many SKUs active on T were left
-    out because their launch window ended on T (tomorrow only)."""
+    """(sku_id, day) of the decisions, the date they are for, and how many of them are for a day past the
+    SKU's launch window (tomorrow only: its row on T was day H-1 or later)."""
     from aigp_train.stages.prompts import SelectionConfig, select_keys
 
     logs = source.logs
-    if recipe.date >= 0:
-        date = recipe.date
-    elif recipe.night == "tomorrow":  # the last night with a launch window going on (a simulated market's
-        going_on = logs["day"] < source.horizon_days - 1  # last dates only end windows)
-        date = int(logs.loc[going_on, "date"].max()) if going_on.any() else int(logs["date"].max())
-    else:
-        date = int(logs["date"].max())
+    date = recipe.date if recipe.date >= 0 else int(logs["date"].max())  # -1: the last logged date
     keys = select_keys(logs, SelectionConfig(date, date, [], 0, recipe.seed))
     if recipe.night == "replay":
         return _sample(keys, recipe), date, 0
-    open_keys = [(sku, day + 1) for sku, day in keys if day + 1 < source.horizon_days]
-    if not open_keys:
-        raise ValueError(f"every SKU with a row on date {date} ends its {source.horizon_days}-day launch window "
-                         f"there; nothing to price for date {date + 1}. Set date to an earlier logged date, or "
-                         f"night=replay to re-price a logged day.")
-    return _sample(open_keys, recipe), date + 1, len(keys) - len(open_keys)
+    # every SKU active on T is on sale tomorrow: priced from its row on T, past its launch window or not
+    keys = _sample([(sku, day + 1) for sku, day in keys], recipe)
+    return keys, date + 1, sum(day >= source.horizon_days for _, day in keys)
 
 
 def _sample(keys: list[tuple[str, int]], recipe: Recipe) -> list[tuple[str, int]]:
@@ -146,16 +138,16 @@ def _night(recipe: Recipe, source: MarketSource | None = None, tokenizer=None) -
     from aigp_train.llm.tokenizer import load_tokenizer
 
     source = source or MarketSource(recipe.market_dir, None)
-    keys, for_date, window_ended = night_keys(recipe, source)
+    keys, for_date, past_window = night_keys(recipe, source)
     tokenizer = tokenizer or load_tokenizer(recipe.model)
     cfg = prompt_config(recipe)
     src = TomorrowSource(source) if recipe.night == "tomorrow" else source
     prompts = [build_prompt(src, sku, day, cfg, recipe.pricing, tokenizer, act_only=False) for sku, day in keys]
-    return prompts, for_date, window_ended
+    return prompts, for_date, past_window
 
 
 def run(recipe: Recipe, out: StageOutput) -> dict:
-    prompts, for_date, window_ended = _night(recipe)
+    prompts, for_date, past_window = _night(recipe)
     backend = make_backend(backend_with_pricing(recipe.backend, recipe.pricing), recipe.model, recipe.pricing)
     result = run_inference(prompts, backend, recipe.sampling, recipe.adapter, recipe.pricing, out.path,
                            recipe.shard_size, recipe.wait_for_ranks_s, label="infer",
@@ -166,7 +158,8 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     discounts = result.decisions.column("discount").to_pylist()
     summary = {
         "date": prompts[0]["date"], "night": recipe.night, "decisions_for_date": for_date,
-        "priced_from_date": for_date - 1 if recipe.night == "tomorrow" else for_date, "window_ended": window_ended,
+        "priced_from_date": for_date - 1 if recipe.night == "tomorrow" else for_date,
+        "past_launch_window": past_window,
         "num_skus": len(prompts), "backend": backend.name, "adapter": recipe.adapter,
         "parse_failures": stats["num_failed"], "projected": stats["num_projected"],
         "decisions_forced": stats["num_decision_forced"], "parse": stats,

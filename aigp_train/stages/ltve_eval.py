@@ -36,6 +36,7 @@ from aigp_train.ltve.cql import CQLTrainer
 from aigp_train.ltve.layout import Columns
 from aigp_train.ltve.model import load_ltve
 from aigp_train.ltve.trainer import intra_op_threads
+from aigp_train.market.schema import NEEDS_SIMULATOR, has_simulator
 from aigp_train.outputs import StageOutput, atomic_write_json, atomic_write_text
 from aigp_train.pricing import PricingConfig
 from aigp_train.pricing.a_safe import from_stored
@@ -96,9 +97,6 @@ def _train_cql(recipe: Recipe, ltve_dir: Path, out_dir: Path) -> None:
     save_model(out_dir / "model.safetensors", trainer.q, trainer.v, td["normalizer"], meta)
 
 
-NEEDS_SIMULATOR = "needs a simulator"
-
-
 def _fmt(x: float | str) -> str:
     if isinstance(x, str):
         return x
@@ -122,11 +120,8 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     cql_dir = out.path / "cql"
     _train_cql(recipe, main_dir, cql_dir)
 
-    import json
-
-    market = json.loads((Path(recipe.logs_dir) / "market.json").read_text())
     sim = None
-    if market.get("simulator", True):  # real logs (aigp ingest) have no simulator behind them
+    if has_simulator(recipe.logs_dir):  # real logs (aigp ingest) have no simulator behind them
         sim = MarketSimulator(load_recipe(Path(recipe.logs_dir) / "recipe.yaml", MarketRecipe))
 
     def heldout(folder: Path):

@@ -33,6 +33,7 @@ from typing import Literal
 import numpy as np
 
 from aigp_train.config import RecipeError, help_field
+from aigp_train.market.schema import NEEDS_SIMULATOR
 from aigp_train.outputs import StageOutput, atomic_write_json, atomic_write_jsonl, read_jsonl
 
 __all__ = ["Recipe", "run", "select_pairs"]
@@ -41,7 +42,7 @@ __all__ = ["Recipe", "run", "select_pairs"]
 @dataclass
 class TruthConfig:
     market_dir: str | None = help_field("output folder of `aigp simulate` the prompts came from; null = real logs, "
-                                        "no ground truth (the pair accuracy is then absent, not faked)")
+                                        "no ground truth (the pair accuracy says 'needs a simulator', no number)")
     max_pairs: int = help_field("pairs scored by the simulator's true Q at most (seeded sample)")
     num_rollouts: int = help_field("Monte-Carlo rollouts per true Q")
     continuation: Literal["expert", "myopic", "random_walk", "conservative"] = help_field(
@@ -202,6 +203,8 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     }
     if pairs and recipe.truth.market_dir:
         stats.update(pair_accuracy(pairs, recipe.truth))
+    elif pairs:  # real logs: no true Q of an action not taken
+        stats["pair_accuracy"] = NEEDS_SIMULATOR
     atomic_write_json(out.path / "stats.json", stats)
     if not pairs:
         raise ValueError(f"no pair passed eq. 7 (delta_q={threshold:.4g} in Q units, delta_a={recipe.delta_a}) "

@@ -73,7 +73,14 @@ from omegaconf.errors import OmegaConfBaseException
 from aigp_train.config import RecipeError, help_field
 from aigp_train.llm.backends.base import GenerationRequest, SamplingConfig
 from aigp_train.llm.prompts import COMPACT_TASK
-from aigp_train.llm.state_fields import FIELD_BY_KEY, STATE_FIELDS, field_tolerance, format_field, quote_pattern
+from aigp_train.llm.state_fields import (
+    FIELD_BY_KEY,
+    STATE_FIELDS,
+    currency_of,
+    field_tolerance,
+    format_field,
+    quote_pattern,
+)
 from aigp_train.pricing.direction import direction_statements
 from aigp_train.pricing.findings import BANDS, pace_band, pace_gap, reviews_established
 
@@ -279,7 +286,7 @@ class _Quoter:
                 wrong = value + {"int": 7, "pct": 0.02, "money": 9.0}.get(field.kind, 0.15)
             value = wrong
         self.quoted.append(key)
-        return f"{field.label}: {format_field(field, value)}"
+        return f"{field.label}: {format_field(field, value, currency_of(self.state))}"
 
 
 # Domain rules of the category knowledge base (aigp_train.market.text), applied only when the
@@ -579,7 +586,7 @@ class ScriptedTeacherStandIn:
         hold = pred.get(0.0)
         pick = pred.get(round(action, 2)) or min(s["prediction"], key=lambda p: abs(p["discount_change"] - action))
         line = (f"Step 6 - Price-sales prediction. At {pick['discount_change']:+.2f} the prediction is "
-                f"{pick['predicted_units']:.1f} units (GMV ¥{pick['predicted_gmv']:.2f})")
+                f"{pick['predicted_units']:.1f} units (GMV {currency_of(s)}{pick['predicted_gmv']:.2f})")
         if hold is not None:
             line += f" vs {hold['predicted_units']:.1f} if the price holds"
         return line + "; a one-day view, weighed against the 14-day milestone."
