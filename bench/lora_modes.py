@@ -92,6 +92,20 @@ def _worker(argv: list[str]) -> int:
     return code
 
 
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+       "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "WANDB_MODE": "disabled"}
+
+
+def sft_args(root: Path, out: Path, stage: int, steps: int) -> list[str]:
+    """``sft <recipe> key=value ...``: the run both modes make (data under ``root/data``, written by run_mode)."""
+    data = root / "data"
+    return ["sft", str(REPO / "recipes/tiny/sft.yaml"), f"output_dir={out}", f"data.train_path={data / 'train.jsonl'}",
+            f"data.heldout_path={data / 'heldout.jsonl'}", f"engine.zero_stage={stage}", f"train.max_steps={steps}",
+            "train.epochs=1", "engine.micro_batch_size=2", "engine.grad_accum_steps=2",
+            "early_stopping.eval_every_steps=0", "checkpoint.every_steps=0", "logging.every_steps=1",
+            "logging.wandb_mode=disabled"]
+
+
 def run_mode(stage: int, root: Path, steps: int) -> dict:
     from aigp_train.sft.data import synthetic_chat_rows
 
@@ -102,17 +116,9 @@ def run_mode(stage: int, root: Path, steps: int) -> dict:
             (data / f"{name}.jsonl").write_text("".join(json.dumps({"messages": m}) + "\n"
                                                         for m in synthetic_chat_rows(n, seed)))
     out, probe = root / f"zero{stage}", root / f"zero{stage}.probe.jsonl"
-    overrides = [f"output_dir={out}", f"data.train_path={data / 'train.jsonl'}",
-                 f"data.heldout_path={data / 'heldout.jsonl'}", f"engine.zero_stage={stage}",
-                 f"train.max_steps={steps}", "train.epochs=1", "engine.micro_batch_size=2", "engine.grad_accum_steps=2",
-                 "early_stopping.eval_every_steps=0", "checkpoint.every_steps=0", "logging.every_steps=1",
-                 "logging.wandb_mode=disabled"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
-           "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           str(Path(__file__).resolve()), "--worker", str(probe), "sft",
-                           str(REPO / "recipes/tiny/sft.yaml"), *overrides], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=900)
+                           str(Path(__file__).resolve()), "--worker", str(probe), *sft_args(root, out, stage, steps)],
+                          cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         raise RuntimeError(f"zero_stage={stage} failed:\n{proc.stderr[-4000:]}")
     ranks = sorted((json.loads(line) for line in probe.read_text().splitlines()), key=lambda r: r["rank"])

@@ -155,6 +155,7 @@ def model_facts(model, lora: Any) -> ModelFacts:
     modules = dict(model.named_modules())
     lora_params = sum(lora.rank * (modules[n].in_features + modules[n].out_features) for n in chosen
                       if isinstance(modules[n], nn.Linear))
+    lora_params += len(lora.trainable_tokens) * model.config.hidden_size  # the trained embedding rows
     blocks = find_moe_blocks(model)
     block_params = max((sum(p.numel() for p in b.parameters()) for _, b in blocks), default=0)
     direct = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
