@@ -41,7 +41,7 @@ def test_replicated_base_trains_as_zero3_does_moves_what_the_planner_says_and_re
     planned2, planned3 = bytes_per_step(total, trainable, 2, 2, 4), bytes_per_step(total, trainable, 3, 2, 4)
     for measured in z2["bytes_per_step"]:  # each rank; the extra bytes are the gradient-norm all-reduce
         assert 0 <= measured - planned2 <= 64, (measured, planned2)
-    for measured in z3["bytes_per_step"]:  # the planner's ZeRO-3 figure is an upper bound (measured 0.70 of it)
+    for measured in z3["bytes_per_step"]:  # the planner's ZeRO-3 figure is an upper bound (measured 0.66-0.70 of it)
         assert 0.5 * planned3 <= measured <= planned3, (measured, planned3)
     assert max(z2["bytes_per_step"]) < 0.2 * min(z3["bytes_per_step"])
 

@@ -52,7 +52,7 @@ weights and a reduce-scatter of the LoRA gradients per micro-step); the replicat
 ``grad_accum x trainable + trainable`` (a reduce-scatter of the LoRA gradients per micro-step, an
 all-gather of the updated LoRA weights per step). Measured on 2 gloo ranks with the tiny model
 (``bench/lora_modes.py``, docs/training.md): the replicated base's formula is exact, ZeRO-3's is an upper
-bound (measured 0.70 of it).
+bound (measured 0.66-0.70 of it).
 """
 
 from __future__ import annotations
