@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from safetensors.torch import load_file
 
 from tests.conftest import REPO
 from tests.partitioned_worker import tensor_sha256
@@ -80,18 +81,21 @@ def _stage_recipe(stage: str, model_recipe, root: Path) -> Path:
               {"role": "user", "content": "SKU 7: current discount 0.90, price 45.00. Decide."}]
     small = ["train.max_steps=1", "checkpoint.every_steps=100", "engine.micro_batch_size=1",
              "engine.grad_accum_steps=1", "engine.gradient_checkpointing=false"]
+    # the decision-only variant ends its prompt with [ACT_ONLY] (the prompts stage writes it): its trained row
+    act_only = [prompt[0], {"role": "user", "content": prompt[1]["content"] + " [ACT_ONLY]"}]
     if stage == "sft":
         from aigp_train.stages.sft import Recipe
 
-        rows = [{"messages": prompt + [{"role": "assistant", "content": 'Hold.\n{"discount_change": 0.00}'}]}] * 4
+        rows = [{"messages": prompt + [{"role": "assistant", "content": 'Hold.\n{"discount_change": 0.00}'}]},
+                {"messages": act_only + [{"role": "assistant", "content": '{"discount_change": 0.00}'}]}] * 2
         data = root / "sft.jsonl"
         over = [f"data.train_path={data}", f"data.heldout_path={data}", "early_stopping.eval_every_steps=100"]
         resolved = recipe_to_dict(load_recipe(REPO / "recipes/tiny/sft.yaml", Recipe, small + over))
     else:
         from aigp_train.stages.dpo import Recipe
 
-        rows = [{"pair_id": f"p{i}:0", "prompt_id": f"p{i}", "messages": prompt, "chosen": '{"discount_change": -0.05}',
-                 "rejected": '{"discount_change": 0.05}'} for i in range(4)]
+        rows = [{"pair_id": f"p{i}:0", "prompt_id": f"p{i}", "messages": act_only,
+                 "chosen": '{"discount_change": -0.05}', "rejected": '{"discount_change": 0.05}'} for i in range(4)]
         data = root / "pairs.jsonl"
         resolved = recipe_to_dict(load_recipe(REPO / "recipes/tiny/dpo_only.yaml", Recipe,
                                               small + [f"data.pairs_path={data}"]))
@@ -123,7 +127,9 @@ def test_each_rank_loads_only_its_partition_and_the_weights_are_the_checkpoints(
                           env=_torchrun_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     adapter = tmp_path / stage / "adapter"
-    assert (adapter / "adapter_model.safetensors").is_file()
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    trained_rows = [v for k, v in weights.items() if "trainable_tokens_delta" in k]
+    assert len(trained_rows) == 1 and float(trained_rows[0].abs().max()) > 0  # the [ACT_ONLY] row moved
     rows = [json.loads(line) for line in probe.read_text().splitlines()]
     assert sorted(r["rank"] for r in rows if r["kind"] == "build") == [0, 1]
     # Each rank holds its half of the model, plus the largest module whole for a moment (zero.Init
