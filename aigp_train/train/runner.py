@@ -44,7 +44,8 @@ class StepPlan:
 @contextmanager
 def lora_stage(recipe: Any) -> Iterator[tuple[Any, Any, Any]]:
     """``(dist, base_model, tokenizer)`` for a LoRA stage's recipe (``model``, ``optim``, ``engine``
-    blocks), the model built partitioned under ZeRO-3 and on the rank's device."""
+    blocks), the model built partitioned under ZeRO-3 (whole on every rank under ZeRO-2) and on the
+    rank's device."""
     import torch
 
     # before deepspeed is imported: its accelerator is chosen once, at import
@@ -63,8 +64,8 @@ def lora_stage(recipe: Any) -> Iterator[tuple[Any, Any, Any]]:
             # each rank reads only its own partition's rows (train/zero3_load.py): transformers' own
             # ZeRO-3 path reads the whole checkpoint into rank 0
             model = build_partitioned(recipe.model, zero3.config, dist.rank, dist.world_size)
-        else:
-            model = build_model(recipe.model, "cpu")
+        else:  # a random init, or the whole base on every rank (zero_stage 2: the frozen base replicated)
+            model = build_model(recipe.model, str(dist.device) if dist.is_cuda else "cpu")
         if dist.is_cuda:
             model = model.to(dist.device)
         yield dist, model, tokenizer
