@@ -137,26 +137,11 @@ def load_into_partitions(model: torch.nn.Module, folder: str | Path, rank: int, 
     the number of tensors loaded; a checkpoint tensor nothing consumes is a RecipeError naming it."""
     ckpt = _Checkpoint(Path(folder))
     used: set[str] = set()
-    loaded = 0
+    readers = {}  # resolving every name first (no reads) refuses a wrong checkpoint before minutes of copying
     for name, p in model.named_parameters():
         if not hasattr(p, "ds_tensor"):
             raise RuntimeError(f"{name} is not a ZeRO-3 partition: build the model inside deepspeed.zero.Init.")
-        shape, numel, chunk = p.ds_shape, p.ds_numel, p.ds_tensor
-        cols = shape[-1] if len(shape) > 1 else 1
-        start = rank * chunk.numel()
-        end = min(start + chunk.numel(), numel)
-        if end > start:
-            read = _row_reader(name, shape, ckpt, used)
-            flat = chunk.view(-1)
-            step = max(1, _READ_BYTES // (cols * chunk.element_size()))  # rows per read: a bounded transient
-            first_row, last_row = start // cols, (end - 1) // cols + 1
-            for lo in range(first_row, last_row, step):
-                hi = min(lo + step, last_row)
-                a, b = max(start, lo * cols), min(end, hi * cols)  # this block's part of the chunk (flat)
-                flat[a - start: b - start].copy_(read(lo, hi).reshape(-1)[a - lo * cols: b - lo * cols])
-        else:
-            _row_reader(name, shape, ckpt, used)  # a rank with an empty chunk still checks the name exists
-        loaded += 1
+        readers[name] = _row_reader(name, p.ds_shape, ckpt, used)
     # a tied head (lm_head.weight is embed_tokens.weight) is one parameter: its other name consumes its tensor too
     # (the modules' buffers, e.g. a stored rotary inv_freq, are recomputed by the modules, not read)
     for name in [n for n, _ in model.named_parameters(remove_duplicate=False)] + [n for n, _ in model.named_buffers()]:
@@ -169,6 +154,22 @@ def load_into_partitions(model: torch.nn.Module, folder: str | Path, rank: int, 
                           f"{type(model).__name__}, e.g. {', '.join(unused[:3])}: model.config does not describe this "
                           f"checkpoint (fewer layers or experts?). Use the checkpoint's own config.json values in the "
                           f"model recipe.")
+    loaded = 0
+    for name, p in model.named_parameters():
+        shape, numel, chunk = p.ds_shape, p.ds_numel, p.ds_tensor
+        cols = shape[-1] if len(shape) > 1 else 1
+        start = rank * chunk.numel()
+        end = min(start + chunk.numel(), numel)
+        if end > start:  # (a rank with an empty chunk has only checked that the names exist)
+            read = readers[name]
+            flat = chunk.view(-1)
+            step = max(1, _READ_BYTES // (cols * chunk.element_size()))  # rows per read: a bounded transient
+            first_row, last_row = start // cols, (end - 1) // cols + 1
+            for lo in range(first_row, last_row, step):
+                hi = min(lo + step, last_row)
+                a, b = max(start, lo * cols), min(end, hi * cols)  # this block's part of the chunk (flat)
+                flat[a - start: b - start].copy_(read(lo, hi).reshape(-1)[a - lo * cols: b - lo * cols])
+        loaded += 1
     return {"tensors_loaded": loaded}
 
 
