@@ -68,6 +68,9 @@ def test_the_planner_models_both_engine_modes_and_recommends_with_a_reason(repor
     r = check("recipes/models/qwen3-30b-a3b.yaml", [], str(small_gpus), Assumptions())["engine_modes"]
     assert r["zero_stage_3"]["sft_memory"]["fits"] and not r["zero_stage_2"]["sft_memory"]["fits"]
     assert r["recommended_zero_stage"] == 3 and "replicated base does not fit" in r["reason"]
+    # compute-bound either way (the tiny model on CPU): no gain, so the mode that leaves more memory
+    tiny = check("recipes/tiny/sft.yaml", [], "cluster/local-cpu.yaml", Assumptions())["engine_modes"]
+    assert tiny["recommended_zero_stage"] == 3 and "no faster" in tiny["reason"]
 
 
 def test_recipe_check_of_the_paper_sft_recipe_prints_both_modes_and_a_recommendation():
