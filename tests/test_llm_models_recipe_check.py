@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 import pytest
 
@@ -14,9 +15,13 @@ from aigp_train.llm.recipe_check import (
     GiB,
     check,
     deepspeed_model_states_bytes,
+    deepspeed_zero2_states_bytes,
     diff_from_paper,
     model_states_bytes,
+    replicated_states_bytes,
 )
+
+from tests.conftest import REPO
 
 PAPER_CLUSTER = "cluster/paper-16gpu.yaml"
 
@@ -37,6 +42,45 @@ def test_model_states_formula_is_deepspeeds_when_everything_trains(total, larges
     # LoRA: frozen weights keep only their bf16 shard, so far less than a full fine-tune
     assert model_states_bytes(total, 10**7, largest, cluster.world_size) < 0.2 * model_states_bytes(
         0, total, largest, cluster.world_size)
+
+
+@pytest.mark.parametrize("total, nodes", [(30_532_122_624, 2), (7_000_000_000, 1), (235_093_634_560, 4)])
+def test_replicated_base_formula_is_deepspeeds_zero2_when_everything_trains(total, nodes):
+    cluster = load_cluster(PAPER_CLUSTER, [f"num_nodes={nodes}"])
+    assert replicated_states_bytes(0, total, cluster.world_size) == deepspeed_zero2_states_bytes(total, cluster)
+    # LoRA with the base replicated: the whole bf16 base on every GPU, the LoRA states sharded
+    assert replicated_states_bytes(total, 10**7, cluster.world_size) == pytest.approx(2 * total, rel=1e-2)
+
+
+def test_the_planner_models_both_engine_modes_and_recommends_with_a_reason(reports, tmp_path):
+    small, big = reports["qwen3-30b-a3b"]["engine_modes"], reports["qwen3-235b-a22b"]["engine_modes"]
+    assert small["zero_stage_2"]["sft_memory"]["fits"] and small["zero_stage_3"]["sft_memory"]["fits"]
+    z2, z3 = small["zero_stage_2"]["at_recipe_micro_batch"], small["zero_stage_3"]["at_recipe_micro_batch"]
+    assert z2["compute_h"] == z3["compute_h"]  # the same model FLOPs; only the traffic differs
+    assert z3["bytes_per_step"] > 1000 * z2["bytes_per_step"]  # the base all-gathered vs the LoRA weights
+    assert small["recommended_zero_stage"] == 2 and "both fit" in small["reason"]
+    # 235B: 470 GB of bf16 base cannot sit on one 80 GB GPU
+    assert not big["zero_stage_2"]["sft_memory"]["fits"] and big["zero_stage_2"]["max_micro_batch_that_fits"] == 0
+    assert big["recommended_zero_stage"] == 3 and "does not fit" in big["reason"]
+    # a 48 GB GPU holds ZeRO-3's share of the 30B student but not its whole 61 GB base
+    small_gpus = tmp_path / "cluster.yaml"
+    small_gpus.write_text((REPO / PAPER_CLUSTER).read_text().replace("memory_gib: 80 ", "memory_gib: 48 "))
+    r = check("recipes/models/qwen3-30b-a3b.yaml", [], str(small_gpus), Assumptions())["engine_modes"]
+    assert r["zero_stage_3"]["sft_memory"]["fits"] and not r["zero_stage_2"]["sft_memory"]["fits"]
+    assert r["recommended_zero_stage"] == 3 and "replicated base does not fit" in r["reason"]
+    # compute-bound either way (the tiny model on CPU): no gain, so the mode that leaves more memory
+    tiny = check("recipes/tiny/sft.yaml", [], "cluster/local-cpu.yaml", Assumptions())["engine_modes"]
+    assert tiny["recommended_zero_stage"] == 3 and "no faster" in tiny["reason"]
+
+
+def test_recipe_check_of_the_paper_sft_recipe_prints_both_modes_and_a_recommendation():
+    proc = subprocess.run([sys.executable, "-m", "aigp_train.cli", "recipe", "check", "recipes/paper/sft.yaml",
+                           f"cluster={PAPER_CLUSTER}"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "engine modes (engine.zero_stage; this recipe: 3)" in proc.stdout  # the paper recipe keeps ZeRO-3
+    assert "zero_stage 3: ZeRO-3 (base sharded)" in proc.stdout
+    assert "zero_stage 2: replicated base (ZeRO-2 over LoRA)" in proc.stdout
+    assert "recommendation: engine.zero_stage: 2" in proc.stdout
 
 
 def test_reports_agree_with_deepspeed_and_public_sizes(reports):

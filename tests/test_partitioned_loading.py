@@ -1,6 +1,8 @@
 """A >= 1 GB architecture-exact checkpoint, sharded like the hub's, loaded by `aigp sft` and `aigp dpo`
 under ZeRO-3 with 2 gloo ranks: no rank's host memory grows by anything near the checkpoint's size,
-and the weights each rank ends up with (gathered) are the checkpoint's.
+every tensor each rank ends up with (gathered) is the checkpoint's (sha256 of its values), and the
+adapter the run writes, and its `aigp export --merge`, load in a Python without aigp_train and give
+the logits the trained model gave inside aigp.
 
 The checkpoints keep the paper students' structure with small sizes: Qwen3-30B-A3B's (MoE in every
 layer, GQA, head_dim != hidden/heads, untied head, 8 of E experts per token, normalised top-k) and
@@ -19,8 +21,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from safetensors.torch import load_file
 
 from tests.conftest import REPO
+from tests.partitioned_worker import tensor_sha256
 
 GB = 1 << 30
 
@@ -55,12 +59,10 @@ def checkpoint(request, tmp_path_factory):
     recipe = _model_recipe(arch)
     model = build_model(recipe)
     params = dict(model.named_parameters())
-    names = list(params)
-    picks = sorted({names[0], names[-1], next(n for n in names if "experts" in n)})
     facts = {"bytes": sum(p.numel() * p.element_size() for p in params.values()),
              "largest_module": max(sum(p.numel() * p.element_size() for p in m.parameters(recurse=False))
                                    for m in model.modules()),
-             "sums": {n: float(params[n].detach().double().sum()) for n in picks}}
+             "sha256": {n: tensor_sha256(p) for n, p in params.items()}}
     model.save_pretrained(root / "ckpt", max_shard_size="100MB", safe_serialization=True)
     del model, params
     assert facts["bytes"] >= GB  # large enough that the bound below measures something
@@ -79,18 +81,21 @@ def _stage_recipe(stage: str, model_recipe, root: Path) -> Path:
               {"role": "user", "content": "SKU 7: current discount 0.90, price 45.00. Decide."}]
     small = ["train.max_steps=1", "checkpoint.every_steps=100", "engine.micro_batch_size=1",
              "engine.grad_accum_steps=1", "engine.gradient_checkpointing=false"]
+    # the decision-only variant ends its prompt with [ACT_ONLY] (the prompts stage writes it): its trained row
+    act_only = [prompt[0], {"role": "user", "content": prompt[1]["content"] + " [ACT_ONLY]"}]
     if stage == "sft":
         from aigp_train.stages.sft import Recipe
 
-        rows = [{"messages": prompt + [{"role": "assistant", "content": 'Hold.\n{"discount_change": 0.00}'}]}] * 4
+        rows = [{"messages": prompt + [{"role": "assistant", "content": 'Hold.\n{"discount_change": 0.00}'}]},
+                {"messages": act_only + [{"role": "assistant", "content": '{"discount_change": 0.00}'}]}] * 2
         data = root / "sft.jsonl"
         over = [f"data.train_path={data}", f"data.heldout_path={data}", "early_stopping.eval_every_steps=100"]
         resolved = recipe_to_dict(load_recipe(REPO / "recipes/tiny/sft.yaml", Recipe, small + over))
     else:
         from aigp_train.stages.dpo import Recipe
 
-        rows = [{"pair_id": f"p{i}:0", "prompt_id": f"p{i}", "messages": prompt, "chosen": '{"discount_change": -0.05}',
-                 "rejected": '{"discount_change": 0.05}'} for i in range(4)]
+        rows = [{"pair_id": f"p{i}:0", "prompt_id": f"p{i}", "messages": act_only,
+                 "chosen": '{"discount_change": -0.05}', "rejected": '{"discount_change": 0.05}'} for i in range(4)]
         data = root / "pairs.jsonl"
         resolved = recipe_to_dict(load_recipe(REPO / "recipes/tiny/dpo_only.yaml", Recipe,
                                               small + [f"data.pairs_path={data}"]))
@@ -101,29 +106,58 @@ def _stage_recipe(stage: str, model_recipe, root: Path) -> Path:
     return path
 
 
+def _torchrun_env() -> dict:
+    # the worker runs as a script (sys.path[0] is tests/): this checkout's aigp_train, not an installed one
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+            "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+
+
+def mismatched_tensors(expected: dict[str, str], got: dict[str, str]) -> list[str]:
+    """Names whose sha256 differs, or that only one side has."""
+    return sorted(n for n in set(expected) | set(got) if expected.get(n) != got.get(n))
+
+
 @pytest.mark.parametrize("stage", ["sft", "dpo"])
 def test_each_rank_loads_only_its_partition_and_the_weights_are_the_checkpoints(checkpoint, stage, tmp_path):
-    from aigp_train.train.runner import MEMORY_PROBE
-
     folder, model_recipe, facts = checkpoint
     recipe = _stage_recipe(stage, model_recipe, tmp_path)
     probe = tmp_path / "probe.jsonl"
-    env = {**os.environ, MEMORY_PROBE: str(probe), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "-m", "aigp_train.cli", stage, str(recipe)], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
+                           str(REPO / "tests/partitioned_worker.py"), stage, str(recipe), str(probe)], cwd=REPO,
+                          env=_torchrun_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / stage / "adapter" / "adapter_model.safetensors").is_file()
+    adapter = tmp_path / stage / "adapter"
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    trained_rows = [v for k, v in weights.items() if "trainable_tokens_delta" in k]
+    assert len(trained_rows) == 1 and float(trained_rows[0].abs().max()) > 0  # the [ACT_ONLY] row moved
     rows = [json.loads(line) for line in probe.read_text().splitlines()]
-    assert sorted(r["rank"] for r in rows) == [0, 1]
+    assert sorted(r["rank"] for r in rows if r["kind"] == "build") == [0, 1]
     # Each rank holds its half of the model, plus the largest module whole for a moment (zero.Init
     # partitions a module once it is built), a 16 MB read and ~160 MB that does not grow with the model
     # (measured at 1.2 GB and 1.7 GB): transformers' own ZeRO-3 path measured +2.07x the checkpoint on
-    # rank 0 and +0.97x on rank 1 (train/zero3_load.py).
+    # rank 0 and +0.97x on rank 1 (train/zero3_load.py). The baseline is the RSS after every import.
     bound = facts["bytes"] / 2 + facts["largest_module"] + 256 * (1 << 20)
     for r in rows:
-        growth = r["peak_rss_after_build"] - r["peak_rss_before_build"]
+        growth = r["peak_rss_during_build"] - r["rss_before_build"]
         assert r["partitioned"]
         assert growth < bound and growth < 0.75 * facts["bytes"], (r["rank"], growth / facts["bytes"])
-        for name, expected in facts["sums"].items():  # gathered from the partitions, every rank alike
-            assert r["sums"][name] == pytest.approx(expected, rel=1e-9, abs=1e-9), name
+        # every tensor, gathered from the partitions on every rank alike, is the checkpoint's
+        assert mismatched_tensors(facts["sha256"], r["sha256"]) == [], r["rank"]
+
+    # the artefacts where users take them: a fresh Python with transformers and PEFT only
+    merged = tmp_path / "merged"
+    export = subprocess.run([sys.executable, "-m", "aigp_train.cli", "export", str(tmp_path / stage), "--out",
+                             str(merged), "--merge"], cwd=REPO, env=_torchrun_env(), capture_output=True, text=True,
+                            timeout=600)
+    assert export.returncode == 0, export.stderr[-3000:]
+    plain = subprocess.run([sys.executable, str(REPO / "tests/plain_peft_load.py"), str(folder), str(adapter),
+                            str(tmp_path / "trained_logits.safetensors"), str(merged)],
+                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, capture_output=True,
+                           text=True, timeout=600)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    got = json.loads(plain.stdout.strip().splitlines()[-1])
+    assert not got["aigp_train_imported"]
+    assert got["adapter_max_abs_diff"] < 1e-4 * max(1.0, got["logit_scale"]), got
+    assert got["merged_max_abs_diff"] < 1e-4 * max(1.0, got["logit_scale"]), got
+    # and the check can fail: the trained adapter moved the logits well beyond that tolerance
+    assert got["base_max_abs_diff"] > 20 * max(got["adapter_max_abs_diff"], 1e-6), got

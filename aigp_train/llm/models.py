@@ -139,8 +139,12 @@ def build_model(recipe: ModelRecipe, device: str = "cpu"):
             raise RecipeError(f"model.weights_path {recipe.weights_path} of {recipe.name} is not a folder; download "
                               f"the checkpoint there (no hub access at run time) or leave it empty for a random init.")
         require_safetensors(path, f"model.weights_path of {recipe.name}")
+        # a GPU device: the shards are read straight onto it, not staged whole in host memory (8 ranks of a node
+        # each holding the replicated 61 GB base would need ~0.5 TB of host memory at once)
+        on_gpu = {"device_map": device} if str(device).startswith("cuda") else {}
         model = model_cls.from_pretrained(path, config=cfg, dtype=dtype, attn_implementation=recipe.attn_implementation,
-                                          experts_implementation=recipe.experts_implementation, use_safetensors=True)
+                                          experts_implementation=recipe.experts_implementation, use_safetensors=True,
+                                          **on_gpu)
         return model.to(device)
     # Random init: the global RNG is saved and restored so building a model never shifts the
     # caller's random stream (a resumed run must not depend on whether a model was built first).

@@ -12,6 +12,9 @@ optionally a ``cluster:`` path or block). Builds the model on the meta device an
 4. Every value that differs from the paper recipe of the same name (``recipes/paper/<file>``; for a
    model recipe: the paper's student, Qwen3-30B-A3B).
 5. Time per SFT epoch (100,000 pairs, paper §4.1, at the 8192 cutoff) from stated assumptions.
+6. Both LoRA engine modes (``engine.zero_stage``): ZeRO-3 (the base sharded, the paper recipes' mode) and
+   ZeRO-2 over the LoRA weights with the frozen base replicated on every GPU; memory per GPU, bytes
+   communicated per step and epoch time of each, and which to use and why.
 
 Memory model, per GPU, ZeRO-3 with W ranks (bytes):
 
@@ -27,6 +30,11 @@ Memory model, per GPU, ZeRO-3 with W ranks (bytes):
   fp32 upcast and fp32 gradient (SFT: every position; DPO: the action tokens only).
 * a fixed 4 GiB for the CUDA context, NCCL buffers and allocator fragmentation.
 
+With the frozen base replicated (``engine.zero_stage: 2``) the model states are
+``2 * frozen + 2 * trainable + 18 * trainable / W``: DeepSpeed's ``estimate_zero2_model_states_mem_needs``
+(no offload) generalised the same way (every rank holds the whole bf16 base; the LoRA weights' fp32
+gradients, masters and Adam moments are sharded), and no gathered leaf. Activations are the same.
+
 Inference (vLLM, tensor parallel t): weights / t + KV cache of ``batch 32 x max_model_len`` tokens
 (paper App. B.3: batch 32) / t (KV heads replicated when t exceeds them) + the same 4 GiB.
 
@@ -37,6 +45,14 @@ inside the MFU, so an MFU measured on a real run can be passed back with ``--mfu
 2 all-gathers of the bf16 weights per micro-step (forward, recomputed forward in backward) at the
 inter-node bandwidth per GPU. DeepSpeed overlaps the two with prefetching, so the estimate is the
 larger of the two per step; the sum is the pessimistic bound.
+
+Bytes per optimizer step (the payload each rank hands to its collectives, in the weights' dtype; a ring
+sends (W - 1) / W of it): ZeRO-3 ``grad_accum x (2 x all weights + trainable)`` (two all-gathers of the
+weights and a reduce-scatter of the LoRA gradients per micro-step); the replicated base
+``grad_accum x trainable + trainable`` (a reduce-scatter of the LoRA gradients per micro-step, an
+all-gather of the updated LoRA weights per step). Measured on 2 gloo ranks with the tiny model
+(``bench/lora_modes.py``, docs/training.md): the replicated base's formula is exact, ZeRO-3's is an upper
+bound (measured 0.66-0.70 of it).
 """
 
 from __future__ import annotations
@@ -139,6 +155,7 @@ def model_facts(model, lora: Any) -> ModelFacts:
     modules = dict(model.named_modules())
     lora_params = sum(lora.rank * (modules[n].in_features + modules[n].out_features) for n in chosen
                       if isinstance(modules[n], nn.Linear))
+    lora_params += len(lora.trainable_tokens) * model.config.hidden_size  # the trained embedding rows
     blocks = find_moe_blocks(model)
     block_params = max((sum(p.numel() for p in b.parameters()) for _, b in blocks), default=0)
     direct = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
@@ -184,9 +201,28 @@ def activation_bytes(cfg, tokens: int, loss_tokens: int, lora_rank: int) -> dict
     return {"checkpoints": checkpoints, "layer_working_set": layer, "logits": logits}
 
 
-def train_memory(facts: ModelFacts, cfg, cluster: ClusterSpec, tokens: int, loss_tokens: int, lora_rank: int) -> dict:
-    states = model_states_bytes(facts.counts["total"] - facts.lora_params, facts.lora_params, facts.largest_leaf,
-                                cluster.world_size)
+def replicated_states_bytes(frozen: int, trainable: int, world: int) -> int:
+    """DeepSpeed's ZeRO-2 GPU model-state formula (no offload), with frozen weights at 2 B each on every rank."""
+    return 2 * frozen + 2 * trainable + int(18 * trainable / world)
+
+
+def deepspeed_zero2_states_bytes(total: int, cluster: ClusterSpec) -> int:
+    """DeepSpeed's own ZeRO-2 estimator (every parameter trainable, no offload)."""
+    import contextlib
+
+    with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed logs its accelerator choice to stdout on import
+        from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    _, gpu_mem = estimate_zero2_model_states_mem_needs(total, num_gpus_per_node=cluster.devices_per_node,
+                                                       num_nodes=cluster.num_nodes, cpu_offload=False)
+    return int(gpu_mem)
+
+
+def train_memory(facts: ModelFacts, cfg, cluster: ClusterSpec, tokens: int, loss_tokens: int, lora_rank: int,
+                 zero_stage: int = 3) -> dict:
+    frozen = facts.counts["total"] - facts.lora_params
+    states = (model_states_bytes(frozen, facts.lora_params, facts.largest_leaf, cluster.world_size) if zero_stage == 3
+              else replicated_states_bytes(frozen, facts.lora_params, cluster.world_size))
     acts = activation_bytes(cfg, tokens, loss_tokens, lora_rank)
     total = states + sum(acts.values()) + OVERHEAD_GIB * GiB
     return {"model_states": states, **acts, "overhead": int(OVERHEAD_GIB * GiB), "total": int(total),
@@ -194,11 +230,11 @@ def train_memory(facts: ModelFacts, cfg, cluster: ClusterSpec, tokens: int, loss
 
 
 def max_micro_batch(facts: ModelFacts, cfg, cluster: ClusterSpec, cutoff: int, loss_fraction: float,
-                    lora_rank: int) -> int:
+                    lora_rank: int, zero_stage: int = 3) -> int:
     best = 0
     for mb in (1, 2, 4, 8, 16, 32, 64):
         tokens = mb * cutoff
-        if train_memory(facts, cfg, cluster, tokens, int(tokens * loss_fraction), lora_rank)["fits"]:
+        if train_memory(facts, cfg, cluster, tokens, int(tokens * loss_fraction), lora_rank, zero_stage)["fits"]:
             best = mb
     return best
 
@@ -217,7 +253,15 @@ def inference_memory(facts: ModelFacts, cfg, cluster: ClusterSpec, tp: int, max_
 # --------------------------------------------------------------------------------------------- time
 
 
-def sft_epoch_time(facts: ModelFacts, model, cluster: ClusterSpec, a: Assumptions, micro_batch: int) -> dict:
+def bytes_per_step(total: int, trainable: int, zero_stage: int, grad_accum: int, dtype_bytes: int = 2) -> int:
+    """Payload each rank hands to its collectives per optimizer step (module docstring)."""
+    if zero_stage == 3:
+        return grad_accum * (2 * total + trainable) * dtype_bytes
+    return (grad_accum + 1) * trainable * dtype_bytes
+
+
+def sft_epoch_time(facts: ModelFacts, model, cluster: ClusterSpec, a: Assumptions, micro_batch: int,
+                   zero_stage: int = 3, grad_accum: int = 1) -> dict:
     # The training logs' own FLOP count (model FLOPs: active parameters, no recomputation), so a
     # measured MFU from a real run's metrics.jsonl can be passed back in with --mfu.
     from aigp_train.train.logging import train_flops_per_token
@@ -228,13 +272,57 @@ def sft_epoch_time(facts: ModelFacts, model, cluster: ClusterSpec, a: Assumption
     peak = cluster.device.peak_tflops * 1e12
     compute_s = tokens * flops_per_token / (world * peak * a.mfu)
     tokens_per_step = world * micro_batch * a.sft_cutoff
-    steps = math.ceil(tokens / tokens_per_step)
+    micro_steps = math.ceil(tokens / tokens_per_step)
+    optimizer_steps = math.ceil(micro_steps / grad_accum)
     bw = (cluster.interconnect.inter_node_gbs if cluster.num_nodes > 1 else cluster.interconnect.intra_node_gbs) * 1e9
-    gather_bytes = 2 * facts.counts["total"] * 2 * (world - 1) / world
-    comm_s = steps * gather_bytes / bw
-    return {"tokens": tokens, "flops_per_token": flops_per_token, "micro_batch": micro_batch, "steps": steps,
-            "compute_h": compute_s / 3600, "zero3_gather_h": comm_s / 3600,
+    step_bytes = bytes_per_step(facts.counts["total"], facts.lora_params, zero_stage, grad_accum)
+    comm_s = optimizer_steps * step_bytes * (world - 1) / world / bw  # a ring sends (W - 1) / W of the payload
+    return {"tokens": tokens, "flops_per_token": flops_per_token, "micro_batch": micro_batch, "steps": micro_steps,
+            "optimizer_steps": optimizer_steps, "bytes_per_step": step_bytes,
+            "compute_h": compute_s / 3600, "comm_h": comm_s / 3600,
             "estimate_h": max(compute_s, comm_s) / 3600, "pessimistic_h": (compute_s + comm_s) / 3600}
+
+
+MODES = {3: "ZeRO-3 (base sharded)", 2: "replicated base (ZeRO-2 over LoRA)"}
+
+
+def compare_modes(facts: ModelFacts, model, cluster: ClusterSpec, a: Assumptions, sft_mb: int, sft_cutoff: int,
+                  grad_accum: int, dpo_mb: int, dpo_cutoff: int, lora_rank: int) -> dict:
+    """Memory, bytes per step and SFT epoch time of both engine modes, and the recommendation with its reason."""
+    cfg = model.config
+    rows = {}
+    for stage in (3, 2):
+        sft = train_memory(facts, cfg, cluster, sft_mb * sft_cutoff, sft_mb * sft_cutoff, lora_rank, stage)
+        dpo = train_memory(facts, cfg, cluster, dpo_mb * dpo_cutoff, dpo_mb * 2 * a.dpo_action_tokens, lora_rank,
+                           stage)
+        best_mb = max_micro_batch(facts, cfg, cluster, sft_cutoff, 1.0, lora_rank, stage)
+        rows[stage] = {"mode": MODES[stage], "zero_stage": stage, "sft_memory": sft, "dpo_memory": dpo,
+                       "max_micro_batch_that_fits": best_mb,
+                       "at_recipe_micro_batch": sft_epoch_time(facts, model, cluster, a, sft_mb, stage, grad_accum),
+                       "at_max_micro_batch": (sft_epoch_time(facts, model, cluster, a, best_mb, stage, grad_accum)
+                                              if best_mb else None)}
+    z3, z2 = rows[3], rows[2]
+    mem = cluster.device.memory_gib
+    if not z2["max_micro_batch_that_fits"] and not z3["max_micro_batch_that_fits"]:
+        pick, reason = 3, f"neither mode fits one {sft_cutoff}-token sequence in {mem:g} GiB; ZeRO-3 needs less"
+    elif not z2["max_micro_batch_that_fits"]:
+        pick, reason = 3, (f"the replicated base does not fit: {z2['sft_memory']['total'] / GiB:.0f} GiB per GPU "
+                           f"at micro-batch {sft_mb} > {mem:g} GiB (the whole bf16 base, "
+                           f"{2 * facts.counts['total'] / GiB:.0f} GiB, is on every GPU)")
+    elif not z3["max_micro_batch_that_fits"]:
+        pick, reason = 2, f"ZeRO-3 does not fit one {sft_cutoff}-token sequence in {mem:g} GiB"
+    else:
+        t3, t2 = z3["at_max_micro_batch"], z2["at_max_micro_batch"]
+        # a gain under 5 % is inside the estimate's error: then the mode with the smaller memory share wins
+        pick = 2 if t2["estimate_h"] < 0.95 * t3["estimate_h"] else 3
+        reason = (f"both fit; each at its largest micro-batch (ZeRO-3 {t3['micro_batch']}, replicated "
+                  f"{t2['micro_batch']}), ZeRO-3 moves {_bytes(t3['bytes_per_step'])} per GPU per step "
+                  f"(the base all-gathered every micro-step: {t3['comm_h']:.1f} h of communication per epoch "
+                  f"against {t3['compute_h']:.1f} h of compute) and the replicated base "
+                  f"{_bytes(t2['bytes_per_step'])} ({t2['comm_h'] * 3600:.0f} s): "
+                  f"~{t3['estimate_h']:.1f} h against ~{t2['estimate_h']:.1f} h per epoch"
+                  + ("" if pick == 2 else "; no faster, so ZeRO-3, which leaves each GPU more memory"))
+    return {"zero_stage_3": z3, "zero_stage_2": z2, "recommended_zero_stage": pick, "reason": reason}
 
 
 # --------------------------------------------------------------------------------------------- report
@@ -324,18 +412,23 @@ def check(recipe_path: str, overrides: list[str], cluster_path: str | None, a: A
 
     ds_full = deepspeed_model_states_bytes(facts.counts["total"], facts.largest_layer_ds, cluster)
     ours_full = model_states_bytes(0, facts.counts["total"], facts.largest_layer_ds, cluster.world_size)
+    ds2_full = deepspeed_zero2_states_bytes(facts.counts["total"], cluster)
+    ours2_full = replicated_states_bytes(0, facts.counts["total"], cluster.world_size)
 
     sft_cutoff = int(_stage_value(merged, "sft", "data.cutoff_len"))
     sft_mb = int(_stage_value(merged, "sft", "engine.micro_batch_size"))
     dpo_cutoff = int(_stage_value(merged, "dpo", "data.cutoff_len"))
     dpo_mb = int(_stage_value(merged, "dpo", "engine.micro_batch_size"))
+    zero_stage = int(_stage_value(merged, "sft", "engine.zero_stage"))
+    grad_accum = int(_stage_value(merged, "sft", "engine.grad_accum_steps"))
     sft_tokens = sft_mb * sft_cutoff
-    sft = train_memory(facts, cfg, cluster, sft_tokens, sft_tokens, lora.rank)
-    sft_max_mb = max_micro_batch(facts, cfg, cluster, sft_cutoff, 1.0, lora.rank)
+    sft = train_memory(facts, cfg, cluster, sft_tokens, sft_tokens, lora.rank, zero_stage)
+    sft_max_mb = max_micro_batch(facts, cfg, cluster, sft_cutoff, 1.0, lora.rank, zero_stage)
     # DPO micro-batch = pairs, each packed as one <= cutoff sequence (shared prompt, two short answers);
     # the loss needs logits on the action tokens only.
     dpo_tokens = dpo_mb * dpo_cutoff
-    dpo = train_memory(facts, cfg, cluster, dpo_tokens, dpo_mb * 2 * a.dpo_action_tokens, lora.rank)
+    dpo = train_memory(facts, cfg, cluster, dpo_tokens, dpo_mb * 2 * a.dpo_action_tokens, lora.rank, zero_stage)
+    modes = compare_modes(facts, model, cluster, a, sft_mb, sft_cutoff, grad_accum, dpo_mb, dpo_cutoff, lora.rank)
 
     vllm_tp = max_lora_rank = None
     backend = merged.get("backend")
@@ -350,8 +443,8 @@ def check(recipe_path: str, overrides: list[str], cluster_path: str | None, a: A
     infer_rows = [inference_memory(facts, cfg, cluster, t, max_len, a.infer_batch) for t in tps]
     smallest_fit = next((r["tensor_parallel_size"] for r in infer_rows if r["fits"]), None)
 
-    time_recipe_mb = sft_epoch_time(facts, model, cluster, a, sft_mb)
-    time_best_mb = sft_epoch_time(facts, model, cluster, a, sft_max_mb) if sft_max_mb else None
+    time_recipe_mb = sft_epoch_time(facts, model, cluster, a, sft_mb, zero_stage, grad_accum)
+    time_best_mb = sft_epoch_time(facts, model, cluster, a, sft_max_mb, zero_stage, grad_accum) if sft_max_mb else None
     paper_path = _paper_counterpart(path)
     paper = _merged(paper_path, [])
     compared = {k: v for k, v in merged.items() if k != "cluster"}
@@ -369,7 +462,12 @@ def check(recipe_path: str, overrides: list[str], cluster_path: str | None, a: A
         "params": {**facts.counts, "trainable": facts.lora_params, "moe_blocks": facts.moe_blocks,
                    "largest_zero3_leaf": facts.largest_leaf},
         "deepspeed_crosscheck": {"full_finetune_gib_deepspeed": ds_full / GiB,
-                                 "full_finetune_gib_ours": ours_full / GiB, "agree": ds_full == ours_full},
+                                 "full_finetune_gib_ours": ours_full / GiB, "agree": ds_full == ours_full,
+                                 "zero2_full_finetune_gib_deepspeed": ds2_full / GiB,
+                                 "zero2_full_finetune_gib_ours": ours2_full / GiB,
+                                 "zero2_agree": ds2_full == ours2_full},
+        "zero_stage": zero_stage,
+        "engine_modes": modes,
         "sft_memory": {"micro_batch": sft_mb, "cutoff": sft_cutoff, **sft, "max_micro_batch_that_fits": sft_max_mb},
         "dpo_memory": {"micro_batch": dpo_mb, "cutoff": dpo_cutoff, **dpo},
         "inference_memory": {"recipe_tp": vllm_tp, "smallest_tp_that_fits": smallest_fit, "batch": a.infer_batch,
@@ -382,6 +480,10 @@ def check(recipe_path: str, overrides: list[str], cluster_path: str | None, a: A
 
 def _g(b: float) -> str:
     return f"{b / GiB:7.1f} GiB"
+
+
+def _bytes(b: float) -> str:
+    return f"{b / 1e9:.2f} GB" if b >= 1e9 else f"{b / 1e6:.2f} MB"
 
 
 def render(r: dict) -> str:
@@ -404,10 +506,13 @@ def render(r: dict) -> str:
     d = r["deepspeed_crosscheck"]
     lines += [f"DeepSpeed estimate_zero3_model_states_mem_needs (full fine-tune, no offload): "
               f"{d['full_finetune_gib_deepspeed']:.1f} GiB/GPU; our formula with all params trainable: "
-              f"{d['full_finetune_gib_ours']:.1f} GiB -> {'agree' if d['agree'] else 'DISAGREE'}", ""]
+              f"{d['full_finetune_gib_ours']:.1f} GiB -> {'agree' if d['agree'] else 'DISAGREE'}; ZeRO-2 "
+              f"(estimate_zero2_model_states_mem_needs): {d['zero2_full_finetune_gib_deepspeed']:.1f} GiB, ours "
+              f"{d['zero2_full_finetune_gib_ours']:.1f} GiB -> {'agree' if d['zero2_agree'] else 'DISAGREE'}", ""]
+    mode = MODES[r["zero_stage"]]
     for stage in ("sft", "dpo"):
         m = r[f"{stage}_memory"]
-        lines.append(f"{stage.upper()} memory per GPU (ZeRO-3, micro-batch {m['micro_batch']} x {m['cutoff']} tokens): "
+        lines.append(f"{stage.upper()} memory per GPU ({mode}, micro-batch {m['micro_batch']} x {m['cutoff']} tokens): "
                      f"{_g(m['total'])} of {c['memory_gib']:g} -> {'fits' if m['fits'] else 'DOES NOT FIT'}")
         lines.append(f"    model states {_g(m['model_states'])} | layer checkpoints {_g(m['checkpoints'])} | "
                      f"one layer fwd+bwd {_g(m['layer_working_set'])} | logits {_g(m['logits'])} | "
@@ -430,8 +535,25 @@ def render(r: dict) -> str:
             lines.append(f"    {label}: nothing fits")
             continue
         lines.append(f"    {label} ({t['micro_batch']}): {t['steps']} micro-steps; compute {t['compute_h']:.1f} h, "
-                     f"ZeRO-3 all-gathers {t['zero3_gather_h']:.1f} h -> ~{t['estimate_h']:.1f} h/epoch "
+                     f"communication {t['comm_h']:.1f} h -> ~{t['estimate_h']:.1f} h/epoch "
                      f"(no overlap: {t['pessimistic_h']:.1f} h)")
+    lines.append("")
+    em = r["engine_modes"]
+    lines.append(f"engine modes (engine.zero_stage; this recipe: {r['zero_stage']}), SFT at the recipe's micro-batch, "
+                 f"with gradient checkpointing:")
+    for key in ("zero_stage_3", "zero_stage_2"):
+        row = em[key]
+        sft, dpo, t = row["sft_memory"], row["dpo_memory"], row["at_recipe_micro_batch"]
+        best = row["at_max_micro_batch"]
+        lines.append(f"    zero_stage {row['zero_stage']}: {row['mode']}: SFT {_g(sft['total'])} per GPU (model "
+                     f"states {_g(sft['model_states'])}) -> {'fits' if sft['fits'] else 'DOES NOT FIT'}; DPO "
+                     f"{_g(dpo['total'])} -> {'fits' if dpo['fits'] else 'DOES NOT FIT'}; largest micro-batch "
+                     f"{row['max_micro_batch_that_fits']}")
+        lines.append(f"        {_bytes(t['bytes_per_step'])} communicated per GPU per optimizer step; epoch "
+                     f"~{t['estimate_h']:.1f} h (communication {t['comm_h']:.2f} h)"
+                     + (f"; at micro-batch {best['micro_batch']}: ~{best['estimate_h']:.1f} h" if best else ""))
+    lines.append(f"    recommendation: engine.zero_stage: {em['recommended_zero_stage']} "
+                 f"({MODES[em['recommended_zero_stage']]}): {em['reason']}")
     lines.append("")
     diff = r["differs_from_paper"]
     lines.append(f"differs from {diff['paper_recipe']}: {len(diff['diff'])} value(s)")

@@ -1,4 +1,4 @@
-"""Resumable checkpoints of a LoRA run under ZeRO-3, in safetensors, independent of world size.
+"""Resumable checkpoints of a LoRA run under ZeRO-3 or ZeRO-2, in safetensors, independent of world size.
 
 A checkpoint folder ``checkpoints/step-000120/`` holds
 
@@ -41,13 +41,19 @@ def _is_zero3(param: torch.nn.Parameter) -> bool:
     return hasattr(param, "ds_id")
 
 
+def _has_fp32_master(param: torch.nn.Parameter) -> bool:
+    """True when a DeepSpeed ZeRO optimizer holds this parameter's fp32 master (ZeRO-3, or ZeRO-1/2's mapping)."""
+    return _is_zero3(param) or hasattr(param, "_hp_mapping")  # None on ranks not holding it: still a collective
+
+
 def gather_lora_state(model) -> dict[str, torch.Tensor]:
-    """Full fp32 values of every trainable parameter (a collective under ZeRO-3: call on all ranks)."""
+    """Full fp32 values of every trainable parameter, from the optimizer's fp32 masters when a DeepSpeed
+    engine holds them (a collective then: call on all ranks)."""
     from deepspeed.utils import safe_get_full_fp32_param
 
     out = {}
     for name, param in lora_parameters(model):
-        value = safe_get_full_fp32_param(param) if _is_zero3(param) else param.detach()
+        value = safe_get_full_fp32_param(param) if _has_fp32_master(param) else param.detach()
         out[name] = value.detach().float().cpu().reshape(param.ds_shape if _is_zero3(param) else param.shape).clone()
     return out
 
@@ -169,24 +175,27 @@ class Checkpointer:
             adam_step = int(fh.metadata()["adam_step"])
         # torch's AdamW creates its state lazily on the first step; create it now so the moments
         # have somewhere to go (the same tensors AdamW would have made).
-        # (ZeRO-3 hands AdamW one flat fp32 partition per sub-group; its param_groups are empty
-        # between steps, so the partitions are taken from the ZeRO optimizer.)
-        inner = engine.optimizer.optimizer
-        for flat in engine.optimizer.fp32_partitioned_groups_flat:
+        # (ZeRO hands AdamW one flat fp32 partition per group: ZeRO-3's param_groups are empty between
+        # steps, so the partitions are taken from the ZeRO optimizer, under ZeRO-3's or ZeRO-2's name.)
+        zero = engine.optimizer
+        inner = zero.optimizer
+        zero3 = hasattr(zero, "fp32_partitioned_groups_flat")
+        for flat in zero.fp32_partitioned_groups_flat if zero3 else zero.single_partition_of_fp32_groups:
             st = inner.state[flat]
             st.setdefault("step", torch.tensor(float(adam_step), dtype=torch.float32))
             st["step"].fill_(float(adam_step))
             for key in _ADAM_KEYS:
                 st.setdefault(key, torch.zeros_like(flat, memory_format=torch.preserve_format))
+        if not zero3:
+            zero._lazy_init_hp_params_optimizer_state()  # ZeRO-1/2 map each parameter into the state made here
         peft_key = _peft_key_map(model)
         for name, param in lora_parameters(model):
             master = weights[peft_key[name]].float()
-            if _is_zero3(param):
-                safe_set_full_fp32_param(param, master.to(param.device))
-                for key in _ADAM_KEYS:
-                    safe_set_full_optimizer_state(param, moments[f"{name}.{key}"].to(param.device), key)
-            else:
-                raise RuntimeError(f"{name} is not a ZeRO-3 parameter; restore() expects a DeepSpeed ZeRO-3 engine")
+            if not _has_fp32_master(param):
+                raise RuntimeError(f"{name} has no DeepSpeed ZeRO fp32 master; restore() expects a ZeRO-2/3 engine")
+            safe_set_full_fp32_param(param, master.to(param.device))
+            for key in _ADAM_KEYS:
+                safe_set_full_optimizer_state(param, moments[f"{name}.{key}"].to(param.device), key)
         engine.lr_scheduler.load_state_dict(state["scheduler"])
         engine.global_steps = int(state["step"])
         rng_file = ckpt / "rng" / f"rank-{self.dist.rank}.safetensors"

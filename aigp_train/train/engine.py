@@ -1,4 +1,5 @@
-"""DeepSpeed ZeRO-3 engine from a recipe: the one place a DeepSpeed config is written.
+"""DeepSpeed engine from a recipe (ZeRO-3, or ZeRO-2 with the frozen base replicated): the one place a
+DeepSpeed config is written.
 
 bf16 on GPU, fp32 on CPU (``engine.precision: auto``); AdamW from torch (``torch_adam``: the
 trainable LoRA parameters are a few million at most, so a fused kernel buys nothing, and torch's
@@ -90,12 +91,8 @@ def deepspeed_config(optim: OptimRecipe, engine: EngineRecipe, num_training_step
         "gradient_clipping": optim.grad_clip,
         "zero_optimization": {
             "stage": engine.zero_stage,
-            "stage3_param_persistence_threshold": engine.param_persistence_threshold,
             "overlap_comm": dist.is_cuda,
             "contiguous_gradients": True,
-            # DeepSpeed's default swaps F.linear for its own autograd function (input.matmul(w.t())),
-            # which saves no memory for frozen LoRA bases and is slower than torch's fused addmm.
-            "memory_efficient_linear": False,
         },
         "optimizer": {
             "type": "AdamW",
@@ -106,6 +103,16 @@ def deepspeed_config(optim: OptimRecipe, engine: EngineRecipe, num_training_step
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
     }
+    if engine.zero_stage == 3:
+        cfg["zero_optimization"].update({
+            "stage3_param_persistence_threshold": engine.param_persistence_threshold,
+            # DeepSpeed's default swaps F.linear for its own autograd function (input.matmul(w.t())),
+            # which saves no memory for frozen LoRA bases and is slower than torch's fused addmm.
+            "memory_efficient_linear": False,
+        })
+    # ZeRO-2 (the replicated base): DeepSpeed sees only the trainable parameters (build_engine), so its
+    # reduce-scatter of gradients and all-gather of updated weights move the LoRA weights alone; the
+    # frozen base never crosses the network after the engine's one start-up broadcast
     return cfg
 
 

@@ -40,7 +40,10 @@ class OptimRecipe:
 
 @dataclass
 class EngineRecipe:
-    zero_stage: Literal[3] = help_field("DeepSpeed ZeRO stage (3: parameters, gradients and optimizer sharded)")
+    zero_stage: Literal[2, 3] = help_field(
+        "DeepSpeed ZeRO stage. 3: the frozen base sharded too (all-gathered every micro-step); 2: the frozen base "
+        "replicated whole on every rank, only the LoRA gradients and AdamW state sharded (one reduce-scatter and "
+        "one all-gather of the LoRA weights per step). `aigp recipe check <recipe> cluster=<file>` compares them")
     precision: Literal["auto", "bf16", "fp32"] = help_field("auto: bf16 on GPU, fp32 on CPU")
     micro_batch_size: int = help_field("sequences per rank per forward/backward")
     grad_accum_steps: int = help_field("micro-batches accumulated per optimizer step")

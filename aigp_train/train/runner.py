@@ -15,12 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-__all__ = ["MEMORY_PROBE", "StepPlan", "lora_stage"]
-
-# Set to a file path: each rank writes its peak host memory before and after the base model is built,
-# and checksums of a few loaded tensors (gathered from their ZeRO-3 partitions), as JSON lines.
-# tests/test_partitioned_loading.py bounds the growth by the checkpoint's size with it.
-MEMORY_PROBE = "AIGP_MEMORY_PROBE"
+__all__ = ["StepPlan", "lora_stage"]
 
 
 @dataclass(frozen=True)
@@ -49,7 +44,8 @@ class StepPlan:
 @contextmanager
 def lora_stage(recipe: Any) -> Iterator[tuple[Any, Any, Any]]:
     """``(dist, base_model, tokenizer)`` for a LoRA stage's recipe (``model``, ``optim``, ``engine``
-    blocks), the model built partitioned under ZeRO-3 and on the rank's device."""
+    blocks), the model built partitioned under ZeRO-3 (whole on every rank under ZeRO-2) and on the
+    rank's device."""
     import torch
 
     # before deepspeed is imported: its accelerator is chosen once, at import
@@ -64,15 +60,12 @@ def lora_stage(recipe: Any) -> Iterator[tuple[Any, Any, Any]]:
     try:
         tokenizer = load_tokenizer(recipe.model)
         zero3 = zero3_loading(recipe.optim, recipe.engine, dist)  # alive while the model is built and trained
-        rss_before = _peak_rss_bytes()
         if recipe.model.weights_path and recipe.engine.zero_stage == 3:
             # each rank reads only its own partition's rows (train/zero3_load.py): transformers' own
             # ZeRO-3 path reads the whole checkpoint into rank 0
             model = build_partitioned(recipe.model, zero3.config, dist.rank, dist.world_size)
-        else:
-            model = build_model(recipe.model, "cpu")
-        if os.environ.get(MEMORY_PROBE):
-            _write_memory_probe(os.environ[MEMORY_PROBE], dist, model, rss_before)
+        else:  # a random init, or the whole base on every rank (zero_stage 2: the frozen base replicated)
+            model = build_model(recipe.model, str(dist.device) if dist.is_cuda else "cpu")
         if dist.is_cuda:
             model = model.to(dist.device)
         yield dist, model, tokenizer
@@ -80,38 +73,3 @@ def lora_stage(recipe: Any) -> Iterator[tuple[Any, Any, Any]]:
     finally:
         cleanup_distributed()
 
-
-def _peak_rss_bytes() -> int:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def _write_memory_probe(path: str, dist: Any, model: Any, rss_before: int) -> None:
-    """Peak RSS before/after the build (measured before anything is gathered), then float64 sums of
-    the first and last parameter tensors and of the first expert tensor, gathered whole."""
-    import json
-
-    import torch
-
-    from aigp_train.outputs import claim
-
-    peak_after = _peak_rss_bytes()
-    names = [n for n, _ in model.named_parameters()]
-    picks = sorted({names[0], names[-1], next((n for n in names if "experts" in n), names[0])})
-    params = dict(model.named_parameters())
-    sums = {}
-    for name in picks:
-        p = params[name]
-        if hasattr(p, "ds_id"):  # a ZeRO-3 partition: gather the whole tensor for the check
-            import deepspeed
-
-            with deepspeed.zero.GatheredParameters([p]):
-                sums[name] = float(p.detach().to(torch.float64).sum())
-        else:
-            sums[name] = float(p.detach().to(torch.float64).sum())
-    partitioned = all(hasattr(p, "ds_id") for p in params.values())
-    claim(path)
-    with open(path, "a") as f:
-        f.write(json.dumps({"rank": dist.rank, "peak_rss_before_build": rss_before, "peak_rss_after_build": peak_after,
-                            "partitioned": partitioned, "sums": sums}) + "\n")

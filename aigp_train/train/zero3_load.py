@@ -17,7 +17,10 @@ The fused experts of Qwen3-MoE / Qwen3.5-MoE (``mlp.experts.gate_up_proj`` [E, 2
 ``mlp.experts.<e>.{gate,up,down}_proj.weight`` (transformers' ``qwen2_moe`` conversion: gate rows
 then up rows), or read directly when the checkpoint already stores them fused. Checkpoints of the
 vision-language Qwen3.5 keep the text decoder under ``model.language_model.``: that prefix is
-tried too, and tensors the causal LM does not have (vision tower, MTP head) are skipped.
+tried too, and the tensors of the parts a causal LM does not have (the vision tower, the MTP head)
+are skipped (``_NOT_CAUSAL_LM``). Any other checkpoint tensor that no parameter consumes is an error
+naming it: a model recipe whose config has fewer layers or experts than the checkpoint would
+otherwise load a truncated model without a word.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ __all__ = ["build_partitioned", "load_into_partitions"]
 _READ_BYTES = 16 << 20  # rows read per copy: the host-memory transient of loading, besides the partition
 _FUSED = re.compile(r"^(?P<prefix>.*\.experts)\.(?P<kind>gate_up_proj|down_proj)$")
 _TEXT_PREFIXES = ("", "model.language_model.")  # causal LM name -> checkpoint name candidates
+# Checkpoint parts a causal LM has no parameters for: Qwen3.5's vision tower and multi-token-prediction head.
+_NOT_CAUSAL_LM = ("model.visual.", "mtp.")
 
 
 class _Checkpoint:
@@ -129,19 +134,34 @@ def _row_reader(name: str, shape: torch.Size, ckpt: _Checkpoint, used: set[str]
 def load_into_partitions(model: torch.nn.Module, folder: str | Path, rank: int, world_size: int) -> dict:
     """Copy the checkpoint in ``folder`` into this rank's ZeRO-3 chunk of every parameter of
     ``model`` (built under ``zero.Init``); buffers are computed by the modules themselves. Returns
-    counts: tensors loaded, and checkpoint tensors the model does not use."""
+    the number of tensors loaded; a checkpoint tensor nothing consumes is a RecipeError naming it."""
     ckpt = _Checkpoint(Path(folder))
     used: set[str] = set()
-    loaded = 0
+    readers = {}  # resolving every name first (no reads) refuses a wrong checkpoint before minutes of copying
     for name, p in model.named_parameters():
         if not hasattr(p, "ds_tensor"):
             raise RuntimeError(f"{name} is not a ZeRO-3 partition: build the model inside deepspeed.zero.Init.")
+        readers[name] = _row_reader(name, p.ds_shape, ckpt, used)
+    # a tied head (lm_head.weight is embed_tokens.weight) is one parameter: its other name consumes its tensor too
+    # (the modules' buffers, e.g. a stored rotary inv_freq, are recomputed by the modules, not read)
+    for name in [n for n, _ in model.named_parameters(remove_duplicate=False)] + [n for n, _ in model.named_buffers()]:
+        resolved = _resolve(name, ckpt)
+        if resolved is not None:
+            used.add(resolved)
+    unused = sorted(k for k in set(ckpt.weight_map) - used if not k.startswith(_NOT_CAUSAL_LM))
+    if unused:
+        raise RecipeError(f"{len(unused)} tensor(s) of the checkpoint {folder} are consumed by no parameter of "
+                          f"{type(model).__name__}, e.g. {', '.join(unused[:3])}: model.config does not describe this "
+                          f"checkpoint (fewer layers or experts?). Use the checkpoint's own config.json values in the "
+                          f"model recipe.")
+    loaded = 0
+    for name, p in model.named_parameters():
         shape, numel, chunk = p.ds_shape, p.ds_numel, p.ds_tensor
         cols = shape[-1] if len(shape) > 1 else 1
         start = rank * chunk.numel()
         end = min(start + chunk.numel(), numel)
-        if end > start:
-            read = _row_reader(name, shape, ckpt, used)
+        if end > start:  # (a rank with an empty chunk has only checked that the names exist)
+            read = readers[name]
             flat = chunk.view(-1)
             step = max(1, _READ_BYTES // (cols * chunk.element_size()))  # rows per read: a bounded transient
             first_row, last_row = start // cols, (end - 1) // cols + 1
@@ -149,10 +169,8 @@ def load_into_partitions(model: torch.nn.Module, folder: str | Path, rank: int, 
                 hi = min(lo + step, last_row)
                 a, b = max(start, lo * cols), min(end, hi * cols)  # this block's part of the chunk (flat)
                 flat[a - start: b - start].copy_(read(lo, hi).reshape(-1)[a - lo * cols: b - lo * cols])
-        else:
-            _row_reader(name, shape, ckpt, used)  # a rank with an empty chunk still checks the name exists
         loaded += 1
-    return {"tensors_loaded": loaded, "checkpoint_tensors_unused": len(set(ckpt.weight_map) - used)}
+    return {"tensors_loaded": loaded}
 
 
 def build_partitioned(model_recipe: Any, ds_config: dict, rank: int, world_size: int):
@@ -161,6 +179,7 @@ def build_partitioned(model_recipe: Any, ds_config: dict, rank: int, world_size:
     import deepspeed
     from transformers.initialization import no_init_weights
 
+    from aigp_train.distributed.dist import print0
     from aigp_train.llm.models import _classes, hf_config, require_safetensors, resolve_path
 
     folder = resolve_path(model_recipe.weights_path)
@@ -178,5 +197,5 @@ def build_partitioned(model_recipe: Any, ds_config: dict, rank: int, world_size:
         raise RecipeError(f"model.dtype {model_recipe.dtype} but ZeRO-3 partitions are {got}: set engine.precision to "
                           f"match (bf16 for bfloat16, fp32 for float32).")
     stats = load_into_partitions(model, folder, rank, world_size)
-    model._aigp_partitioned_load = stats  # recorded for the stage summary
+    print0(f"[aigp] loaded {stats['tensors_loaded']} tensors from {folder} into ZeRO-3 partitions")
     return model
