@@ -106,10 +106,10 @@ def _fmt(x: float | str) -> str:
 
 
 def run(recipe: Recipe, out: StageOutput) -> dict:
-    from aigp_train.cli import run_stage
     from aigp_train.market.recipe import MarketRecipe
     from aigp_train.market.simulator import MarketSimulator, sku_index_of
     from aigp_train.pricing.reward import References
+    from aigp_train.stage_runner import run_stage
 
     e = recipe.eval
     if e.main_n_step not in e.n_steps:
