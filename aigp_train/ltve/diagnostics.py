@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rollouts", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    from aigp_train.stages.ltve import load_transitions
+    from aigp_train.ltve.transitions import load_transitions
 
     ltve_dir, market = Path(args.ltve_dir), Path(args.market_dir)
     out_dir = Path(args.out_dir)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -39,14 +40,18 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 import torch
+from safetensors import safe_open
+from safetensors.numpy import load_file as np_load_file
+from safetensors.numpy import save_file as np_save_file
 
 from aigp_train.evaluate.metrics import forward_window
 from aigp_train.ltve.action_features import ActionFeatures
-from aigp_train.ltve.config import DataConfig
+from aigp_train.ltve.config import DataConfig, LtveRecipe
 from aigp_train.ltve.features import READ_COLUMNS, Normalizer, feature_names, state_features
 from aigp_train.ltve.layout import Columns
 from aigp_train.market.logs import ltve_mix
 from aigp_train.market.schema import read_logs, read_skus
+from aigp_train.outputs import claim
 from aigp_train.pricing import PricingConfig
 from aigp_train.pricing.reward import References, category_references, rewards
 
@@ -293,3 +298,54 @@ def _launch_outcomes(chunk: pa.Table, pricing: PricingConfig) -> dict[str, dict]
         keep = launch & complete
         out[f"gmv_{h}"], out[f"roi_{h}"] = dict(zip(sku[keep], g[keep])), dict(zip(sku[keep], r[keep]))
     return out
+
+
+# Stored form of a TransitionSet (the ltve stage writes it; ltve-eval, baselines and diagnostics read it).
+META_STRINGS = ("sku_id", "category")
+
+
+def save_transitions(path: Path, ts: TransitionSet) -> None:
+    """``ts`` as one safetensors file (arrays + a JSON header), written atomically; ``load_transitions`` reads it."""
+    arrays = {"train": ts.train, "heldout": ts.heldout, "normalizer.mean": ts.normalizer.mean,
+              "normalizer.std": ts.normalizer.std}
+    for k, v in ts.heldout_meta.items():
+        if k in META_STRINGS:
+            continue
+        arrays[f"meta.{k}"] = np.ascontiguousarray(v.astype(np.float64))
+    for k, v in ts.train_meta.items():
+        arrays[f"train_meta.{k}"] = np.ascontiguousarray(v)
+    header = {"feature_names": ts.feature_names, "action_features": ts.action_features,
+              "categories": ts.categories, "gmv_tier": ts.gmv_tier,
+              "reward_range": list(ts.reward_range), "cutoff_date": ts.cutoff_date, "counts": ts.counts,
+              **{f"meta.{k}": ts.heldout_meta[k].tolist() for k in META_STRINGS}}
+    # straight to a temp file and renamed (atomic), never a second in-memory copy of 5M rows
+    tmp = path.with_name(f".{path.name}.tmp")
+    claim(tmp), claim(path)
+    np_save_file(arrays, str(tmp), metadata={"header": json.dumps(header)})
+    os.replace(tmp, path)
+
+
+def load_transitions(folder: str | Path) -> dict:
+    """The ``transitions.safetensors`` of an ``ltve`` output as plain arrays + header (ltve-eval, baselines,
+    diagnostics)."""
+    path = Path(folder) / "transitions.safetensors"
+    arrays = np_load_file(str(path))
+    with safe_open(str(path), framework="numpy") as fh:
+        header = json.loads(fh.metadata()["header"])
+    meta = {k[5:]: v for k, v in arrays.items() if k.startswith("meta.")}
+    # a file written before the training rows' trajectory record has none (aigp baselines says so)
+    train_meta = {k[11:]: v for k, v in arrays.items() if k.startswith("train_meta.")}
+    for k in META_STRINGS:
+        meta[k] = np.asarray(header.pop(f"meta.{k}"), dtype=str)
+    return {"train": arrays["train"], "heldout": arrays["heldout"], "heldout_meta": meta, "train_meta": train_meta,
+            "normalizer": Normalizer(arrays["normalizer.mean"], arrays["normalizer.std"]), **header}
+
+
+def resolve_q_bounds(recipe: LtveRecipe, reward_range: tuple[float, float]) -> tuple[float, float]:
+    """The n-step target's clip: the recipe's train.q_min / q_max where set, else r/(1-gamma) of the train split."""
+    lo, hi = q_bounds_from_rewards(reward_range[0], reward_range[1], recipe.data.gamma)
+    lo = recipe.train.q_min if recipe.train.q_min is not None else lo
+    hi = recipe.train.q_max if recipe.train.q_max is not None else hi
+    if not lo < hi:
+        raise ValueError(f"train.q_min ({lo}) must be below train.q_max ({hi}).")
+    return lo, hi

@@ -30,17 +30,17 @@ import torch
 from aigp_train.config import help_field, load_recipe
 from aigp_train.ltve import evaluate as ev
 from aigp_train.ltve.action_features import ActionFeatures
-from aigp_train.ltve.checkpoint import save_model
-from aigp_train.ltve.config import CQLConfig
+from aigp_train.ltve.checkpoint import model_meta, save_model
+from aigp_train.ltve.config import CQLConfig, LtveRecipe
 from aigp_train.ltve.cql import CQLTrainer
 from aigp_train.ltve.layout import Columns
 from aigp_train.ltve.model import load_ltve
-from aigp_train.ltve.trainer import intra_op_threads
+from aigp_train.ltve.trainer import intra_op_threads, resolve_device
+from aigp_train.ltve.transitions import load_transitions, resolve_q_bounds
 from aigp_train.outputs import StageOutput, atomic_write_json, atomic_write_text
 from aigp_train.pricing import PricingConfig
 from aigp_train.pricing.a_safe import from_stored
 from aigp_train.progress import Progress
-from aigp_train.stages import ltve as ltve_stage
 
 
 @dataclass
@@ -79,19 +79,19 @@ def _ltve_overrides(recipe: Recipe, n: int) -> list[str]:
 
 
 def _train_cql(recipe: Recipe, ltve_dir: Path, out_dir: Path) -> None:
-    lrec = load_recipe(recipe.ltve_recipe, ltve_stage.Recipe, _ltve_overrides(recipe, recipe.eval.main_n_step))
-    td = ltve_stage.load_transitions(ltve_dir)
-    bounds = ltve_stage.resolve_q_bounds(lrec, tuple(td["reward_range"]))
+    lrec = load_recipe(recipe.ltve_recipe, LtveRecipe, _ltve_overrides(recipe, recipe.eval.main_n_step))
+    td = load_transitions(ltve_dir)
+    bounds = resolve_q_bounds(lrec, tuple(td["reward_range"]))
     with intra_op_threads(lrec.train.cpu_threads):
         action_features = ActionFeatures(td["action_features"], td["feature_names"], td["normalizer"].mean,
                                          td["normalizer"].std, recipe.pricing.max_step)
         trainer = CQLTrainer(torch.from_numpy(td["train"]), len(td["feature_names"]), lrec.train, recipe.cql,
                              lrec.model.hidden_sizes, bounds, recipe.pricing, action_features,
-                             device=ltve_stage.resolve_device(lrec.train.device))
+                             device=resolve_device(lrec.train.device))
         progress = Progress("cql", recipe.cql.num_steps, "updates")   # Table 7's baseline: minutes on CPU
         trainer.train(recipe.cql.num_steps,
                       on_log=lambda step, _: progress.update(step, final=step >= recipe.cql.num_steps))
-    meta = ltve_stage.model_meta(lrec, td, bounds)
+    meta = model_meta(lrec, td, bounds)
     meta["critic"] = "cql"
     save_model(out_dir / "model.safetensors", trainer.q, trainer.v, td["normalizer"], meta)
 
@@ -130,7 +130,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
         sim = MarketSimulator(load_recipe(Path(recipe.logs_dir) / "recipe.yaml", MarketRecipe))
 
     def heldout(folder: Path):
-        td = ltve_stage.load_transitions(folder)
+        td = load_transitions(folder)
         cols = Columns.of(td)
         h, m = td["heldout"], td["heldout_meta"]
         return td, cols, h, m
