@@ -232,11 +232,10 @@ class _LLMSide:
     def judge_scores(self, tag: str, prompts: list[dict], responses: list[str | None]) -> dict:
         from aigp_train.llm.backends import GenerationRequest
         from aigp_train.llm.generation import read_generations, run_generation
-        from aigp_train.llm.judge import DIMENSIONS, judge_messages, parse_scores
-        from aigp_train.stages.judge import _context
+        from aigp_train.llm.judge import DIMENSIONS, judge_context, judge_messages, parse_scores
 
         requests = [GenerationRequest(f"{p['prompt_id']}#judge", judge_messages(p["messages"], r or ""),
-                                      {"prompt_state": p["state"], "response": r or "", "context": _context(p)},
+                                      {"prompt_state": p["state"], "response": r or "", "context": judge_context(p)},
                                       act_only=False, adapter=None) for p, r in zip(prompts, responses)]
         folder = self.out.path / "judge" / tag
         run_generation(requests, self.judge_backend, self.judge.sampling, folder, self.judge.shard_size)

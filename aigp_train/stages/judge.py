@@ -35,6 +35,7 @@ from aigp_train.llm.judge import (
     JudgeChecksConfig,
     JudgeStats,
     deterministic_checks,
+    judge_context,
     judge_messages,
     keep_response,
     parse_scores,
@@ -122,13 +123,8 @@ class JudgeRequests(Sequence):
     def _request(rid: str, prompt: dict, text: str) -> GenerationRequest:
         return GenerationRequest(rid, judge_messages(prompt["messages"], text),
                                  {"prompt_state": prompt["state"], "response": visible_response(text),
-                                  "context": _context(prompt)},
+                                  "context": judge_context(prompt)},
                                  act_only=False, adapter=None)
-
-
-def _context(prompt: dict) -> dict:
-    ctx = prompt.get("context", {})
-    return {"has_kb": bool(ctx.get("num_kb", 0)), "has_diagnosis": bool(ctx.get("has_diagnosis", False))}
 
 
 def _cap_act_only_share(kept: list[tuple], share: float) -> tuple[list[tuple], int]:
