@@ -147,14 +147,13 @@ class _LLMSide:
         from aigp_train.llm.tokenizer import load_tokenizer
         from aigp_train.market.prompt_source import MarketSource
         from aigp_train.stages import infer
-        from aigp_train.stages.teacher import backend_with_pricing
 
         self.inf = load_recipe(recipe.infer_recipe, infer.Recipe,
                                [f"market_dir={recipe.market_dir}", *recipe.infer_overrides])
         # the decision-only constraint touches [ACT_ONLY] requests only: the hash split's deployment answers keep
         # the infer recipe's decoding
         cfg = self.inf.backend.with_act_only_constraint(recipe.paired.decision_only_constraint)
-        self.backend = make_backend(backend_with_pricing(cfg, recipe.pricing), self.inf.model, recipe.pricing)
+        self.backend = make_backend(cfg, self.inf.model, recipe.pricing)
         self.market = MarketSource(recipe.market_dir, None)
         self.prompt_cfg, self.tokenizer = infer.prompt_config(self.inf), load_tokenizer(self.inf.model)
 

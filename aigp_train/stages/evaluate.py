@@ -174,7 +174,6 @@ class _LLMSide:
         from aigp_train.llm.tokenizer import load_tokenizer
         from aigp_train.market.prompt_source import MarketSource
         from aigp_train.stages import infer, judge
-        from aigp_train.stages.teacher import backend_with_pricing
 
         self.infer = load_recipe(recipe.infer_recipe, infer.Recipe,
                                  [f"market_dir={recipe.market_dir}", *recipe.infer_overrides])
@@ -185,12 +184,10 @@ class _LLMSide:
         self.tokenizer = load_tokenizer(self.infer.model)
         # one backend for both modes: the act-only constraint applies to [ACT_ONLY] requests only
         backend_cfg = self.infer.backend.with_act_only_constraint(recipe.modes.decision_only_constraint)
-        self.backend = make_backend(backend_with_pricing(backend_cfg, recipe.pricing), self.infer.model,
-                                    recipe.pricing)
+        self.backend = make_backend(backend_cfg, self.infer.model, recipe.pricing)
         self.decision_sampling = dataclasses.replace(self.infer.sampling,
                                                      max_new_tokens=recipe.modes.decision_only_max_new_tokens)
-        self.judge_backend = make_backend(backend_with_pricing(self.judge.backend, recipe.pricing), self.judge.model,
-                                          recipe.pricing)
+        self.judge_backend = make_backend(self.judge.backend, self.judge.model, recipe.pricing)
         self.out = out
         self.pricing = recipe.pricing
         self._teacher = None  # (teacher recipe, its backend), built on first use
@@ -209,12 +206,10 @@ class _LLMSide:
         from aigp_train.evaluate.policies import LLMPolicy
         from aigp_train.llm.backends import make_backend
         from aigp_train.stages import teacher
-        from aigp_train.stages.teacher import backend_with_pricing
 
         if self._teacher is None or self._teacher[0] != teacher_recipe:  # built once for both modes (a 235B engine)
             rec = load_recipe(teacher_recipe, teacher.Recipe)
-            self._teacher = (teacher_recipe, make_backend(backend_with_pricing(rec.backend, self.pricing), rec.model,
-                                                          self.pricing))
+            self._teacher = (teacher_recipe, make_backend(rec.backend, rec.model, self.pricing))
         backend = self._teacher[1]
         return LLMPolicy("teacher", backend, self.decision_sampling if decision_only else self.infer.sampling, None,
                          self.pricing, self.out.path / "inference" / ("teacher-act" if decision_only else "teacher"),

@@ -38,7 +38,6 @@ from aigp_train.llm.prompts import PromptConfig, build_prompt
 from aigp_train.market.prompt_source import MarketSource
 from aigp_train.outputs import StageOutput
 from aigp_train.pricing import PricingConfig
-from aigp_train.stages.teacher import backend_with_pricing
 
 
 @dataclass
@@ -156,7 +155,7 @@ def _night(recipe: Recipe, source: MarketSource | None = None, tokenizer=None) -
 
 def run(recipe: Recipe, out: StageOutput) -> dict:
     prompts, for_date, window_ended = _night(recipe)
-    backend = make_backend(backend_with_pricing(recipe.backend, recipe.pricing), recipe.model, recipe.pricing)
+    backend = make_backend(recipe.backend, recipe.model, recipe.pricing)
     result = run_inference(prompts, backend, recipe.sampling, recipe.adapter, recipe.pricing, out.path,
                            recipe.shard_size, recipe.wait_for_ranks_s, label="infer",
                            window_s=3600.0 * recipe.window_hours)

@@ -46,7 +46,6 @@ from aigp_train.llm.prompts import PromptConfig, read_prompts
 from aigp_train.outputs import StageOutput, atomic_write_jsonl
 from aigp_train.pricing import PricingConfig
 from aigp_train.pricing.ab import assign_groups
-from aigp_train.stages.teacher import backend_with_pricing
 
 
 @dataclass
@@ -163,7 +162,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     to_judge = [(rid, p, text) for rid, p, _, text, _ in items
                 if not p["act_only"] and (checks[rid].passed or not recipe.skip_llm_on_failed_checks)]
     requests = JudgeRequests(to_judge)
-    backend = make_backend(backend_with_pricing(recipe.backend, recipe.pricing), recipe.model, recipe.pricing)
+    backend = make_backend(recipe.backend, recipe.model, recipe.pricing)
     verdict_dir = out.path / "verdicts"
     result = run_generation(requests, backend, recipe.sampling, verdict_dir, recipe.shard_size, label="judge")
     rank, world = rank_and_world()

@@ -62,7 +62,6 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     from aigp_train.llm.prompts import count_prompt_tokens
     from aigp_train.llm.tokenizer import load_tokenizer
     from aigp_train.stages import infer
-    from aigp_train.stages.teacher import backend_with_pricing
 
     inf = load_recipe(recipe.infer_recipe, infer.Recipe, [f"market_dir={recipe.market_dir}",
                                                           f"max_skus={recipe.num_prompts}", *recipe.infer_overrides])
@@ -75,7 +74,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
         cfg = inf.backend
         if cfg.kind == "hf":
             cfg = dataclasses.replace(cfg, hf=dataclasses.replace(cfg.hf, batch_size=batch))
-        return make_backend(backend_with_pricing(cfg, inf.pricing), inf.model, inf.pricing)
+        return make_backend(cfg, inf.model, inf.pricing)
 
     rows = measure(backend_at, requests, inf.sampling, lambda r: count_prompt_tokens(tokenizer, r.messages),
                    lambda text: len(tokenizer(text or "", add_special_tokens=False)["input_ids"]), recipe.batch_sizes)

@@ -14,7 +14,6 @@ of ``aigp judge-agreement``; never read by the judge).
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from dataclasses import dataclass
 
@@ -43,13 +42,6 @@ class Recipe:
     pricing: PricingConfig = help_field("pricing rules (A_safe, Ψ)")
 
 
-def backend_with_pricing(cfg: BackendConfig, pricing: PricingConfig) -> BackendConfig:
-    """The scripted stand-ins take the recipe's pricing block (one source of the rules)."""
-    if cfg.kind != "scripted":
-        return cfg
-    return dataclasses.replace(cfg, scripted={**dict(cfg.scripted), "pricing": dataclasses.asdict(pricing)})
-
-
 def run(recipe: Recipe, out: StageOutput) -> dict:
     unknown = sorted(set(recipe.variants) - {"full", "act_only"})
     if unknown or not recipe.variants:
@@ -60,7 +52,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
             rows = read_prompts(recipe.prompts_dir, variant)
             prompts += rows[: recipe.max_prompts] if recipe.max_prompts > 0 else rows
     requests = [GenerationRequest(p["prompt_id"], p["messages"], p["state"], p["act_only"], None) for p in prompts]
-    backend = make_backend(backend_with_pricing(recipe.backend, recipe.pricing), recipe.model, recipe.pricing)
+    backend = make_backend(recipe.backend, recipe.model, recipe.pricing)
     extra = None
     if hasattr(backend, "defects"):  # the stand-in knows the defects it injected: ground truth labels
         def extra(req: GenerationRequest) -> dict:

@@ -5,9 +5,10 @@ their outputs are not evidence about what an LLM would write: every output row, 
 report that comes from them carries the backend name ``scripted-teacher-stand-in`` /
 ``scripted-judge-stand-in``.
 
-``make_backend`` builds ``ScriptedBackend(settings, model_recipe)`` from the ``backend.scripted``
-mapping; ``settings["role"]`` picks the teacher or the judge, and the rest is validated against
-``TeacherStandInConfig`` / ``JudgeStandInConfig`` (unknown or missing keys are errors naming them).
+``make_backend`` builds ``ScriptedBackend(settings, pricing)`` from the ``backend.scripted`` mapping
+and the stage's typed pricing rules; ``settings["role"]`` picks the teacher or the judge, and the rest
+is typed as ``TeacherStandInConfig`` / ``JudgeStandInConfig`` by the recipe loader's own checks
+(``aigp_train.config.structure``: unknown or missing keys are errors naming them).
 
 Teacher stand-in (``ScriptedTeacherStandIn``): decides like an operator reading ONLY its prompt
 (``prompt_view``: the structured state fields the prompt renders, and the knowledge-base and
@@ -61,19 +62,17 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from aigp_train.config import RecipeError, help_field
+from aigp_train.config import RecipeError, help_field, structure
 from aigp_train.llm.backends.base import GenerationRequest, SamplingConfig
 from aigp_train.llm.prompts import COMPACT_TASK
 from aigp_train.llm.state_fields import FIELD_BY_KEY, STATE_FIELDS, field_tolerance, format_field, quote_pattern
+from aigp_train.pricing import PricingConfig
 from aigp_train.pricing.direction import direction_statements
 from aigp_train.pricing.findings import BANDS, pace_band, pace_gap, reviews_established
 
@@ -102,7 +101,6 @@ class TeacherStandInConfig:
     contradiction_rate: float = help_field("fraction whose conclusion contradicts the action")
     malformed_json_rate: float = help_field("fraction whose final JSON does not parse")
     unsafe_action_rate: float = help_field("fraction whose action lies outside A_safe")
-    pricing: dict = help_field("the pricing: block (A_safe, Ψ); the teacher stage passes it", default={})
 
     def defect_rates(self) -> dict[str, float]:
         return {d: getattr(self, f"{d}_rate") for d in DEFECTS}
@@ -116,48 +114,26 @@ class JudgeStandInConfig:
     garbage_rate: float = help_field("probability the verdict is unreadable (a counted parse failure)")
     rel_tol: float = help_field("relative tolerance when checking quoted numbers")
     hold_tol: float = help_field("|action| at most this reads as 'hold price'")
-    pricing: dict = help_field("the pricing: block (A_safe, Ψ); the judge stage passes it", default={})
 
 
 def _settings(cls: type, settings: dict) -> Any:
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise RecipeError(f"unknown key(s) {unknown} in backend.scripted for the stand-in {settings.get('role')}; "
-                          f"accepted: {sorted(known)}.")
-    try:
-        cfg = OmegaConf.merge(OmegaConf.structured(cls), settings)
-        missing = sorted(OmegaConf.missing_keys(cfg))
-        if missing:
-            raise RecipeError(f"backend.scripted leaves {missing} unset for the stand-in {settings.get('role')}; "
-                              f"set them in the recipe.")
-        cfg = OmegaConf.to_object(cfg)
-    except OmegaConfBaseException as err:
-        raise RecipeError(f"bad value in backend.scripted: {err}") from None
-    # the recipe's finite check sees this block untyped ("nan" is a string there): checked here, typed
-    values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)}
-    bad = [f"backend.scripted.{k}={v}" for k, v in values.items()
-           if isinstance(v, float) and not (math.isfinite(v) and v >= 0)]
+    cfg = structure(cls, settings, "backend.scripted.")
+    # a type check passes a negative rate or standard deviation (and the recipe saw this block untyped)
+    bad = [f"backend.scripted.{f.name}={getattr(cfg, f.name)}" for f in dataclasses.fields(cls)
+           if isinstance(getattr(cfg, f.name), float) and getattr(cfg, f.name) < 0]
     if bad:
         raise RecipeError(f"{', '.join(bad)}: must be a finite number >= 0 (a rate or a standard deviation).")
     return cfg
 
 
-def _pricing(block: dict) -> Any:
-    from aigp_train.pricing import PricingConfig, load_pricing_config
-
-    if not block:
-        return load_pricing_config()
-    return PricingConfig(**block)
-
-
-def ScriptedBackend(settings: dict, model_recipe: Any = None) -> "ScriptedTeacherStandIn | ScriptedJudgeStandIn":
-    """What ``make_backend`` calls for ``kind: scripted``: the stand-in named by ``settings['role']``."""
+def ScriptedBackend(settings: dict, pricing: PricingConfig) -> "ScriptedTeacherStandIn | ScriptedJudgeStandIn":
+    """What ``make_backend`` calls for ``kind: scripted``: the stand-in named by ``settings['role']``, under the
+    stage's pricing rules."""
     role = settings.get("role")
     if role == "teacher":
-        return ScriptedTeacherStandIn(_settings(TeacherStandInConfig, settings))
+        return ScriptedTeacherStandIn(_settings(TeacherStandInConfig, settings), pricing)
     if role == "judge":
-        return ScriptedJudgeStandIn(_settings(JudgeStandInConfig, settings))
+        return ScriptedJudgeStandIn(_settings(JudgeStandInConfig, settings), pricing)
     raise RecipeError(f"backend.scripted.role must be 'teacher' or 'judge', got {role!r}.")
 
 
@@ -433,12 +409,12 @@ class ScriptedTeacherStandIn:
 
     name = "scripted-teacher-stand-in"
 
-    def __init__(self, cfg: TeacherStandInConfig):
+    def __init__(self, cfg: TeacherStandInConfig, pricing: PricingConfig):
         total = sum(cfg.defect_rates().values())
         if any(r < 0 for r in cfg.defect_rates().values()) or total > 1:
             raise RecipeError(f"backend.scripted defect rates must be >= 0 and sum to <= 1 (sum {total:.3f}).")
         self.cfg = cfg
-        self.pricing = _pricing(cfg.pricing)
+        self.pricing = pricing
 
     def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig) -> list[list[str]]:
         return [[self.plan(r, k, sampling)[0] for k in range(sampling.n)] for r in requests]
@@ -660,14 +636,14 @@ class ScriptedJudgeStandIn:
 
     name = "scripted-judge-stand-in"
 
-    def __init__(self, cfg: JudgeStandInConfig):
+    def __init__(self, cfg: JudgeStandInConfig, pricing: PricingConfig):
         from aigp_train.llm.judge import JudgeChecksConfig
 
         for key in ("error_rate", "format_noise_rate", "garbage_rate"):
             if not 0 <= getattr(cfg, key) <= 1:
                 raise RecipeError(f"backend.scripted.{key} must be in [0, 1], got {getattr(cfg, key)}.")
         self.cfg = cfg
-        self.pricing = _pricing(cfg.pricing)
+        self.pricing = pricing
         self.checks_cfg = JudgeChecksConfig(rel_tol=cfg.rel_tol, hold_tol=cfg.hold_tol)
 
     def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig) -> list[list[str]]:
