@@ -170,15 +170,16 @@ class _LLMSide:
 
     def __init__(self, recipe: Recipe, out: StageOutput, cutoff_date: int):
         from aigp_train.config import load_recipe
+        from aigp_train.evaluate.night import prompt_config
         from aigp_train.llm.backends import make_backend
+        from aigp_train.llm.config import InferRecipe, JudgeRecipe
         from aigp_train.llm.tokenizer import load_tokenizer
         from aigp_train.market.prompt_source import MarketSource
-        from aigp_train.stages import infer, judge
 
-        self.infer = load_recipe(recipe.infer_recipe, infer.Recipe,
+        self.infer = load_recipe(recipe.infer_recipe, InferRecipe,
                                  [f"market_dir={recipe.market_dir}", *recipe.infer_overrides])
-        self.judge = load_recipe(recipe.judge_recipe, judge.Recipe)
-        self.prompt_cfg = infer.prompt_config(self.infer)
+        self.judge = load_recipe(recipe.judge_recipe, JudgeRecipe)
+        self.prompt_cfg = prompt_config(self.infer)
         # The price-sales hint in the prompts is fitted on the training period only (no look-ahead).
         self.source = MarketSource(recipe.market_dir, cutoff_date - 1)
         self.tokenizer = load_tokenizer(self.infer.model)
@@ -205,10 +206,10 @@ class _LLMSide:
         from aigp_train.config import load_recipe
         from aigp_train.evaluate.policies import LLMPolicy
         from aigp_train.llm.backends import make_backend
-        from aigp_train.stages import teacher
+        from aigp_train.llm.config import TeacherRecipe
 
         if self._teacher is None or self._teacher[0] != teacher_recipe:  # built once for both modes (a 235B engine)
-            rec = load_recipe(teacher_recipe, teacher.Recipe)
+            rec = load_recipe(teacher_recipe, TeacherRecipe)
             self._teacher = (teacher_recipe, make_backend(rec.backend, rec.model, self.pricing))
         backend = self._teacher[1]
         return LLMPolicy("teacher", backend, self.decision_sampling if decision_only else self.infer.sampling, None,

@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aigp_train.config import help_field
-from aigp_train.llm.backends import BackendConfig, GenerationRequest, SamplingConfig, make_backend
+from aigp_train.llm.backends import GenerationRequest, make_backend
+from aigp_train.llm.config import JudgeRecipe
 from aigp_train.llm.generation import rank_and_world, read_generations, run_generation, wait_for_generations
 from aigp_train.llm.judge import (
-    JudgeChecksConfig,
     JudgeStats,
     deterministic_checks,
     judge_context,
@@ -44,33 +44,9 @@ from aigp_train.llm.judge import (
 from aigp_train.llm.models import ModelRecipe
 from aigp_train.llm.prompts import PromptConfig, read_prompts
 from aigp_train.outputs import StageOutput, atomic_write_jsonl
-from aigp_train.pricing import PricingConfig
 from aigp_train.pricing.ab import assign_groups
 
-
-@dataclass
-class SFTSplitConfig:
-    heldout_fraction: float = help_field("share of SKUs whose kept responses go to sft/heldout.jsonl")
-    salt: str = help_field("salt of the SKU hash that splits train / heldout")
-    num_buckets: int = help_field("hash buckets; heldout_fraction * num_buckets must be whole")
-    act_only_share: float = help_field(
-        "most share of the SFT examples that are decision-only ([ACT_ONLY] prompt -> the teacher's JSON action)")
-
-
-@dataclass
-class Recipe:
-    output_dir: str = help_field("folder of this stage's output")
-    prompts_dir: str = help_field("output folder of `aigp prompts`")
-    teacher_dir: str = help_field("output folder of `aigp teacher`")
-    skip_llm_on_failed_checks: bool = help_field("do not send responses that failed a deterministic check to the judge")
-    shard_size: int = help_field("judge requests per atomically written shard (the unit of resume)")
-    wait_for_ranks_s: float = help_field("rank 0 waits this long for other ranks' shards before writing outputs")
-    checks: JudgeChecksConfig = help_field("deterministic checks")
-    sft: SFTSplitConfig = help_field("train / heldout split of the kept responses")
-    model: ModelRecipe = help_field("the judge model (used by the hf and vllm backends)")
-    backend: BackendConfig = help_field("judge backend (scripted = the rule-based stand-in)")
-    sampling: SamplingConfig = help_field("judge sampling (greedy: temperature 0, n 1)")
-    pricing: PricingConfig = help_field("pricing rules (A_safe, Ψ)")
+Recipe = JudgeRecipe  # the schema lives in aigp_train.llm.config (evaluate loads it too)
 
 
 @dataclass

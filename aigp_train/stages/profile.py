@@ -58,16 +58,17 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     from aigp_train.config import load_recipe
     from aigp_train.distributed.cluster import load_cluster
     from aigp_train.evaluate.infer import build_requests
+    from aigp_train.evaluate.night import night_prompts
     from aigp_train.llm.backends import make_backend
+    from aigp_train.llm.config import InferRecipe
     from aigp_train.llm.prompts import count_prompt_tokens
     from aigp_train.llm.tokenizer import load_tokenizer
-    from aigp_train.stages import infer
 
-    inf = load_recipe(recipe.infer_recipe, infer.Recipe, [f"market_dir={recipe.market_dir}",
+    inf = load_recipe(recipe.infer_recipe, InferRecipe, [f"market_dir={recipe.market_dir}",
                                                           f"max_skus={recipe.num_prompts}", *recipe.infer_overrides])
     cluster = load_cluster(recipe.cluster)
     tokenizer = load_tokenizer(inf.model)
-    prompts = infer.night_prompts(inf, tokenizer=tokenizer)
+    prompts = night_prompts(inf, tokenizer=tokenizer)
     requests = build_requests(prompts, inf.adapter)
 
     def backend_at(batch: int):
