@@ -36,7 +36,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    expectile: float = help_field("expectile tau of the V regression (eq. 4)")
+    expectile: float = help_field("the expectile of the V regression (the paper's tau, eq. 4)")
     lr: float = help_field("Adam learning rate of Q1, Q2 and V")
     eta: float = help_field("soft target update rate eta")
     batch_size: int = help_field("transitions per update")

@@ -2,8 +2,8 @@
 
 Reads the simulator's (or real) SKU-day logs, builds n-step transitions with a
 time-based split and the 60/40 expert mix, and trains twin critics Q1, Q2 (n-step
-targets bootstrapped from V, clipped to [Q_min, Q_max]) and V (expectile tau toward
-the min of the target critics) with the fused trainer. Writes:
+targets bootstrapped from V, clipped to [Q_min, Q_max]) and V (its ``train.expectile``, the
+paper's tau, toward the min of the target critics) with the fused trainer. Writes:
 
   transitions.safetensors  train / held-out transition tensors (+ held-out metadata)
   checkpoint.safetensors   full training state, every train.checkpoint_every updates
