@@ -14,7 +14,7 @@ Three kinds, chosen by the ``kind`` field of ``BackendConfig`` (a ``Literal``, p
   adapters per request (``hf_backend.py``);
 * ``vllm``: tensor parallel engine, one replica per node, LoRARequest per request, prefix
   caching (``vllm_backend.py``; vllm is imported only inside that class);
-* ``scripted``: the rule-based stand-in teacher/judge (``scripted.py``, written with the
+* ``scripted``: the rule-based stand-in teacher/judge (``scripted/``, written with the
   prompts), so the pipeline runs on a CPU box with no model at all. It is built as
   ``ScriptedBackend(settings: dict, pricing)`` from the ``backend.scripted`` mapping, which that
   module types with the recipe loader's checks (errors name the key), and the stage's pricing.
