@@ -1,7 +1,8 @@
 """MoE-aware LoRA SFT under DeepSpeed ZeRO-3 (paper §3.2, eq. 2, Table 8).
 
 Reads the judge's SFT set (``sft/train.jsonl``, ``sft/heldout.jsonl``: chat ``messages`` ending
-with the kept teacher response), trains a LoRA adapter on q/k/v/o of the student with the loss on
+with the kept teacher response), trains a LoRA adapter on the recipe's ``lora.target_modules`` of
+the student (the paper's q/k/v/o; ``recipes/tiny/lora.yaml`` adds ``lm_head``) with the loss on
 assistant tokens only plus the router's load-balancing loss, and writes
 
 * ``adapter/``: the best adapter by held-out loss (PEFT folder, safetensors; loads in
