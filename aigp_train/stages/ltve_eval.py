@@ -19,6 +19,7 @@ label and Fig. 3 are computed as on simulated logs.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +38,14 @@ from aigp_train.ltve.layout import Columns
 from aigp_train.ltve.model import load_ltve
 from aigp_train.ltve.trainer import intra_op_threads, resolve_device
 from aigp_train.ltve.transitions import load_transitions, resolve_q_bounds
+from aigp_train.market.recipe import MarketRecipe
+from aigp_train.market.simulator import MarketSimulator, sku_index_of
 from aigp_train.outputs import StageOutput, atomic_write_json, atomic_write_text
 from aigp_train.pricing import PricingConfig
 from aigp_train.pricing.a_safe import from_stored
+from aigp_train.pricing.reward import References
 from aigp_train.progress import Progress
+from aigp_train.stage_runner import run_stage
 
 
 @dataclass
@@ -106,8 +111,6 @@ def _fmt(x: float | str) -> str:
 
 
 def run(recipe: Recipe, out: StageOutput) -> dict:
-    from aigp_train.stage_runner import run_stage
-
     e = recipe.eval
     if e.main_n_step not in e.n_steps:
         raise ValueError(f"eval.main_n_step ({e.main_n_step}) must be one of eval.n_steps {e.n_steps}.")
@@ -136,11 +139,6 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
 
 def _simulator(recipe: Recipe):
     """The market's simulator (the oracle of the true CDA), or None for real logs (``aigp ingest``)."""
-    import json
-
-    from aigp_train.market.recipe import MarketRecipe
-    from aigp_train.market.simulator import MarketSimulator
-
     market = json.loads((Path(recipe.logs_dir) / "market.json").read_text())
     if not market.get("simulator", True):
         return None
@@ -154,9 +152,6 @@ def _heldout(folder: Path):
 
 def _tables(recipe: Recipe, runs: dict[int, Path], cql_dir: Path, sim) -> tuple[dict, dict, dict]:
     """Table 2 (every n), Table 7 (LTVE vs CQL at the deployed n) and the true-CDA rows, computed."""
-    from aigp_train.market.simulator import sku_index_of
-    from aigp_train.pricing.reward import References
-
     e = recipe.eval
     table2, true_rows, table7 = {}, {}, {}
     for n, folder in runs.items():

@@ -6,6 +6,7 @@ The rules are in the package docstring (``aigp_train.llm.backends.scripted``).
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -13,6 +14,14 @@ from typing import Any, Literal
 from aigp_train.config import RecipeError, help_field
 from aigp_train.llm.backends.base import GenerationRequest, SamplingConfig
 from aigp_train.llm.backends.scripted.views import diagnosis_flags, keyed_rng, prompt_sections, section
+from aigp_train.llm.judge import (
+    DIMENSION_NAMES,
+    DIMENSIONS,
+    JudgeChecksConfig,
+    deterministic_checks,
+    reasoning_of,
+    visible_response,
+)
 from aigp_train.llm.state_fields import FIELD_BY_KEY, STATE_FIELDS, quote_pattern
 from aigp_train.pricing import PricingConfig
 from aigp_train.pricing.direction import direction_statements
@@ -105,8 +114,6 @@ class ScriptedJudgeStandIn:
     name = "scripted-judge-stand-in"
 
     def __init__(self, cfg: JudgeStandInConfig, pricing: PricingConfig):
-        from aigp_train.llm.judge import JudgeChecksConfig
-
         for key in ("error_rate", "format_noise_rate", "garbage_rate"):
             if not 0 <= getattr(cfg, key) <= 1:
                 raise RecipeError(f"backend.scripted.{key} must be in [0, 1], got {getattr(cfg, key)}.")
@@ -119,8 +126,6 @@ class ScriptedJudgeStandIn:
 
     def scores(self, request: GenerationRequest) -> dict[str, int]:
         """The noise-free rule-based scores of one judge request."""
-        from aigp_train.llm.judge import deterministic_checks, reasoning_of, visible_response
-
         state, response = request.state["prompt_state"], visible_response(str(request.state["response"]))
         context = request.state.get("context", {})
         reasoning = reasoning_of(response)
@@ -144,10 +149,6 @@ class ScriptedJudgeStandIn:
         }
 
     def verdict(self, request: GenerationRequest, sample: int, sampling: SamplingConfig) -> str:
-        import json
-
-        from aigp_train.llm.judge import DIMENSION_NAMES, DIMENSIONS
-
         rng = keyed_rng(sampling.seed, request.request_id, sample, "judge")
         scores = self.scores(request)
         if rng.random() < self.cfg.error_rate:

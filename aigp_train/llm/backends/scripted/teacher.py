@@ -14,7 +14,7 @@ from aigp_train.config import RecipeError, help_field
 from aigp_train.llm.backends.base import GenerationRequest, SamplingConfig
 from aigp_train.llm.backends.scripted.evidence import Quoter, heuristic_action
 from aigp_train.llm.backends.scripted.views import PromptView, keyed_rng, prompt_view
-from aigp_train.pricing import PricingConfig
+from aigp_train.pricing import PricingConfig, feasible_interval, format_action, project_action
 
 DEFECTS = ("wrong_number", "omitted_factor", "incoherent", "contradiction", "malformed_json", "unsafe_action")
 # The dimension each defect should pull below 5 (None: only the A_safe rule catches it).
@@ -85,8 +85,6 @@ class ScriptedTeacherStandIn:
 
     def plan(self, request: GenerationRequest, sample: int, sampling: SamplingConfig) -> tuple[str, str | None]:
         """(response text, injected defect or None) for one sample; deterministic."""
-        from aigp_train.pricing import feasible_interval, format_action, project_action
-
         view = prompt_view(request.state, request.messages)
         rng = keyed_rng(sampling.seed, request.request_id, sample, "teacher")
         d_prev = float(view.state["d_prev"])
