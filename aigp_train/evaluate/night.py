@@ -85,7 +85,7 @@ def night_prompts(recipe: InferRecipe, source: MarketSource | None = None, token
 
 def night(recipe: InferRecipe, source: MarketSource | None = None, tokenizer=None) -> tuple[list[dict], int, int]:
     """The night's prompts, the date their decisions are for, and the count of SKUs whose window ended."""
-    from aigp_train.llm.tokenizer import load_tokenizer  # lazy: transformers, which a scripted run never needs
+    from aigp_train.llm.tokenizer import load_tokenizer  # noqa: PLC0415 - transformers; a scripted run never needs it
 
     source = source or MarketSource(recipe.market_dir, None)
     keys, for_date, window_ended = night_keys(recipe, source)

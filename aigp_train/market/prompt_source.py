@@ -151,7 +151,7 @@ def estimate_elasticities(logs: Any, prior: float = -2.62) -> dict[str, float]:
     gets ``prior`` (meta-analysis mean -2.62, Bijmolt, van Heerde & Pieters 2005). Clipped to
     [-6, -0.3]: a constant-elasticity extrapolation outside that is not credible.
     """
-    import pandas as pd  # pandas (heavy): fitting only
+    import pandas as pd  # noqa: PLC0415 - pandas (heavy): fitting only
 
     out: dict[str, float] = {}
     for cat, g in logs.groupby("category", sort=True):
@@ -197,7 +197,12 @@ class MarketSource:
 
     def __init__(self, market_dir: str, elasticity_max_date: int | None = None):
         # pyarrow (heavy): loading only
-        from aigp_train.market.schema import absent_columns, read_logs, read_skus, read_text_table
+        from aigp_train.market.schema import (  # noqa: PLC0415
+            absent_columns,
+            read_logs,
+            read_skus,
+            read_text_table,
+        )
 
         root = Path(market_dir)
         if not (root / "market.json").is_file():
