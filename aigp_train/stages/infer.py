@@ -27,6 +27,7 @@ The same recipe drives the LLM policies of ``aigp evaluate`` and ``aigp abtest``
 
 from __future__ import annotations
 
+from aigp_train.config import recipe_hash
 from aigp_train.evaluate.infer import run_inference
 from aigp_train.evaluate.night import night, prompt_config
 from aigp_train.llm.backends import make_backend
@@ -38,8 +39,6 @@ Recipe = InferRecipe  # the schema lives in aigp_train.llm.config (evaluate, abt
 
 def extra_inputs(recipe: Recipe) -> dict[str, str]:
     """The resolved prompt block (``prompt_recipe`` and its includes): the recipe names only its file."""
-    from aigp_train.config import recipe_hash
-
     return {"prompt_recipe.prompt": recipe_hash(prompt_config(recipe))}
 
 

@@ -28,6 +28,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+from omegaconf import OmegaConf
+
 from aigp_train.config import help_field
 from aigp_train.llm.backends import GenerationRequest, make_backend
 from aigp_train.llm.config import JudgeRecipe
@@ -59,10 +62,7 @@ def sft_tokenizer_and_cutoff(prompts_dir: str):
     """The student's tokenizer and the SFT cutoffs (full, [ACT_ONLY]), from the resolved recipe of the
     prompts run (one source: the prompts were fitted to the same budget). Only its model and prompt
     blocks are read."""
-    import yaml
-    from omegaconf import OmegaConf
-
-    from aigp_train.llm.tokenizer import load_tokenizer
+    from aigp_train.llm.tokenizer import load_tokenizer  # noqa: PLC0415 - transformers, for the SFT cutoff only
 
     resolved = Path(prompts_dir) / "recipe.yaml"
     if not resolved.is_file():

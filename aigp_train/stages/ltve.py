@@ -18,6 +18,7 @@ exits with status 75 (requeue), without a manifest.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -40,14 +41,13 @@ RESUMABLE_CHANGES = ("train.num_steps", "logging")  # where the losses are sent 
 
 Recipe = LtveRecipe  # the schema lives in aigp_train.ltve.config (ltve-eval loads it too)
 
+
 def _wandb_run(cfg: LtveLogging, out_dir: Path, config: dict):
     """The wandb run of this output folder (one id per folder: a resumed training continues it), or None."""
-    import hashlib
-
     mode = os.environ.get("WANDB_MODE", cfg.wandb_mode)
     if mode == "disabled":
         return None
-    import wandb
+    import wandb  # noqa: PLC0415 - wandb (heavy), only when logging is on
 
     run_id = "ltve-" + hashlib.sha256(str(out_dir.resolve()).encode()).hexdigest()[:12]
     claim(out_dir / "wandb")  # wandb writes its run folder there
