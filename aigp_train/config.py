@@ -36,7 +36,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 T = TypeVar("T")
 
-__all__ = ["MISSING", "UserError", "RecipeError", "load_recipe", "recipe_hash", "recipe_to_dict", "help_field"]
+__all__ = ["MISSING", "UserError", "RecipeError", "load_recipe", "structure", "recipe_hash", "recipe_to_dict",
+           "help_field"]
 
 
 class UserError(ValueError):
@@ -187,24 +188,39 @@ def load_recipe(path: str | Path, schema: type[T], overrides: list[str] | tuple[
     merged: dict = {}
     for _, data in layers:
         merged = _deep_merge(merged, data)
-    _check_keys(schema, merged, "", layers)
+    return _typed(schema, merged, layers, "", f"{_display(Path(path))} leaves {{}} unset; every value must be in "
+                  f"the recipe (or an included one) or given as key=value.")
+
+
+def structure(schema: type[T], data: dict, prefix: str) -> T:
+    """An untyped block of a loaded recipe (``data``, found at ``prefix``, e.g. ``backend.scripted.``) as an
+    instance of ``schema``, under the same checks as ``load_recipe``: unknown and unset keys, types, finite
+    numbers, no negative counts; every message names the key with its prefix."""
+    nested: dict = data
+    for part in reversed(prefix.rstrip(".").split(".") if prefix else []):
+        nested = {part: nested}
+    layers = [("the recipe", nested)]
+    return _typed(schema, data, layers, prefix, f"{prefix.rstrip('.') or 'the recipe'} leaves {{}} unset; set them "
+                  f"in the recipe.")
+
+
+def _typed(schema: type[T], data: dict, layers: list[tuple[str, dict]], prefix: str, unset: str) -> T:
+    """``data`` checked and typed as ``schema``; ``unset`` is the message for unset keys (``{}``: their names)."""
+    _check_keys(schema, data, prefix, layers)
     try:
         structured = OmegaConf.structured(schema)
-        cfg = OmegaConf.merge(structured, merged)
+        cfg = OmegaConf.merge(structured, data)
         missing = sorted(OmegaConf.missing_keys(cfg))
         if missing:
-            raise RecipeError(
-                f"{_display(Path(path))} leaves {', '.join(missing)} unset; every value must be in the recipe "
-                f"(or an included one) or given as key=value."
-            )
-        _check_finite(OmegaConf.to_container(cfg, resolve=True), "", layers)  # after typing: "inf" is a float now
+            raise RecipeError(unset.format(", ".join(f"{prefix}{k}" for k in missing)))
+        _check_finite(OmegaConf.to_container(cfg, resolve=True), prefix, layers)  # after typing: "inf" is a float
         recipe = OmegaConf.to_object(cfg)
-        _check_not_negative(recipe, "", layers)
+        _check_not_negative(recipe, prefix, layers)
         return recipe  # type: ignore[return-value]
     except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None) or "?"
+        key = prefix + str(getattr(err, "full_key", None) or "?")
         raise RecipeError(
-            f"bad value for '{key}' (set in {_source_of(str(key), layers)}): {_first_line(err)}. "
+            f"bad value for '{key}' (set in {_source_of(key, layers)}): {_first_line(err)}. "
             f"Expected the type declared in {schema.__name__}."
         ) from None
 

@@ -1,7 +1,7 @@
 """DPO training throughput: `aigp dpo`'s core step vs TRL's DPOTrainer, same model, data, LoRA, beta, batch.
 
     python bench/dpo.py                      # prints one JSON line
-    python bench/dpo.py --steps 6 --rounds 2 --prompt-tokens 1100 --pairs-per-prompt 2
+    python bench/dpo.py --steps 6 --rounds 3 --prompt-tokens 1100 --pairs-per-prompt 2 [--allow-busy]
 
 Both sides train the tiny Qwen3-MoE (recipes/models/tiny-qwen3-moe.yaml, same init seed) with the
 LoRA block of recipes/tiny/dpo.yaml (q/k/v/o), beta and lr of the recipe, on the SAME pairs in
@@ -22,11 +22,13 @@ knowledge base and diagnosis), several pairs per prompt as `aigp pairs` makes th
   still.
 
 Gradient checkpointing and the router aux loss are off on both sides (the same work). Each side
-runs in its own process, ``--rounds`` times alternately (this box is shared and noisy: the ratio
-is of medians measured in the same run). A step's time is the optimizer step (forward, backward,
-update); the first ``--warmup`` steps are not timed. Memory: peak RSS growth during the timed
-steps (``/proc/self/clear_refs`` resets the high-water mark at the first timed step). Both sides
-also report the reference log-probs of the same pairs: they must agree (same model, same tokens).
+runs in its own process, ``--rounds`` times alternately (the first side alternating too): the ratio
+is the median of the per-round ratios of each round's median step, with its spread and the load
+average before and after (``bench/rounds.py``: withheld on a busy box unless ``--allow-busy``).
+A step's time is the optimizer step (forward, backward, update); the first ``--warmup`` steps are
+not timed. Memory: peak RSS growth during the timed steps (``/proc/self/clear_refs`` resets the
+high-water mark at the first timed step). Both sides also report the reference log-probs of the
+same pairs: they must agree (same model, same tokens).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from bench.rounds import add_load_args, load_avg, per_round, withhold_if_busy  # noqa: E402
 
 FILLER = ("Day {d}: impressions {i}, clicks {c}, units {u}, GMV {g:.2f} yuan, ROI {r:.2f}, competitor mean price "
           "{p:.2f}, rating {s:.1f} with {n} reviews. The diagnosis notes conversion {v:.2%} versus the category "
@@ -265,8 +269,8 @@ def eng_seed(recipe) -> int:
     return recipe.engine.seed
 
 
-def _child(side: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--side", side, *sys.argv[1:]]
+def _child(side: str, argv: list[str], args) -> dict:
+    cmd = [sys.executable, __file__, "--side", side, *argv]
     env = dict(os.environ, DS_ACCELERATOR="cpu", WANDB_MODE="disabled", TQDM_DISABLE="1",
                OMP_NUM_THREADS=str(args.threads))
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
@@ -275,7 +279,8 @@ def _child(side: str, args) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--side", choices=["ours", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--prompts", type=int, default=12)
@@ -284,28 +289,33 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8, help="pairs per optimizer step (both sides)")
     ap.add_argument("--steps", type=int, default=4, help="timed optimizer steps per round")
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+    add_load_args(ap)
+    args = ap.parse_args(argv)
     if args.side:
         result = run_ours(args) if args.side == "ours" else run_trl(args)
         print(json.dumps(result))
-        return
+        return 0
+    load_before = load_avg()
     runs = {"ours": [], "trl": []}
-    for _ in range(args.rounds):
-        for side in ("ours", "trl"):
-            runs[side].append(_child(side, args))
-    med = {s: statistics.median([t for r in rs for t in r["step_s"]]) for s, rs in runs.items()}
-    pps = {s: args.batch / med[s] for s in runs}
+    for r in range(args.rounds):
+        # the sides alternate which goes first, so a drift in the box's load falls on both
+        for side in ("ours", "trl") if r % 2 == 0 else ("trl", "ours"):
+            runs[side].append(_child(side, argv, args))
+    load_after = load_avg()
+    # pairs/s of each round: its median step (steps are not pooled across rounds: the box changes between them)
+    pps = {s: [args.batch / statistics.median(r["step_s"]) for r in rs] for s, rs in runs.items()}
     mem = {s: max(r["peak_rss_growth_mib"] for r in rs) for s, rs in runs.items()}
     ours_ref, trl_ref = runs["ours"][0]["ref_logps"], runs["trl"][0]["ref_logps"]
     diff = max(abs(a - b) for k in ours_ref for a, b in zip(ours_ref[k], trl_ref[k]))
-    print(json.dumps({
-        "metric": "dpo_pairs_per_s", "unit": "pairs/s", "ours": round(pps["ours"], 3),
+    line = {
+        "metric": "dpo_pairs_per_s", "unit": "pairs/s (median step of each round, median over rounds)",
+        "ours": round(statistics.median(pps["ours"]), 3),
         "reference": {"name": "trl.DPOTrainer (precompute_ref_log_probs, completion-only fused LM head)",
-                      "value": round(pps["trl"], 3)},
-        "ratio": round(pps["ours"] / pps["trl"], 3),
+                      "value": round(statistics.median(pps["trl"]), 3)},
+        **per_round(pps["ours"], pps["trl"]),
         "peak_memory_mib": {"ours": round(mem["ours"], 1), "trl": round(mem["trl"], 1)},
         "memory_ratio": round(mem["ours"] / mem["trl"], 3) if mem["trl"] > 0 else None,
         "first_step_loss": {"ours": runs["ours"][0]["first_loss"], "trl": runs["trl"][0]["first_loss"]},
@@ -314,10 +324,13 @@ def main() -> None:
                                       "trl": runs["trl"][0]["tokens_per_step"]},
         "mean_prompt_tokens": runs["ours"][0]["mean_prompt_tokens"],
         "pairs": args.prompts * args.pairs_per_prompt, "pairs_per_prompt": args.pairs_per_prompt,
-        "batch_pairs": args.batch, "timed_steps": args.steps * args.rounds, "threads": args.threads,
-        "model": "tiny-qwen3-moe", "lora": "q/k/v/o r=16",
-    }))
+        "batch_pairs": args.batch, "timed_steps": args.steps * args.rounds, "rounds": args.rounds,
+        "threads": args.threads, "model": "tiny-qwen3-moe", "lora": "q/k/v/o r=16",
+    }
+    status = withhold_if_busy(line, load_before, load_after, args.threads, args)
+    print(json.dumps(line))
+    return status
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -176,17 +176,17 @@ def merge(paths: list[str]) -> dict:
             "slowest_call_head": slowest["slowest_call_head"], "wall_s": round(sum(p["wall_s"] for p in parts), 1)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=10 ** 6, help="hostile answers to parse")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--start", type=int, default=0, help="first answer of the stream to parse (a chunk of --n)")
     ap.add_argument("--stop", type=int, default=None, help="end of the chunk (default --n)")
     ap.add_argument("--merge", nargs="+", help="merge the JSON lines of chunk runs into one line")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if args.merge:
         print(json.dumps(merge(args.merge)))
-        return
+        return 0
     stop = args.n if args.stop is None else args.stop
     wall = time.perf_counter()
     result = fuzz(stop, args.seed, args.start)
@@ -200,7 +200,8 @@ def main() -> None:
                       "ratio": round(ours / reference, 3), "n": n, "seed": args.seed, "start": args.start,
                       "stop": stop, **result,
                       "wall_s": round(time.perf_counter() - wall, 1)}))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -32,19 +32,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from aigp_train.ltve.config import TrainConfig
-from aigp_train.ltve.layout import Columns
-from aigp_train.ltve.trainer import FusedLTVETrainer, update_flops
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from aigp_train.ltve.config import TrainConfig  # noqa: E402
+from aigp_train.ltve.layout import Columns  # noqa: E402
+from aigp_train.ltve.trainer import FusedLTVETrainer, update_flops  # noqa: E402
+from bench.rounds import add_load_args, load_avg, withhold_if_busy  # noqa: E402
 
 
 def _cfg(batch: int, log_every: int, device: str = "cpu") -> TrainConfig:
@@ -160,6 +164,7 @@ def throughput(args) -> dict:
           "ratio_d3rlpy_per_round_median": statistics.median(a / b for a, b in zip(r_ours, r_d3))} if r_d3 else {}
     return {**d3, "ours_ups": ours_ups, "ref_ups": ref_ups, "ratio": ours_ups / ref_ups,
             "ratio_per_round_median": statistics.median(a / b for a, b in zip(r_ours, r_ref)),
+            "ratio_spread": (min(a / b for a, b in zip(r_ours, r_ref)), max(a / b for a, b in zip(r_ours, r_ref))),
             "matmul_gflops": mm / 1e9, "update_gflop": flops / 1e9, "roofline_fraction": flops * ours_ups / mm,
             "ref_roofline_fraction": flops * ref_ups / mm}
 
@@ -205,7 +210,7 @@ def memory_child(which: str, n: int, state_dim: int, hidden: list[int], batch: i
     print(json.dumps({"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--state-dim", type=int, default=32)
     ap.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
@@ -220,18 +225,21 @@ def main() -> None:
     ap.add_argument("--memory", action="store_true", help="also measure peak RSS on --memory-transitions")
     ap.add_argument("--memory-transitions", type=int, default=5_000_000)
     ap.add_argument("--_child", choices=["ours", "reference"], help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    add_load_args(ap)
+    args = ap.parse_args(argv)
     if args._child:
         memory_child(args._child, args.memory_transitions, args.state_dim, args.hidden, args.batch)
-        return
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()[0]
+    load_before = load_avg()
     res = throughput(args)
+    load_after = load_avg()
     line = {"metric": "ltve_updates_per_s", "unit": "updates/s", "ours": round(res["ours_ups"], 2),
             "reference": {"name": "plain per-step PyTorch (nn.Module MLPs, host NumPy sampling, loop target update)",
                           "value": round(res["ref_ups"], 2)},
             "ratio": round(res["ratio"], 3), "ratio_per_round_median": round(res["ratio_per_round_median"], 3),
+            "ratio_spread": [round(x, 3) for x in res["ratio_spread"]],
             **({"reference_d3rlpy": {"name": "d3rlpy 2.8.1 IQL (Q, V and its AWR actor per update)",
                                      "value": round(res["d3rlpy_ups"], 2)},
                 "ratio_d3rlpy": round(res["ours_ups"] / res["d3rlpy_ups"], 3),
@@ -242,7 +250,7 @@ def main() -> None:
                          "reference_fraction": round(res["ref_roofline_fraction"], 3)},
             "setup": {"device": args.device, "threads": torch.get_num_threads(), "state_dim": args.state_dim,
                       "hidden": args.hidden, "batch": args.batch, "rounds": args.rounds, "chunk": args.chunk,
-                      "loadavg": [round(load_before, 2), round(os.getloadavg()[0], 2)]}}
+                      "loadavg": [load_before, load_after]}}
     if args.memory:
         for which in ("ours", "reference"):
             out = subprocess.run([sys.executable, __file__, "--_child", which, "--state-dim", str(args.state_dim),
@@ -250,8 +258,10 @@ def main() -> None:
                                   "--hidden", *map(str, args.hidden)], capture_output=True, text=True, check=True)
             line[f"peak_rss_gb_{which}"] = round(json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_gb"], 3)
         line["memory_transitions"] = args.memory_transitions
+    status = withhold_if_busy(line, load_before, load_after, torch.get_num_threads(), args)
     print(json.dumps(line))
+    return status
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,6 +1,6 @@
 """Tokens/s and peak memory of `aigp sft` against TRL's SFTTrainer, same run, same machine.
 
-    python bench/sft.py [--steps 24] [--examples 160] [--context-lines 20]
+    python bench/sft.py [--steps 24] [--examples 160] [--context-lines 20] [--rounds 3] [--allow-busy]
 
 Both train the tiny Qwen3-MoE (recipes/models/tiny-qwen3-moe.yaml) with the same LoRA (q/k/v/o,
 r 16, alpha 32), the same data (pricing-shaped chat examples with a context of catalog lines, loss
@@ -15,7 +15,10 @@ recipe's 0, which shards every tensor so that the tests exercise partitioning, i
 
 Throughput is the median over steps after two warm-up steps of (non-padding tokens of the step) /
 (wall time between consecutive optimizer-step ends): data loading, forward, backward and optimizer
-all count. Prints one JSON line.
+all count. The sides alternate round by round (``--rounds``, the first side alternating too); the
+ratio is the median of the per-round ratios against the TRL configuration fastest over the rounds,
+with its spread and the load average before and after (``bench/rounds.py``: withheld on a busy box
+unless ``--allow-busy``). Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -32,7 +35,13 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.rounds import add_load_args, load_avg, per_round, withhold_if_busy  # noqa: E402
+
 RECIPE = "recipes/tiny/sft.yaml"
+# the paper's q/k/v/o LoRA on both sides: the tiny recipe also adapts lm_head, a target TRL refuses
+QKVO = "lora.target_modules=[q_proj,k_proj,v_proj,o_proj]"
 # TRL configurations tried; the fastest is the reference.
 TRL_CONFIGS = {
     # TRL enforces max_length only when packing; the examples are shorter than the cutoff, so none is cut.
@@ -64,15 +73,15 @@ def recipe_values():
     from aigp_train.config import load_recipe
     from aigp_train.stages.sft import Recipe
 
-    return load_recipe(REPO / RECIPE, Recipe)
+    return load_recipe(REPO / RECIPE, Recipe, [QKVO])
 
 
 def run_ours(data: Path, out: Path, steps: int, *extra: str) -> dict:
-    cmd = ["aigp", "sft", RECIPE, f"data.train_path={data / 'train.jsonl'}",
+    cmd = [sys.executable, "-m", "aigp_train.cli", "sft", RECIPE, f"data.train_path={data / 'train.jsonl'}",
            f"data.heldout_path={data / 'heldout.jsonl'}", f"output_dir={out}", f"train.max_steps={steps}",
            "train.epochs=100", "engine.micro_batch_size=4", "engine.grad_accum_steps=1",
            "engine.gradient_checkpointing=false", "early_stopping.eval_every_steps=0", "checkpoint.every_steps=0",
-           "logging.every_steps=1", "logging.wandb_mode=disabled", *extra]
+           "logging.every_steps=1", "logging.wandb_mode=disabled", QKVO, *extra]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, WANDB_MODE="disabled"))
     if proc.returncode != 0:
         raise RuntimeError(f"aigp sft failed:\n{proc.stderr[-4000:]}")
@@ -151,50 +160,80 @@ def run_trl(data: Path, out: Path, steps: int, config_name: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=24)
     p.add_argument("--examples", type=int, default=160)
     p.add_argument("--context-lines", type=int, default=20)
+    p.add_argument("--rounds", type=int, default=3, help="rounds; each runs ours and every TRL configuration once")
+    p.add_argument("--trl-configs", nargs="+", choices=list(TRL_CONFIGS), default=list(TRL_CONFIGS))
+    p.add_argument("--no-partitioned", action="store_true",
+                   help="skip ours with every tensor partitioned (the tiny recipe's threshold 0)")
+    add_load_args(p)
     p.add_argument("--trl-worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--data", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.trl_worker:
         print(json.dumps(trl_worker(Path(args.data), Path(args.out), args.steps, args.trl_worker)))
-        return
+        return 0
+    load_before = load_avg()
+    rounds = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data = tmp / "data"
         data.mkdir()
         write_data(data, args.examples, args.context_lines)
-        # The paper recipe's ZeRO-3 persistence threshold (DeepSpeed's default: tensors under 1e5
-        # elements stay whole on every rank). The tiny recipe sets 0 so that the tests shard even
-        # 64-element norms; that setting is measured too (ours_every_tensor_partitioned).
-        ours = run_ours(data, tmp / "ours", args.steps, "engine.param_persistence_threshold=100000")
-        ours_sharded = run_ours(data, tmp / "ours-sharded", args.steps)
-        trl = {name: run_trl(data, tmp / f"trl-{name}", args.steps, name) for name in TRL_CONFIGS}
-    ok = {k: v for k, v in trl.items() if "tokens_per_s" in v}
+        for r in range(args.rounds):
+            # The paper recipe's ZeRO-3 persistence threshold (DeepSpeed's default: tensors under 1e5
+            # elements stay whole on every rank). The tiny recipe sets 0 so that the tests shard even
+            # 64-element norms; that setting is measured too (ours_every_tensor_partitioned).
+            def ours():
+                return run_ours(data, tmp / f"ours-{r}", args.steps, "engine.param_persistence_threshold=100000")
+
+            def trl():
+                return {name: run_trl(data, tmp / f"trl-{name}-{r}", args.steps, name) for name in args.trl_configs}
+
+            # the sides alternate which goes first, so a drift in the box's load falls on both
+            first, second = (ours, trl) if r % 2 == 0 else (trl, ours)
+            a, b = first(), second()
+            row = {"ours": a, "trl": b} if r % 2 == 0 else {"ours": b, "trl": a}
+            if not args.no_partitioned:
+                row["ours_sharded"] = run_ours(data, tmp / f"ours-sharded-{r}", args.steps)
+            rounds.append(row)
+    load_after = load_avg()
+    ok = [k for k in args.trl_configs if all("tokens_per_s" in rd["trl"][k] for rd in rounds)]
     if not ok:
-        raise SystemExit(f"every TRL configuration failed: {trl}")
-    best = max(ok, key=lambda k: ok[k]["tokens_per_s"])
-    ref = ok[best]
-    print(json.dumps({
+        raise SystemExit(f"every TRL configuration failed: {[rd['trl'] for rd in rounds]}")
+
+    def med(rows: list[dict], key: str) -> float:
+        return statistics.median(x[key] for x in rows)
+
+    best = max(ok, key=lambda k: med([rd["trl"][k] for rd in rounds], "tokens_per_s"))
+    ours_runs, ref_runs = [rd["ours"] for rd in rounds], [rd["trl"][best] for rd in rounds]
+    line = {
         "metric": "sft_tokens_per_s", "unit": "trained tokens/s (non-padding, prompt + response), median step",
-        "ours": round(ours["tokens_per_s"], 1),
-        "reference": {"name": f"trl.SFTTrainer ({best})", "value": round(ref["tokens_per_s"], 1)},
-        "ratio": round(ours["tokens_per_s"] / ref["tokens_per_s"], 3),
-        "peak_memory_gib": {"ours": round(ours["peak_memory_gib"], 3), "reference": round(ref["peak_memory_gib"], 3)},
-        "final_loss": {"ours": ours["final_loss"], "reference": ref["final_loss"]},
-        "ours_every_tensor_partitioned": {"tokens_per_s": round(ours_sharded["tokens_per_s"], 1),
-                                          "peak_memory_gib": round(ours_sharded["peak_memory_gib"], 3)},
-        "trl_configs": {k: ({"tokens_per_s": round(v["tokens_per_s"], 1),
-                             "peak_memory_gib": round(v["peak_memory_gib"], 3),
-                             "final_loss": v["final_loss"]} if "tokens_per_s" in v else v) for k, v in trl.items()},
-        "steps": args.steps, "batch": 4, "examples": args.examples,
-        "load_avg_1m": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(),
-    }))
+        "ours": round(med(ours_runs, "tokens_per_s"), 1),
+        "reference": {"name": f"trl.SFTTrainer ({best})", "value": round(med(ref_runs, "tokens_per_s"), 1)},
+        **per_round([x["tokens_per_s"] for x in ours_runs], [x["tokens_per_s"] for x in ref_runs]),
+        "peak_memory_gib": {"ours": round(max(x["peak_memory_gib"] for x in ours_runs), 3),
+                            "reference": round(max(x["peak_memory_gib"] for x in ref_runs), 3)},
+        "final_loss": {"ours": ours_runs[0]["final_loss"], "reference": ref_runs[0]["final_loss"]},
+        "trl_configs": {k: ({"tokens_per_s": round(med([rd["trl"][k] for rd in rounds], "tokens_per_s"), 1),
+                             "peak_memory_gib": round(max(rd["trl"][k]["peak_memory_gib"] for rd in rounds), 3),
+                             "final_loss": rounds[0]["trl"][k]["final_loss"]} if k in ok
+                            else [rd["trl"][k] for rd in rounds]) for k in args.trl_configs},
+        "steps": args.steps, "batch": 4, "examples": args.examples, "rounds": args.rounds,
+    }
+    if not args.no_partitioned:
+        sharded = [rd["ours_sharded"] for rd in rounds]
+        line["ours_every_tensor_partitioned"] = {"tokens_per_s": round(med(sharded, "tokens_per_s"), 1),
+                                                 "peak_memory_gib": round(max(x["peak_memory_gib"] for x in sharded),
+                                                                          3)}
+    status = withhold_if_busy(line, load_before, load_after, os.cpu_count() or 1, args)
+    print(json.dumps(line))
+    return status
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -35,13 +35,13 @@ from aigp_train.market.simulator import MarketSimulator  # noqa: E402
 GOAL_SKU_DAYS, GOAL_SECONDS = 5_000_000, 120.0
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", default=str(REPO / "recipes" / "paper" / "market.yaml"))
     ap.add_argument("--num-skus", type=int, default=None, help="override num_skus (default: the recipe's)")
     ap.add_argument("--workers", type=int, default=None, help="override logging.num_workers")
     ap.add_argument("--loop-sample", type=int, default=200, help="SKUs simulated one at a time for the loop reference")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     overrides = []
     if args.num_skus:
         overrides.append(f"num_skus={args.num_skus}")
@@ -92,7 +92,8 @@ def main() -> None:
         "peak_rss_gb": round(own + recipe.logging.num_workers * child, 3),
         "peak_rss_goal_gb": 4.0,
     }))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

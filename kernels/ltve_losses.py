@@ -24,6 +24,8 @@ import os
 
 import torch
 
+from aigp_train.ltve.losses import expectile_weights
+
 try:  # Triton is optional: without it (or off CUDA without the interpreter) the references run.
     import triton
     import triton.language as tl
@@ -42,24 +44,24 @@ def triton_enabled_for(t: torch.Tensor) -> bool:
 
 
 # --------------------------------------------------------------------------- expectile (eq. 4)
-def expectile_loss_reference(q_min: torch.Tensor, v: torch.Tensor, tau: float) -> torch.Tensor:
-    """mean(|tau - 1(delta<0)| * delta^2), delta = q_min - v; gradient flows to v only."""
+def expectile_loss_reference(q_min: torch.Tensor, v: torch.Tensor, expectile: float) -> torch.Tensor:
+    """mean(w * delta^2), delta = q_min - v, w = ``aigp_train.ltve.losses.expectile_weights`` (the one formula of
+    the weight); gradient flows to v only."""
     delta = q_min.detach() - v
-    w = torch.where(delta < 0, 1.0 - tau, tau).to(delta.dtype)
-    return (w * delta.square()).mean()
+    return (expectile_weights(delta, expectile) * delta.square()).mean()
 
 
 if triton is not None:
 
     @triton.jit
-    def _expectile_kernel(qmin_ptr, v_ptr, partial_ptr, grad_ptr, n, tau, BLOCK: tl.constexpr):
+    def _expectile_kernel(qmin_ptr, v_ptr, partial_ptr, grad_ptr, n, expectile, BLOCK: tl.constexpr):
         pid = tl.program_id(0)
         offs = pid * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n
         q = tl.load(qmin_ptr + offs, mask=mask, other=0.0)
         v = tl.load(v_ptr + offs, mask=mask, other=0.0)
         delta = q - v
-        w = tl.where(delta < 0, 1.0 - tau, tau)
+        w = tl.where(delta < 0, 1.0 - expectile, expectile)  # expectile_weights, tested against it
         tl.store(partial_ptr + pid, tl.sum(tl.where(mask, w * delta * delta, 0.0), axis=0))
         # d/dv mean(w delta^2) = -2 w delta / n
         tl.store(grad_ptr + offs, -2.0 * w * delta / n, mask=mask)
@@ -86,12 +88,12 @@ def _blocks(n: int) -> int:
     return (n + BLOCK - 1) // BLOCK
 
 
-def _expectile_launch(q_min: torch.Tensor, v: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _expectile_launch(q_min: torch.Tensor, v: torch.Tensor, expectile: float) -> tuple[torch.Tensor, torch.Tensor]:
     q_min, v = q_min.detach().contiguous(), v.detach().contiguous()
     n = v.numel()
     partial = torch.empty(_blocks(n), device=v.device, dtype=v.dtype)
     grad = torch.empty_like(v)
-    _expectile_kernel[(_blocks(n),)](q_min, v, partial, grad, n, float(tau), BLOCK=BLOCK)
+    _expectile_kernel[(_blocks(n),)](q_min, v, partial, grad, n, float(expectile), BLOCK=BLOCK)
     return partial.sum() / n, grad
 
 
@@ -104,17 +106,17 @@ def _autograd_loss_grad(loss_of, out: torch.Tensor) -> tuple[torch.Tensor, torch
     return loss.detach(), grad
 
 
-def expectile_loss_grad(q_min: torch.Tensor, v: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+def expectile_loss_grad(q_min: torch.Tensor, v: torch.Tensor, expectile: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, d loss / d v) of the expectile loss in one kernel (Triton where enabled, else eager autograd)."""
     if triton_enabled_for(v):
-        return _expectile_launch(q_min, v, tau)
-    return _autograd_loss_grad(lambda x: expectile_loss_reference(q_min, x, tau), v)
+        return _expectile_launch(q_min, v, expectile)
+    return _autograd_loss_grad(lambda x: expectile_loss_reference(q_min, x, expectile), v)
 
 
 class _ExpectileLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q_min, v, tau):
-        loss, grad = _expectile_launch(q_min, v, tau)
+    def forward(ctx, q_min, v, expectile):
+        loss, grad = _expectile_launch(q_min, v, expectile)
         ctx.save_for_backward(grad)
         return loss
 
@@ -124,11 +126,11 @@ class _ExpectileLoss(torch.autograd.Function):
         return None, grad * grad_out, None
 
 
-def expectile_loss(q_min: torch.Tensor, v: torch.Tensor, tau: float) -> torch.Tensor:
+def expectile_loss(q_min: torch.Tensor, v: torch.Tensor, expectile: float) -> torch.Tensor:
     """Fused expectile loss (Triton where enabled, else the eager reference)."""
     if triton_enabled_for(v):
-        return _ExpectileLoss.apply(q_min, v, tau)
-    return expectile_loss_reference(q_min, v, tau)
+        return _ExpectileLoss.apply(q_min, v, expectile)
+    return expectile_loss_reference(q_min, v, expectile)
 
 
 # --------------------------------------------------------------------------- critic (eqs. 5-6)

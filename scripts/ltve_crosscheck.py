@@ -32,14 +32,15 @@ from scipy.stats import spearmanr
 from aigp_train.baselines import models
 from aigp_train.config import load_recipe
 from aigp_train.ltve import evaluate as ev
+from aigp_train.ltve.config import LtveRecipe
 from aigp_train.ltve.layout import Columns
 from aigp_train.ltve.model import load_ltve
 from aigp_train.ltve.trainer import intra_op_threads
+from aigp_train.ltve.transitions import load_transitions
 from aigp_train.market.recipe import MarketRecipe
 from aigp_train.market.simulator import MarketSimulator, sku_index_of
 from aigp_train.pricing.a_safe import from_stored
 from aigp_train.pricing.reward import References
-from aigp_train.stages import ltve as ltve_stage
 
 
 class D3rlpyCritic:
@@ -87,8 +88,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     ltve_dir = Path(args.ltve)
-    rec = load_recipe(ltve_dir / "recipe.yaml", ltve_stage.Recipe)
-    td = ltve_stage.load_transitions(ltve_dir)
+    rec = load_recipe(ltve_dir / "recipe.yaml", LtveRecipe)
+    td = load_transitions(ltve_dir)
     cols = Columns.of(td)
     ours = load_ltve(ltve_dir)
     torch.manual_seed(args.seed)

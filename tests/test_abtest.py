@@ -77,15 +77,16 @@ def test_llm_groups_see_the_cohorts_own_history(tiny_market, sim):
     """Prompts of an A/B LLM group come from the cohort's simulated days, nothing from day t itself."""
     from aigp_train.config import load_recipe
     from aigp_train.evaluate.abtest import CohortSource, llm_prompt_builder
+    from aigp_train.evaluate.night import prompt_config
     from aigp_train.evaluate.policies import take
+    from aigp_train.llm.config import InferRecipe
     from aigp_train.llm.tokenizer import load_tokenizer
     from aigp_train.market.prompt_source import MarketSource
-    from aigp_train.stages import infer
 
-    inf = load_recipe(REPO / "recipes/tiny/infer.yaml", infer.Recipe, [f"market_dir={tiny_market}"])
+    inf = load_recipe(REPO / "recipes/tiny/infer.yaml", InferRecipe, [f"market_dir={tiny_market}"])
     index = 70_000 + np.arange(6)
     source = CohortSource(MarketSource(str(tiny_market), None), sim, sim.init_states(index))
-    build = llm_prompt_builder(source, infer.prompt_config(inf), sim.pricing, load_tokenizer(inf.model))
+    build = llm_prompt_builder(source, prompt_config(inf), sim.pricing, load_tokenizer(inf.model))
     seen = {}
 
     class Recorder:  # a text policy that records its prompts and holds the price
@@ -103,7 +104,7 @@ def test_llm_groups_see_the_cohorts_own_history(tiny_market, sim):
     for c_d_prev, p in zip(ctx["d_prev"], prompts):
         assert p["day"] == 5 and p["d_prev"] == pytest.approx(round(c_d_prev, 4)) and not p["act_only"]
         days = [h["day"] for h in p["state"]["history"]]
-        assert days == list(range(5))[-infer.prompt_config(inf).history_days:]  # up to yesterday, oldest first
+        assert days == list(range(5))[-prompt_config(inf).history_days:]  # up to yesterday, oldest first
     first = prompts[0]
     gmv_so_far = run.gmv[0, :5].sum()
     assert first["state"]["cum_gmv"] == pytest.approx(gmv_so_far, rel=1e-4, abs=0.01)  # no day-5 outcome in it

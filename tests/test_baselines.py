@@ -24,9 +24,9 @@ from aigp_train.baselines.policy import RLPolicy  # noqa: E402
 from aigp_train.cli import run_stage  # noqa: E402
 from aigp_train.evaluate.policies import Decisions, contexts_from_logs, take  # noqa: E402
 from aigp_train.ltve import load_ltve  # noqa: E402
+from aigp_train.ltve.transitions import load_transitions  # noqa: E402
 from aigp_train.market.schema import read_logs  # noqa: E402
 from aigp_train.pricing import in_a_safe, load_pricing_config  # noqa: E402
-from aigp_train.stages.ltve import load_transitions  # noqa: E402
 
 from conftest import REPO  # noqa: E402
 

@@ -152,6 +152,49 @@ def test_no_import_cycle():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
+# Layers: the CLI on top, then the stage modules (each only wires library code), then the library.
+STAGES_PACKAGE = f"{PACKAGE}.stages"
+CLI = f"{PACKAGE}.cli"
+
+
+def _is_stage(mod: str) -> bool:
+    return mod == STAGES_PACKAGE or mod.startswith(STAGES_PACKAGE + ".")
+
+
+def layering_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Edges that break the layers: a stage importing another stage or the CLI, or a library module (anything
+    but the CLI and the stages) importing a stage or the CLI. The stages package's own ``__init__`` is no stage."""
+    bad = []
+    for mod, targets in graph.items():
+        if mod == CLI:
+            continue
+        for target in sorted(targets):
+            if target == CLI or (_is_stage(target) and target != STAGES_PACKAGE and mod != STAGES_PACKAGE):
+                bad.append(f"{mod} -> {target}")
+            elif _is_stage(target) and not _is_stage(mod):
+                bad.append(f"{mod} -> {target}")
+    return sorted(bad)
+
+
+def test_layering_rule_on_small_graphs():
+    ok = {CLI: {f"{STAGES_PACKAGE}.a", f"{PACKAGE}.lib"}, f"{STAGES_PACKAGE}.a": {f"{PACKAGE}.lib"},
+          f"{PACKAGE}.lib": set()}
+    assert layering_violations(ok) == []
+    assert layering_violations({f"{STAGES_PACKAGE}.a": {f"{STAGES_PACKAGE}.b"}}) == [
+        f"{STAGES_PACKAGE}.a -> {STAGES_PACKAGE}.b"]
+    assert layering_violations({f"{STAGES_PACKAGE}.a": {CLI}}) == [f"{STAGES_PACKAGE}.a -> {CLI}"]
+    assert layering_violations({f"{PACKAGE}.lib": {f"{STAGES_PACKAGE}.a", CLI, STAGES_PACKAGE}}) == sorted(
+        [f"{PACKAGE}.lib -> {STAGES_PACKAGE}.a", f"{PACKAGE}.lib -> {CLI}", f"{PACKAGE}.lib -> {STAGES_PACKAGE}"])
+
+
+def test_stages_import_no_stage_and_the_library_never_reaches_up():
+    """Stages wire library code: a stage imports no other stage and no CLI (what two stages share lives below
+    them, e.g. aigp_train.llm.config, aigp_train.ltve.transitions, aigp_train.stage_runner); nothing below the
+    stages imports a stage or the CLI. Function-local imports count (``import_graph``)."""
+    bad = layering_violations(import_graph())
+    assert not bad, "imports across the layers:\n  " + "\n  ".join(bad)
+
+
 # Optional extras: imported inside the functions that need them, never when a module is imported.
 OPTIONAL = ("d3rlpy", "vllm")
 

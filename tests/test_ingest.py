@@ -330,9 +330,10 @@ backend:
     assert summary["past_launch_window"] == int((active.day == 13).sum())
     # the prompt says what real logs lack instead of showing zeros; the SKU id is printed as it is
     from aigp_train.config import load_recipe
-    from aigp_train.stages import infer
+    from aigp_train.evaluate.night import night_prompts
+    from aigp_train.llm.config import InferRecipe
 
-    prompt = infer.night_prompts(load_recipe(str(recipe), infer.Recipe))[0]
+    prompt = night_prompts(load_recipe(str(recipe), InferRecipe))[0]
     text = prompt["messages"][1]["content"]
     assert f"SKU {prompt['sku_id']} " in text and "these logs hold no reviews" in text
     assert "¥" not in text and "current price: $" in text  # the Complete Journey is in USD (its ingest recipe)

@@ -73,16 +73,16 @@ def test_stage_and_cql_train_and_score_with_action_features(tiny_market, tmp_pat
     from aigp_train.cli import run_stage
     from aigp_train.config import load_recipe
     from aigp_train.ltve import load_ltve
-    from aigp_train.ltve.config import CQLConfig
+    from aigp_train.ltve.config import CQLConfig, LtveRecipe
     from aigp_train.ltve.cql import CQLTrainer
     from aigp_train.ltve.layout import Columns
-    from aigp_train.stages import ltve as ltve_stage
+    from aigp_train.ltve.transitions import load_transitions
 
     feats = "data.action_features=[" + ",".join(ACTION_FEATURES) + "]"
     ov = [f"data.logs_dir={tiny_market}", f"output_dir={tmp_path}", "train.num_steps=50", "train.log_every=25",
           "train.checkpoint_every=50", "logging.wandb_mode=disabled", feats]
     run_stage("ltve", "recipes/tiny/ltve.yaml", ov)
-    td = ltve_stage.load_transitions(tmp_path)
+    td = load_transitions(tmp_path)
     cols = Columns.of(td)
     assert td["action_features"] == list(ACTION_FEATURES) and cols.action_dim == len(ACTION_FEATURES)
     h = td["heldout"]
@@ -96,7 +96,7 @@ def test_stage_and_cql_train_and_score_with_action_features(tiny_market, tmp_pat
     q_rows = ensemble_forward(model.q_params, torch.from_numpy(np.ascontiguousarray(h[:4, cols.sa]))).amin(0)
     assert np.allclose(model.q_normalized(s, h[:4, cols.action]), q_rows.numpy(), atol=1e-5)
     assert model.q_normalized(s, np.full((4, 3), [-0.1, 0.0, 0.1])).shape == (4, 3)
-    lrec = load_recipe("recipes/tiny/ltve.yaml", ltve_stage.Recipe, ov)
+    lrec = load_recipe("recipes/tiny/ltve.yaml", LtveRecipe, ov)
     cql = CQLTrainer(torch.from_numpy(td["train"]), cols.state_dim, lrec.train, CQLConfig(1.0, 0.05, 10), [16],
                      (-20.0, 20.0), lrec.pricing, af)
     cql.train(10)

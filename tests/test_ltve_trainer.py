@@ -13,7 +13,14 @@ from aigp_train.ltve.config import TrainConfig
 from aigp_train.ltve.ensemble import ensemble_backward, ensemble_forward, init_ensemble
 from aigp_train.ltve.features import Normalizer
 from aigp_train.ltve.layout import Columns
-from aigp_train.ltve.losses import critic_loss, critic_loss_grad, nstep_target, value_loss, value_loss_grad
+from aigp_train.ltve.losses import (
+    critic_loss,
+    critic_loss_grad,
+    expectile_weights,
+    nstep_target,
+    value_loss,
+    value_loss_grad,
+)
 from aigp_train.ltve.trainer import FusedLTVETrainer
 
 F = 6
@@ -90,12 +97,19 @@ def test_hand_written_backward_equals_autograd(shared_input):
     assert set(ws_bwd) >= {"gW0", "gb0", "dh1"}  # the buffers were really used
 
 
+def test_expectile_weights_are_the_papers():
+    """The one formula of the weight (the eager loss, the kernel's reference and the Triton kernel are tested
+    against it): expectile above the value, 1 - expectile below it (Algorithm 1 line 9)."""
+    w = expectile_weights(torch.tensor([-2.0, -1e-6, 0.0, 3.0], dtype=torch.float64), 0.8)
+    assert w.dtype == torch.float64 and w.tolist() == pytest.approx([0.2, 0.2, 0.8, 0.8])
+
+
 def test_closed_form_loss_gradients_equal_autograd():
     g = torch.Generator().manual_seed(4)
     q_min, v = torch.randn(64, generator=g, dtype=torch.float64), torch.randn(64, generator=g, dtype=torch.float64)
     leaf, v_before = v.clone().requires_grad_(), v.clone()
     delta = q_min - leaf
-    ref = (torch.where(delta < 0, 0.2, 0.8).to(delta.dtype) * delta.square()).mean()
+    ref = (expectile_weights(delta, 0.8) * delta.square()).mean()
     loss, grad = value_loss_grad(q_min, v, 0.8)
     torch.testing.assert_close(loss, ref.detach())
     torch.testing.assert_close(grad, torch.autograd.grad(ref, leaf)[0])

@@ -54,11 +54,12 @@ def test_duration():
 def test_generation_prints_rank0_progress_over_all_shards(tmp_path):
     from aigp_train.llm.backends import BackendConfig, GenerationRequest, SamplingConfig, make_backend
     from aigp_train.llm.generation import run_generation
+    from aigp_train.pricing import load_pricing_config
 
     settings = {"role": "teacher", "action_noise_std": 0.0, "wrong_number_rate": 0.0, "omitted_factor_rate": 0.0,
                 "incoherent_rate": 0.0, "contradiction_rate": 0.0, "malformed_json_rate": 0.0,
                 "unsafe_action_rate": 0.0}
-    backend = make_backend(BackendConfig(kind="scripted", scripted=settings))
+    backend = make_backend(BackendConfig(kind="scripted", scripted=settings), None, load_pricing_config())
     state = {"d_prev": 0.9, "day": 0, "units_1d": None, "current_price": 45.0, "competitor_price_mean": 50.0}
     requests = [GenerationRequest(f"r{i}", [], dict(state), True) for i in range(10)]
     sampling = SamplingConfig(n=1, temperature=0.0, top_k=0, top_p=1.0, max_new_tokens=16, seed=0)

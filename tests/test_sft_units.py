@@ -23,7 +23,8 @@ from aigp_train.sft.data import (
     tokenize_chat,
     tokenize_rows,
 )
-from aigp_train.sft.loss import SftLoss, micro_batch_loss, sequence_load_balancing_loss
+from aigp_train.sft.loss import SftLoss, micro_batch_loss
+from aigp_train.train.load_balancing import sequence_load_balancing_loss
 from aigp_train.train.lora import apply_lora
 
 

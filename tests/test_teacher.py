@@ -22,13 +22,13 @@ RATES = dict(wrong_number_rate=0.1, omitted_factor_rate=0.1, incoherent_rate=0.1
 
 def teacher(**kw):
     return make_backend(BackendConfig(kind="scripted", scripted={"role": "teacher", "action_noise_std": 0.02,
-                                                                  **RATES, **kw}))
+                                                                  **RATES, **kw}), None, PRICING)
 
 
 def judge(**kw):
     settings = {"role": "judge", "error_rate": 0.0, "format_noise_rate": 0.3, "garbage_rate": 0.0,
                 "rel_tol": 0.02, "hold_tol": 0.004, **kw}
-    return make_backend(BackendConfig(kind="scripted", scripted=settings))
+    return make_backend(BackendConfig(kind="scripted", scripted=settings), None, PRICING)
 
 
 def sampling(n=1, temperature=1.0, seed=0):
@@ -116,9 +116,11 @@ def test_settings_are_validated_with_the_key_named():
     with pytest.raises(RecipeError, match="tempreature"):
         teacher(tempreature=1.0)
     with pytest.raises(RecipeError, match="action_noise_std"):
-        make_backend(BackendConfig(kind="scripted", scripted={"role": "teacher", **RATES}))
+        make_backend(BackendConfig(kind="scripted", scripted={"role": "teacher", **RATES}), None, PRICING)
     with pytest.raises(RecipeError, match="role"):
-        make_backend(BackendConfig(kind="scripted", scripted={"role": "critic"}))
+        make_backend(BackendConfig(kind="scripted", scripted={"role": "critic"}), None, PRICING)
+    with pytest.raises(RecipeError, match="pricing"):  # the rules come typed from the stage, never a default
+        make_backend(BackendConfig(kind="scripted", scripted={"role": "teacher", "action_noise_std": 0.02, **RATES}))
     with pytest.raises(RecipeError, match="sum to <= 1"):
         teacher(wrong_number_rate=0.6)
 

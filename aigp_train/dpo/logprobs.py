@@ -40,6 +40,7 @@ from typing import Sequence
 import torch
 
 from aigp_train.train.chunked_ce import target_logprobs
+from aigp_train.train.load_balancing import sequence_load_balancing_loss
 
 
 @dataclass
@@ -226,7 +227,7 @@ def completion_logps(model: torch.nn.Module, batch: PackedBatch, router_top_k: i
     """Summed log-probability of the scored tokens of every completion, shape [num_completions].
 
     With ``router_top_k > 0`` (an MoE model) also returns the router load-balancing loss of each
-    row (prompt group), shape [B], over its real tokens (``aigp_train.sft.loss``'s per-sequence
+    row (prompt group), shape [B], over its real tokens (``aigp_train.train.load_balancing``'s per-sequence
     definition, so it does not depend on how rows are grouped into micro-batches or ranks).
     """
     lm = _unwrap_causal_lm(model)
@@ -246,8 +247,6 @@ def completion_logps(model: torch.nn.Module, batch: PackedBatch, router_top_k: i
     sums = sums.index_add(0, batch.score_completion, token_logps)
     if router_top_k <= 0:
         return sums
-    from aigp_train.sft.loss import sequence_load_balancing_loss
-
     flat_valid = batch.token_valid.reshape(-1).nonzero(as_tuple=True)[0]
     row_of_token = torch.arange(batch.input_ids.shape[0], device=flat_valid.device).repeat_interleave(
         batch.input_ids.shape[1])[flat_valid]

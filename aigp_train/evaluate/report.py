@@ -205,7 +205,7 @@ def write_report(out_dir: str | Path, outputs: dict[str, dict]) -> Path:
                    for o in outputs.values())
     if stand_in:
         lines += ["", "**Stand-ins in this run:** the teacher and/or judge were the rule-based stand-ins of "
-                      "`aigp_train/llm/backends/scripted.py`, not Qwen3-235B models."]
+                      "`aigp_train/llm/backends/scripted/`, not Qwen3-235B models."]
 
     lines += ["", "## Ground truth: does the LTVE rank like the simulator?", "",
               *(["_Needs a simulator: these are real logs (no true Q of an action not taken)._"] if ingest is not None

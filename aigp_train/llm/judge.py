@@ -49,6 +49,7 @@ __all__ = [
     "ScoreParse",
     "check_numbers",
     "deterministic_checks",
+    "judge_context",
     "judge_messages",
     "keep_response",
     "parse_scores",
@@ -219,6 +220,13 @@ def judge_messages(prompt_messages: list[dict], response: str) -> list[dict]:
             + neutralise(visible_response(response))
             + "\n</response>\n\nScore the response on the four dimensions; answer with the JSON object only.")
     return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
+
+
+def judge_context(prompt: dict) -> dict:
+    """What a judge request says of its prompt record beside the text: whether the prompt shows a knowledge
+    base and a diagnosis report (the Table 5 ablations leave them out, so citing them is an invention)."""
+    ctx = prompt.get("context", {})
+    return {"has_kb": bool(ctx.get("num_kb", 0)), "has_diagnosis": bool(ctx.get("has_diagnosis", False))}
 
 
 # ---------------------------------------------------------------------------

@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from safetensors.torch import load, save
 
+from aigp_train.ltve.config import LtveRecipe
 from aigp_train.outputs import atomic_write_bytes
 
-__all__ = ["save_checkpoint", "load_checkpoint", "save_model", "read_model"]
+__all__ = ["save_checkpoint", "load_checkpoint", "save_model", "read_model", "model_meta"]
 
 
 def _norm_tensors(normalizer) -> dict[str, torch.Tensor]:
@@ -73,3 +74,12 @@ def read_model(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         raise FileNotFoundError(f"no LTVE model at {path}; run `aigp ltve <recipe>` and pass its output_dir.")
     raw = path.read_bytes()
     return load(raw), _metadata(raw)
+
+
+def model_meta(recipe: LtveRecipe, ts_header: dict, q_bounds: tuple[float, float]) -> dict:
+    """What model.safetensors records beside the weights: the features, sizes and numerics it was trained with."""
+    return {"feature_names": ts_header["feature_names"], "action_features": ts_header["action_features"],
+            "categories": ts_header["categories"],
+            "gmv_tier": ts_header["gmv_tier"], "hidden_sizes": list(recipe.model.hidden_sizes),
+            "max_step": recipe.pricing.max_step, "gamma": recipe.data.gamma, "n_step": recipe.data.n_step,
+            "q_min": q_bounds[0], "q_max": q_bounds[1], "expectile": recipe.train.expectile}

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from aigp_train.config import help_field
+from aigp_train.pricing import PricingConfig
 
-__all__ = ["DataConfig", "ModelConfig", "TrainConfig", "CQLConfig"]
+__all__ = ["CQLConfig", "DataConfig", "LtveLogging", "LtveRecipe", "ModelConfig", "TrainConfig"]
 
 
 @dataclass
@@ -35,7 +36,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    expectile: float = help_field("expectile tau of the V regression (eq. 4)")
+    expectile: float = help_field("the expectile of the V regression (the paper's tau, eq. 4)")
     lr: float = help_field("Adam learning rate of Q1, Q2 and V")
     eta: float = help_field("soft target update rate eta")
     batch_size: int = help_field("transitions per update")
@@ -57,3 +58,20 @@ class CQLConfig:
     alpha: float = help_field("weight of the conservative penalty logsumexp_a Q(s,a) - Q(s,a_data)")
     grid_step: float = help_field("spacing of the action grid over A_safe for the logsumexp and the max backup")
     num_steps: int = help_field("number of CQL updates (same batch, lr, eta, networks as the LTVE)")
+
+
+@dataclass
+class LtveLogging:
+    wandb_mode: Literal["offline", "online", "disabled"] = help_field(
+        "wandb mode (WANDB_MODE in the environment overrides it)")
+    wandb_project: str = help_field("wandb project name")
+
+
+@dataclass
+class LtveRecipe:
+    output_dir: str = help_field("folder for transitions, checkpoint, model and metrics")
+    pricing: PricingConfig = help_field("pricing rules (A_safe, reward eq. 3)")
+    data: DataConfig = help_field("logs, n-step horizon, split and expert mix")
+    model: ModelConfig = help_field("network sizes")
+    train: TrainConfig = help_field("Algorithm 1 hyperparameters and the fused trainer")
+    logging: LtveLogging = help_field("wandb beside metrics.jsonl, as aigp sft / aigp dpo log")

@@ -31,6 +31,7 @@ from aigp_train.config import load_recipe
 from aigp_train.ltve import evaluate as ev
 from aigp_train.ltve.layout import Columns
 from aigp_train.ltve.model import load_ltve
+from aigp_train.ltve.transitions import load_transitions
 from aigp_train.market.recipe import MarketRecipe
 from aigp_train.market.simulator import MarketSimulator, sku_index_of
 from aigp_train.outputs import claim
@@ -107,8 +108,6 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rollouts", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    from aigp_train.stages.ltve import load_transitions
-
     ltve_dir, market = Path(args.ltve_dir), Path(args.market_dir)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -152,10 +151,10 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _plot(path: Path, spread_hat, spread_true, greedy, logged) -> None:
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 - matplotlib (heavy), for the figure only
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415
 
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
     ax[0].scatter(spread_true, spread_hat, s=8)

@@ -31,7 +31,7 @@ class Columns:
 
     @classmethod
     def of(cls, header: dict) -> "Columns":
-        """The layout of a transitions file's header (``stages.ltve.load_transitions``)."""
+        """The layout of a transitions file's header (``ltve.transitions.load_transitions``)."""
         return cls(len(header["feature_names"]), len(header.get("action_features", PAPER_ACTION_FEATURES)))
         # a file written before action features were recorded holds the paper's a_scaled only
 

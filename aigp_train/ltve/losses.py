@@ -24,12 +24,14 @@ __all__ = ["expectile_weights", "value_loss", "nstep_target", "clipped_target", 
            "critic_loss_grad"]
 
 
-def expectile_weights(delta: torch.Tensor, tau: float) -> torch.Tensor:
-    """w = |tau - 1(delta < 0)| (Algorithm 1 line 9)."""
-    return torch.where(delta < 0, 1.0 - tau, tau).to(delta.dtype)
+def expectile_weights(delta: torch.Tensor, expectile: float) -> torch.Tensor:
+    """w = |expectile - 1(delta < 0)| (Algorithm 1 line 9; the paper's tau). THE formula: the eager losses here,
+    the kernels' references (``aigp_kernels.ltve_losses``) and, through them, the Triton kernel are tested
+    against it."""
+    return torch.where(delta < 0, 1.0 - expectile, expectile).to(delta.dtype)
 
 
-def value_loss(q_target: dict, v: dict, sa: torch.Tensor, s: torch.Tensor, tau: float) -> torch.Tensor:
+def value_loss(q_target: dict, v: dict, sa: torch.Tensor, s: torch.Tensor, expectile: float) -> torch.Tensor:
     """E[w * (q_min - V(s))^2] with q_min = min of the two TARGET critics (eq. 4, lines 8-10).
 
     The target critics are evaluated without a graph: this loss moves only V.
@@ -37,7 +39,7 @@ def value_loss(q_target: dict, v: dict, sa: torch.Tensor, s: torch.Tensor, tau: 
     with torch.no_grad():
         q_min = ensemble_forward(q_target, sa).amin(0)
     delta = q_min - ensemble_forward(v, s)[0]
-    return (expectile_weights(delta, tau) * delta.square()).mean()
+    return (expectile_weights(delta, expectile) * delta.square()).mean()
 
 
 @torch.no_grad()
@@ -63,10 +65,10 @@ def critic_loss(q: dict, sa: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (ensemble_forward(q, sa) - y).square().mean(1).sum()
 
 
-def value_loss_grad(q_min: torch.Tensor, v_s: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+def value_loss_grad(q_min: torch.Tensor, v_s: torch.Tensor, expectile: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, d loss / d V(s)) of ``value_loss`` from its values: d/dV = -2 w delta / B."""
     delta = q_min - v_s
-    wd = expectile_weights(delta, tau).mul_(delta)
+    wd = expectile_weights(delta, expectile).mul_(delta)
     return torch.dot(wd, delta) / delta.numel(), wd.mul_(-2.0 / delta.numel())
 
 

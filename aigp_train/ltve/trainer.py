@@ -173,7 +173,7 @@ class FusedLTVETrainer:
         # lines 8 and 13's forward in one: [Q1, Q2, Qbar1, Qbar2](s, a), the critics' activations kept
         q_kept: list[torch.Tensor] = []
         q_all = ensemble_forward(self.q_and_target, b["sa"], keep=q_kept, ws=self._ws["q_fwd"])
-        # lines 8-10: V toward the tau-expectile of min(target Q1, target Q2)
+        # lines 8-10: V toward the expectile (the paper's tau) of min(target Q1, target Q2)
         v_kept: list[torch.Tensor] = []
         v_s = ensemble_forward(self.v, b["s"], keep=v_kept, ws=self._ws["v_fwd"])[0]
         loss_v, grad_v = expectile(q_all[2:].amin(0), v_s, self.cfg.expectile)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -39,14 +40,18 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 import torch
+from safetensors import safe_open
+from safetensors.numpy import load_file as np_load_file
+from safetensors.numpy import save_file as np_save_file
 
 from aigp_train.evaluate.metrics import forward_window
 from aigp_train.ltve.action_features import ActionFeatures
-from aigp_train.ltve.config import DataConfig
+from aigp_train.ltve.config import DataConfig, LtveRecipe
 from aigp_train.ltve.features import READ_COLUMNS, Normalizer, feature_names, state_features
 from aigp_train.ltve.layout import Columns
 from aigp_train.market.logs import ltve_mix
 from aigp_train.market.schema import read_logs, read_skus
+from aigp_train.outputs import claim
 from aigp_train.pricing import PricingConfig
 from aigp_train.pricing.reward import References, category_references, rewards
 
@@ -160,6 +165,10 @@ def _windows(chunk: pa.Table, r: np.ndarray, n: int, gamma: float, horizon: int)
 
 
 def build_transitions(cfg: DataConfig, pricing: PricingConfig) -> TransitionSet:
+    """The LTVE's transitions from a logs folder: the time-based SKU split and the expert mix, then pass 1
+    (eq. 3's references from the training SKUs), then pass 2 over whole-SKU chunks (rewards, n-step windows,
+    one row per usable SKU-day, the held-out outcomes of Fig. 3), then the normaliser fitted on the train
+    rows."""
     logs_dir = Path(cfg.logs_dir)
     if cfg.n_step < 1:
         raise ValueError(f"data.n_step must be >= 1, got {cfg.n_step}.")
@@ -178,15 +187,7 @@ def build_transitions(cfg: DataConfig, pricing: PricingConfig) -> TransitionSet:
         raise ValueError(f"the training mix holds {n_exp} expert and {len(mixed_ids) - n_exp} non-expert SKUs; the "
                          "60/40 mix needs both. Simulate more SKUs or check skus.parquet's is_expert.")
 
-    # pass 1: eq.-3 references from the training SKUs only
-    ref_cols = ("sku_id", "day", "gmv", "marketing_spend")
-    pieces = []
-    for path in parts:
-        t = _read_part(path, ref_cols)
-        keep = np.isin(t.column("sku_id").to_numpy(zero_copy_only=False).astype(str), train_ids)
-        pieces.append(t.filter(pa.array(keep)))
-    references = category_references(pa.concat_tables(pieces), train_skus, market, pricing)
-    del pieces
+    references = _train_references(parts, train_ids, train_skus, market, pricing)  # pass 1
     categories = sorted(references.categories)
     gmv_tier = {c: references.categories[c].gmv_tier for c in categories}
     expert_of = dict(zip(sku_ids_all, skus.column("is_expert").to_numpy(zero_copy_only=False).astype(bool)))
@@ -217,18 +218,7 @@ def build_transitions(cfg: DataConfig, pricing: PricingConfig) -> TransitionSet:
         if (split == 0).any():
             r_lo, r_hi = min(r_lo, float(r[split == 0].min())), max(r_hi, float(r[split == 0].max()))
         usable, ret, boot, nxt = _windows(chunk, r, cfg.n_step, cfg.gamma, horizon)
-        feats = state_features(chunk, categories, gmv_tier)
-        action = chunk.column("action").to_numpy().astype(np.float64)
-        d_prev = chunk.column("discount_prev").to_numpy().astype(np.float64)
-        block = np.zeros((chunk.num_rows, cols.width), dtype=np.float32)
-        block[:, cols.s] = feats
-        block[:, cols.ret] = ret
-        block[:, cols.boot] = boot
-        has_next = nxt >= 0
-        block[has_next, cols.s_next] = feats[nxt[has_next]]
-        block[:, cols.d_prev_next] = np.where(has_next, d_prev[np.maximum(nxt, 0)], pricing.d_max)
-        block[:, cols.action] = action
-        block[:, cols.d_prev] = d_prev
+        block = _transition_rows(chunk, cols, state_features(chunk, categories, gmv_tier), ret, boot, nxt, pricing)
         for name, code in (("train", 0), ("heldout", 1)):
             sel = usable & (split == code)
             out[name].append(block[sel])
@@ -259,15 +249,7 @@ def build_transitions(cfg: DataConfig, pricing: PricingConfig) -> TransitionSet:
         keep = np.sort(np.random.default_rng(cfg.seed).choice(len(train), cfg.max_transitions, replace=False))
         train = train[keep]
         train_meta = {k: [np.concatenate(v)[keep]] for k, v in train_meta.items()}
-    normalizer = Normalizer.fit(train[:, cols.s])
-    action_features = ActionFeatures(cfg.action_features, feature_names(categories), normalizer.mean, normalizer.std,
-                                     pricing.max_step)
-    for arr in (train, heldout):
-        arr[:, cols.s] = normalizer(arr[:, cols.s])
-        has_next = arr[:, cols.boot] > 0
-        arr[has_next, cols.s_next] = normalizer(arr[has_next, cols.s_next])
-        x = action_features(torch.from_numpy(arr[:, cols.s]), torch.from_numpy(arr[:, cols.action]))
-        arr[:, cols.x] = x.numpy()
+    normalizer = _normalise(train, heldout, cols, cfg, feature_names(categories), pricing)
     heldout_meta = {k: np.concatenate(v) for k, v in meta.items()}
     train_meta_arrays = {k: np.concatenate(v) for k, v in train_meta.items()}
     counts = {"train_transitions": int(len(train)), "heldout_transitions": int(len(heldout)),
@@ -278,6 +260,51 @@ def build_transitions(cfg: DataConfig, pricing: PricingConfig) -> TransitionSet:
                          normalizer=normalizer, references=references, train=train, heldout=heldout,
                          heldout_meta=heldout_meta, train_meta=train_meta_arrays, reward_range=(r_lo, r_hi),
                          cutoff_date=cutoff, counts=counts)
+
+
+def _train_references(parts: list[str], train_ids: np.ndarray, train_skus: pa.Table, market: dict,
+                      pricing: PricingConfig) -> References:
+    """Eq. 3's category references from the training SKUs' rows only (no held-out outcome leaks in)."""
+    ref_cols = ("sku_id", "day", "gmv", "marketing_spend")
+    pieces = []
+    for path in parts:
+        t = _read_part(path, ref_cols)
+        keep = np.isin(t.column("sku_id").to_numpy(zero_copy_only=False).astype(str), train_ids)
+        pieces.append(t.filter(pa.array(keep)))
+    return category_references(pa.concat_tables(pieces), train_skus, market, pricing)
+
+
+def _transition_rows(chunk: pa.Table, cols: Columns, feats: np.ndarray, ret: np.ndarray, boot: np.ndarray,
+                     nxt: np.ndarray, pricing: PricingConfig) -> np.ndarray:
+    """One float32 row per SKU-day of ``chunk`` in the ``Columns`` layout (states not yet normalised, action
+    features not yet filled): s, the n-step return and bootstrap factor, s_{t+n} and its d_prev, a, d_prev."""
+    action = chunk.column("action").to_numpy().astype(np.float64)
+    d_prev = chunk.column("discount_prev").to_numpy().astype(np.float64)
+    block = np.zeros((chunk.num_rows, cols.width), dtype=np.float32)
+    block[:, cols.s] = feats
+    block[:, cols.ret] = ret
+    block[:, cols.boot] = boot
+    has_next = nxt >= 0
+    block[has_next, cols.s_next] = feats[nxt[has_next]]
+    block[:, cols.d_prev_next] = np.where(has_next, d_prev[np.maximum(nxt, 0)], pricing.d_max)
+    block[:, cols.action] = action
+    block[:, cols.d_prev] = d_prev
+    return block
+
+
+def _normalise(train: np.ndarray, heldout: np.ndarray, cols: Columns, cfg: DataConfig, names: list[str],
+               pricing: PricingConfig) -> Normalizer:
+    """Fit the state normaliser on the training rows, normalise s and s_{t+n} of both splits in place and fill
+    the action-feature columns x(s, a); returns the normaliser."""
+    normalizer = Normalizer.fit(train[:, cols.s])
+    action_features = ActionFeatures(cfg.action_features, names, normalizer.mean, normalizer.std, pricing.max_step)
+    for arr in (train, heldout):
+        arr[:, cols.s] = normalizer(arr[:, cols.s])
+        has_next = arr[:, cols.boot] > 0
+        arr[has_next, cols.s_next] = normalizer(arr[has_next, cols.s_next])
+        x = action_features(torch.from_numpy(arr[:, cols.s]), torch.from_numpy(arr[:, cols.action]))
+        arr[:, cols.x] = x.numpy()
+    return normalizer
 
 
 def _launch_outcomes(chunk: pa.Table, pricing: PricingConfig) -> dict[str, dict]:
@@ -293,3 +320,54 @@ def _launch_outcomes(chunk: pa.Table, pricing: PricingConfig) -> dict[str, dict]
         keep = launch & complete
         out[f"gmv_{h}"], out[f"roi_{h}"] = dict(zip(sku[keep], g[keep])), dict(zip(sku[keep], r[keep]))
     return out
+
+
+# Stored form of a TransitionSet (the ltve stage writes it; ltve-eval, baselines and diagnostics read it).
+META_STRINGS = ("sku_id", "category")
+
+
+def save_transitions(path: Path, ts: TransitionSet) -> None:
+    """``ts`` as one safetensors file (arrays + a JSON header), written atomically; ``load_transitions`` reads it."""
+    arrays = {"train": ts.train, "heldout": ts.heldout, "normalizer.mean": ts.normalizer.mean,
+              "normalizer.std": ts.normalizer.std}
+    for k, v in ts.heldout_meta.items():
+        if k in META_STRINGS:
+            continue
+        arrays[f"meta.{k}"] = np.ascontiguousarray(v.astype(np.float64))
+    for k, v in ts.train_meta.items():
+        arrays[f"train_meta.{k}"] = np.ascontiguousarray(v)
+    header = {"feature_names": ts.feature_names, "action_features": ts.action_features,
+              "categories": ts.categories, "gmv_tier": ts.gmv_tier,
+              "reward_range": list(ts.reward_range), "cutoff_date": ts.cutoff_date, "counts": ts.counts,
+              **{f"meta.{k}": ts.heldout_meta[k].tolist() for k in META_STRINGS}}
+    # straight to a temp file and renamed (atomic), never a second in-memory copy of 5M rows
+    tmp = path.with_name(f".{path.name}.tmp")
+    claim(tmp), claim(path)
+    np_save_file(arrays, str(tmp), metadata={"header": json.dumps(header)})
+    os.replace(tmp, path)
+
+
+def load_transitions(folder: str | Path) -> dict:
+    """The ``transitions.safetensors`` of an ``ltve`` output as plain arrays + header (ltve-eval, baselines,
+    diagnostics)."""
+    path = Path(folder) / "transitions.safetensors"
+    arrays = np_load_file(str(path))
+    with safe_open(str(path), framework="numpy") as fh:
+        header = json.loads(fh.metadata()["header"])
+    meta = {k[5:]: v for k, v in arrays.items() if k.startswith("meta.")}
+    # a file written before the training rows' trajectory record has none (aigp baselines says so)
+    train_meta = {k[11:]: v for k, v in arrays.items() if k.startswith("train_meta.")}
+    for k in META_STRINGS:
+        meta[k] = np.asarray(header.pop(f"meta.{k}"), dtype=str)
+    return {"train": arrays["train"], "heldout": arrays["heldout"], "heldout_meta": meta, "train_meta": train_meta,
+            "normalizer": Normalizer(arrays["normalizer.mean"], arrays["normalizer.std"]), **header}
+
+
+def resolve_q_bounds(recipe: LtveRecipe, reward_range: tuple[float, float]) -> tuple[float, float]:
+    """The n-step target's clip: the recipe's train.q_min / q_max where set, else r/(1-gamma) of the train split."""
+    lo, hi = q_bounds_from_rewards(reward_range[0], reward_range[1], recipe.data.gamma)
+    lo = recipe.train.q_min if recipe.train.q_min is not None else lo
+    hi = recipe.train.q_max if recipe.train.q_max is not None else hi
+    if not lo < hi:
+        raise ValueError(f"train.q_min ({lo}) must be below train.q_max ({hi}).")
+    return lo, hi

@@ -14,13 +14,16 @@ The prompt builder (``aigp_train.llm.prompts.build_prompt``) renders what these 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from aigp_train.config import help_field
 from aigp_train.llm.state_fields import DEFAULT_CURRENCY
 from aigp_train.pricing import project_action
 from aigp_train.pricing.reward import milestone_targets
@@ -149,7 +152,7 @@ def estimate_elasticities(logs: Any, prior: float = -2.62) -> dict[str, float]:
     gets ``prior`` (meta-analysis mean -2.62, Bijmolt, van Heerde & Pieters 2005). Clipped to
     [-6, -0.3]: a constant-elasticity extrapolation outside that is not credible.
     """
-    import pandas as pd  # pandas (heavy): fitting only
+    import pandas as pd  # noqa: PLC0415 - pandas (heavy): fitting only
 
     out: dict[str, float] = {}
     for cat, g in logs.groupby("category", sort=True):
@@ -195,7 +198,12 @@ class MarketSource:
 
     def __init__(self, market_dir: str, elasticity_max_date: int | None = None):
         # pyarrow (heavy): loading only
-        from aigp_train.market.schema import absent_columns, read_logs, read_skus, read_text_table
+        from aigp_train.market.schema import (  # noqa: PLC0415
+            absent_columns,
+            read_logs,
+            read_skus,
+            read_text_table,
+        )
 
         root = Path(market_dir)
         if not (root / "market.json").is_file():
@@ -307,3 +315,29 @@ def reviews_before(source: Any, sku_id: str, day: int) -> list[dict]:
     frame = frame[frame["day"] < day].sort_values(["day", "review_id"])
     return frame.to_dict("records")
 
+
+@dataclass
+class SelectionConfig:
+    date_min: int = help_field("first calendar date (logs 'date') of the SKU-days to prompt")
+    date_max: int = help_field("last calendar date included; -1 = the last logged date")
+    days: list[int] = help_field("days since launch to prompt (empty = every day of the horizon)")
+    max_prompts: int = help_field("sample at most this many SKU-days, by a seeded hash (0 = all selected)")
+    seed: int = help_field("seed of the sample")
+
+
+def select_keys(logs, sel: SelectionConfig) -> list[tuple[str, int]]:
+    """(sku_id, day) of the selected SKU-days, ordered by (date, sku_id, day)."""
+    date_max = int(logs["date"].max()) if sel.date_max < 0 else sel.date_max
+    df = logs[(logs["date"] >= sel.date_min) & (logs["date"] <= date_max)]
+    if sel.days:
+        df = df[df["day"].isin(sel.days)]
+    keys = list(zip(df["sku_id"].astype(str), df["day"].astype(int), df["date"].astype(int)))
+    if not keys:
+        raise ValueError(f"no SKU-day matches selection dates [{sel.date_min}, {date_max}] "
+                         f"and days {sel.days or 'all'}; "
+                         f"the logs span dates {int(logs['date'].min())}..{int(logs['date'].max())}.")
+    if sel.max_prompts > 0 and len(keys) > sel.max_prompts:
+        keys.sort(key=lambda k: hashlib.sha256(f"{sel.seed}:{k[0]}:{k[1]}".encode()).digest())
+        keys = keys[: sel.max_prompts]
+    keys.sort(key=lambda k: (k[2], k[0], k[1]))
+    return [(sku, day) for sku, day, _ in keys]

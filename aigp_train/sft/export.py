@@ -30,8 +30,8 @@ MARKER = "export.json"  # written into every export: what it was made from, and 
 def _stage_recipe(run_dir: Path):
     import importlib
 
-    from aigp_train.cli import STAGES
     from aigp_train.config import load_recipe
+    from aigp_train.stage_runner import STAGES
 
     manifest = run_dir / "manifest.json"
     if not manifest.is_file():

@@ -143,20 +143,20 @@ class _LLMSide:
 
     def __init__(self, recipe: Recipe):
         from aigp_train.config import load_recipe
+        from aigp_train.evaluate.night import prompt_config
         from aigp_train.llm.backends import make_backend
+        from aigp_train.llm.config import InferRecipe
         from aigp_train.llm.tokenizer import load_tokenizer
         from aigp_train.market.prompt_source import MarketSource
-        from aigp_train.stages import infer
-        from aigp_train.stages.teacher import backend_with_pricing
 
-        self.inf = load_recipe(recipe.infer_recipe, infer.Recipe,
+        self.inf = load_recipe(recipe.infer_recipe, InferRecipe,
                                [f"market_dir={recipe.market_dir}", *recipe.infer_overrides])
         # the decision-only constraint touches [ACT_ONLY] requests only: the hash split's deployment answers keep
         # the infer recipe's decoding
         cfg = self.inf.backend.with_act_only_constraint(recipe.paired.decision_only_constraint)
-        self.backend = make_backend(backend_with_pricing(cfg, recipe.pricing), self.inf.model, recipe.pricing)
+        self.backend = make_backend(cfg, self.inf.model, recipe.pricing)
         self.market = MarketSource(recipe.market_dir, None)
-        self.prompt_cfg, self.tokenizer = infer.prompt_config(self.inf), load_tokenizer(self.inf.model)
+        self.prompt_cfg, self.tokenizer = prompt_config(self.inf), load_tokenizer(self.inf.model)
 
     def builder(self, sim, index: np.ndarray, pricing, act_only: bool = False):
         """A prompt builder over a fresh cohort source (each closed loop has its own history)."""

@@ -58,7 +58,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
 def _run(recipe: Recipe, out: StageOutput) -> dict:
     from aigp_train.baselines import models
     from aigp_train.ltve.checkpoint import read_model
-    from aigp_train.stages.ltve import load_transitions
+    from aigp_train.ltve.transitions import load_transitions
 
     ltve_dir = Path(recipe.ltve_dir)
     td = load_transitions(ltve_dir)

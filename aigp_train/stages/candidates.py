@@ -109,7 +109,6 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     from aigp_train.llm.prompts import read_prompts
     from aigp_train.ltve.model import load_ltve
     from aigp_train.market.schema import read_logs
-    from aigp_train.stages.teacher import backend_with_pricing
 
     prompts = read_prompts(recipe.prompts_dir, recipe.variant)
     if recipe.max_prompts > 0:
@@ -123,7 +122,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
                           f"first, or set adapter: '' to sample from the base model (DPO-only).")
     requests = [GenerationRequest(p["prompt_id"], p["messages"], p["state"], act_only=recipe.variant == "act_only",
                                   adapter=adapter) for p in prompts]
-    backend = make_backend(backend_with_pricing(recipe.backend, recipe.pricing), recipe.model, recipe.pricing)
+    backend = make_backend(recipe.backend, recipe.model, recipe.pricing)
     gen_dir = out.path / "generations"
     result = run_generation(requests, backend, recipe.sampling, gen_dir, recipe.shard_size, label="candidates")
     rank, world = rank_and_world()

@@ -195,27 +195,25 @@ class _LLMSide:
 
     def __init__(self, recipe: Recipe, out: StageOutput, cutoff_date: int):
         from aigp_train.config import load_recipe
+        from aigp_train.evaluate.night import prompt_config
         from aigp_train.llm.backends import make_backend
+        from aigp_train.llm.config import InferRecipe, JudgeRecipe
         from aigp_train.llm.tokenizer import load_tokenizer
         from aigp_train.market.prompt_source import MarketSource
-        from aigp_train.stages import infer, judge
-        from aigp_train.stages.teacher import backend_with_pricing
 
-        self.infer = load_recipe(recipe.infer_recipe, infer.Recipe,
+        self.infer = load_recipe(recipe.infer_recipe, InferRecipe,
                                  [f"market_dir={recipe.market_dir}", *recipe.infer_overrides])
-        self.judge = load_recipe(recipe.judge_recipe, judge.Recipe)
-        self.prompt_cfg = infer.prompt_config(self.infer)
+        self.judge = load_recipe(recipe.judge_recipe, JudgeRecipe)
+        self.prompt_cfg = prompt_config(self.infer)
         # The price-sales hint in the prompts is fitted on the training period only (no look-ahead).
         self.source = MarketSource(recipe.market_dir, cutoff_date - 1)
         self.tokenizer = load_tokenizer(self.infer.model)
         # one backend for both modes: the act-only constraint applies to [ACT_ONLY] requests only
         backend_cfg = self.infer.backend.with_act_only_constraint(recipe.modes.decision_only_constraint)
-        self.backend = make_backend(backend_with_pricing(backend_cfg, recipe.pricing), self.infer.model,
-                                    recipe.pricing)
+        self.backend = make_backend(backend_cfg, self.infer.model, recipe.pricing)
         self.decision_sampling = dataclasses.replace(self.infer.sampling,
                                                      max_new_tokens=recipe.modes.decision_only_max_new_tokens)
-        self.judge_backend = make_backend(backend_with_pricing(self.judge.backend, recipe.pricing), self.judge.model,
-                                          recipe.pricing)
+        self.judge_backend = make_backend(self.judge.backend, self.judge.model, recipe.pricing)
         self.out = out
         self.pricing = recipe.pricing
         self._teacher = None  # (teacher recipe, its backend), built on first use
@@ -233,13 +231,11 @@ class _LLMSide:
         from aigp_train.config import load_recipe
         from aigp_train.evaluate.policies import LLMPolicy
         from aigp_train.llm.backends import make_backend
-        from aigp_train.stages import teacher
-        from aigp_train.stages.teacher import backend_with_pricing
+        from aigp_train.llm.config import TeacherRecipe
 
         if self._teacher is None or self._teacher[0] != teacher_recipe:  # built once for both modes (a 235B engine)
-            rec = load_recipe(teacher_recipe, teacher.Recipe)
-            self._teacher = (teacher_recipe, make_backend(backend_with_pricing(rec.backend, self.pricing), rec.model,
-                                                          self.pricing))
+            rec = load_recipe(teacher_recipe, TeacherRecipe)
+            self._teacher = (teacher_recipe, make_backend(rec.backend, rec.model, self.pricing))
         backend = self._teacher[1]
         return LLMPolicy("teacher", backend, self.decision_sampling if decision_only else self.infer.sampling, None,
                          self.pricing, self.out.path / "inference" / ("teacher-act" if decision_only else "teacher"),
@@ -257,11 +253,10 @@ class _LLMSide:
     def judge_scores(self, tag: str, prompts: list[dict], responses: list[str | None]) -> dict:
         from aigp_train.llm.backends import GenerationRequest
         from aigp_train.llm.generation import read_generations, run_generation
-        from aigp_train.llm.judge import DIMENSIONS, judge_messages, parse_scores
-        from aigp_train.stages.judge import _context
+        from aigp_train.llm.judge import DIMENSIONS, judge_context, judge_messages, parse_scores
 
         requests = [GenerationRequest(f"{p['prompt_id']}#judge", judge_messages(p["messages"], r or ""),
-                                      {"prompt_state": p["state"], "response": r or "", "context": _context(p)},
+                                      {"prompt_state": p["state"], "response": r or "", "context": judge_context(p)},
                                       act_only=False, adapter=None) for p, r in zip(prompts, responses)]
         folder = self.out.path / "judge" / tag
         run_generation(requests, self.judge_backend, self.judge.sampling, folder, self.judge.shard_size)

@@ -28,127 +28,24 @@ The same recipe drives the LLM policies of ``aigp evaluate`` and ``aigp abtest``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
-from aigp_train.config import help_field
+from aigp_train.config import recipe_hash
 from aigp_train.evaluate.infer import run_inference
-from aigp_train.llm.backends import BackendConfig, SamplingConfig, make_backend
-from aigp_train.llm.models import ModelRecipe
-from aigp_train.llm.prompts import PromptConfig, build_prompt
-from aigp_train.market.prompt_source import MarketSource
+from aigp_train.evaluate.night import night, prompt_config
+from aigp_train.llm.backends import make_backend
+from aigp_train.llm.config import InferRecipe
 from aigp_train.outputs import StageOutput
-from aigp_train.pricing import PricingConfig
-from aigp_train.stages.teacher import backend_with_pricing
 
-
-@dataclass
-class Recipe:
-    output_dir: str = help_field("folder of this stage's output")
-    market_dir: str = help_field("market folder (aigp simulate output or real logs) with the night's rows")
-    date: int = help_field("tomorrow: the logged date T whose SKUs are priced for T+1; replay: the logged date "
-                           "re-priced (-1 = the last logged date)")
-    night: Literal["tomorrow", "replay"] = help_field("tomorrow: price T+1 for the SKUs active on T (deployment); "
-                                                      "replay: re-price the logged day (evaluation)")
-    max_skus: int = help_field("price at most this many of the day's SKUs, by a seeded hash (0 = all)")
-    seed: int = help_field("seed of that sample")
-    adapter: str | None = help_field("LoRA adapter folder (PEFT); null = the base model")
-    shard_size: int = help_field("SKUs per atomically written shard (the unit of resume)")
-    wait_for_ranks_s: float = help_field("rank 0 waits this long for other ranks' shards before writing the manifest")
-    window_hours: float = help_field("the nightly window the progress line projects the finish against (App. B.3)")
-    prompt_recipe: str = help_field("the aigp prompts recipe whose prompt: block builds these prompts "
-                                    "(same as training)")
-    model: ModelRecipe = help_field("the deployed model")
-    backend: BackendConfig = help_field("generation backend (vllm on the cluster, hf on CPU)")
-    sampling: SamplingConfig = help_field("decoding of the reasoning + action (n must be 1)")
-    pricing: PricingConfig = help_field("pricing rules (A_safe, Ψ)")
-
-
-def prompt_config(recipe: Recipe) -> PromptConfig:
-    """The prompts recipe's ``prompt:`` block: deployment prompts are built exactly like training ones."""
-    from aigp_train.config import load_recipe
-    from aigp_train.stages import prompts
-
-    return load_recipe(recipe.prompt_recipe, prompts.Recipe).prompt
+Recipe = InferRecipe  # the schema lives in aigp_train.llm.config (evaluate, abtest and profile load it)
 
 
 def extra_inputs(recipe: Recipe) -> dict[str, str]:
     """The resolved prompt block (``prompt_recipe`` and its includes): the recipe names only its file."""
-    from aigp_train.config import recipe_hash
-
     return {"prompt_recipe.prompt": recipe_hash(prompt_config(recipe))}
 
 
-class TomorrowSource:
-    """A ``MarketSource`` whose SKUs end in tomorrow's pseudo-row: the logged rows up to day T, then day
-    T+1 holding only what is known the night before (the module docstring). ``build_prompt`` reads it as
-    it reads the simulated A/B cohort's pseudo-rows."""
-
-    def __init__(self, source: MarketSource):
-        self._source = source
-
-    def __getattr__(self, name: str):
-        return getattr(self._source, name)
-
-    def rows(self, sku_id: str) -> list[dict]:
-        rows = self._source.rows(sku_id)
-        last = rows[-1]
-        tomorrow = {"sku_id": last["sku_id"], "category": last["category"], "day": int(last["day"]) + 1,
-                    "date": int(last["date"]) + 1, "day_of_week": (int(last["day_of_week"]) + 1) % 7,
-                    "is_promotion": False, "discount_prev": float(last["discount"]),
-                    "list_price": float(last["list_price"]), "inventory": int(last["inventory"]), "units": 0,
-                    "competitor_price_mean": float(last["competitor_price_mean"]),
-                    "competitor_price_min": float(last["competitor_price_min"])}
-        if "_absent" in last:
-            tomorrow["_absent"] = last["_absent"]
-        return [*rows, tomorrow]
-
-
-def night_keys(recipe: Recipe, source: MarketSource) -> tuple[list[tuple[str, int]], int, int]:
-    """(sku_id, day) of the decisions, the date they are for, and how many of them are for a day past the
-    SKU's launch window (tomorrow only: its row on T was day H-1 or later)."""
-    from aigp_train.stages.prompts import SelectionConfig, select_keys
-
-    logs = source.logs
-    date = recipe.date if recipe.date >= 0 else int(logs["date"].max())  # -1: the last logged date
-    keys = select_keys(logs, SelectionConfig(date, date, [], 0, recipe.seed))
-    if recipe.night == "replay":
-        return _sample(keys, recipe), date, 0
-    # every SKU active on T is on sale tomorrow: priced from its row on T, past its launch window or not
-    keys = _sample([(sku, day + 1) for sku, day in keys], recipe)
-    return keys, date + 1, sum(day >= source.horizon_days for _, day in keys)
-
-
-def _sample(keys: list[tuple[str, int]], recipe: Recipe) -> list[tuple[str, int]]:
-    """At most ``max_skus`` of the night's keys, by a seeded hash of the SKU id (any string), in SKU order."""
-    import hashlib
-
-    if recipe.max_skus > 0 and len(keys) > recipe.max_skus:
-        keys = sorted(keys, key=lambda k: hashlib.sha256(f"{recipe.seed}:{k[0]}:{k[1]}".encode()).digest())
-        keys = keys[: recipe.max_skus]
-    return sorted(keys)
-
-
-def night_prompts(recipe: Recipe, source: MarketSource | None = None, tokenizer=None) -> list[dict]:
-    """Full-mode prompt records of the night's decisions (``recipe.night``: T+1 or a replayed day)."""
-    return _night(recipe, source, tokenizer)[0]
-
-
-def _night(recipe: Recipe, source: MarketSource | None = None, tokenizer=None) -> tuple[list[dict], int, int]:
-    from aigp_train.llm.tokenizer import load_tokenizer
-
-    source = source or MarketSource(recipe.market_dir, None)
-    keys, for_date, past_window = night_keys(recipe, source)
-    tokenizer = tokenizer or load_tokenizer(recipe.model)
-    cfg = prompt_config(recipe)
-    src = TomorrowSource(source) if recipe.night == "tomorrow" else source
-    prompts = [build_prompt(src, sku, day, cfg, recipe.pricing, tokenizer, act_only=False) for sku, day in keys]
-    return prompts, for_date, past_window
-
-
 def run(recipe: Recipe, out: StageOutput) -> dict:
-    prompts, for_date, past_window = _night(recipe)
-    backend = make_backend(backend_with_pricing(recipe.backend, recipe.pricing), recipe.model, recipe.pricing)
+    prompts, for_date, past_window = night(recipe)
+    backend = make_backend(recipe.backend, recipe.model, recipe.pricing)
     result = run_inference(prompts, backend, recipe.sampling, recipe.adapter, recipe.pricing, out.path,
                            recipe.shard_size, recipe.wait_for_ranks_s, label="infer",
                            window_s=3600.0 * recipe.window_hours)

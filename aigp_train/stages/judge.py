@@ -28,13 +28,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+from omegaconf import OmegaConf
+
 from aigp_train.config import help_field
-from aigp_train.llm.backends import BackendConfig, GenerationRequest, SamplingConfig, make_backend
+from aigp_train.llm.backends import GenerationRequest, make_backend
+from aigp_train.llm.config import JudgeRecipe
 from aigp_train.llm.generation import rank_and_world, read_generations, run_generation, wait_for_generations
 from aigp_train.llm.judge import (
-    JudgeChecksConfig,
     JudgeStats,
     deterministic_checks,
+    judge_context,
     judge_messages,
     keep_response,
     parse_scores,
@@ -43,34 +47,9 @@ from aigp_train.llm.judge import (
 from aigp_train.llm.models import ModelRecipe
 from aigp_train.llm.prompts import PromptConfig, read_prompts
 from aigp_train.outputs import StageOutput, atomic_write_jsonl
-from aigp_train.pricing import PricingConfig
 from aigp_train.pricing.ab import assign_groups
-from aigp_train.stages.teacher import backend_with_pricing
 
-
-@dataclass
-class SFTSplitConfig:
-    heldout_fraction: float = help_field("share of SKUs whose kept responses go to sft/heldout.jsonl")
-    salt: str = help_field("salt of the SKU hash that splits train / heldout")
-    num_buckets: int = help_field("hash buckets; heldout_fraction * num_buckets must be whole")
-    act_only_share: float = help_field(
-        "most share of the SFT examples that are decision-only ([ACT_ONLY] prompt -> the teacher's JSON action)")
-
-
-@dataclass
-class Recipe:
-    output_dir: str = help_field("folder of this stage's output")
-    prompts_dir: str = help_field("output folder of `aigp prompts`")
-    teacher_dir: str = help_field("output folder of `aigp teacher`")
-    skip_llm_on_failed_checks: bool = help_field("do not send responses that failed a deterministic check to the judge")
-    shard_size: int = help_field("judge requests per atomically written shard (the unit of resume)")
-    wait_for_ranks_s: float = help_field("rank 0 waits this long for other ranks' shards before writing outputs")
-    checks: JudgeChecksConfig = help_field("deterministic checks")
-    sft: SFTSplitConfig = help_field("train / heldout split of the kept responses")
-    model: ModelRecipe = help_field("the judge model (used by the hf and vllm backends)")
-    backend: BackendConfig = help_field("judge backend (scripted = the rule-based stand-in)")
-    sampling: SamplingConfig = help_field("judge sampling (greedy: temperature 0, n 1)")
-    pricing: PricingConfig = help_field("pricing rules (A_safe, Ψ)")
+Recipe = JudgeRecipe  # the schema lives in aigp_train.llm.config (evaluate loads it too)
 
 
 @dataclass
@@ -83,10 +62,7 @@ def sft_tokenizer_and_cutoff(prompts_dir: str):
     """The student's tokenizer and the SFT cutoffs (full, [ACT_ONLY]), from the resolved recipe of the
     prompts run (one source: the prompts were fitted to the same budget). Only its model and prompt
     blocks are read."""
-    import yaml
-    from omegaconf import OmegaConf
-
-    from aigp_train.llm.tokenizer import load_tokenizer
+    from aigp_train.llm.tokenizer import load_tokenizer  # noqa: PLC0415 - transformers, for the SFT cutoff only
 
     resolved = Path(prompts_dir) / "recipe.yaml"
     if not resolved.is_file():
@@ -122,13 +98,8 @@ class JudgeRequests(Sequence):
     def _request(rid: str, prompt: dict, text: str) -> GenerationRequest:
         return GenerationRequest(rid, judge_messages(prompt["messages"], text),
                                  {"prompt_state": prompt["state"], "response": visible_response(text),
-                                  "context": _context(prompt)},
+                                  "context": judge_context(prompt)},
                                  act_only=False, adapter=None)
-
-
-def _context(prompt: dict) -> dict:
-    ctx = prompt.get("context", {})
-    return {"has_kb": bool(ctx.get("num_kb", 0)), "has_diagnosis": bool(ctx.get("has_diagnosis", False))}
 
 
 def _cap_act_only_share(kept: list[tuple], share: float) -> tuple[list[tuple], int]:
@@ -167,7 +138,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     to_judge = [(rid, p, text) for rid, p, _, text, _ in items
                 if not p["act_only"] and (checks[rid].passed or not recipe.skip_llm_on_failed_checks)]
     requests = JudgeRequests(to_judge)
-    backend = make_backend(backend_with_pricing(recipe.backend, recipe.pricing), recipe.model, recipe.pricing)
+    backend = make_backend(recipe.backend, recipe.model, recipe.pricing)
     verdict_dir = out.path / "verdicts"
     result = run_generation(requests, backend, recipe.sampling, verdict_dir, recipe.shard_size, label="judge")
     rank, world = rank_and_world()

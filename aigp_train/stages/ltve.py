@@ -2,8 +2,8 @@
 
 Reads the simulator's (or real) SKU-day logs, builds n-step transitions with a
 time-based split and the 60/40 expert mix, and trains twin critics Q1, Q2 (n-step
-targets bootstrapped from V, clipped to [Q_min, Q_max]) and V (expectile tau toward
-the min of the target critics) with the fused trainer. Writes:
+targets bootstrapped from V, clipped to [Q_min, Q_max]) and V (its ``train.expectile``, the
+paper's tau, toward the min of the target critics) with the fused trainer. Writes:
 
   transitions.safetensors  train / held-out transition tensors (+ held-out metadata)
   checkpoint.safetensors   full training state, every train.checkpoint_every updates
@@ -18,120 +18,41 @@ exits with status 75 (requeue), without a manifest.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-import numpy as np
 import torch
-from safetensors.numpy import load_file as np_load_file
-from safetensors.numpy import save_file as np_save_file
 
-from aigp_train.config import help_field, recipe_to_dict
-from aigp_train.ltve.checkpoint import load_checkpoint, save_checkpoint, save_model
-from aigp_train.ltve.config import DataConfig, ModelConfig, TrainConfig
-from aigp_train.ltve.features import Normalizer
+from aigp_train.config import recipe_to_dict
+from aigp_train.ltve.checkpoint import load_checkpoint, model_meta, save_checkpoint, save_model
+from aigp_train.ltve.config import LtveLogging, LtveRecipe
 from aigp_train.ltve.layout import Columns
 from aigp_train.ltve.trainer import FusedLTVETrainer, intra_op_threads, resolve_device
-from aigp_train.ltve.transitions import build_transitions, q_bounds_from_rewards
+from aigp_train.ltve.transitions import build_transitions, load_transitions, resolve_q_bounds, save_transitions
 from aigp_train.outputs import StageOutput, atomic_write_bytes, atomic_write_jsonl, claim, read_jsonl
-from aigp_train.pricing import PricingConfig
 from aigp_train.progress import Progress
 from aigp_train.train.signals import Preempted, PreemptionHandler
 
 # a finished run is extended by raising num_steps: it resumes from its checkpoint (aigp_train.outputs)
 RESUMABLE_CHANGES = ("train.num_steps", "logging")  # where the losses are sent does not change the critic
 
-META_STRINGS = ("sku_id", "category")
-
-
-@dataclass
-class LtveLogging:
-    wandb_mode: Literal["offline", "online", "disabled"] = help_field(
-        "wandb mode (WANDB_MODE in the environment overrides it)")
-    wandb_project: str = help_field("wandb project name")
+Recipe = LtveRecipe  # the schema lives in aigp_train.ltve.config (ltve-eval loads it too)
 
 
 def _wandb_run(cfg: LtveLogging, out_dir: Path, config: dict):
     """The wandb run of this output folder (one id per folder: a resumed training continues it), or None."""
-    import hashlib
-
     mode = os.environ.get("WANDB_MODE", cfg.wandb_mode)
     if mode == "disabled":
         return None
-    import wandb
+    import wandb  # noqa: PLC0415 - wandb (heavy), only when logging is on
 
     run_id = "ltve-" + hashlib.sha256(str(out_dir.resolve()).encode()).hexdigest()[:12]
     claim(out_dir / "wandb")  # wandb writes its run folder there
     return wandb.init(project=cfg.wandb_project, name=f"ltve-{out_dir.name}", id=run_id, resume="allow",
                       dir=str(out_dir), mode=mode, config=config, reinit="finish_previous")
-
-
-@dataclass
-class Recipe:
-    output_dir: str = help_field("folder for transitions, checkpoint, model and metrics")
-    pricing: PricingConfig = help_field("pricing rules (A_safe, reward eq. 3)")
-    data: DataConfig = help_field("logs, n-step horizon, split and expert mix")
-    model: ModelConfig = help_field("network sizes")
-    train: TrainConfig = help_field("Algorithm 1 hyperparameters and the fused trainer")
-    logging: LtveLogging = help_field("wandb beside metrics.jsonl, as aigp sft / aigp dpo log")
-
-
-def _save_transitions(path: Path, ts) -> None:
-    arrays = {"train": ts.train, "heldout": ts.heldout, "normalizer.mean": ts.normalizer.mean,
-              "normalizer.std": ts.normalizer.std}
-    for k, v in ts.heldout_meta.items():
-        if k in META_STRINGS:
-            continue
-        arrays[f"meta.{k}"] = np.ascontiguousarray(v.astype(np.float64))
-    for k, v in ts.train_meta.items():
-        arrays[f"train_meta.{k}"] = np.ascontiguousarray(v)
-    header = {"feature_names": ts.feature_names, "action_features": ts.action_features,
-              "categories": ts.categories, "gmv_tier": ts.gmv_tier,
-              "reward_range": list(ts.reward_range), "cutoff_date": ts.cutoff_date, "counts": ts.counts,
-              **{f"meta.{k}": ts.heldout_meta[k].tolist() for k in META_STRINGS}}
-    # straight to a temp file and renamed (atomic), never a second in-memory copy of 5M rows
-    tmp = path.with_name(f".{path.name}.tmp")
-    claim(tmp), claim(path)
-    np_save_file(arrays, str(tmp), metadata={"header": json.dumps(header)})
-    os.replace(tmp, path)
-
-
-def load_transitions(folder: str | Path) -> dict:
-    """The ``transitions.safetensors`` of an ``ltve`` output as plain arrays + header (for ltve-eval)."""
-    path = Path(folder) / "transitions.safetensors"
-    arrays = np_load_file(str(path))
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="numpy") as fh:
-        header = json.loads(fh.metadata()["header"])
-    meta = {k[5:]: v for k, v in arrays.items() if k.startswith("meta.")}
-    # a file written before the training rows' trajectory record has none (aigp baselines says so)
-    train_meta = {k[11:]: v for k, v in arrays.items() if k.startswith("train_meta.")}
-    for k in META_STRINGS:
-        meta[k] = np.asarray(header.pop(f"meta.{k}"), dtype=str)
-    return {"train": arrays["train"], "heldout": arrays["heldout"], "heldout_meta": meta, "train_meta": train_meta,
-            "normalizer": Normalizer(arrays["normalizer.mean"], arrays["normalizer.std"]), **header}
-
-
-def model_meta(recipe: Recipe, ts_header: dict, q_bounds: tuple[float, float]) -> dict:
-    return {"feature_names": ts_header["feature_names"], "action_features": ts_header["action_features"],
-            "categories": ts_header["categories"],
-            "gmv_tier": ts_header["gmv_tier"], "hidden_sizes": list(recipe.model.hidden_sizes),
-            "max_step": recipe.pricing.max_step, "gamma": recipe.data.gamma, "n_step": recipe.data.n_step,
-            "q_min": q_bounds[0], "q_max": q_bounds[1], "expectile": recipe.train.expectile}
-
-
-def resolve_q_bounds(recipe: Recipe, reward_range: tuple[float, float]) -> tuple[float, float]:
-    lo, hi = q_bounds_from_rewards(reward_range[0], reward_range[1], recipe.data.gamma)
-    lo = recipe.train.q_min if recipe.train.q_min is not None else lo
-    hi = recipe.train.q_max if recipe.train.q_max is not None else hi
-    if not lo < hi:
-        raise ValueError(f"train.q_min ({lo}) must be below train.q_max ({hi}).")
-    return lo, hi
 
 
 def run(recipe: Recipe, out: StageOutput) -> dict:
@@ -150,7 +71,7 @@ def _run(recipe: Recipe, out: StageOutput) -> dict:
     key_path = out.path / "transitions.key"
     if not (trans_path.is_file() and key_path.is_file() and key_path.read_text() == data_key):
         ts = build_transitions(recipe.data, recipe.pricing)
-        _save_transitions(trans_path, ts)
+        save_transitions(trans_path, ts)
         ts.references.save(out.path / "references.json")
         atomic_write_bytes(key_path, data_key.encode())
         del ts  # the training copy is read back from the file: one copy of the rows at a time

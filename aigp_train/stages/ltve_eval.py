@@ -30,18 +30,22 @@ import torch
 from aigp_train.config import help_field, load_recipe
 from aigp_train.ltve import evaluate as ev
 from aigp_train.ltve.action_features import ActionFeatures
-from aigp_train.ltve.checkpoint import save_model
-from aigp_train.ltve.config import CQLConfig
+from aigp_train.ltve.checkpoint import model_meta, save_model
+from aigp_train.ltve.config import CQLConfig, LtveRecipe
 from aigp_train.ltve.cql import CQLTrainer
 from aigp_train.ltve.layout import Columns
 from aigp_train.ltve.model import load_ltve
-from aigp_train.ltve.trainer import intra_op_threads
+from aigp_train.ltve.trainer import intra_op_threads, resolve_device
+from aigp_train.ltve.transitions import load_transitions, resolve_q_bounds
+from aigp_train.market.recipe import MarketRecipe
 from aigp_train.market.schema import NEEDS_SIMULATOR, has_simulator
+from aigp_train.market.simulator import MarketSimulator, sku_index_of
 from aigp_train.outputs import StageOutput, atomic_write_json, atomic_write_text
 from aigp_train.pricing import PricingConfig
 from aigp_train.pricing.a_safe import from_stored
+from aigp_train.pricing.reward import References
 from aigp_train.progress import Progress
-from aigp_train.stages import ltve as ltve_stage
+from aigp_train.stage_runner import run_stage
 
 
 @dataclass
@@ -80,19 +84,19 @@ def _ltve_overrides(recipe: Recipe, n: int) -> list[str]:
 
 
 def _train_cql(recipe: Recipe, ltve_dir: Path, out_dir: Path) -> None:
-    lrec = load_recipe(recipe.ltve_recipe, ltve_stage.Recipe, _ltve_overrides(recipe, recipe.eval.main_n_step))
-    td = ltve_stage.load_transitions(ltve_dir)
-    bounds = ltve_stage.resolve_q_bounds(lrec, tuple(td["reward_range"]))
+    lrec = load_recipe(recipe.ltve_recipe, LtveRecipe, _ltve_overrides(recipe, recipe.eval.main_n_step))
+    td = load_transitions(ltve_dir)
+    bounds = resolve_q_bounds(lrec, tuple(td["reward_range"]))
     with intra_op_threads(lrec.train.cpu_threads):
         action_features = ActionFeatures(td["action_features"], td["feature_names"], td["normalizer"].mean,
                                          td["normalizer"].std, recipe.pricing.max_step)
         trainer = CQLTrainer(torch.from_numpy(td["train"]), len(td["feature_names"]), lrec.train, recipe.cql,
                              lrec.model.hidden_sizes, bounds, recipe.pricing, action_features,
-                             device=ltve_stage.resolve_device(lrec.train.device))
+                             device=resolve_device(lrec.train.device))
         progress = Progress("cql", recipe.cql.num_steps, "updates")   # Table 7's baseline: minutes on CPU
         trainer.train(recipe.cql.num_steps,
                       on_log=lambda step, _: progress.update(step, final=step >= recipe.cql.num_steps))
-    meta = ltve_stage.model_meta(lrec, td, bounds)
+    meta = model_meta(lrec, td, bounds)
     meta["critic"] = "cql"
     save_model(out_dir / "model.safetensors", trainer.q, trainer.v, td["normalizer"], meta)
 
@@ -104,11 +108,6 @@ def _fmt(x: float | str) -> str:
 
 
 def run(recipe: Recipe, out: StageOutput) -> dict:
-    from aigp_train.cli import run_stage
-    from aigp_train.market.recipe import MarketRecipe
-    from aigp_train.market.simulator import MarketSimulator, sku_index_of
-    from aigp_train.pricing.reward import References
-
     e = recipe.eval
     if e.main_n_step not in e.n_steps:
         raise ValueError(f"eval.main_n_step ({e.main_n_step}) must be one of eval.n_steps {e.n_steps}.")
@@ -119,20 +118,40 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     main_dir = runs[e.main_n_step]
     cql_dir = out.path / "cql"
     _train_cql(recipe, main_dir, cql_dir)
+    sim = _simulator(recipe)
+    table2, table7, true_rows = _tables(recipe, runs, cql_dir, sim)
+    _, rho, num_launches = _fig3(recipe, main_dir, out.path)
+    _write_tables(recipe, out.path, table2, table7, true_rows, sim is not None)
+    ns = list(table2)
+    summary = {"table2": {f"n={n}": {k: round(v, 4) for k, v in table2[n].items() if isinstance(v, float)} for n in ns},
+               "table7": {k: {m: round(v, 4) for m, v in d.items()
+                              if isinstance(v, float) and m.startswith(("cda", "true"))}
+                          for k, d in table7.items()},
+               "spearman": {k: round(v, 3) for k, v in rho.items()}}
+    return {"inputs": {"logs": recipe.logs_dir, **{f"ltve_n{n}": str(p) for n, p in runs.items()}},
+            "rows": {"heldout_expert_states": table2[ns[0]]["num_states"], "pairs": table2[ns[0]]["num_pairs"],
+                     "launch_states": num_launches},
+            "summary": summary}
 
-    sim = None
-    if has_simulator(recipe.logs_dir):  # real logs (aigp ingest) have no simulator behind them
-        sim = MarketSimulator(load_recipe(Path(recipe.logs_dir) / "recipe.yaml", MarketRecipe))
 
-    def heldout(folder: Path):
-        td = ltve_stage.load_transitions(folder)
-        cols = Columns.of(td)
-        h, m = td["heldout"], td["heldout_meta"]
-        return td, cols, h, m
+def _simulator(recipe: Recipe):
+    """The market's simulator (the oracle of the true CDA), or None for real logs (``aigp ingest``)."""
+    if not has_simulator(recipe.logs_dir):
+        return None
+    return MarketSimulator(load_recipe(Path(recipe.logs_dir) / "recipe.yaml", MarketRecipe))
 
-    table2, true_rows = {}, {}
+
+def _heldout(folder: Path):
+    td = load_transitions(folder)
+    return td, Columns.of(td), td["heldout"], td["heldout_meta"]
+
+
+def _tables(recipe: Recipe, runs: dict[int, Path], cql_dir: Path, sim) -> tuple[dict, dict, dict]:
+    """Table 2 (every n), Table 7 (LTVE vs CQL at the deployed n) and the true-CDA rows, computed."""
+    e = recipe.eval
+    table2, true_rows, table7 = {}, {}, {}
     for n, folder in runs.items():
-        td, cols, h, m = heldout(folder)
+        td, cols, h, m = _heldout(folder)
         expert = m["is_expert"].astype(bool)
         s = torch.from_numpy(np.ascontiguousarray(h[expert][:, cols.s]))
         a, d_prev = from_stored(h[expert][:, cols.action]), from_stored(h[expert][:, cols.d_prev])
@@ -178,21 +197,33 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
             for name in ("ltve", "cql"):
                 table7[name]["true_cda"] = true_rows[n][f"{name}_true_cda"]
 
-    # Fig. 3 on the deployed n: launch-day states of every held-out SKU, logged action
-    td, cols, h, m = heldout(main_dir)
+    return table2, table7, true_rows
+
+
+def _fig3(recipe: Recipe, main_dir: Path, out_dir: Path) -> tuple[list, dict, int]:
+    """Fig. 3 on the deployed n: Q-score deciles of every held-out SKU's launch-day state and logged action
+    against its outcomes; writes fig3.json and the plot; returns (deciles, Spearman rhos, launches)."""
+    e = recipe.eval
+    td, cols, h, m = _heldout(main_dir)
     launch = m["day"] == 0
     score = load_ltve(main_dir).q_normalized(torch.from_numpy(np.ascontiguousarray(h[launch][:, cols.s])),
                                              h[launch][:, cols.action])
     outcomes = {k: m[k][launch].astype(np.float64) for k in ("gmv_7", "gmv_14", "roi_7", "roi_14", "milestone")}
     deciles = ev.decile_table(score, outcomes, e.num_deciles, e.trim_fraction)
     rho = ev.spearman_table(score, outcomes, deciles)
-    ev.plot_deciles(deciles, out.path / "fig3_deciles.png", f"LTVE (n={e.main_n_step}) Q-score deciles, "
+    ev.plot_deciles(deciles, out_dir / "fig3_deciles.png", f"LTVE (n={e.main_n_step}) Q-score deciles, "
                     f"{int(launch.sum())} held-out launches")
-    atomic_write_json(out.path / "fig3.json", {"deciles": deciles, "spearman": rho})
+    atomic_write_json(out_dir / "fig3.json", {"deciles": deciles, "spearman": rho})
 
-    atomic_write_json(out.path / "table2.json", {str(n): v for n, v in table2.items()})
-    atomic_write_json(out.path / "table7.json", table7)
-    atomic_write_json(out.path / "true_cda.json", {str(n): v for n, v in true_rows.items()})
+    return deciles, rho, int(launch.sum())
+
+
+def _write_tables(recipe: Recipe, out_dir: Path, table2: dict, table7: dict, true_rows: dict, has_sim: bool) -> None:
+    """table2/table7/true_cda as JSON and the two Markdown tables."""
+    e = recipe.eval
+    atomic_write_json(out_dir / "table2.json", {str(n): v for n, v in table2.items()})
+    atomic_write_json(out_dir / "table7.json", table7)
+    atomic_write_json(out_dir / "true_cda.json", {str(n): v for n, v in true_rows.items()})
     ns = list(table2)
     lines = ["# Table 2 (offline part): LTVE n-step ablation", "",
              "| metric | " + " | ".join(f"n={n}" for n in ns) + " |", "|---|" + "---|" * len(ns),
@@ -209,12 +240,12 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
              f"{table2[ns[0]]['num_pairs']} counterfactual pairs "
              f"(a_cf = Ψ(a_expert ± {e.counterfactual_offsets})); "
              + (f"true CDA on {true_rows[ns[0]]['num_pairs']} pairs, {e.true_q_rollouts} rollouts, continuation "
-                f"'{e.true_q_continuation}'." if sim is not None else
+                f"'{e.true_q_continuation}'." if has_sim else
                 "real logs: the true CDA and the oracle rows need a simulator (none behind these logs).")]
     if recipe.ablation_overrides:
         lines.append(f"The n != {e.main_n_step} runs are smaller than the deployed one: "
                      f"{', '.join(recipe.ablation_overrides)} (Table 2 compares them at that size).")
-    atomic_write_text(out.path / "table2.md", "\n".join(lines) + "\n")
+    atomic_write_text(out_dir / "table2.md", "\n".join(lines) + "\n")
     t7 = ["# Table 7: CDA across scenarios, LTVE vs CQL", "", "| scenario | LTVE | CQL | pairs |", "|---|---|---|---|",
           f"| Overall | {_fmt(table7['ltve']['cda'])} | {_fmt(table7['cql']['cda'])} | {table7['ltve']['num_pairs']} |",
           f"| Cold-start (day <= {e.cold_start_max_day}) | {_fmt(table7['ltve']['cda_cold_start'])} | "
@@ -224,14 +255,5 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
           f"| SKUs the expert policy priced | {_fmt(table7['ltve']['cda_expert_policy'])} | "
           f"{_fmt(table7['cql']['cda_expert_policy'])} | {table7['ltve']['num_pairs_expert_policy']} |",
           f"| true CDA (simulator) | {_fmt(table7['ltve']['true_cda'])} | {_fmt(table7['cql']['true_cda'])} | "
-          f"{true_rows[e.main_n_step]['num_pairs'] if sim is not None else NEEDS_SIMULATOR} |"]
-    atomic_write_text(out.path / "table7.md", "\n".join(t7) + "\n")
-    summary = {"table2": {f"n={n}": {k: round(v, 4) for k, v in table2[n].items() if isinstance(v, float)} for n in ns},
-               "table7": {k: {m: round(v, 4) for m, v in d.items()
-                              if isinstance(v, float) and m.startswith(("cda", "true"))}
-                          for k, d in table7.items()},
-               "spearman": {k: round(v, 3) for k, v in rho.items()}}
-    return {"inputs": {"logs": recipe.logs_dir, **{f"ltve_n{n}": str(p) for n, p in runs.items()}},
-            "rows": {"heldout_expert_states": table2[ns[0]]["num_states"], "pairs": table2[ns[0]]["num_pairs"],
-                     "launch_states": int(launch.sum())},
-            "summary": summary}
+          f"{true_rows[e.main_n_step]['num_pairs'] if has_sim else NEEDS_SIMULATOR} |"]
+    atomic_write_text(out_dir / "table7.md", "\n".join(t7) + "\n")

@@ -34,9 +34,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from aigp_train.cli import STAGES, stage_output
 from aigp_train.config import RecipeError, help_field, load_recipe
 from aigp_train.outputs import MANIFEST, StageOutput, atomic_write_json
+from aigp_train.stage_runner import STAGES, stage_output
 
 STEPS_FILE = "steps.json"
 # Any edit keeps the pipeline resumable: each step's stage checks its own folder, and steps.json

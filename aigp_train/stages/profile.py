@@ -58,24 +58,24 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     from aigp_train.config import load_recipe
     from aigp_train.distributed.cluster import load_cluster
     from aigp_train.evaluate.infer import build_requests
+    from aigp_train.evaluate.night import night_prompts
     from aigp_train.llm.backends import make_backend
+    from aigp_train.llm.config import InferRecipe
     from aigp_train.llm.prompts import count_prompt_tokens
     from aigp_train.llm.tokenizer import load_tokenizer
-    from aigp_train.stages import infer
-    from aigp_train.stages.teacher import backend_with_pricing
 
-    inf = load_recipe(recipe.infer_recipe, infer.Recipe, [f"market_dir={recipe.market_dir}",
+    inf = load_recipe(recipe.infer_recipe, InferRecipe, [f"market_dir={recipe.market_dir}",
                                                           f"max_skus={recipe.num_prompts}", *recipe.infer_overrides])
     cluster = load_cluster(recipe.cluster)
     tokenizer = load_tokenizer(inf.model)
-    prompts = infer.night_prompts(inf, tokenizer=tokenizer)
+    prompts = night_prompts(inf, tokenizer=tokenizer)
     requests = build_requests(prompts, inf.adapter)
 
     def backend_at(batch: int):
         cfg = inf.backend
         if cfg.kind == "hf":
             cfg = dataclasses.replace(cfg, hf=dataclasses.replace(cfg.hf, batch_size=batch))
-        return make_backend(backend_with_pricing(cfg, inf.pricing), inf.model, inf.pricing)
+        return make_backend(cfg, inf.model, inf.pricing)
 
     rows = measure(backend_at, requests, inf.sampling, lambda r: count_prompt_tokens(tokenizer, r.messages),
                    lambda text: len(tokenizer(text or "", add_special_tokens=False)["input_ids"]), recipe.batch_sizes)

@@ -23,61 +23,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from aigp_train.config import help_field
+from aigp_train.llm.config import PromptsRecipe
 from aigp_train.llm.generation import rank_and_world
-from aigp_train.llm.models import ModelRecipe
-from aigp_train.llm.prompts import PromptConfig, build_prompt
-from aigp_train.market.prompt_source import MarketSource
+from aigp_train.llm.prompts import build_prompt
+from aigp_train.market.prompt_source import MarketSource, select_keys
 from aigp_train.outputs import StageOutput, atomic_write_json, atomic_write_jsonl
-from aigp_train.pricing import PricingConfig
 from aigp_train.progress import Progress
 
-
-@dataclass
-class SelectionConfig:
-    date_min: int = help_field("first calendar date (logs 'date') of the SKU-days to prompt")
-    date_max: int = help_field("last calendar date included; -1 = the last logged date")
-    days: list[int] = help_field("days since launch to prompt (empty = every day of the horizon)")
-    max_prompts: int = help_field("sample at most this many SKU-days, by a seeded hash (0 = all selected)")
-    seed: int = help_field("seed of the sample")
-
-
-@dataclass
-class Recipe:
-    output_dir: str = help_field("folder of this stage's output")
-    market_dir: str = help_field("output folder of `aigp simulate` (or real logs in the same layout)")
-    variants: list[str] = help_field("prompt variants to write: full and/or act_only")
-    shard_size: int = help_field("prompts per atomically written shard (the unit of resume)")
-    wait_for_ranks_s: float = help_field("rank 0 waits this long for other ranks' shards before finishing")
-    selection: SelectionConfig = help_field("which SKU-days get a prompt")
-    prompt: PromptConfig = help_field("prompt content, ablations and token budget")
-    model: ModelRecipe = help_field("the model whose tokenizer measures the token budget (the student)")
-    pricing: PricingConfig = help_field("pricing rules (A_safe: feasible range shown in the prompt, Ψ)")
-
+Recipe = PromptsRecipe  # the schema lives in aigp_train.llm.config (infer reads its prompt block)
 
 VARIANTS: tuple[Literal["full", "act_only"], ...] = ("full", "act_only")
-
-
-def select_keys(logs, sel: SelectionConfig) -> list[tuple[str, int]]:
-    """(sku_id, day) of the selected SKU-days, ordered by (date, sku_id, day)."""
-    date_max = int(logs["date"].max()) if sel.date_max < 0 else sel.date_max
-    df = logs[(logs["date"] >= sel.date_min) & (logs["date"] <= date_max)]
-    if sel.days:
-        df = df[df["day"].isin(sel.days)]
-    keys = list(zip(df["sku_id"].astype(str), df["day"].astype(int), df["date"].astype(int)))
-    if not keys:
-        raise ValueError(f"no SKU-day matches selection dates [{sel.date_min}, {date_max}] "
-                         f"and days {sel.days or 'all'}; "
-                         f"the logs span dates {int(logs['date'].min())}..{int(logs['date'].max())}.")
-    if sel.max_prompts > 0 and len(keys) > sel.max_prompts:
-        keys.sort(key=lambda k: hashlib.sha256(f"{sel.seed}:{k[0]}:{k[1]}".encode()).digest())
-        keys = keys[: sel.max_prompts]
-    keys.sort(key=lambda k: (k[2], k[0], k[1]))
-    return [(sku, day) for sku, day, _ in keys]
 
 
 def run(recipe: Recipe, out: StageOutput) -> dict:

@@ -14,40 +14,16 @@ of ``aigp judge-agreement``; never read by the judge).
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
-from dataclasses import dataclass
 
-from aigp_train.config import help_field
-from aigp_train.llm.backends import BackendConfig, GenerationRequest, SamplingConfig, make_backend
+from aigp_train.llm.backends import GenerationRequest, make_backend
+from aigp_train.llm.config import TeacherRecipe
 from aigp_train.llm.generation import rank_and_world, run_generation, wait_for_generations
-from aigp_train.llm.models import ModelRecipe
 from aigp_train.llm.prompts import read_prompts
 from aigp_train.outputs import StageOutput
-from aigp_train.pricing import ParseStats, PricingConfig, parse_action
+from aigp_train.pricing import ParseStats, parse_action
 
-
-@dataclass
-class Recipe:
-    output_dir: str = help_field("folder of this stage's output")
-    prompts_dir: str = help_field("output folder of `aigp prompts`")
-    variants: list[str] = help_field(
-        "prompt variants answered: full (reasoning + action, judged) and act_only (the decision alone: the SFT set's "
-        "[ACT_ONLY] examples, so the student learns the mode candidates and DPO use)")
-    max_prompts: int = help_field("answer at most this many prompts, in prompt order (0 = all)")
-    shard_size: int = help_field("prompts per atomically written shard (the unit of resume)")
-    wait_for_ranks_s: float = help_field("rank 0 waits this long for other ranks' shards before the summary")
-    model: ModelRecipe = help_field("the teacher model (used by the hf and vllm backends)")
-    backend: BackendConfig = help_field("generation backend (scripted = the rule-based stand-in)")
-    sampling: SamplingConfig = help_field("teacher sampling")
-    pricing: PricingConfig = help_field("pricing rules (A_safe, Ψ)")
-
-
-def backend_with_pricing(cfg: BackendConfig, pricing: PricingConfig) -> BackendConfig:
-    """The scripted stand-ins take the recipe's pricing block (one source of the rules)."""
-    if cfg.kind != "scripted":
-        return cfg
-    return dataclasses.replace(cfg, scripted={**dict(cfg.scripted), "pricing": dataclasses.asdict(pricing)})
+Recipe = TeacherRecipe  # the schema lives in aigp_train.llm.config (evaluate loads it too)
 
 
 def run(recipe: Recipe, out: StageOutput) -> dict:
@@ -60,7 +36,7 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
             rows = read_prompts(recipe.prompts_dir, variant)
             prompts += rows[: recipe.max_prompts] if recipe.max_prompts > 0 else rows
     requests = [GenerationRequest(p["prompt_id"], p["messages"], p["state"], p["act_only"], None) for p in prompts]
-    backend = make_backend(backend_with_pricing(recipe.backend, recipe.pricing), recipe.model, recipe.pricing)
+    backend = make_backend(recipe.backend, recipe.model, recipe.pricing)
     extra = None
     if hasattr(backend, "defects"):  # the stand-in knows the defects it injected: ground truth labels
         def extra(req: GenerationRequest) -> dict:

@@ -7,7 +7,7 @@ AdamW state is what ``checkpoint.py`` reads and writes); gradient clipping and a
 DeepSpeed; a linear warm-up then cosine decay (``WarmupCosine`` below, stepped by DeepSpeed once per
 optimizer step; DeepSpeed's own ``WarmupCosineLR`` spends the first two steps at lr 0). The LoRA'd
 model must already have its MoE blocks registered as ZeRO-3 leaves (``zero3.register_moe_leaf_modules``),
-which ``session.start`` does.
+which ``session.start_session`` does.
 """
 
 from __future__ import annotations
@@ -139,10 +139,12 @@ def build_engine(module: nn.Module, optim: OptimRecipe, engine: EngineRecipe, nu
 
 
 def zero3_loading(optim: OptimRecipe, engine: EngineRecipe, dist: DistInfo):
-    """Keep the returned object alive while the model is loaded (and trained): with it, transformers'
-    ``from_pretrained`` loads a checkpoint straight into ZeRO-3 partitions (``deepspeed.zero.Init``)
-    instead of materialising the whole model on every rank (Qwen3-30B-A3B in bf16 is 61 GB per rank,
-    8 ranks per node). A model built from a config (the tiny random init) is unaffected."""
+    """The ZeRO-3 config (transformers' ``HfDeepSpeedConfig``) to keep alive while the model is built and
+    trained, after DeepSpeed's comm layer is told the process group. Loading a checkpoint into the
+    partitions is not done here nor by transformers' ``from_pretrained`` (whose ZeRO-3 path reads every
+    shard into rank 0): ``zero3_load.build_partitioned`` builds the model under ``deepspeed.zero.Init``
+    with this object's ``.config`` and copies into each rank only its partition's rows (Qwen3-30B-A3B in
+    bf16 is 61 GB, 8 ranks per node)."""
     import deepspeed
     from transformers.integrations import HfDeepSpeedConfig
 

@@ -1,11 +1,13 @@
 """What every LoRA stage (``aigp sft``, ``aigp dpo``) sets up before its loop, in one place.
 
 ``lora_stage(recipe)`` is a context manager: accelerator choice, the process group, the
-tokenizer, the base model built *partitioned* under ZeRO-3 (``zero3_loading``: transformers'
-``from_pretrained`` loads straight into each rank's shard, so no rank holds the whole 61 GB
-student in host memory), then on exit a barrier and the process group's cleanup. ``StepPlan``
-is the batch arithmetic both loops use. The loops themselves stay written out in ``sft/loop.py``
-and ``dpo/trainer.py``.
+tokenizer, the ZeRO-3 config kept alive for the run (``engine.zero3_loading``), the base model
+(a checkpoint is read by ``zero3_load.build_partitioned`` straight into each rank's ZeRO-3
+partition, so no rank holds the whole 61 GB student in host memory; transformers'
+``from_pretrained`` is not used for it, its ZeRO-3 path reads every shard into rank 0; a model
+built from a config, the tiny random init, goes through ``llm.models.build_model``), then on exit
+a barrier and the process group's cleanup. ``StepPlan`` is the batch arithmetic both loops use.
+The loops themselves stay written out in ``sft/loop.py`` and ``dpo/trainer.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
+
+if TYPE_CHECKING:  # annotations only
+    from aigp_train.train.recipe import EngineRecipe
 
 __all__ = ["StepPlan", "lora_stage"]
 
@@ -30,9 +35,10 @@ class StepPlan:
     total_steps: int
 
     @classmethod
-    def of(cls, num_examples: int, engine: Any, world_size: int, epochs: int, max_steps: int,
+    def of(cls, num_examples: int, engine_recipe: EngineRecipe, world_size: int, epochs: int, max_steps: int,
            what: str = "training examples") -> "StepPlan":
-        global_batch = engine.micro_batch_size * engine.grad_accum_steps * world_size
+        """The plan of ``num_examples`` under the recipe's ``engine:`` block (micro batch, accumulation)."""
+        global_batch = engine_recipe.micro_batch_size * engine_recipe.grad_accum_steps * world_size
         per_epoch = num_examples // global_batch
         if per_epoch == 0:
             raise ValueError(f"{num_examples} {what} do not fill one global batch of {global_batch} "

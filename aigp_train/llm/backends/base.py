@@ -2,7 +2,7 @@
 
 A backend turns chat requests into ``n`` sampled completions each::
 
-    backend = make_backend(recipe.backend, recipe.model)
+    backend = make_backend(recipe.backend, recipe.model, recipe.pricing)
     outs = backend.generate([GenerationRequest("p1", messages, state, act_only=True, adapter=None)],
                             SamplingConfig(n=8, temperature=1.0, top_k=50, top_p=0.95,
                                            max_new_tokens=32, seed=0))
@@ -14,10 +14,10 @@ Three kinds, chosen by the ``kind`` field of ``BackendConfig`` (a ``Literal``, p
   adapters per request (``hf_backend.py``);
 * ``vllm``: tensor parallel engine, one replica per node, LoRARequest per request, prefix
   caching (``vllm_backend.py``; vllm is imported only inside that class);
-* ``scripted``: the rule-based stand-in teacher/judge (``scripted.py``, written with the
+* ``scripted``: the rule-based stand-in teacher/judge (``scripted/``, written with the
   prompts), so the pipeline runs on a CPU box with no model at all. It is built as
-  ``ScriptedBackend(settings: dict, model_recipe | None)`` from the ``backend.scripted`` mapping,
-  which that module validates (errors name the key).
+  ``ScriptedBackend(settings: dict, pricing)`` from the ``backend.scripted`` mapping, which that
+  module types with the recipe loader's checks (errors name the key), and the stage's pricing.
 
 Backends never raise on what a model says; they return its text. Parsing and projection to
 A_safe happen downstream (``aigp_train.pricing.parse_action``).

@@ -6,10 +6,14 @@ backend module imports ``base``, and only this module (at call time) imports the
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aigp_train.config import RecipeError
 from aigp_train.llm.backends.base import Backend, BackendConfig
+
+if TYPE_CHECKING:  # annotations only
+    from aigp_train.llm.models import ModelRecipe
+    from aigp_train.pricing import PricingConfig
 
 __all__ = ["make_backend"]
 
@@ -21,9 +25,11 @@ def _require(block: Any, kind: str) -> Any:
     return block
 
 
-def make_backend(cfg: BackendConfig, model_recipe: Any = None, pricing: Any = None) -> Backend:
+def make_backend(cfg: BackendConfig, model_recipe: ModelRecipe | None = None,
+                 pricing: PricingConfig | None = None) -> Backend:
     """Build the backend ``cfg.kind`` names. Heavy imports happen here, not at module import.
-    ``pricing`` (a PricingConfig) is needed by ``constrain_act_only: a_safe`` and by ``force_decision``."""
+    ``pricing`` (the stage's typed pricing block, passed once, here) is needed by the scripted stand-ins, by
+    ``constrain_act_only: a_safe`` and by ``force_decision``."""
     block = cfg.hf if cfg.kind == "hf" else cfg.vllm if cfg.kind == "vllm" else None
     if block is not None and block.constrain_act_only == "a_safe" and pricing is None:
         raise RecipeError(f"backend.{cfg.kind}.constrain_act_only a_safe needs the pricing rules: the stage must pass "
@@ -34,21 +40,24 @@ def make_backend(cfg: BackendConfig, model_recipe: Any = None, pricing: Any = No
                          f"force_decision: none.")
     if cfg.kind == "hf":
         # lazy: pulls torch and transformers, which a scripted (CPU, no model) run never needs
-        from aigp_train.llm.backends.hf_backend import HFBackend
+        from aigp_train.llm.backends.hf_backend import HFBackend  # noqa: PLC0415 - torch, transformers
 
         if model_recipe is None:
             raise RecipeError("backend.kind 'hf' needs a model: block in the recipe (which model to load).")
         return HFBackend(_require(cfg.hf, "hf"), model_recipe, pricing)
     elif cfg.kind == "vllm":
         # lazy: vllm is installed on the GPU cluster only (the `vllm` extra), never on the CPU box
-        from aigp_train.llm.backends.vllm_backend import VLLMBackend
+        from aigp_train.llm.backends.vllm_backend import VLLMBackend  # noqa: PLC0415 - the vllm extra
 
         if model_recipe is None:
             raise RecipeError("backend.kind 'vllm' needs a model: block in the recipe (which model to serve).")
         return VLLMBackend(_require(cfg.vllm, "vllm"), model_recipe, pricing=pricing)
     elif cfg.kind == "scripted":
         # lazy too: only the backend the recipe names is loaded (the stand-in is a large module of rules)
-        from aigp_train.llm.backends.scripted import ScriptedBackend
+        from aigp_train.llm.backends.scripted import ScriptedBackend  # noqa: PLC0415 - the recipe's backend only
 
-        return ScriptedBackend(dict(cfg.scripted), model_recipe)
+        if pricing is None:
+            raise RecipeError("backend.kind 'scripted' needs the pricing rules (its teacher projects by Ψ, its judge "
+                              "checks A_safe): the stage must pass its pricing block to make_backend.")
+        return ScriptedBackend(dict(cfg.scripted), pricing)
     raise RecipeError(f"unknown backend.kind {cfg.kind!r}; choose hf, vllm or scripted.")
