@@ -1,8 +1,9 @@
 """The DPO loop on the shared training core (``aigp_train.train``), written out in one function.
 
-Setup (``aigp_train.train.session.start_session``, the same as ``aigp sft``): LoRA on q/k/v/o,
-MoE blocks as ZeRO-3 leaves, DeepSpeed ZeRO-3 engine, checkpoints, SIGTERM/SIGUSR1, wandb. DPO
-adds three things:
+Setup (``aigp_train.train.session.start_session``, the same as ``aigp sft``): LoRA on the recipe's
+``lora.target_modules`` (the paper's q/k/v/o; the tiny recipe adds ``lm_head``) and the trained
+``[ACT_ONLY]`` row, MoE blocks as ZeRO-3 leaves, the DeepSpeed engine of ``engine.zero_stage``,
+checkpoints, SIGTERM/SIGUSR1, wandb. DPO adds three things:
 
 * the policy starts from ``train.init_adapter`` (the SFT adapter: Table 1 "SFT+DPO"), or from a
   fresh LoRA on the base checkpoint when it is empty ("DPO-only");
