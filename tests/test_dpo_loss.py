@@ -213,6 +213,7 @@ def test_rpo_term_is_the_chosen_mean_token_nll():
     assert torch.allclose(same.chosen_nll, torch.tensor([1.0, 2.0]))
     rpo = dpo_loss(c, r, torch.zeros(2), torch.zeros(2), beta=0.1, chosen_tokens=tokens, rpo_alpha=0.5)
     assert abs(rpo.loss.item() - (plain.loss.item() + 0.5 * 1.5)) < 1e-6
+    assert rpo.eq8_loss.item() == plain.loss.item()  # the eq. 8 term is logged apart from the total
     rpo.loss.backward()
     eq8_grad = torch.autograd.grad(dpo_loss(c, r, torch.zeros(2), torch.zeros(2), beta=0.1).loss, c)[0]
     # the NLL term pushes each chosen log-prob up by alpha / (pairs x tokens) beyond eq. 8's push

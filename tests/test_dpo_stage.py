@@ -94,7 +94,9 @@ def test_dpo_only_trains_from_ranked_pairs(runs):
     assert manifest["stage"] == "dpo" and s["steps"] == 4 and s["reference"].startswith("base model")
     assert s["moe_leaf_modules"] == ["Qwen3MoeSparseMoeBlock"] and s["scored_tokens_per_completion"] > 3
     m = _metrics(out)
-    assert abs(m[1]["loss"] - 0.6931471805599453) < 1e-3  # policy == reference before the first update
+    assert abs(m[1]["eq8_loss"] - 0.6931471805599453) < 1e-3  # policy == reference before the first update
+    # what is minimised: eq. 8 plus RPO's term (recipes/tiny/dpo.yaml rpo_alpha) on the chosen actions' NLL
+    assert s["rpo_alpha"] > 0 and abs(m[1]["loss"] - (m[1]["eq8_loss"] + s["rpo_alpha"] * m[1]["chosen_nll"])) < 1e-3
     assert all(m[k]["lr"] > 0 for k in (1, 2, 3))
     assert (out / "wandb").is_dir()
 

@@ -40,12 +40,13 @@ _ACTION_VALUE = re.compile(r'"discount_change"\s*:\s*(-?\d+(?:\.\d+)?(?:[eE]-?\d
 
 @dataclass
 class DPOOutput:
-    loss: torch.Tensor              # scalar, mean over pairs
+    loss: torch.Tensor              # scalar, mean over pairs: eq. 8 (+ rpo_alpha x chosen NLL); what is minimised
     chosen_rewards: torch.Tensor    # beta * (log pi(y+|x) - log ref(y+|x)), per pair, detached
     rejected_rewards: torch.Tensor  # same for y-
     margins: torch.Tensor           # chosen_rewards - rejected_rewards
     accuracy: torch.Tensor          # fraction of pairs with a positive margin
     chosen_nll: torch.Tensor        # mean token NLL of y+ per pair, detached (the RPO term before rpo_alpha)
+    eq8_loss: torch.Tensor          # eq. 8 alone, mean over pairs, detached (ln 2 while policy == reference)
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
@@ -73,6 +74,7 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
     rejected_logratio = policy_rejected - ref_rejected.to(policy_rejected.dtype)
     logits = beta * (chosen_logratio - rejected_logratio)
     loss = -F.logsigmoid(logits).mean()
+    eq8_loss = loss.detach()
     if chosen_tokens is not None:
         nll = -policy_chosen / chosen_tokens.to(policy_chosen.dtype).clamp(min=1)
         if rpo_alpha > 0:
@@ -84,7 +86,7 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
     rejected_rewards = (beta * rejected_logratio).detach()
     margins = chosen_rewards - rejected_rewards
     return DPOOutput(loss, chosen_rewards, rejected_rewards, margins, (margins > 0).to(margins.dtype).mean(),
-                     chosen_nll)
+                     chosen_nll, eq8_loss)
 
 
 def action_value_span(completion: str) -> tuple[int, int]:

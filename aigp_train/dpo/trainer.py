@@ -230,7 +230,7 @@ def train_dpo(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
     loop: dict[str, Any] = dict(session.loop_state)
     last: dict[str, float] = {}
     window = {"loss": 0.0, "aux": 0.0, "acc": 0.0, "margin": 0.0, "chosen": 0.0, "rejected": 0.0, "nll": 0.0,
-              "pairs": 0, "rows": 0, "tokens": 0}
+              "eq8": 0.0, "pairs": 0, "rows": 0, "tokens": 0}
     t_start, trained_pairs = time.perf_counter(), 0
     progress = Progress("dpo", total_steps, "steps", start_done=step)
     while step < total_steps:
@@ -254,6 +254,7 @@ def train_dpo(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
             window["chosen"] += float(out.chosen_rewards.sum())
             window["rejected"] += float(out.rejected_rewards.sum())
             window["nll"] += float(out.chosen_nll.sum())
+            window["eq8"] += float(out.eq8_loss) * n
             window["tokens"] += num_tokens
         window["pairs"] += len(step_pairs)
         window["rows"] += num_rows
@@ -261,7 +262,7 @@ def train_dpo(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
         step += 1
         loop.update(epoch=step // per_epoch, step_in_epoch=step % per_epoch)
         if step % recipe.logging.every_steps == 0 or step == total_steps:
-            keys = ["loss", "aux", "acc", "margin", "chosen", "rejected", "nll", "tokens"]
+            keys = ["loss", "aux", "acc", "margin", "chosen", "rejected", "nll", "eq8", "tokens"]
             sums = dict(zip(keys, all_reduce_sum([window[k] for k in keys])))
             grad_norm = engine.get_global_grad_norm()
             pairs_n = window["pairs"]
@@ -269,7 +270,7 @@ def train_dpo(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
                 "loss": sums["loss"] / pairs_n, "aux_loss": sums["aux"] / max(window["rows"], 1),
                 "reward_accuracy": sums["acc"] / pairs_n, "reward_margin": sums["margin"] / pairs_n,
                 "chosen_reward": sums["chosen"] / pairs_n, "rejected_reward": sums["rejected"] / pairs_n,
-                "chosen_nll": sums["nll"] / pairs_n,
+                "chosen_nll": sums["nll"] / pairs_n, "eq8_loss": sums["eq8"] / pairs_n,
                 "lr": engine.lr_scheduler.get_last_lr()[0],
                 "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                 "epoch": step / per_epoch}, global_tokens=int(sums["tokens"]))
