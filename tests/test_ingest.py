@@ -219,16 +219,17 @@ def test_currency_is_a_stated_value_of_the_data(tmp_path):
     written with it (a simulated market states none: ¥, tests/test_market.py and test_teacher.py); a symbol
     the quotes cannot carry is refused."""
     from aigp_train.config import load_recipe
+    from aigp_train.evaluate.night import night_prompts
+    from aigp_train.llm.config import InferRecipe
     from aigp_train.llm.judge import check_numbers
-    from aigp_train.stages import infer
 
     recipe = _table_recipe(tmp_path, _sales(GOOD))  # currency: "€"
     run = _cli(str(recipe))
     assert run.returncode == 0, run.stderr
     assert json.loads((tmp_path / "market" / "market.json").read_text())["currency"] == "€"
-    night = load_recipe(str(REPO / "recipes" / "tiny" / "infer.yaml"), infer.Recipe,
+    night = load_recipe(str(REPO / "recipes" / "tiny" / "infer.yaml"), InferRecipe,
                         [f"market_dir={tmp_path / 'market'}", "night=replay", "date=3", "max_skus=0"])
-    prompt = next(p for p in infer.night_prompts(night) if p["sku_id"] == "A")
+    prompt = next(p for p in night_prompts(night) if p["sku_id"] == "A")
     text = prompt["messages"][1]["content"]
     assert prompt["state"]["currency"] == "€" and "¥" not in text
     assert f"current price: €{prompt['state']['current_price']:.2f}" in text  # the structured state
