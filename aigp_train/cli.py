@@ -33,7 +33,8 @@ import textwrap
 import traceback
 
 from aigp_train.config import RecipeError, field_help
-from aigp_train.stage_runner import STAGES, USER_ERRORS, is_rank_zero, run_stage, stage_output
+from aigp_train.distributed.dist import is_rank_zero
+from aigp_train.stage_runner import STAGES, USER_ERRORS, run_stage, stage_output
 
 __all__ = ["COMMANDS", "STAGES", "main", "run_stage", "stage_output"]
 

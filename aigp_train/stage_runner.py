@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import sys
 from pathlib import Path
 
 from aigp_train.config import UserError, load_recipe
+from aigp_train.distributed.dist import is_rank_zero
 from aigp_train.outputs import StageOutput
 
-__all__ = ["STAGES", "USER_ERRORS", "is_rank_zero", "run_stage", "stage_output"]
+__all__ = ["STAGES", "USER_ERRORS", "run_stage", "stage_output"]
 
 # Errors a person fixes by changing an input: printed in one or two lines, exit code 2, no traceback.
 USER_ERRORS = (UserError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
@@ -44,10 +44,6 @@ STAGES: dict[str, tuple[str, str]] = {
     "profile": ("aigp_train.stages.profile", "generation throughput projected to the nightly window"),
     "pipeline": ("aigp_train.stages.pipeline", "the whole chain, simulate -> report"),
 }
-
-def is_rank_zero() -> bool:
-    return os.environ.get("RANK", "0") == "0"
-
 
 def stage_output(name: str, module, recipe) -> StageOutput:
     """The output folder of ``name`` for ``recipe``, with the stage's resume rules; nothing written yet."""

@@ -189,12 +189,13 @@ def run_ours(args) -> dict:
                                 out_dir=tmp, num_training_steps=args.steps + args.warmup, dist=dist,
                                 run_name="bench", config={}, flops_per_token=0.0)
         ref = reference_logps(session.engine, session.model, pairs, dist, args.batch, disable_adapter=True)
-        order = epoch_order(pairs, eng.seed, 0)
+        order = epoch_order(pairs, seed=eng.seed, epoch=0)
         clock, losses, tokens = StepClock(args.warmup), [], []
         for step in range(args.warmup + args.steps):
             chunk = [order[(step * args.batch + k) % len(order)] for k in range(args.batch)]
             clock.begin()
-            out, _, num_tokens = micro_step(session.engine, chunk, ref, recipe.train.beta, 1.0, 0.0, 1.0)
+            out, _, num_tokens = micro_step(session.engine, chunk, ref, beta=recipe.train.beta, weight=1.0,
+                                            aux_coef=0.0, aux_norm=1.0)
             clock.end()
             losses.append(float(out.loss))
             tokens.append(num_tokens)

@@ -255,7 +255,7 @@ def _sft_plain(recipe, out: Path):
     counts = _counts(model)
     flops = train_flops_per_token(model, sum(len(e.input_ids) for e in train) / len(train))
     engine = PlainEngine(SftLoss(apply_lora(model, recipe.lora, seed=0)), recipe.optim.lr, dev)
-    order, b, rows = epoch_order(len(train), 0, 0), recipe.engine.micro_batch_size, []
+    order, b, rows = epoch_order(len(train), seed=0, epoch=0), recipe.engine.micro_batch_size, []
     for step in range(recipe.train.max_steps):
         ids = [int(order[(step * b + k) % len(order)]) for k in range(b)]
         t0 = time.perf_counter()
@@ -340,12 +340,13 @@ def _dpo_plain(ns, dpo_bench) -> dict:
     engine = PlainEngine(DPOLossModule(peft_model, 0), recipe.optim.lr, ns.device)
     dist = DistInfo(0, 1, 0, "none", ns.device)
     ref = reference_logps(engine, peft_model, pairs, dist, ns.batch, disable_adapter=True)
-    order = epoch_order(pairs, 0, 0)
+    order = epoch_order(pairs, seed=0, epoch=0)
     clock, losses, tokens = dpo_bench.StepClock(ns.warmup), [], []
     for step in range(ns.warmup + ns.steps):
         chunk = [order[(step * ns.batch + k) % len(order)] for k in range(ns.batch)]
         clock.begin()
-        out, _, num_tokens = micro_step(engine, chunk, ref, recipe.train.beta, 1.0, 0.0, 1.0)
+        out, _, num_tokens = micro_step(engine, chunk, ref, beta=recipe.train.beta, weight=1.0, aux_coef=0.0,
+                                        aux_norm=1.0)
         clock.end()
         losses.append(float(out.loss))
         tokens.append(num_tokens)

@@ -16,6 +16,7 @@ import deepspeed  # noqa: E402
 
 from aigp_train.config import RecipeError  # noqa: E402
 from aigp_train.llm.models import load_model_recipe  # noqa: E402
+from aigp_train.train.engine import no_shm_comm_on_cpu  # noqa: E402
 from aigp_train.train.zero3_load import build_partitioned  # noqa: E402
 
 from tests.partitioned_worker import tensor_sha256  # noqa: E402
@@ -24,7 +25,7 @@ ZERO3 = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3},
 
 
 def main(recipe_path: str, folders: list[str]) -> None:
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # training never uses the shm all-reduce
+    no_shm_comm_on_cpu(is_cuda=False)
     deepspeed.init_distributed(dist_backend="gloo")
     recipe = load_model_recipe(recipe_path)
     for folder in folders:

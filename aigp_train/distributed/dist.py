@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 __all__ = ["DistInfo", "init_distributed", "cleanup_distributed", "is_rank_zero", "print0", "barrier",
-           "all_reduce_sum", "any_rank"]
+           "all_reduce_sum", "any_rank", "even_rounds"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,8 @@ class DistInfo:
     def is_cuda(self) -> bool:
         return self.device.startswith("cuda")
 
+
+T = TypeVar("T")
 
 _WORLD_OF_ONE = "AIGP_WORLD_OF_ONE"  # "<pid>:<port>" of the process that made a world of one for itself
 
@@ -82,11 +86,11 @@ def cleanup_distributed() -> None:
 
 
 def is_rank_zero() -> bool:
-    """True on global rank 0 (or when no process group exists)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
+    """True on global rank 0 (or when no process group exists). Never imports torch itself: a command
+    that has not imported it (``aigp simulate``) has no process group and stays fast."""
+    tdist = sys.modules.get("torch.distributed")
+    if tdist is not None and tdist.is_available() and tdist.is_initialized():
+        return tdist.get_rank() == 0
     return os.environ.get("RANK", "0") == "0"
 
 
@@ -120,3 +124,13 @@ def all_reduce_sum(values: list[float]) -> list[float]:
 def any_rank(flag: bool) -> bool:
     """True on every rank if ``flag`` is true on any rank (e.g. one rank got SIGTERM)."""
     return all_reduce_sum([1.0 if flag else 0.0])[0] > 0
+
+
+def even_rounds(chunks: Sequence[T], rank: int, world_size: int) -> Iterator[tuple[T, bool]]:
+    """Deal ``chunks`` (micro-batches) round-robin over ranks: this rank's chunk of every round, and
+    whether it is real. Every rank gets the same number of rounds, because ZeRO-3 gathers parameters
+    collectively inside forward: a rank whose share ran out gets ``chunks[0]`` to run and discard."""
+    rounds = -(-len(chunks) // world_size)
+    for r in range(rounds):
+        index = r * world_size + rank
+        yield (chunks[index], True) if index < len(chunks) else (chunks[0], False)

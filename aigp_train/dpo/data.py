@@ -101,7 +101,7 @@ def group_pairs(pairs: Sequence[TokenizedPair]) -> list[PromptGroup]:
     return [g for g, _ in groups.values()]
 
 
-def epoch_order(pairs: Sequence[TokenizedPair], seed: int, epoch: int) -> list[TokenizedPair]:
+def epoch_order(pairs: Sequence[TokenizedPair], *, seed: int, epoch: int) -> list[TokenizedPair]:
     """This epoch's pair order: prompts shuffled (seeded by ``seed`` and ``epoch``), the pairs of one
     prompt kept adjacent so that they share a batch (and one encoding of the prompt) where possible."""
     by_prompt: dict[str, list[TokenizedPair]] = {}

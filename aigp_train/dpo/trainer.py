@@ -20,6 +20,7 @@ checkpoints, SIGTERM/SIGUSR1, wandb. DPO adds three things:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
@@ -27,17 +28,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as tdist
 from torch import nn
 
 from aigp_train.config import RecipeError, recipe_to_dict
-from aigp_train.distributed.dist import DistInfo, all_reduce_sum, barrier, print0
+from aigp_train.distributed.dist import DistInfo, barrier, even_rounds, print0
 from aigp_train.dpo.data import TokenizedPair, epoch_order, group_pairs, micro_batch, tokenize_pairs
 from aigp_train.dpo.logprobs import PackedBatch, completion_logps, pack_groups
 from aigp_train.dpo.loss import dpo_loss
 from aigp_train.outputs import atomic_write_jsonl, read_jsonl
 from aigp_train.progress import Progress
+from aigp_train.train.checkpoint import Checkpointer, load_adapter_weights
+from aigp_train.train.logging import train_flops_per_token
 from aigp_train.train.lora import trainable_token_ids
 from aigp_train.train.runner import StepPlan
+from aigp_train.train.session import start_session
+from aigp_train.train.step_sums import StepSums
 
 __all__ = ["DPOLossModule", "train_dpo", "micro_step", "reference_logps", "check_init_adapter"]
 
@@ -98,26 +104,18 @@ def reference_logps(engine, peft_model, pairs: list[TokenizedPair], dist: DistIn
                     disable_adapter: bool) -> dict[str, tuple[float, float]]:
     """pair id -> (ref log pi(y+|x), ref log pi(y-|x)), sharded over ranks, gathered on all.
 
-    Every rank runs the same number of forwards (ZeRO-3 gathers parameters collectively inside
-    forward): a rank whose shard ran out reruns its first batch and discards the result.
+    Every rank runs the same number of forwards (``even_rounds``: ZeRO-3 gathers parameters
+    collectively inside forward).
     """
-    import contextlib
-
-    import torch.distributed as tdist
-
     by_prompt = epoch_order(pairs, seed=0, epoch=0)  # any order that keeps a prompt's pairs adjacent
     chunks = [by_prompt[i:i + micro_batch_size] for i in range(0, len(by_prompt), micro_batch_size)]
-    rounds = -(-len(chunks) // dist.world_size)
     mine: dict[str, tuple[float, float]] = {}
     engine.eval()
-    ctx = peft_model.disable_adapter() if disable_adapter else contextlib.nullcontext()
-    with ctx:
-        for r in range(rounds):
-            index = r * dist.world_size + dist.rank
-            chunk = chunks[index] if index < len(chunks) else chunks[0]
+    with peft_model.disable_adapter() if disable_adapter else contextlib.nullcontext():
+        for chunk, real in even_rounds(chunks, dist.rank, dist.world_size):
             batch = pack_groups(group_pairs(chunk), pad_id=PAD_ID).to(engine.device)
             logps, _ = engine(batch)
-            if index < len(chunks):
+            if real:  # read once per batch, before training: the reference is stored, not recomputed
                 c, rj = logps[batch.chosen].tolist(), logps[batch.rejected].tolist()
                 for p, lc, lr in zip(chunk, c, rj):
                     mine[p.pair_id] = (lc, lr)
@@ -130,13 +128,14 @@ def reference_logps(engine, peft_model, pairs: list[TokenizedPair], dist: DistIn
     return mine
 
 
-def micro_step(engine, chunk: list[TokenizedPair], reference: dict[str, tuple[float, float]], beta: float,
+def micro_step(engine, chunk: list[TokenizedPair], reference: dict[str, tuple[float, float]], *, beta: float,
                weight: float, aux_coef: float, aux_norm: float, rpo_alpha: float = 0.0):
     """One micro-batch of the DPO step: shared-prefix forward, eq. 8, backward, engine step.
 
     ``weight`` scales this micro-batch's mean eq. 8 loss (its share of the global batch, times the
     GA x world factor DeepSpeed divides out); the aux loss is ``aux_coef * sum_rows / aux_norm``.
-    Returns (eq. 8 output, per-row aux loss, packed tokens). ``bench/dpo.py`` times exactly this.
+    Returns (eq. 8 output, per-row aux loss, packed tokens), all left on the device.
+    ``bench/dpo.py`` times exactly this.
     """
     batch = pack_groups(group_pairs(chunk), pad_id=PAD_ID).to(engine.device)
     logps, aux = engine(batch)
@@ -180,10 +179,6 @@ def _load_or_compute_reference(session, pairs, recipe, out_dir: Path, fingerprin
 
 def train_dpo(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> dict[str, Any]:
     """Train the LoRA adapter of ``recipe`` (the ``aigp dpo`` recipe) on its pairs; returns the summary."""
-    from aigp_train.train.checkpoint import Checkpointer, load_adapter_weights
-    from aigp_train.train.logging import train_flops_per_token
-    from aigp_train.train.session import start_session
-
     eng, tr = recipe.engine, recipe.train
     if not Path(recipe.data.pairs_path).is_file():
         raise RecipeError(f"data.pairs_path {recipe.data.pairs_path} does not exist: run `aigp pairs` and point "
@@ -229,13 +224,14 @@ def train_dpo(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
     step = session.resumed_from
     loop: dict[str, Any] = dict(session.loop_state)
     last: dict[str, float] = {}
-    window = {"loss": 0.0, "aux": 0.0, "acc": 0.0, "margin": 0.0, "chosen": 0.0, "rejected": 0.0, "nll": 0.0,
-              "eq8": 0.0, "pairs": 0, "rows": 0, "tokens": 0}
+    # the loss pieces are summed on the device and read once per log line (StepSums)
+    sums = StepSums(["loss", "aux", "acc", "margin", "chosen", "rejected", "nll", "eq8", "tokens"], engine.device)
+    window = {"pairs": 0, "rows": 0}  # known on the host from the data
     t_start, trained_pairs = time.perf_counter(), 0
     progress = Progress("dpo", total_steps, "steps", start_done=step)
     while step < total_steps:
         epoch, step_in_epoch = divmod(step, per_epoch)
-        order = epoch_order(pairs, eng.seed, epoch)
+        order = epoch_order(pairs, seed=eng.seed, epoch=epoch)
         step_pairs = order[step_in_epoch * global_batch:(step_in_epoch + 1) * global_batch]
         num_rows = sum(len(group_pairs(micro_batch(order, step_in_epoch, m, r, dist.world_size,
                                                    eng.micro_batch_size, eng.grad_accum_steps)))
@@ -243,46 +239,42 @@ def train_dpo(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
         for micro in range(eng.grad_accum_steps):
             chunk = micro_batch(order, step_in_epoch, micro, dist.rank, dist.world_size, eng.micro_batch_size,
                                 eng.grad_accum_steps)
-            out, aux, num_tokens = micro_step(engine, chunk, reference, tr.beta, len(chunk) / global_batch * scale,
-                                              tr.router_aux_loss_coef if top_k > 0 else 0.0, num_rows / scale,
-                                              rpo_alpha=tr.rpo_alpha)
-            n = len(chunk)
-            window["loss"] += float(out.loss) * n
-            window["aux"] += float(aux.sum())
-            window["acc"] += float(out.accuracy) * n
-            window["margin"] += float(out.margins.sum())
-            window["chosen"] += float(out.chosen_rewards.sum())
-            window["rejected"] += float(out.rejected_rewards.sum())
-            window["nll"] += float(out.chosen_nll.sum())
-            window["eq8"] += float(out.eq8_loss) * n
-            window["tokens"] += num_tokens
+            out, aux, num_tokens = micro_step(
+                engine, chunk, reference, beta=tr.beta, rpo_alpha=tr.rpo_alpha,
+                weight=len(chunk) / global_batch * scale,  # this micro-batch's share of the global mean, x GA x W
+                aux_coef=tr.router_aux_loss_coef if top_k > 0 else 0.0,
+                aux_norm=num_rows / scale)  # the global batch's prompt rows, / GA x W as the weight
+            n = len(chunk)  # means over the micro-batch, weighted back into sums over pairs (float64 first)
+            sums.add(loss=out.loss.to(torch.float64) * n, aux=aux.sum(), acc=out.accuracy.to(torch.float64) * n,
+                     margin=out.margins.sum(), chosen=out.chosen_rewards.sum(),
+                     rejected=out.rejected_rewards.sum(), nll=out.chosen_nll.sum(),
+                     eq8=out.eq8_loss.to(torch.float64) * n, tokens=num_tokens)
         window["pairs"] += len(step_pairs)
         window["rows"] += num_rows
         trained_pairs += len(step_pairs)
         step += 1
         loop.update(epoch=step // per_epoch, step_in_epoch=step % per_epoch)
         if step % recipe.logging.every_steps == 0 or step == total_steps:
-            keys = ["loss", "aux", "acc", "margin", "chosen", "rejected", "nll", "eq8", "tokens"]
-            sums = dict(zip(keys, all_reduce_sum([window[k] for k in keys])))
+            total = sums.read()
             grad_norm = engine.get_global_grad_norm()
             pairs_n = window["pairs"]
             last = logger.log(step, {
-                "loss": sums["loss"] / pairs_n, "aux_loss": sums["aux"] / max(window["rows"], 1),
-                "reward_accuracy": sums["acc"] / pairs_n, "reward_margin": sums["margin"] / pairs_n,
-                "chosen_reward": sums["chosen"] / pairs_n, "rejected_reward": sums["rejected"] / pairs_n,
-                "chosen_nll": sums["nll"] / pairs_n, "eq8_loss": sums["eq8"] / pairs_n,
+                "loss": total["loss"] / pairs_n, "aux_loss": total["aux"] / max(window["rows"], 1),
+                "reward_accuracy": total["acc"] / pairs_n, "reward_margin": total["margin"] / pairs_n,
+                "chosen_reward": total["chosen"] / pairs_n, "rejected_reward": total["rejected"] / pairs_n,
+                "chosen_nll": total["nll"] / pairs_n, "eq8_loss": total["eq8"] / pairs_n,
                 "lr": engine.lr_scheduler.get_last_lr()[0],
                 "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-                "epoch": step / per_epoch}, global_tokens=int(sums["tokens"]))
+                "epoch": step / per_epoch}, global_tokens=int(total["tokens"]))
             print0(f"[aigp] step {step}/{total_steps} loss {last['loss']:.4f} acc {last['reward_accuracy']:.2f} "
                    f"margin {last['reward_margin']:.4f} lr {last['lr']:.2e} {last['tokens_per_s']:.0f} tok/s, "
                    f"{progress.eta(step)}")
-            window = {k: 0 if isinstance(v, int) else 0.0 for k, v in window.items()}
+            window = {"pairs": 0, "rows": 0}
         session.step_end(step, loop)
 
     adapter_dir = out_dir / "adapter"
     session.save_adapter(adapter_dir)
-    session.save_checkpoint(step, loop)
+    session.save_final_checkpoint(step, loop)
     barrier()
     elapsed = time.perf_counter() - t_start
     session.close()

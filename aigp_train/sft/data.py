@@ -236,7 +236,7 @@ def pack(examples: list[TokenizedExample]) -> PackedBatch:
                        num_loss_tokens=int((targets != IGNORE).sum()), num_tokens=len(ids))
 
 
-def epoch_order(num_examples: int, epoch: int, seed: int) -> np.ndarray:
+def epoch_order(num_examples: int, *, seed: int, epoch: int) -> np.ndarray:
     """The example order of ``epoch``: the same on every rank and on every resume."""
     return np.random.default_rng([seed, epoch]).permutation(num_examples)
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from aigp_train.config import recipe_to_dict
-from aigp_train.distributed.dist import DistInfo, all_reduce_sum, any_rank, barrier, print0
+from aigp_train.distributed.dist import DistInfo, any_rank, barrier, even_rounds, print0
 from aigp_train.progress import Progress
 from aigp_train.sft.data import (
     PackedBatch,
@@ -39,6 +39,7 @@ from aigp_train.train.logging import train_flops_per_token
 from aigp_train.train.lora import trainable_token_ids
 from aigp_train.train.runner import StepPlan
 from aigp_train.train.session import TrainSession, start_session
+from aigp_train.train.step_sums import StepSums
 
 __all__ = ["train_sft", "heldout_loss"]
 
@@ -52,27 +53,20 @@ def _forward(engine, batch: PackedBatch):
 @torch.no_grad()
 def heldout_loss(session: TrainSession, examples: list[TokenizedExample], micro_batch_size: int,
                  batching: str) -> float:
-    """Mean token cross-entropy on ``examples``, sharded over ranks.
-
-    Every rank runs the same number of forward passes (ZeRO-3 gathers parameters collectively
-    inside forward); a rank whose shard ran out reruns example 0 and discards the result.
-    """
+    """Mean token cross-entropy on ``examples``, sharded over ranks (``even_rounds``: every rank runs
+    the same number of forwards, as ZeRO-3 needs)."""
     engine, dist = session.engine, session.dist
     engine.eval()
-    per_round = micro_batch_size * dist.world_size
-    rounds = math.ceil(len(examples) / per_round)
-    ce, tokens = 0.0, 0.0
-    for r in range(rounds):
-        start = r * per_round + dist.rank * micro_batch_size
-        chunk = examples[start:start + micro_batch_size]
-        batch = collate(chunk if chunk else examples[:1], batching)
+    chunks = [examples[i:i + micro_batch_size] for i in range(0, len(examples), micro_batch_size)]
+    sums = StepSums(["ce", "tokens"], engine.device)
+    for chunk, real in even_rounds(chunks, dist.rank, dist.world_size):
+        batch = collate(chunk, batching)
         ce_sum, _ = _forward(engine, batch)
-        if chunk:
-            ce += float(ce_sum)
-            tokens += batch.num_loss_tokens
+        if real:
+            sums.add(ce=ce_sum, tokens=batch.num_loss_tokens)
     engine.train()
-    ce, tokens = all_reduce_sum([ce, tokens])
-    return ce / max(tokens, 1.0)
+    total = sums.read()
+    return total["ce"] / max(total["tokens"], 1.0)
 
 
 def train_sft(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> dict[str, Any]:
@@ -109,7 +103,8 @@ def train_sft(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
     scale = eng.grad_accum_steps * dist.world_size
     adapter_dir = out_dir / "adapter"
     last: dict[str, float] = {}
-    window = {"ce": 0.0, "aux": 0.0, "tokens": 0, "seqs": 0, "all_tokens": 0}
+    sums = StepSums(["ce", "aux"], engine.device)  # summed on the device, read once per log line
+    window = {"tokens": 0, "seqs": 0, "all_tokens": 0}  # known on the host from the data
     t_start = time.perf_counter()
     progress = Progress("sft", total_steps, "steps", start_done=step)
     trained_tokens = 0
@@ -128,7 +123,7 @@ def train_sft(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
 
     while step < total_steps and not loop["stopped_early"]:
         epoch, step_in_epoch = divmod(step, per_epoch)
-        order = epoch_order(len(train), epoch, eng.seed)
+        order = epoch_order(len(train), seed=eng.seed, epoch=epoch)
         ids = global_batch_indices(order, step_in_epoch, global_batch)
         n_tok = sum(train[i].num_loss_tokens for i in ids)
         n_seq = len(ids)
@@ -141,8 +136,7 @@ def train_sft(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
             loss = micro_batch_loss(ce_sum, aux_sum, n_tok, n_seq, coef, scale)
             engine.backward(loss)
             engine.step()
-            window["ce"] += ce_sum.item()
-            window["aux"] += aux_sum.item()
+            sums.add(ce=ce_sum, aux=aux_sum)
         window["tokens"] += n_tok
         window["seqs"] += n_seq
         step_tokens = sum(len(train[i].input_ids) for i in ids)
@@ -151,7 +145,8 @@ def train_sft(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
         step += 1
         loop.update(epoch=step // per_epoch, step_in_epoch=step % per_epoch)
         if step % recipe.logging.every_steps == 0 or step == total_steps:
-            ce, aux = all_reduce_sum([window["ce"], window["aux"]])
+            total = sums.read()
+            ce, aux = total["ce"], total["aux"]
             grad_norm = engine.get_global_grad_norm()
             last = logger.log(step, {
                 "loss": ce / window["tokens"], "aux_loss": aux / window["seqs"],
@@ -161,7 +156,7 @@ def train_sft(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
                 "epoch": step / per_epoch}, global_tokens=window["all_tokens"])
             print0(f"[aigp] step {step}/{total_steps} loss {last['loss']:.4f} aux {last['aux_loss']:.4f} "
                    f"lr {last['lr']:.2e} {last['tokens_per_s']:.0f} tok/s mfu {last['mfu']:.2%}, {progress.eta(step)}")
-            window = {"ce": 0.0, "aux": 0.0, "tokens": 0, "seqs": 0, "all_tokens": 0}
+            window = {"tokens": 0, "seqs": 0, "all_tokens": 0}
         if es.eval_every_steps > 0 and step % es.eval_every_steps == 0 and step < total_steps:
             evaluate()
             if loop["evals_without_improvement"] >= es.patience:
@@ -175,8 +170,7 @@ def train_sft(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> d
     # before rank 0's write lands (or, across nodes, not see rank 0's disk at all): that race hung the job
     if not any_rank(dist.rank == 0 and adapter_dir.is_dir()):
         session.save_adapter(adapter_dir)
-    if session.checkpointer.latest() != session.checkpointer.step_dir(step):
-        session.save_checkpoint(step, loop)  # the end state, for a later run with more steps or epochs
+    session.save_final_checkpoint(step, loop)
     barrier()
     elapsed = time.perf_counter() - t_start
     session.close()

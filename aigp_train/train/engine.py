@@ -20,8 +20,8 @@ from torch import nn
 from aigp_train.distributed.dist import DistInfo
 from aigp_train.train.recipe import EngineRecipe, OptimRecipe
 
-__all__ = ["resolve_precision", "deepspeed_config", "build_engine", "warmup_steps", "WarmupCosine", "lr_ratio",
-           "zero3_loading"]
+__all__ = ["no_shm_comm_on_cpu", "resolve_precision", "deepspeed_config", "build_engine", "warmup_steps",
+           "WarmupCosine", "lr_ratio", "zero3_loading"]
 
 
 def resolve_precision(engine: EngineRecipe, dist: DistInfo) -> str:
@@ -116,15 +116,22 @@ def deepspeed_config(optim: OptimRecipe, engine: EngineRecipe, num_training_step
     return cfg
 
 
+def no_shm_comm_on_cpu(is_cuda: bool) -> None:
+    """On CPU, DeepSpeed's collectives go through gloo, not its shared-memory all-reduce op: that op
+    serves CPU *inference*, building it is a minutes-long C++ JIT compile on a fresh box, and training
+    never uses it. Set before the engine or ZeRO-3 loading first touches DeepSpeed's comm layer."""
+    import deepspeed  # noqa: PLC0415 - heavy: commands that train nothing never import it
+
+    if not is_cuda:
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def build_engine(module: nn.Module, optim: OptimRecipe, engine: EngineRecipe, num_training_steps: int,
                  dist: DistInfo):
     """``deepspeed.initialize`` on ``module`` (its trainable parameters only); returns the engine."""
-    import deepspeed
+    import deepspeed  # noqa: PLC0415 - heavy: commands that train nothing never import it
 
-    if not dist.is_cuda:
-        # The shared-memory all-reduce op serves CPU *inference*; building it is a minutes-long C++
-        # JIT compile on a fresh box and training never uses it, so DeepSpeed falls back to gloo.
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    no_shm_comm_on_cpu(dist.is_cuda)
     config = deepspeed_config(optim, engine, num_training_steps, dist)
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
@@ -145,11 +152,10 @@ def zero3_loading(optim: OptimRecipe, engine: EngineRecipe, dist: DistInfo):
     shard into rank 0): ``zero3_load.build_partitioned`` builds the model under ``deepspeed.zero.Init``
     with this object's ``.config`` and copies into each rank only its partition's rows (Qwen3-30B-A3B in
     bf16 is 61 GB, 8 ranks per node)."""
-    import deepspeed
-    from transformers.integrations import HfDeepSpeedConfig
+    import deepspeed  # noqa: PLC0415 - heavy: commands that train nothing never import it
+    from transformers.integrations import HfDeepSpeedConfig  # noqa: PLC0415 - heavy, as deepspeed
 
-    if not dist.is_cuda:
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    no_shm_comm_on_cpu(dist.is_cuda)
     # DeepSpeed's comm layer must know the process group before it sizes the batch and partitions.
     deepspeed.init_distributed(dist_backend=dist.backend)
     return HfDeepSpeedConfig(deepspeed_config(optim, engine, 1, dist))

@@ -48,12 +48,25 @@ class TrainSession:
     moe_leaf_classes: list[type]
     resumed_from: int = 0
     loop_state: dict[str, Any] = field(default_factory=dict)
+    checkpointed_step: int | None = None  # the step of the newest checkpoint this session saved or resumed
+
+    def __post_init__(self) -> None:
+        if self.resumed_from > 0:
+            self.checkpointed_step = self.resumed_from
 
     def save_checkpoint(self, step: int, loop_state: dict[str, Any]) -> Path:
         state = dict(loop_state, wandb_run_id=self.logger.run_id)
         path = self.checkpointer.save(self.engine, self.model, step, state)
         self.logger.event(step, checkpoint=str(path))
+        self.checkpointed_step = step
         return path
+
+    def save_final_checkpoint(self, step: int, loop_state: dict[str, Any]) -> None:
+        """The end state, for a later run with more steps or epochs: written unless the last periodic
+        checkpoint (or the one this run resumed from) already holds step ``step``. Decided from the
+        loop's own count, the same on every rank (a look at the disk could differ between nodes)."""
+        if self.checkpointed_step != step:
+            self.save_checkpoint(step, loop_state)
 
     def step_end(self, step: int, loop_state: dict[str, Any]) -> None:
         """After optimizer step ``step``: periodic checkpoint; on a signal, checkpoint and raise Preempted."""
