@@ -46,8 +46,8 @@ def _free_port() -> int:
 
 def init_distributed(backend: str = "auto") -> DistInfo:
     """Start (or join the already started) default process group; idempotent."""
-    import torch
-    import torch.distributed as dist
+    import torch  # noqa: PLC0415 - torch: commands without a process group (aigp simulate) stay fast
+    import torch.distributed as dist  # noqa: PLC0415 - torch: commands without a process group (aigp simulate) stay fast
 
     # A world of one that a *parent* process set up for itself (e.g. pytest running a stage in-process,
     # then launching `aigp` subprocesses) is inherited through the environment; joining it would bind
@@ -79,7 +79,7 @@ def init_distributed(backend: str = "auto") -> DistInfo:
 
 
 def cleanup_distributed() -> None:
-    import torch.distributed as dist
+    import torch.distributed as dist  # noqa: PLC0415 - torch: commands without a process group (aigp simulate) stay fast
 
     if dist.is_initialized():
         dist.destroy_process_group()
@@ -102,7 +102,7 @@ def print0(*args, **kwargs) -> None:
 
 
 def barrier() -> None:
-    import torch.distributed as dist
+    import torch.distributed as dist  # noqa: PLC0415 - torch: commands without a process group (aigp simulate) stay fast
 
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
@@ -110,8 +110,8 @@ def barrier() -> None:
 
 def all_reduce_sum(values: list[float]) -> list[float]:
     """Sum a few floats over ranks (float64, on the backend's device)."""
-    import torch
-    import torch.distributed as dist
+    import torch  # noqa: PLC0415 - torch: commands without a process group (aigp simulate) stay fast
+    import torch.distributed as dist  # noqa: PLC0415 - torch: commands without a process group (aigp simulate) stay fast
 
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return list(values)

@@ -33,6 +33,7 @@ from torch import nn
 
 from aigp_train.config import RecipeError, recipe_to_dict
 from aigp_train.distributed.dist import DistInfo, barrier, even_rounds, print0
+from aigp_train.dpo.config import DpoRecipe
 from aigp_train.dpo.data import TokenizedPair, epoch_order, group_pairs, micro_batch, tokenize_pairs
 from aigp_train.dpo.logprobs import PackedBatch, completion_logps, pack_groups
 from aigp_train.dpo.loss import dpo_loss
@@ -42,7 +43,7 @@ from aigp_train.train.checkpoint import Checkpointer, load_adapter_weights
 from aigp_train.train.logging import train_flops_per_token
 from aigp_train.train.lora import trainable_token_ids
 from aigp_train.train.runner import StepPlan
-from aigp_train.train.session import start_session
+from aigp_train.train.session import TrainSession, start_session
 from aigp_train.train.step_sums import StepSums
 
 __all__ = ["DPOLossModule", "train_dpo", "micro_step", "reference_logps", "check_init_adapter"]
@@ -151,7 +152,8 @@ def micro_step(engine, chunk: list[TokenizedPair], reference: dict[str, tuple[fl
     return out, aux.detach(), batch.num_tokens
 
 
-def _load_or_compute_reference(session, pairs, recipe, out_dir: Path, fingerprint: str) -> dict:
+def _load_or_compute_reference(session: TrainSession, pairs: list[TokenizedPair], recipe: DpoRecipe, out_dir: Path,
+                               fingerprint: str) -> dict[str, tuple[float, float]]:
     path = out_dir / REFERENCE_FILE
     if path.is_file():
         rows = read_jsonl(path)
@@ -177,7 +179,7 @@ def _load_or_compute_reference(session, pairs, recipe, out_dir: Path, fingerprin
     return ref
 
 
-def train_dpo(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> dict[str, Any]:
+def train_dpo(recipe: DpoRecipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> dict[str, Any]:
     """Train the LoRA adapter of ``recipe`` (the ``aigp dpo`` recipe) on its pairs; returns the summary."""
     eng, tr = recipe.engine, recipe.train
     if not Path(recipe.data.pairs_path).is_file():

@@ -24,6 +24,7 @@ import torch
 from aigp_train.config import recipe_to_dict
 from aigp_train.distributed.dist import DistInfo, any_rank, barrier, even_rounds, print0
 from aigp_train.progress import Progress
+from aigp_train.sft.config import SftRecipe
 from aigp_train.sft.data import (
     PackedBatch,
     TokenizedExample,
@@ -69,7 +70,7 @@ def heldout_loss(session: TrainSession, examples: list[TokenizedExample], micro_
     return total["ce"] / max(total["tokens"], 1.0)
 
 
-def train_sft(recipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> dict[str, Any]:
+def train_sft(recipe: SftRecipe, out_dir: Path, dist: DistInfo, base_model, tokenizer) -> dict[str, Any]:
     """Train the LoRA adapter of ``recipe`` (the ``aigp sft`` recipe); returns the run summary."""
     eng = recipe.engine
     for path in (recipe.data.train_path, recipe.data.heldout_path):
