@@ -6,7 +6,7 @@ Checks out each commit into a git worktree under ``--work``, runs a short 2-rank
 steps, GA 2, held-out every 3 steps) and DPO-only (4 steps, 2 pairs x GA 2) on the first 64 examples /
 pairs of the main job (``runs/tiny``: run ``bash scripts/run_tiny.sh`` first), and compares every logged
 value except timings, the adapters and the DPO reference log-probs. Prints one line per stage; exit 1 on
-any difference. Takes ~10 minutes on 2 cores.
+any difference. Takes 2-10 minutes on 2 cores (load).
 """
 
 from __future__ import annotations

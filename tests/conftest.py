@@ -18,6 +18,14 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="module")
+def slurm_env() -> dict:
+    """The environment that reaches the local single-node SLURM (tests/slurm_jobs.py), started if need be."""
+    from slurm_jobs import local_slurm_env
+
+    return local_slurm_env()
+
+
 @pytest.fixture(scope="session")
 def tiny_market(tmp_path_factory) -> Path:
     """A small simulated market (recipes/tiny/market.yaml, 600 SKUs x 14 days), simulated once per session.

@@ -10,31 +10,16 @@ The finished job is also the uninterrupted reference of tests/test_slurm_preempt
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from slurm_jobs import LOCAL
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slurm, pytest.mark.distributed]
-
-
-@pytest.fixture(scope="module")
-def slurm_env() -> dict:
-    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
-        pytest.skip("SLURM is not installed (bash scripts/setup.sh --slurm)")
-    env = dict(os.environ)
-    if "SLURM_CONF" not in env:  # CI sources the script before pytest; start it here otherwise (idempotent)
-        res = subprocess.run(["bash", "-c", "source tests/slurm_cluster.sh start >&2 && echo $SLURM_CONF"],
-                             cwd=REPO, capture_output=True, text=True, timeout=180)
-        assert res.returncode == 0, f"could not start the local SLURM cluster:\n{res.stderr[-3000:]}"
-        env["SLURM_CONF"] = res.stdout.strip()
-    return env
-
 
 # 5 steps, a checkpoint every 2: the uninterrupted run that tests/test_slurm_preemption.py's preempted job must equal
 RUN_ARGS = ["train.max_steps=5", "checkpoint.every_steps=2", "logging.every_steps=1"]
@@ -56,8 +41,8 @@ def uninterrupted_dpo_job(slurm_env, tiny_dpo_chain, sft_adapter, tmp_path_facto
     out = root / "dpo"
     args = [f"data.pairs_path={tiny_dpo_chain['pairs'] / 'pairs.jsonl'}", f"train.init_adapter={sft_adapter}",
             *RUN_ARGS]
-    cmd = ["sbatch", "--wait", "--nodes=1", "--gres=none", "--cpus-per-task=2", f"--output={root}/job-%j.out",
-           "--export=ALL,AIGP_CLUSTER=cluster/local-cpu.yaml,WANDB_MODE=offline",
+    cmd = ["sbatch", "--wait", *LOCAL, f"--output={root}/job-%j.out",
+           "--export=ALL,AIGP_CLUSTER=cluster/local-cpu.yaml,WANDB_MODE=offline",  # wandb offline, really run
            "launch/dpo.slurm", "recipes/tiny/dpo.yaml", f"output_dir={out}", *args]
     res = subprocess.run(cmd, cwd=REPO, env=slurm_env, capture_output=True, text=True, timeout=600)
     logs = "\n".join(p.read_text() for p in root.glob("job-*.out"))
