@@ -58,7 +58,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -241,6 +240,9 @@ def code_version() -> str:
                                text=True).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
+        # only a run without git reads the package version; at the top it costs every aigp command
+        from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415 - ~7 ms (email, csv)
+
         try:
             return version("aigp-train")
         except PackageNotFoundError:
