@@ -64,6 +64,7 @@ from typing import Any, Iterator
 import yaml
 
 from aigp_train.config import UserError, recipe_hash, recipe_to_dict
+from aigp_train.llm.models import resolve_path  # same lookup the stages use (cwd, then the repo)
 
 MANIFEST = "manifest.json"
 PROVENANCE = "provenance.json"
@@ -239,7 +240,8 @@ def code_version() -> str:
                                text=True).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        from importlib.metadata import PackageNotFoundError, version
+        # only a run without git reads the package version; at the top it costs every aigp command
+        from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415 - ~7 ms (email, csv)
 
         try:
             return version("aigp-train")
@@ -269,7 +271,6 @@ def _looks_like_path(value: Any) -> bool:
 
 def recipe_paths(recipe: Any) -> dict[str, Path]:
     """Every existing path the resolved recipe names (but its output_dir), resolved, by dotted key."""
-    from aigp_train.llm.models import resolve_path  # same lookup the stages use (cwd, then the repo)
 
     found = {}
     for key, value in _flatten(recipe_to_dict(recipe)).items():

@@ -34,6 +34,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from aigp_train.baselines.config import ActorCriticConfig, DTConfig
+from aigp_train.ltve.layout import Columns
 
 __all__ = ["build_algo", "train_actor_critic", "train_dt", "dt_episodes", "save_model", "load_model",
            "return_targets", "read_header", "train_on_transitions"]
@@ -41,7 +42,7 @@ __all__ = ["build_algo", "train_actor_critic", "train_dt", "dt_episodes", "save_
 
 def _d3rlpy():
     # d3rlpy is the optional extra .[baselines]; imported here so `import aigp_train` never needs it.
-    import d3rlpy
+    import d3rlpy  # noqa: PLC0415 - d3rlpy, the optional .[baselines] extra
 
     return d3rlpy
 
@@ -49,7 +50,7 @@ def _d3rlpy():
 def build_algo(kind: str, cfg: DTConfig | ActorCriticConfig, gamma: float, obs_dim: int, horizon: int):
     """A d3rlpy algorithm with its networks created (CPU; one continuous action)."""
     d3 = _d3rlpy()
-    from d3rlpy.models import VectorEncoderFactory
+    from d3rlpy.models import VectorEncoderFactory  # noqa: PLC0415 - d3rlpy (optional extra)
 
     if kind == "dt":
         if cfg.embed_size % cfg.num_heads:
@@ -88,9 +89,7 @@ def train_actor_critic(algo, td: dict, cfg: ActorCriticConfig, max_step: float, 
 def train_on_transitions(algo, td: dict, batch_size: int, num_steps: int, max_step: float, n_step: int, seed: int,
                          log: Callable[[str], None] = print) -> dict:
     """Any d3rlpy Q-learning algorithm (DDPG, SAC, IQL, CQL) on the LTVE's n-step rows, as they are."""
-    from d3rlpy.dataset import TransitionMiniBatch
-
-    from aigp_train.ltve.layout import Columns
+    from d3rlpy.dataset import TransitionMiniBatch  # noqa: PLC0415 - d3rlpy (optional extra)
 
     cols = Columns.of(td)
     rows = td["train"]
@@ -117,9 +116,7 @@ def train_on_transitions(algo, td: dict, batch_size: int, num_steps: int, max_st
 
 def dt_episodes(td: dict, max_step: float, horizon: int) -> tuple[list, dict]:
     """d3rlpy Episodes of the training trajectories whose days 0..last are all present."""
-    from d3rlpy.dataset import Episode
-
-    from aigp_train.ltve.layout import Columns
+    from d3rlpy.dataset import Episode  # noqa: PLC0415 - d3rlpy (optional extra)
 
     meta = td.get("train_meta") or {}
     if "trajectory" not in meta:
@@ -153,7 +150,7 @@ def return_targets(episodes: list, quantiles: list[float]) -> list[float]:
 
 
 def train_dt(algo, episodes: list, cfg: DTConfig, seed: int, log: Callable[[str], None] = print) -> dict:
-    from d3rlpy.dataset import InfiniteBuffer, ReplayBuffer
+    from d3rlpy.dataset import InfiniteBuffer, ReplayBuffer  # noqa: PLC0415 - d3rlpy (optional extra)
 
     buffer = ReplayBuffer(InfiniteBuffer(), episodes=episodes)
     np.random.seed(seed)  # d3rlpy's buffer samples with the global NumPy generator

@@ -26,10 +26,14 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
+from aigp_train.baselines.models import load_model, read_header
 from aigp_train.evaluate.policies import Contexts, Decisions
 from aigp_train.ltve.features import LAGGED_COLUMNS, READ_COLUMNS, Normalizer, state_features
+from aigp_train.ltve.model import load_ltve
+from aigp_train.ltve.trainer import intra_op_threads
 from aigp_train.pricing import project_action
 from aigp_train.pricing.reward import References, rewards_from_arrays, roi
 
@@ -112,8 +116,6 @@ class RLPolicy:
     is_text = False
 
     def __init__(self, model_path: str | Path, pricing, name: str, ltve=None):
-        from aigp_train.baselines.models import load_model
-
         path = Path(model_path)
         path = path / "model.safetensors" if path.is_dir() else path
         self.algo, self.header, extra = load_model(path)
@@ -141,7 +143,6 @@ class RLPolicy:
     def _pull_logged(self, sku: np.ndarray) -> None:
         if self.logs is None:
             return
-        import pyarrow.compute as pc
 
         mask = pc.is_in(self.logs.column("sku_id"), value_set=pa.array(np.unique(sku).tolist(), pa.string()))
         rows = self.logs.filter(mask)
@@ -149,8 +150,6 @@ class RLPolicy:
             self.history.add(_rows_of_logs(rows))
 
     def decide(self, ctx: Contexts, prompts=None) -> Decisions:
-        from aigp_train.ltve.trainer import intra_op_threads
-
         # the recipe's cpu_threads (tiny: 1): a 600-sequence DT forward took 0.26 s on 2 threads of the shared
         # 2-core box and 0.03 s on 1
         with intra_op_threads(self.header.get("cpu_threads")):
@@ -256,9 +255,6 @@ def rl_policy(spec, pricing) -> RLPolicy:
                          "<output>/dt).")
     ltve = None
     if spec.ltve_picks:
-        from aigp_train.baselines.models import read_header
-        from aigp_train.ltve.model import load_ltve
-
         path = Path(spec.ltve_path or read_header(spec.baseline_path)["ltve_dir"])
         ltve = load_ltve(path / "model.safetensors" if path.is_dir() else path)
     return RLPolicy(spec.baseline_path, pricing, spec.name, ltve)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 from aigp_train.config import RecipeError, help_field, load_recipe
+from aigp_train.llm.models import resolve_path  # one path rule for every recipe-named file
 
 __all__ = ["ClusterSpec", "DeviceSpec", "InterconnectSpec", "SlurmSpec", "expand_nodelist", "load_cluster"]
 
@@ -80,7 +81,6 @@ class ClusterSpec:
 
 def load_cluster(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ClusterSpec:
     """A cluster file (relative paths: to the working directory, else to the repository root)."""
-    from aigp_train.llm.models import resolve_path  # one path rule for every recipe-named file
 
     return load_recipe(resolve_path(str(path)), ClusterSpec, overrides)
 

@@ -24,6 +24,9 @@ import socket
 import sys
 import time
 
+from aigp_train.distributed.cluster import load_cluster
+from aigp_train.distributed.dist import cleanup_distributed, init_distributed, is_rank_zero
+
 __all__ = ["main", "run_checks"]
 
 
@@ -38,11 +41,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def run_checks(args: argparse.Namespace) -> tuple[bool, dict]:
-    import torch
-    import torch.distributed as dist
-
-    from aigp_train.distributed.cluster import load_cluster
-    from aigp_train.distributed.dist import init_distributed
+    import torch  # noqa: PLC0415 - torch (heavy): --help and argument errors answer without it
+    import torch.distributed as dist  # noqa: PLC0415 - torch (heavy)
 
     cluster = load_cluster(args.cluster)
     info = init_distributed(cluster.dist_backend)
@@ -111,7 +111,6 @@ def run_checks(args: argparse.Namespace) -> tuple[bool, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(list(sys.argv[1:] if argv is None else argv))
-    from aigp_train.distributed.dist import cleanup_distributed, is_rank_zero
 
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     try:

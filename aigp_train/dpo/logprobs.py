@@ -180,7 +180,7 @@ def shared_prefix_attention(module: torch.nn.Module, query: torch.Tensor, key: t
     path, evaluation, generation) takes transformers' SDPA unchanged.
     """
     if attention_mask is None or attention_mask.dim() != 4 or attention_mask.shape[-2] == query.shape[2]:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward  # noqa: PLC0415 - transformers
 
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
@@ -208,8 +208,8 @@ def use_shared_prefix_attention(lm: torch.nn.Module) -> None:
     decoder layers during backward, after any context manager around the forward has exited.
     Masks for ordinary forwards are built as for SDPA.
     """
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers import AttentionInterface  # noqa: PLC0415 - transformers (heavy): only with a model to patch
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask  # noqa: PLC0415 - transformers (heavy)
 
     AttentionInterface.register(SHARED_PREFIX_ATTENTION, shared_prefix_attention)
     AttentionMaskInterface.register(SHARED_PREFIX_ATTENTION, sdpa_mask)

@@ -30,6 +30,10 @@ import numpy as np
 
 from aigp_train.evaluate.bootstrap import relative_lift
 from aigp_train.evaluate.policies import PREV_COLUMNS, Contexts, Decisions, SimulatorPolicy, take
+from aigp_train.llm.prompts import build_prompt
+from aigp_train.market.logs import review_table
+from aigp_train.market.simulator import sku_id_of
+from aigp_train.market.text import descriptions
 from aigp_train.pricing.ab import assign_groups
 from aigp_train.pricing.reward import milestone_reached, rewards_from_arrays, roi
 
@@ -48,7 +52,6 @@ class CohortRun:
 
 def contexts_from_state(sim, state, last_row: dict | None) -> Contexts:
     """The pricing contexts of a cohort at the start of a day (before its action)."""
-    from aigp_train.market.simulator import sku_id_of
 
     date, dow, promo = sim.calendar(state)
     n = len(state)
@@ -110,7 +113,6 @@ def run_cohort(sim, sku_index: np.ndarray, groups: np.ndarray, policies: dict, p
         rows.append(row)
         last_row = row
         log(f"[abtest] day {t + 1}/{horizon}: cohort GMV {row['gmv'].sum():.0f}")
-    from aigp_train.market.simulator import sku_id_of
 
     return CohortRun(np.asarray(sku_id_of(sku_index)).astype(str), groups,
                      np.asarray(sim.category_array(state.category)).astype(str),
@@ -238,9 +240,6 @@ class CohortSource:
     """
 
     def __init__(self, base, sim, state0):
-        from aigp_train.market.simulator import sku_id_of
-        from aigp_train.market.text import descriptions
-
         self.params, self.horizon_days, self.milestones = base.params, base.horizon_days, base.milestones
         self.currency = base.currency
         self.kb, self.elasticity, self.launch_units = base.kb, base.elasticity, base.launch_units
@@ -269,7 +268,6 @@ class CohortSource:
 
     def update(self, rows: list[dict], state) -> None:
         """Start day t: the row arrays of the days simulated so far and the state before today's action."""
-        from aigp_train.market.logs import review_table
 
         self._days, self._state = rows, state
         self._calendar = self.sim.calendar(state)
@@ -298,7 +296,6 @@ class CohortSource:
 def llm_prompt_builder(source: CohortSource, prompt_cfg, pricing, tokenizer, act_only: bool = False):
     """``prompt_builder(ctx, rows, state, day)`` for ``run_cohort``: prompts of the contexts' SKUs (full, or
     ``[ACT_ONLY]`` for a decision-only policy)."""
-    from aigp_train.llm.prompts import build_prompt
 
     updated_for: list[int] = []
 

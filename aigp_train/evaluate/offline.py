@@ -24,9 +24,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+from scipy.stats import spearmanr
 
 from aigp_train.evaluate import metrics
 from aigp_train.evaluate.policies import Contexts, contexts_from_logs, take
+from aigp_train.llm.judge import DIMENSION_NAMES, DIMENSIONS
+from aigp_train.ltve.transitions import split_skus
+from aigp_train.market.simulator import is_simulator_sku_id, sku_index_of
 
 TABLE3_COLUMNS = ("avg_q", "mae", "eama", "eama_r", "kips", "true_value")
 
@@ -55,9 +59,6 @@ def _np(table: pa.Table, name: str) -> np.ndarray:
 
 def build_test_set(logs: pa.Table, skus: pa.Table, pricing, heldout_fraction: float, horizon: int, max_states: int,
                    seed: int) -> TestSet:
-    from aigp_train.ltve.transitions import split_skus
-    from aigp_train.market.simulator import is_simulator_sku_id, sku_index_of
-
     train_ids, heldout_ids, cutoff = split_skus(skus, horizon, heldout_fraction)
     sku_ids = np.asarray(_np(skus, "sku_id")).astype(str)
     expert_ids = sku_ids[np.asarray(_np(skus, "is_expert"), dtype=bool)]
@@ -108,7 +109,6 @@ def spearman(x, y) -> float | None:
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if x.size < 3:
         return None
-    from scipy.stats import spearmanr
 
     return float(spearmanr(x, y).statistic)
 
@@ -183,8 +183,6 @@ def table5_markdown(rows: dict[str, dict], ablations: dict[str, dict[str, dict]]
 
 
 def judge_markdown(judge: dict[str, dict]) -> str:
-    from aigp_train.llm.judge import DIMENSION_NAMES, DIMENSIONS
-
     dims = list(DIMENSIONS)
     lines = ["| Model | " + " | ".join(DIMENSION_NAMES[d] for d in dims) + " | Total | judged | score parse failures |",
              "|---|" + "---:|" * (len(dims) + 3)]

@@ -33,9 +33,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from aigp_train.config import help_field
+from aigp_train.evaluate.infer import run_inference
+from aigp_train.market.policies import act
 from aigp_train.outputs import claim
 from aigp_train.pricing import project_action
 from aigp_train.pricing.a_safe import from_stored, safe_grid
+from aigp_train.pricing.reward import roi
 
 # Yesterday's row: the log columns a context carries as prev_<name> (NaN on launch day).
 PREV_COLUMNS = ("impressions", "clicks", "units", "gmv", "marketing_spend", "ctr", "cvr", "review_count", "rating",
@@ -269,8 +272,6 @@ class PriceSalesPolicy:
         if self.objective == "gmv":
             score = gmv
         else:
-            from aigp_train.pricing.reward import roi
-
             tier = np.array([self.model.gmv_tier[c] for c in ctx["category"]])[:, None]
             spend = ctx["list_price"][:, None] * (1.0 - discount) * units + self.model.other_spend(ctx)[:, None]
             score = (self.pricing.lambda1 * gmv / tier
@@ -291,8 +292,6 @@ class SimulatorPolicy:
         self.sim, self.policy, self.name = sim, policy, name
 
     def decide_state(self, state) -> Decisions:
-        from aigp_train.market.policies import act
-
         raw = act(self.sim, state, self.policy, 0)
         return Decisions(np.round(project_action(np.asarray(raw, dtype=np.float64), state.d_prev, self.sim.pricing), 2))
 
@@ -309,8 +308,6 @@ class LLMPolicy:
         self.decision_only = decision_only  # [ACT_ONLY] prompts, the JSON action alone (else reasoning first)
 
     def decide(self, ctx: Contexts, prompts: list[dict] | None = None, tag: str = "offline") -> Decisions:
-        from aigp_train.evaluate.infer import run_inference
-
         if prompts is None or len(prompts) != num_contexts(ctx):
             raise ValueError(f"LLM policy {self.name} needs one prompt record per context.")
         result = run_inference(prompts, self.backend, self.sampling, self.adapter, self.pricing,

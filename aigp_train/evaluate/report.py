@@ -15,6 +15,8 @@ import json
 import shutil
 from pathlib import Path
 
+import yaml
+
 from aigp_train.outputs import atomic_write_text, claim
 
 # The paper's setting, for the scale statement (what the paper says it ran; not results).
@@ -143,7 +145,6 @@ def _rho_table3(tables: dict) -> str:
 
 def _truth_rows(ltve_eval: Path | None, pairs: Path | None, evaluate: Path | None, market: Path | None) -> list[str]:
     """The simulator's verdict on the LTVE beside the paper's metrics (the issue-11 targets)."""
-    import yaml
 
     try:
         market_recipe = yaml.safe_load((market / "recipe.yaml").read_text()) if market else {}

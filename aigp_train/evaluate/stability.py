@@ -66,10 +66,10 @@ def stability_table(actions_by_policy: dict[str, np.ndarray], bin_width: float, 
 
 def plot_fig5(table: dict, out_dir: str | Path, bin_width: float) -> list[Path]:
     """Write fig5a_tail_probability.png and fig5b_action_bins.png; returns their paths."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 - matplotlib (heavy), for the figures only
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - matplotlib (heavy); after use("Agg")
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,7 @@ from aigp_train.llm.state_fields import (
     quote_pattern,
 )
 from aigp_train.llm.untrusted import neutralise
+from aigp_train.pricing import in_a_safe, parse_action
 from aigp_train.pricing.direction import DIRECTION_SIGNS, direction_of
 from aigp_train.pricing.parse import json_objects
 
@@ -168,7 +169,6 @@ def deterministic_checks(response: str, state: dict, pricing: Any, cfg: JudgeChe
                          act_only: bool = False) -> Checks:
     """All CPU checks of one response against its prompt's ``state``. ``act_only`` responses
     carry no reasoning: only the JSON and A_safe checks apply."""
-    from aigp_train.pricing import in_a_safe, parse_action
 
     d_prev = float(state["d_prev"])
     response = visible_response(response)

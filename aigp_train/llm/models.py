@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from aigp_train.config import RecipeError, help_field
+from aigp_train.config import RecipeError, help_field, load_recipe
 
 __all__ = ["ModelRecipe", "build_model", "load_model_recipe", "hf_config", "param_counts", "is_expert_param",
            "resolve_path", "require_safetensors", "REPO_ROOT"]
@@ -68,7 +68,6 @@ class ModelFile:
 
 def load_model_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ModelRecipe:
     """The model of a model recipe file (overrides as ``model.dtype=float32``)."""
-    from aigp_train.config import load_recipe
 
     return load_recipe(resolve_path(str(path)), ModelFile, overrides).model
 
@@ -83,7 +82,7 @@ def resolve_path(path: str) -> Path:
 
 
 def _classes(arch: str):
-    import transformers
+    import transformers  # noqa: PLC0415 - transformers (heavy): recipe checks and CPU commands read recipes without it
 
     cfg_name, model_name = _ARCH[arch]
     return getattr(transformers, cfg_name), getattr(transformers, model_name)
@@ -91,7 +90,7 @@ def _classes(arch: str):
 
 def hf_config(recipe: ModelRecipe):
     """The transformers config of ``recipe``; unknown keys are errors naming the key."""
-    import torch
+    import torch  # noqa: PLC0415 - torch (heavy): cluster/recipe-check paths import this module
 
     cfg_cls, _ = _classes(recipe.architecture)
     known = {f.name for f in dataclasses.fields(cfg_cls)} | _EXTRA_CONFIG_KEYS[recipe.architecture]
@@ -125,7 +124,7 @@ def require_safetensors(folder: str | Path, what: str) -> None:
 
 def build_model(recipe: ModelRecipe, device: str = "cpu"):
     """The causal LM of ``recipe`` on ``device`` ("meta" builds shapes only, no memory)."""
-    import torch
+    import torch  # noqa: PLC0415 - torch (heavy)
 
     _, model_cls = _classes(recipe.architecture)
     cfg = hf_config(recipe)

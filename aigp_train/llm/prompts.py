@@ -399,7 +399,7 @@ def build_prompt(source: MarketSource, sku_id: str, day: int, cfg: PromptConfig,
     ``launch_units``, ``currency`` (the symbol amounts are written with) and
     ``kb_entries(category, product_type, max_entries)``.
     """
-    from aigp_train.market.text import diagnosis_report  # scipy (heavy, via market.rng): building only
+    from aigp_train.market.text import diagnosis_report  # noqa: PLC0415 - scipy (heavy, via market.rng): building only
 
     rows = source.rows(sku_id)
     if not 0 <= day < len(rows) or int(rows[day]["day"]) != day:

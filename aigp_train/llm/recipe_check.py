@@ -58,6 +58,7 @@ bound (measured 0.66-0.70 of it).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -65,9 +66,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
 from aigp_train.config import RecipeError, _deep_merge, _layers, _parse_overrides
 from aigp_train.distributed.cluster import ClusterSpec, load_cluster
 from aigp_train.llm.models import REPO_ROOT, ModelRecipe, build_model, is_expert_param, param_counts, resolve_path
+from aigp_train.train.recipe import LoraRecipe
 
 GiB = 1024**3
 OVERHEAD_GIB = 4.0  # CUDA context + NCCL buffers + fragmentation (observed 3-5 GiB on H100-class GPUs)
@@ -89,9 +94,6 @@ class Assumptions:
 
 
 def _typed(schema: type, data: Any, where: str):
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), data))
     except OmegaConfBaseException as err:
@@ -146,10 +148,10 @@ class ModelFacts:
 
 
 def model_facts(model, lora: Any) -> ModelFacts:
-    from torch import nn
+    from torch import nn  # noqa: PLC0415 - torch (heavy): `aigp recipe check` imports this module
 
-    from aigp_train.train.lora import check_lora_targets
-    from aigp_train.train.zero3 import find_moe_blocks
+    from aigp_train.train.lora import check_lora_targets  # noqa: PLC0415 - torch
+    from aigp_train.train.zero3 import find_moe_blocks  # noqa: PLC0415 - torch
 
     chosen = check_lora_targets(model, lora)
     modules = dict(model.named_modules())
@@ -172,10 +174,9 @@ def model_states_bytes(frozen: int, trainable: int, largest_leaf: int, world: in
 
 def deepspeed_model_states_bytes(total: int, largest_layer: int, cluster: ClusterSpec) -> int:
     """DeepSpeed's own estimator (every parameter trainable, no offload)."""
-    import contextlib
 
     with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed logs its accelerator choice to stdout on import
-        from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+        from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs  # noqa: PLC0415 - deepspeed
 
     _, gpu_mem, _ = estimate_zero3_model_states_mem_needs(
         total, largest_layer, num_gpus_per_node=cluster.devices_per_node, num_nodes=cluster.num_nodes,
@@ -208,10 +209,11 @@ def replicated_states_bytes(frozen: int, trainable: int, world: int) -> int:
 
 def deepspeed_zero2_states_bytes(total: int, cluster: ClusterSpec) -> int:
     """DeepSpeed's own ZeRO-2 estimator (every parameter trainable, no offload)."""
-    import contextlib
 
     with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed logs its accelerator choice to stdout on import
-        from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+        from deepspeed.runtime.zero.stage_1_and_2 import (  # noqa: PLC0415 - deepspeed
+            estimate_zero2_model_states_mem_needs,
+        )
 
     _, gpu_mem = estimate_zero2_model_states_mem_needs(total, num_gpus_per_node=cluster.devices_per_node,
                                                        num_nodes=cluster.num_nodes, cpu_offload=False)
@@ -264,7 +266,7 @@ def sft_epoch_time(facts: ModelFacts, model, cluster: ClusterSpec, a: Assumption
                    zero_stage: int = 3, grad_accum: int = 1) -> dict:
     # The training logs' own FLOP count (model FLOPs: active parameters, no recomputation), so a
     # measured MFU from a real run's metrics.jsonl can be passed back in with --mfu.
-    from aigp_train.train.logging import train_flops_per_token
+    from aigp_train.train.logging import train_flops_per_token  # noqa: PLC0415 - torch; the training logs' own count
 
     tokens = a.sft_pairs * a.tokens_per_pair
     flops_per_token = train_flops_per_token(model, a.tokens_per_pair)
@@ -364,8 +366,6 @@ def vllm_merge_reasons(lora: Any) -> list[str]:
 
 
 def _lora_settings(merged: dict):
-    from aigp_train.train.recipe import LoraRecipe
-
     if "lora" in merged:
         return _typed(LoraRecipe, merged["lora"], "lora"), "recipe"
     paper = _merged(REPO_ROOT / "recipes/paper/lora_train.yaml", [])

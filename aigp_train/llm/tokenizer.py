@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from aigp_train.config import RecipeError
+from aigp_train.llm.models import resolve_path
 
 __all__ = ["ACT_ONLY", "CHAT_TEMPLATE", "EOS_TOKEN", "IM_START", "PAD_TOKEN", "QWEN_SPLIT_REGEX", "act_only_id",
            "load_tokenizer"]
@@ -52,9 +53,7 @@ CHAT_TEMPLATE = (
 
 def load_tokenizer(model_recipe: Any):
     """The tokenizer of ``model_recipe``, with ``[ACT_ONLY]`` present as one special token."""
-    from transformers import AutoTokenizer
-
-    from aigp_train.llm.models import resolve_path
+    from transformers import AutoTokenizer  # noqa: PLC0415 - transformers (heavy): `aigp prompts` imports this module
 
     if not model_recipe.tokenizer_path:
         raise RecipeError(f"model.tokenizer_path is empty for {model_recipe.name}: set it to a local folder holding "

@@ -190,10 +190,10 @@ def spearman_table(score: np.ndarray, outcomes: dict[str, np.ndarray], deciles: 
 
 
 def plot_deciles(deciles: list[dict], path, title: str) -> None:
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 - matplotlib (heavy), for the figure only
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - matplotlib (heavy); after use("Agg")
 
     x = [r["decile"] for r in deciles]
     fig, ax = plt.subplots(figsize=(6, 4))

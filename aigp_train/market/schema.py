@@ -11,12 +11,16 @@ the toolkit (``check_identity_blind``). Documented in ``docs/log_schema.md``.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from aigp_train.market.labels import expert_labels
+from aigp_train.pricing.reward import milestone_reached, milestone_targets
 
 # (name, type, meaning). Order is the on-disk column order.
 LOG_COLUMNS: list[tuple[str, pa.DataType, str]] = [
@@ -304,7 +308,6 @@ NEEDS_SIMULATOR = "needs a simulator"
 def has_simulator(market_dir: str | Path) -> bool:
     """Whether a simulator is behind the market folder: ``aigp ingest`` writes ``"simulator": false`` into
     ``market.json`` (a retailer's logs); ``aigp simulate``'s folders have a ``recipe.yaml`` to rebuild it."""
-    import json
 
     path = Path(market_dir) / "market.json"
     if not path.is_file():
@@ -331,12 +334,6 @@ def read_skus(path: str | Path) -> pa.Table:
 
 def _derive_sku_columns(table: pa.Table, market_dir: Path, missing: list[str]) -> pa.Table:
     """The milestone and the expert label of every SKU from its 14-day GMV and ROI (``DERIVED_SKU_COLUMNS``)."""
-    import json
-
-    import numpy as np
-
-    from aigp_train.market.labels import expert_labels
-    from aigp_train.pricing.reward import milestone_reached, milestone_targets
 
     params_path = market_dir / "market.json"
     if not params_path.is_file():

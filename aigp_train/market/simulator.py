@@ -56,7 +56,7 @@ from aigp_train.market.policies import POLICIES, act
 from aigp_train.market.recipe import MarketRecipe
 from aigp_train.market.state import SkuState
 from aigp_train.pricing import project_action
-from aigp_train.pricing.reward import roi
+from aigp_train.pricing.reward import rewards_from_arrays, roi
 
 
 def sku_id_of(index) -> np.ndarray:
@@ -433,7 +433,6 @@ class MarketSimulator:
         ``first_rollout + num_rollouts - 1`` (rollout 0 is the logged world). ``references``:
         a ``aigp_train.pricing.reward.References``; default: this market's own (``self.references``).
         """
-        from aigp_train.pricing.reward import rewards_from_arrays
 
         if continuation not in POLICIES:
             raise ValueError(f"unknown continuation policy {continuation!r}; accepted: {', '.join(POLICIES)}.")

@@ -63,7 +63,7 @@ def feasible_interval(d_prev: Any, cfg: "PricingConfig") -> tuple[Any, Any]:
     """
     s = cfg.max_step
     if _is_torch(d_prev):
-        import torch
+        import torch  # noqa: PLC0415 - torch only for tensor inputs: `aigp simulate` never loads it
 
         lo = torch.clamp(cfg.d_min - d_prev, -s, s)
         hi = torch.clamp(cfg.d_max - d_prev, -s, s)
@@ -81,7 +81,7 @@ def feasible_interval(d_prev: Any, cfg: "PricingConfig") -> tuple[Any, Any]:
 def project_action(a: Any, d_prev: Any, cfg: "PricingConfig") -> Any:
     """Ψ: the nearest point of A_safe(d_prev) to ``a``; ``a`` itself when it is inside."""
     if _is_torch(a) or _is_torch(d_prev):
-        import torch
+        import torch  # noqa: PLC0415 - torch
 
         ref = a if _is_torch(a) else d_prev
         # Bounds in at least float32: d_prev = 0.6 in bfloat16 is 0.6016, which would move the
@@ -108,7 +108,7 @@ def in_a_safe(a: Any, d_prev: Any, cfg: "PricingConfig") -> Any:
     """Whether ``a`` satisfies eq. 15 for ``d_prev`` (up to ``TOLERANCE``); bool or bool array."""
     tol = TOLERANCE
     if _is_torch(a) or _is_torch(d_prev):
-        import torch
+        import torch  # noqa: PLC0415 - torch
 
         ref = a if _is_torch(a) else d_prev
         work = torch.promote_types(ref.dtype, torch.float32)

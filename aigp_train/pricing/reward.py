@@ -38,6 +38,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
+from aigp_train.outputs import atomic_write_json
+
 if TYPE_CHECKING:
     from aigp_train.pricing import PricingConfig
 
@@ -124,8 +126,6 @@ class References:
     num_reference_skus: int
 
     def save(self, path: str | Path) -> None:
-        from aigp_train.outputs import atomic_write_json
-
         atomic_write_json(path, asdict(self))
 
     @classmethod

@@ -30,13 +30,18 @@ world size 1 == 2 and batch 8 x GA 1 == batch 1 x GA 8 hold.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
-from aigp_train.outputs import iter_jsonl
+from aigp_train.outputs import claim, file_hash, iter_jsonl, mkstemp_beside
 
 __all__ = ["TokenizedExample", "PackedBatch", "read_chat_rows", "tokenize_chat", "tokenize_rows", "tokenize_once",
            "pack", "pad", "collate", "epoch_order", "micro_batch_indices"]
@@ -139,8 +144,6 @@ def tokenize_rows(tokenizer, rows: list[list[dict]], cutoff_len: int) -> tuple[l
 
 
 def _tokenizer_fingerprint(tokenizer) -> str:
-    import hashlib
-
     vocab = sorted(tokenizer.get_vocab().items())
     return hashlib.sha256(repr((vocab, tokenizer.chat_template, type(tokenizer).__name__)).encode()).hexdigest()
 
@@ -152,14 +155,6 @@ def tokenize_once(tokenizer, path: str | Path, cutoff_len: int, cache_dir: str |
     changed input is never served from an old cache): on 16 ranks the 100k-example SFT set is tokenised
     once, not 16 times. ``barrier()`` is the process group's; each rank that tokenised appends its count to
     ``cache_dir/tokenize_log.jsonl``."""
-    import hashlib
-    import json
-    import os
-
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
-    from aigp_train.outputs import claim, file_hash, mkstemp_beside
 
     key = hashlib.sha256(f"{file_hash(path)}:{_tokenizer_fingerprint(tokenizer)}:{cutoff_len}".encode()).hexdigest()
     cache = Path(cache_dir) / f"{Path(path).stem}-{key[:16]}.safetensors"

@@ -15,12 +15,17 @@ which every export writes); any other folder is refused unless ``--force`` is gi
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib
 import json
 import shutil
 import sys
 from pathlib import Path
 
-from aigp_train.config import UserError
+from aigp_train.config import UserError, load_recipe
+from aigp_train.llm.models import build_model, require_safetensors
+from aigp_train.llm.tokenizer import load_tokenizer
+from aigp_train.stage_runner import STAGES
 
 __all__ = ["main", "export"]
 
@@ -28,11 +33,6 @@ MARKER = "export.json"  # written into every export: what it was made from, and 
 
 
 def _stage_recipe(run_dir: Path):
-    import importlib
-
-    from aigp_train.config import load_recipe
-    from aigp_train.stage_runner import STAGES
-
     manifest = run_dir / "manifest.json"
     if not manifest.is_file():
         raise FileNotFoundError(f"{run_dir} has no manifest.json: it is not a finished `aigp sft`/`aigp dpo` run.")
@@ -52,8 +52,6 @@ def _check_out(out: Path, force: bool) -> None:
 
 
 def export(run_dir: str | Path, out: str | Path, merge: bool, adapter: str = "adapter", force: bool = False) -> Path:
-    from aigp_train.llm.models import require_safetensors
-
     run_dir, out = Path(run_dir), Path(out)
     adapter_dir = run_dir / adapter
     if not (adapter_dir / "adapter_config.json").is_file():
@@ -62,10 +60,7 @@ def export(run_dir: str | Path, out: str | Path, merge: bool, adapter: str = "ad
     _check_out(out, force)
     recipe = _stage_recipe(run_dir)
 
-    from peft import PeftModel  # the heavy imports after the checks: a refusal costs no model load
-
-    from aigp_train.llm.models import build_model
-    from aigp_train.llm.tokenizer import load_tokenizer
+    from peft import PeftModel  # noqa: PLC0415 - peft (heavy), after the checks: a refusal costs no model load
 
     base = build_model(recipe.model, "cpu")
     model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)  # safetensors, checked above
@@ -87,8 +82,6 @@ def export(run_dir: str | Path, out: str | Path, merge: bool, adapter: str = "ad
 
 
 def _sha256(path: Path) -> str:
-    import hashlib
-
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 

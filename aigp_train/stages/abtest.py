@@ -42,7 +42,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from aigp_train.config import help_field
+from aigp_train.baselines.policy import LTVEGreedyPolicy, rl_policy
+from aigp_train.config import help_field, load_recipe
 from aigp_train.evaluate.abtest import (
     CohortSource,
     cohort_groups,
@@ -52,10 +53,20 @@ from aigp_train.evaluate.abtest import (
     table4,
     table4_markdown,
 )
+from aigp_train.evaluate.bootstrap import paired_difference
+from aigp_train.evaluate.night import prompt_config
 from aigp_train.evaluate.policies import LLMPolicy, PriceSalesModel, PriceSalesPolicy, SimulatorPolicy
 from aigp_train.evaluate.stability import plot_fig5, stability_table
+from aigp_train.llm.backends import make_backend
+from aigp_train.llm.config import InferRecipe
+from aigp_train.llm.tokenizer import load_tokenizer
+from aigp_train.ltve.model import load_ltve
+from aigp_train.market.prompt_source import MarketSource
+from aigp_train.market.recipe import MarketRecipe
+from aigp_train.market.simulator import MarketSimulator, sku_id_of
 from aigp_train.outputs import StageOutput, atomic_write_json, atomic_write_text, claim
 from aigp_train.pricing import PricingConfig
+from aigp_train.pricing.reward import References
 
 
 @dataclass
@@ -142,13 +153,6 @@ class _LLMSide:
     """The infer recipe's model and backend, built once, for every LLM group of both A/B tests."""
 
     def __init__(self, recipe: Recipe):
-        from aigp_train.config import load_recipe
-        from aigp_train.evaluate.night import prompt_config
-        from aigp_train.llm.backends import make_backend
-        from aigp_train.llm.config import InferRecipe
-        from aigp_train.llm.tokenizer import load_tokenizer
-        from aigp_train.market.prompt_source import MarketSource
-
         self.inf = load_recipe(recipe.infer_recipe, InferRecipe,
                                [f"market_dir={recipe.market_dir}", *recipe.infer_overrides])
         # the decision-only constraint touches [ACT_ONLY] requests only: the hash split's deployment answers keep
@@ -175,13 +179,8 @@ def _policy(spec, recipe: Recipe, sim, llm: "_LLMSide | None", work_dir: Path, d
             raise ValueError(f"{spec.name!r} is kind simulator but names no simulator_policy.")
         return SimulatorPolicy(sim, spec.simulator_policy, spec.name)
     if spec.kind == "rl":
-        from aigp_train.baselines.policy import rl_policy  # d3rlpy: the optional .[baselines] extra
-
         return rl_policy(spec, recipe.pricing)
     if spec.kind == "ltve_greedy":
-        from aigp_train.baselines.policy import LTVEGreedyPolicy
-        from aigp_train.ltve.model import load_ltve
-
         if not spec.ltve_path:
             raise ValueError(f"{spec.name!r} is kind ltve_greedy but names no ltve_path.")
         path = Path(spec.ltve_path)
@@ -203,8 +202,6 @@ def _policies(recipe: Recipe, sim, out: StageOutput, llm: "_LLMSide | None"):
 
 def _paired(recipe: Recipe, sim, out: StageOutput, llm: "_LLMSide | None", returns: tuple) -> dict | None:
     """Every paired policy prices the whole paired cohort in its own closed loop (common random numbers)."""
-    from aigp_train.evaluate.bootstrap import paired_difference
-    from aigp_train.market.simulator import sku_id_of
 
     cfg = recipe.paired
     if cfg.num_skus <= 0:
@@ -270,10 +267,6 @@ def _cohort_index(recipe: Recipe) -> np.ndarray:
 
 
 def run(recipe: Recipe, out: StageOutput) -> dict:
-    from aigp_train.config import load_recipe
-    from aigp_train.market.recipe import MarketRecipe
-    from aigp_train.market.simulator import MarketSimulator, sku_id_of
-
     market = load_recipe(Path(recipe.market_dir) / "recipe.yaml", MarketRecipe)
     if recipe.cohort.first_sku_index < market.num_skus:
         raise ValueError(f"cohort.first_sku_index {recipe.cohort.first_sku_index} overlaps the {market.num_skus} "
@@ -289,7 +282,6 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
     llm = _LLMSide(recipe) if "llm" in kinds else None
     policies, builder = _policies(recipe, sim, out, llm)
     run_ = run_cohort(sim, index, groups, policies, builder)
-    from aigp_train.pricing.reward import References
 
     references = References.load(Path(recipe.market_dir) / "references.json")
     returns = (references, recipe.pricing, market.gamma)

@@ -27,8 +27,12 @@ from typing import Literal, Optional
 import numpy as np
 import torch
 
+from aigp_train.baselines import models
 from aigp_train.baselines.config import ActorCriticConfig, DTConfig
 from aigp_train.config import help_field
+from aigp_train.ltve.checkpoint import read_model
+from aigp_train.ltve.trainer import intra_op_threads
+from aigp_train.ltve.transitions import load_transitions
 from aigp_train.outputs import StageOutput, atomic_write_json
 from aigp_train.pricing import PricingConfig
 
@@ -47,8 +51,6 @@ class Recipe:
 
 
 def run(recipe: Recipe, out: StageOutput) -> dict:
-    from aigp_train.ltve.trainer import intra_op_threads
-
     if not recipe.algorithms or len(set(recipe.algorithms)) != len(recipe.algorithms):
         raise ValueError(f"algorithms must be a non-empty list of distinct names, got {recipe.algorithms}.")
     with intra_op_threads(recipe.cpu_threads):
@@ -56,10 +58,6 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
 
 
 def _run(recipe: Recipe, out: StageOutput) -> dict:
-    from aigp_train.baselines import models
-    from aigp_train.ltve.checkpoint import read_model
-    from aigp_train.ltve.transitions import load_transitions
-
     ltve_dir = Path(recipe.ltve_dir)
     td = load_transitions(ltve_dir)
     _, ltve_meta = read_model(ltve_dir / "model.safetensors")

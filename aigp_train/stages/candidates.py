@@ -32,11 +32,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+
 from aigp_train.config import RecipeError, help_field
+from aigp_train.llm.backends import GenerationRequest, make_backend
 from aigp_train.llm.backends.base import BackendConfig, SamplingConfig
+from aigp_train.llm.generation import rank_and_world, run_generation, wait_for_generations
 from aigp_train.llm.models import ModelRecipe
+from aigp_train.llm.prompts import read_prompts
+from aigp_train.market.schema import read_logs
 from aigp_train.outputs import StageOutput, atomic_write_json, atomic_write_jsonl
-from aigp_train.pricing import PricingConfig
+from aigp_train.pricing import PricingConfig, parse_action
 
 __all__ = ["Recipe", "run", "collect_candidates"]
 
@@ -66,7 +72,6 @@ def collect_candidates(prompt: dict, completions: list[str], pricing: PricingCon
     Returns the distinct valid candidates ``[{action, text, count}]`` (by first appearance) and the
     counts of rejected samples by reason (``parse_failure``, ``outside_a_safe``, ``duplicate``).
     """
-    from aigp_train.pricing import parse_action
 
     rejected: Counter = Counter()
     by_action: dict[float, Counter] = {}
@@ -89,7 +94,6 @@ def collect_candidates(prompt: dict, completions: list[str], pricing: PricingCon
 
 def _state_rows(logs, prompts: list[dict]):
     """Row index of each prompt's SKU-day in ``logs`` (the state the LTVE scores)."""
-    import numpy as np
 
     sku = logs.column("sku_id").to_pylist()
     day = logs.column("day").to_numpy()
@@ -102,13 +106,7 @@ def _state_rows(logs, prompts: list[dict]):
 
 
 def run(recipe: Recipe, out: StageOutput) -> dict:
-    import numpy as np
-
-    from aigp_train.llm.backends import GenerationRequest, make_backend
-    from aigp_train.llm.generation import rank_and_world, run_generation, wait_for_generations
-    from aigp_train.llm.prompts import read_prompts
-    from aigp_train.ltve.model import load_ltve
-    from aigp_train.market.schema import read_logs
+    from aigp_train.ltve.model import load_ltve  # noqa: PLC0415 - torch: --help and the pipeline's check stay light
 
     prompts = read_prompts(recipe.prompts_dir, recipe.variant)
     if recipe.max_prompts > 0:

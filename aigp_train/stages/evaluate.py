@@ -39,6 +39,7 @@ Writes ``tables.json``, ``table3.md``, ``table5.md``, ``judge.md``, ``fig5a_tail
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -47,21 +48,36 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from aigp_train.config import help_field
+from aigp_train.baselines.policy import rl_policy
+from aigp_train.config import help_field, load_recipe
 from aigp_train.evaluate import offline
 from aigp_train.evaluate.bootstrap import paired_difference
+from aigp_train.evaluate.night import prompt_config
 from aigp_train.evaluate.policies import (
     Decisions,
+    LLMPolicy,
     PriceSalesConfig,
     PriceSalesModel,
     PriceSalesPolicy,
     SimulatorPolicy,
     contexts_from_logs,
+    take,
 )
 from aigp_train.evaluate.stability import plot_fig5, stability_table
-from aigp_train.market.schema import NEEDS_SIMULATOR, has_simulator
+from aigp_train.llm.backends import GenerationRequest, make_backend
+from aigp_train.llm.config import InferRecipe, JudgeRecipe, TeacherRecipe
+from aigp_train.llm.generation import read_generations, run_generation
+from aigp_train.llm.judge import DIMENSIONS, judge_context, judge_messages, parse_scores
+from aigp_train.llm.prompts import build_prompt
+from aigp_train.llm.tokenizer import load_tokenizer
+from aigp_train.ltve.model import load_ltve
+from aigp_train.market.prompt_source import MarketSource
+from aigp_train.market.recipe import MarketRecipe
+from aigp_train.market.schema import NEEDS_SIMULATOR, has_simulator, read_logs, read_skus
+from aigp_train.market.simulator import MarketSimulator
 from aigp_train.outputs import StageOutput, atomic_write_json, atomic_write_text, claim
-from aigp_train.pricing import PricingConfig
+from aigp_train.pricing import PricingConfig, project_action
+from aigp_train.pricing.reward import References, milestone_targets
 
 
 @dataclass
@@ -147,12 +163,6 @@ class Recipe:
 
 def _market_sim(market_dir: str):
     """(simulator, references, horizon in days, category -> GMV tier); the simulator is None on real logs."""
-    import json
-
-    from aigp_train.config import load_recipe
-    from aigp_train.market.recipe import MarketRecipe
-    from aigp_train.market.simulator import MarketSimulator
-    from aigp_train.pricing.reward import References, milestone_targets
 
     root = Path(market_dir)
     references = References.load(root / "references.json")
@@ -180,7 +190,6 @@ def train_price_sales(logs: pa.Table, train_ids: np.ndarray, cutoff: int, cfg: P
     cols = {name: logs.column(name).to_numpy(zero_copy_only=False) for name in logs.column_names}
     ctx = contexts_from_logs(cols)
     train = np.isin(np.asarray(cols["sku_id"]).astype(str), train_ids)
-    from aigp_train.evaluate.policies import take
 
     model, info = PriceSalesModel.fit(take(ctx, train), np.asarray(cols["discount"], np.float64)[train],
                                       np.asarray(cols["units"], np.float64)[train], cfg, gmv_tier,
@@ -194,13 +203,6 @@ class _LLMSide:
     """The infer recipe's backend and prompts, and the judge recipe's judge, built once."""
 
     def __init__(self, recipe: Recipe, out: StageOutput, cutoff_date: int):
-        from aigp_train.config import load_recipe
-        from aigp_train.evaluate.night import prompt_config
-        from aigp_train.llm.backends import make_backend
-        from aigp_train.llm.config import InferRecipe, JudgeRecipe
-        from aigp_train.llm.tokenizer import load_tokenizer
-        from aigp_train.market.prompt_source import MarketSource
-
         self.infer = load_recipe(recipe.infer_recipe, InferRecipe,
                                  [f"market_dir={recipe.market_dir}", *recipe.infer_overrides])
         self.judge = load_recipe(recipe.judge_recipe, JudgeRecipe)
@@ -219,8 +221,6 @@ class _LLMSide:
         self._teacher = None  # (teacher recipe, its backend), built on first use
 
     def prompts(self, test: offline.TestSet, act_only: bool = False, **ablation) -> list[dict]:
-        from aigp_train.llm.prompts import build_prompt
-
         cfg = dataclasses.replace(self.prompt_cfg, **ablation)
         return [build_prompt(self.source, sku, int(day), cfg, self.pricing, self.tokenizer, act_only=act_only)
                 for sku, day in zip(test.ctx["sku_id"], test.day)]
@@ -228,10 +228,6 @@ class _LLMSide:
     def teacher_policy(self, teacher_recipe: str, decision_only: bool = False):
         """The teacher of ``teacher_recipe`` answering the same prompts (its backend, the infer recipe's greedy
         sampling)."""
-        from aigp_train.config import load_recipe
-        from aigp_train.evaluate.policies import LLMPolicy
-        from aigp_train.llm.backends import make_backend
-        from aigp_train.llm.config import TeacherRecipe
 
         if self._teacher is None or self._teacher[0] != teacher_recipe:  # built once for both modes (a 235B engine)
             rec = load_recipe(teacher_recipe, TeacherRecipe)
@@ -243,7 +239,6 @@ class _LLMSide:
 
     def policy(self, name: str, adapter: str | None, tag: str, decision_only: bool = False):
         """The LLM policy in decision-only mode ([ACT_ONLY] prompts, a short answer) or deployment mode."""
-        from aigp_train.evaluate.policies import LLMPolicy
 
         sampling = self.decision_sampling if decision_only else self.infer.sampling
         return LLMPolicy(name, self.backend, sampling, adapter, self.pricing,
@@ -251,10 +246,6 @@ class _LLMSide:
                          decision_only)
 
     def judge_scores(self, tag: str, prompts: list[dict], responses: list[str | None]) -> dict:
-        from aigp_train.llm.backends import GenerationRequest
-        from aigp_train.llm.generation import read_generations, run_generation
-        from aigp_train.llm.judge import DIMENSIONS, judge_context, judge_messages, parse_scores
-
         requests = [GenerationRequest(f"{p['prompt_id']}#judge", judge_messages(p["messages"], r or ""),
                                       {"prompt_state": p["state"], "response": r or "", "context": judge_context(p)},
                                       act_only=False, adapter=None) for p, r in zip(prompts, responses)]
@@ -268,8 +259,6 @@ class _LLMSide:
 
 
 def run(recipe: Recipe, out: StageOutput) -> dict:
-    from aigp_train.market.schema import read_logs, read_skus
-
     logs, skus = read_logs(recipe.market_dir), read_skus(recipe.market_dir)
     sim, references, horizon, gmv_tiers = _market_sim(recipe.market_dir)
     test = offline.build_test_set(logs, skus, recipe.pricing, recipe.test.heldout_fraction, horizon,
@@ -317,8 +306,6 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
             critic = _load_ltve(spec.ltve_path) if spec.ltve_path else ltve
             dec = Decisions(critic.greedy(critic.features(logs, rows=test.rows), test.ctx["d_prev"], recipe.pricing))
         elif spec.kind == "rl":
-            from aigp_train.baselines.policy import rl_policy
-
             dec = rl_policy(spec, recipe.pricing).add_logs(logs).decide(test.ctx)
         else:
             dec = llm.policy(name, spec.adapter, _tag(name), decision_only=True).decide(test.ctx, act_prompts)
@@ -480,7 +467,6 @@ def _paired_true(per_state_true: dict, treated: str, baseline: str, boot: dict):
 def _teacher_comparisons(cfg: ComparisonConfig, actions: dict, test, llm, prompts, pricing, dep: _Deployment,
                          dep_prompts, out: dict) -> dict:
     """The student's match with the teacher (rank correlation and the EAMA-style match rate), added to ``out``."""
-    from aigp_train.pricing import project_action
 
     if cfg.teacher_recipe and cfg.teacher_student:
         if cfg.teacher_student not in actions or llm is None:
@@ -506,8 +492,6 @@ def _teacher_comparisons(cfg: ComparisonConfig, actions: dict, test, llm, prompt
 
 
 def _load_ltve(path: str):
-    from aigp_train.ltve.model import load_ltve
-
     return load_ltve(Path(path) / "model.safetensors" if Path(path).is_dir() else path)
 
 

@@ -32,9 +32,11 @@ from typing import Literal
 
 import numpy as np
 
-from aigp_train.config import RecipeError, help_field
+from aigp_train.config import RecipeError, help_field, load_recipe
+from aigp_train.market.recipe import MarketRecipe
 from aigp_train.market.schema import NEEDS_SIMULATOR
 from aigp_train.outputs import StageOutput, atomic_write_json, atomic_write_jsonl, read_jsonl
+from aigp_train.pricing.reward import References
 
 __all__ = ["Recipe", "run", "select_pairs"]
 
@@ -130,11 +132,8 @@ def stratified_cap(pairs: list[dict], max_pairs: int | None, seed: int) -> list[
 
 def pair_accuracy(pairs: list[dict], truth: TruthConfig) -> dict:
     """The simulator's verdict on a seeded sample of the pairs (``ltve.evaluate.true_pair_accuracy``)."""
-    from aigp_train.config import load_recipe
-    from aigp_train.ltve.evaluate import true_pair_accuracy
-    from aigp_train.market.recipe import MarketRecipe
-    from aigp_train.market.simulator import MarketSimulator, sku_index_of
-    from aigp_train.pricing.reward import References
+    from aigp_train.ltve.evaluate import true_pair_accuracy  # noqa: PLC0415 - torch, scipy: only on a simulated market
+    from aigp_train.market.simulator import MarketSimulator, sku_index_of  # noqa: PLC0415 - scipy: likewise
 
     root = Path(truth.market_dir)
     sim = MarketSimulator(load_recipe(root / "recipe.yaml", MarketRecipe))

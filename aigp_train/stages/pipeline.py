@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aigp_train.config import RecipeError, help_field, load_recipe
+from aigp_train.evaluate.report import write_report
 from aigp_train.outputs import MANIFEST, StageOutput, atomic_write_json
 from aigp_train.stage_runner import STAGES, stage_output
 
@@ -171,8 +172,6 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
         atomic_write_json(record_path, record)
         upstream[step_id] = sha
         outputs[step_id] = {"stage": step.stage, "output_dir": str(output_dir)}
-
-    from aigp_train.evaluate.report import write_report
 
     report_path = write_report(out.path, outputs)
     return {

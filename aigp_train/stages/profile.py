@@ -18,7 +18,10 @@ import platform
 import sys
 from dataclasses import dataclass
 
-from aigp_train.config import help_field
+from aigp_train.config import help_field, load_recipe
+from aigp_train.distributed.cluster import load_cluster
+from aigp_train.evaluate.infer import build_requests
+from aigp_train.evaluate.night import night_prompts
 from aigp_train.evaluate.profile import (
     ProjectionConfig,
     app_b3_row,
@@ -28,6 +31,10 @@ from aigp_train.evaluate.profile import (
     measured_row,
     what_if,
 )
+from aigp_train.llm.backends import make_backend
+from aigp_train.llm.config import InferRecipe
+from aigp_train.llm.prompts import count_prompt_tokens
+from aigp_train.llm.tokenizer import load_tokenizer
 from aigp_train.outputs import StageOutput, atomic_write_json, atomic_write_text
 
 
@@ -45,7 +52,7 @@ class Recipe:
 
 
 def _device() -> str:
-    import torch
+    import torch  # noqa: PLC0415 - torch (heavy): `aigp profile --help` stays light
 
     if torch.cuda.is_available():
         return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
@@ -53,16 +60,7 @@ def _device() -> str:
 
 
 def run(recipe: Recipe, out: StageOutput) -> dict:
-    import torch
-
-    from aigp_train.config import load_recipe
-    from aigp_train.distributed.cluster import load_cluster
-    from aigp_train.evaluate.infer import build_requests
-    from aigp_train.evaluate.night import night_prompts
-    from aigp_train.llm.backends import make_backend
-    from aigp_train.llm.config import InferRecipe
-    from aigp_train.llm.prompts import count_prompt_tokens
-    from aigp_train.llm.tokenizer import load_tokenizer
+    import torch  # noqa: PLC0415 - torch (heavy)
 
     inf = load_recipe(recipe.infer_recipe, InferRecipe, [f"market_dir={recipe.market_dir}",
                                                           f"max_skus={recipe.num_prompts}", *recipe.infer_overrides])

@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Literal
 
 from aigp_train.llm.config import PromptsRecipe
 from aigp_train.llm.generation import rank_and_world
 from aigp_train.llm.prompts import build_prompt
+from aigp_train.llm.tokenizer import load_tokenizer
 from aigp_train.market.prompt_source import MarketSource, select_keys
-from aigp_train.outputs import StageOutput, atomic_write_json, atomic_write_jsonl
+from aigp_train.outputs import StageOutput, atomic_write_json, atomic_write_jsonl, read_jsonl
 from aigp_train.progress import Progress
 
 Recipe = PromptsRecipe  # the schema lives in aigp_train.llm.config (infer reads its prompt block)
@@ -39,8 +41,6 @@ VARIANTS: tuple[Literal["full", "act_only"], ...] = ("full", "act_only")
 
 
 def run(recipe: Recipe, out: StageOutput) -> dict:
-    from aigp_train.llm.tokenizer import load_tokenizer
-
     bad = [v for v in recipe.variants if v not in VARIANTS]
     if bad or not recipe.variants:
         raise ValueError(f"variants must be a non-empty subset of {list(VARIANTS)}, got {recipe.variants}.")
@@ -103,7 +103,6 @@ def run(recipe: Recipe, out: StageOutput) -> dict:
 
 def _wait_for_shards(path: Path, variants: list[str], num_shards: int, timeout_s: float, tick) -> None:
     """Return once every rank's shards are written; ``tick()`` (the progress line) while waiting."""
-    import time
 
     deadline = time.monotonic() + timeout_s
     while True:
@@ -120,7 +119,6 @@ def _wait_for_shards(path: Path, variants: list[str], num_shards: int, timeout_s
 
 def _budget_summary(path: Path, recipe: Recipe) -> dict:
     """Token counts and cuts over the written prompts (all ranks' shards that exist)."""
-    from aigp_train.outputs import read_jsonl
 
     out = {}
     for variant in recipe.variants:
@@ -142,7 +140,6 @@ def _scrub_summary(path: Path, variants: list[str]) -> dict:
     """E-mail addresses and phone numbers removed from the untrusted text of the written prompts, per
     variant (``aigp_train.llm.untrusted``). Counted per prompt: a review shown in five prompts counts
     five times, as it was kept out of five prompts."""
-    from aigp_train.outputs import read_jsonl
 
     totals = {}
     for variant in variants:

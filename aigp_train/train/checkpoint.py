@@ -26,9 +26,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from aigp_train.distributed.dist import DistInfo, barrier, print0
+from aigp_train.llm.models import require_safetensors
 from aigp_train.outputs import atomic_write_json, claim
 from aigp_train.train.lora import TRAINABLE, lora_parameters
 
@@ -49,7 +51,7 @@ def _has_fp32_master(param: torch.nn.Parameter) -> bool:
 def gather_lora_state(model) -> dict[str, torch.Tensor]:
     """Full fp32 values of every trainable parameter, from the optimizer's fp32 masters when a DeepSpeed
     engine holds them (a collective then: call on all ranks)."""
-    from deepspeed.utils import safe_get_full_fp32_param
+    from deepspeed.utils import safe_get_full_fp32_param  # noqa: PLC0415 - deepspeed (heavy)
 
     out = {}
     for name, param in lora_parameters(model):
@@ -68,9 +70,7 @@ def save_adapter(model, path: str | Path, state: dict[str, torch.Tensor] | None 
 
 def load_adapter_weights(model, adapter_dir: str | Path) -> None:
     """Copy a PEFT adapter's weights into ``model``'s LoRA parameters (before ZeRO-3 partitions them)."""
-    from peft.utils import set_peft_model_state_dict
-
-    from aigp_train.llm.models import require_safetensors
+    from peft.utils import set_peft_model_state_dict  # noqa: PLC0415 - peft (heavy)
 
     require_safetensors(adapter_dir, "adapter")  # a clear error for a .bin-only folder, which is never loaded
     weights = load_file(str(Path(adapter_dir) / "adapter_model.safetensors"))
@@ -103,7 +103,7 @@ class Checkpointer:
     # ---- save --------------------------------------------------------------------------------
     def save(self, engine, model, step: int, loop_state: dict[str, Any]) -> Path:
         """Checkpoint after optimizer step ``step`` (a collective: every rank calls it)."""
-        from deepspeed.utils import safe_get_full_optimizer_state
+        from deepspeed.utils import safe_get_full_optimizer_state  # noqa: PLC0415 - deepspeed (heavy)
 
         final = self.step_dir(step)
         tmp = self.root / f".tmp-step-{step:06d}"
@@ -164,12 +164,11 @@ class Checkpointer:
         ``deepspeed.initialize``); here the exact fp32 masters, the AdamW moments and step, the
         scheduler and the RNG states are put back.
         """
-        from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+        from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state  # noqa: PLC0415 - deepspeed
 
         state = json.loads((ckpt / "trainer_state.json").read_text())
         weights = load_file(str(ckpt / "adapter" / "adapter_model.safetensors"))
         moments = load_file(str(ckpt / "optimizer.safetensors"))
-        from safetensors import safe_open
 
         with safe_open(str(ckpt / "optimizer.safetensors"), "pt") as fh:
             adam_step = int(fh.metadata()["adam_step"])
@@ -216,7 +215,7 @@ class Checkpointer:
 
 def _peft_key_map(model) -> dict[str, str]:
     """named_parameters name -> key in a saved PEFT adapter file (adapter name removed)."""
-    from peft.utils import get_peft_model_state_dict
+    from peft.utils import get_peft_model_state_dict  # noqa: PLC0415 - peft (heavy)
 
     names = [n for n, _ in lora_parameters(model)]
     dummy = {n: torch.zeros(1) for n in names}

@@ -29,7 +29,8 @@ from typing import Any
 import torch
 
 from aigp_train.distributed.dist import DistInfo
-from aigp_train.outputs import claim
+from aigp_train.llm.models import param_counts
+from aigp_train.outputs import atomic_write_jsonl, claim, read_jsonl
 from aigp_train.train.recipe import LoggingRecipe
 
 __all__ = ["MetricsLogger", "drop_rows_after", "train_flops_per_token", "peak_memory_gib"]
@@ -37,7 +38,6 @@ __all__ = ["MetricsLogger", "drop_rows_after", "train_flops_per_token", "peak_me
 
 def train_flops_per_token(base_model, mean_seq_len: float) -> float:
     """Model FLOPs of one LoRA-trained token (see the module docstring)."""
-    from aigp_train.llm.models import param_counts
 
     counts = param_counts(base_model)
     cfg = base_model.config
@@ -56,7 +56,6 @@ def peak_memory_gib(device: str) -> float:
 def drop_rows_after(path: Path, step: int) -> None:
     """Keep the rows of ``path`` up to optimizer ``step`` (the checkpoint a run resumes from; the rows
     of that step were logged before it was written). Rewritten atomically: a crash keeps the old file."""
-    from aigp_train.outputs import atomic_write_jsonl, read_jsonl
 
     if not path.is_file():
         return
@@ -82,7 +81,7 @@ class MetricsLogger:
         drop_rows_after(self.path, resumed_from)
         mode = os.environ.get("WANDB_MODE", cfg.wandb_mode)
         if mode != "disabled":
-            import wandb
+            import wandb  # noqa: PLC0415 - wandb (heavy), only when logging is on
 
             claim(Path(out_dir) / "wandb")  # wandb writes its run folder there
             self.run = wandb.init(project=cfg.wandb_project, name=run_name, dir=str(out_dir), mode=mode,

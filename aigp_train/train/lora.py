@@ -71,7 +71,7 @@ def apply_lora(model: nn.Module, cfg: LoraRecipe, seed: int, token_ids: list[int
     ``seed`` fixes the LoRA A init: every rank must start from the same adapter, because ZeRO-3
     keeps each rank's slice of its own copy when it partitions the parameters.
     """
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # noqa: PLC0415 - peft (heavy): `aigp recipe check` imports this module
 
     check_lora_targets(model, cfg)
     config = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
@@ -95,14 +95,14 @@ def _embedding_gathered_for_token_rows(model: nn.Module, active: bool):
     if not active:
         yield
         return
-    from peft.tuners.trainable_tokens import layer as token_layer
+    from peft.tuners.trainable_tokens import layer as token_layer  # noqa: PLC0415 - peft (heavy)
 
     weight = model.get_input_embeddings().weight
     plain = token_layer.check_deepspeed_zero3_enabled
     token_layer.check_deepspeed_zero3_enabled = lambda: False
     try:
         if hasattr(weight, "ds_id"):  # a ZeRO-3 parameter: partitioned, or persistent but managed
-            import deepspeed
+            import deepspeed  # noqa: PLC0415 - deepspeed (heavy), only under ZeRO-3
 
             with deepspeed.zero.GatheredParameters([weight], modifier_rank=None):
                 yield

@@ -17,6 +17,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
+import torch
+
+from aigp_train.distributed.dist import barrier, cleanup_distributed, init_distributed
+from aigp_train.llm.models import build_model
+from aigp_train.llm.tokenizer import load_tokenizer
+
 if TYPE_CHECKING:  # annotations only
     from aigp_train.train.recipe import EngineRecipe
 
@@ -52,15 +58,11 @@ def lora_stage(recipe: Any) -> Iterator[tuple[Any, Any, Any]]:
     """``(dist, base_model, tokenizer)`` for a LoRA stage's recipe (``model``, ``optim``, ``engine``
     blocks), the model built partitioned under ZeRO-3 (whole on every rank under ZeRO-2) and on the
     rank's device."""
-    import torch
 
     # before deepspeed is imported: its accelerator is chosen once, at import
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
-    from aigp_train.distributed.dist import barrier, cleanup_distributed, init_distributed
-    from aigp_train.llm.models import build_model
-    from aigp_train.llm.tokenizer import load_tokenizer
-    from aigp_train.train.engine import zero3_loading
-    from aigp_train.train.zero3_load import build_partitioned
+    from aigp_train.train.engine import zero3_loading  # noqa: PLC0415 - after DS_ACCELERATOR is set above
+    from aigp_train.train.zero3_load import build_partitioned  # noqa: PLC0415 - likewise (deepspeed inside)
 
     dist = init_distributed()
     try:

@@ -32,8 +32,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from safetensors import safe_open
 
 from aigp_train.config import RecipeError
+from aigp_train.distributed.dist import print0
+from aigp_train.llm.models import _classes, hf_config, require_safetensors, resolve_path
 
 __all__ = ["build_partitioned", "load_into_partitions"]
 
@@ -49,8 +52,6 @@ class _Checkpoint:
     mmap of the rows just copied is released at once: mapped file pages count in a rank's RSS."""
 
     def __init__(self, folder: Path):
-        from safetensors import safe_open
-
         self.folder = folder
         index = folder / "model.safetensors.index.json"
         if index.is_file():
@@ -68,7 +69,6 @@ class _Checkpoint:
 
     def rows(self, name: str, lo: int, hi: int) -> torch.Tensor:
         """Rows [lo, hi) along dim 0 (the whole tensor for a 0-d one), read through the mmap."""
-        from safetensors import safe_open
 
         with safe_open(str(self.folder / self.weight_map[name]), "pt") as handle:
             sl = handle.get_slice(name)
@@ -176,11 +176,8 @@ def load_into_partitions(model: torch.nn.Module, folder: str | Path, rank: int, 
 def build_partitioned(model_recipe: Any, ds_config: dict, rank: int, world_size: int):
     """The causal LM of ``model_recipe`` built inside ``zero.Init`` and loaded from its
     ``weights_path`` partition by partition (see the module docstring)."""
-    import deepspeed
-    from transformers.initialization import no_init_weights
-
-    from aigp_train.distributed.dist import print0
-    from aigp_train.llm.models import _classes, hf_config, require_safetensors, resolve_path
+    import deepspeed  # noqa: PLC0415 - deepspeed (heavy), imported after runner sets DS_ACCELERATOR
+    from transformers.initialization import no_init_weights  # noqa: PLC0415 - transformers (heavy)
 
     folder = resolve_path(model_recipe.weights_path)
     require_safetensors(folder, f"model.weights_path of {model_recipe.name}")

@@ -55,6 +55,7 @@ from functools import lru_cache
 import torch
 
 from aigp_train.config import RecipeError
+from aigp_train.pricing import action_grid
 from aigp_train.pricing.parse import ACTION_DECIMALS, NO_DECISION, format_action, parse_action
 
 __all__ = ["ACTION_NUMBERS", "ACTION_REGEX", "ACTION_TEXTS", "DECISION_SEPARATOR", "ActionConstraint",
@@ -105,7 +106,6 @@ def request_language(mode: str, state: dict, pricing) -> frozenset[str]:
     if "d_prev" not in state:
         raise ValueError("constrain_act_only: a_safe needs d_prev in each [ACT_ONLY] request's state (the prompts' "
                          "state has it); use constrain_act_only: action for requests without one.")
-    from aigp_train.pricing import action_grid
 
     return frozenset(format_action(a) for a in action_grid(float(state["d_prev"]), pricing, 10.0 ** -ACTION_DECIMALS))
 

@@ -28,6 +28,7 @@ imports the implementations, which import this module).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -135,7 +136,6 @@ class BackendConfig:
     def with_act_only_constraint(self, mode: str) -> "BackendConfig":
         """This config with the hf / vllm ``constrain_act_only`` set to ``mode`` (it touches [ACT_ONLY]
         requests only: a run that mixes both modes needs one backend)."""
-        import dataclasses
 
         out = self
         for kind in ("hf", "vllm"):

@@ -24,11 +24,19 @@ depend on what other adapters' batches ran before.
 from __future__ import annotations
 
 import hashlib
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 
 from aigp_train.config import RecipeError
+from aigp_train.llm.backends.action_constraint import (
+    DECISION_SEPARATOR,
+    ActionConstraint,
+    ActOnlyLogitsProcessor,
+    decision_needed,
+    request_language,
+)
 from aigp_train.llm.backends.base import GenerationRequest, HFBackendConfig, SamplingConfig
 from aigp_train.llm.models import build_model, require_safetensors, resolve_path
 from aigp_train.llm.tokenizer import EOS_TOKEN, load_tokenizer
@@ -62,19 +70,16 @@ class HFBackend:
         self.constraint, self.pricing = None, pricing
         self.last_forced: list[list[bool]] = []
         if cfg.constrain_act_only != "none" or cfg.force_decision != "none":
-            from aigp_train.llm.backends.action_constraint import ActionConstraint
-
             self.constraint = ActionConstraint(self.tokenizer, self.eos_id)  # vocabulary read once, states cached
 
     def _select(self, adapter: str | None):
         """The module to call for ``adapter`` (loading it on first use) and a context to run it in."""
-        from contextlib import nullcontext
 
         if adapter is None:
             if self._adapters:  # a PeftModel: run the base weights with every adapter switched off
                 return self.model, self.model.disable_adapter()
             return self.model, nullcontext()
-        from peft import PeftModel
+        from peft import PeftModel  # noqa: PLC0415 - peft (heavy), on the first adapter only
 
         path = str(resolve_path(adapter))
         if path not in self._adapters:
@@ -101,7 +106,6 @@ class HFBackend:
         """Tokens of ``max_new_tokens`` kept for a forced decision (0 when none can be forced)."""
         if self.cfg.force_decision == "none" or all(r.act_only for r in batch):
             return 0
-        from aigp_train.llm.backends.action_constraint import DECISION_SEPARATOR
 
         separator = self.tokenizer.encode(DECISION_SEPARATOR, add_special_tokens=False)
         reserve = len(separator) + self.constraint.min_new_tokens
@@ -122,16 +126,12 @@ class HFBackend:
         kwargs = self._sampling_kwargs(sampling, budget, sampling.n)
         constrained = {}  # row of generate's output (request-major) -> the action texts it may produce
         if self.cfg.constrain_act_only != "none":
-            from aigp_train.llm.backends.action_constraint import request_language
-
             for i, r in enumerate(batch):
                 if r.act_only:
                     language = request_language(self.cfg.constrain_act_only, r.state, self.pricing)
                     constrained.update({i * sampling.n + k: language for k in range(sampling.n)})
         if constrained:
-            from transformers import LogitsProcessorList
-
-            from aigp_train.llm.backends.action_constraint import ActOnlyLogitsProcessor
+            from transformers import LogitsProcessorList  # noqa: PLC0415 - transformers (heavy)
 
             if budget < self.constraint.min_new_tokens:
                 reserved = f" (after {sampling.max_new_tokens - budget} reserved for forced decisions)" * (
@@ -181,14 +181,7 @@ class HFBackend:
         only the separator is new input. The completion's EOS and the padding after it stay in the
         cache but are masked out, so the decision attends to exactly the prompt and the reasoning.
         """
-        from transformers import LogitsProcessorList
-
-        from aigp_train.llm.backends.action_constraint import (
-            DECISION_SEPARATOR,
-            ActOnlyLogitsProcessor,
-            decision_needed,
-            request_language,
-        )
+        from transformers import LogitsProcessorList  # noqa: PLC0415 - transformers (heavy)
 
         n = sampling.n
         rows = [j for j, text in enumerate(texts)

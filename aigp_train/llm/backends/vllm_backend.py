@@ -34,13 +34,23 @@ LoRA request ids, the replica layout.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from typing import Any
 
 from aigp_train.config import RecipeError
+from aigp_train.llm.backends.action_constraint import (
+    ACTION_TEXTS,
+    DECISION_SEPARATOR,
+    action_regex,
+    decision_needed,
+    request_language,
+)
 from aigp_train.llm.backends.base import GenerationRequest, SamplingConfig, VLLMBackendConfig
+from aigp_train.llm.backends.hf_backend import render_prompts
 from aigp_train.llm.models import resolve_path
+from aigp_train.llm.tokenizer import EOS_TOKEN, load_tokenizer
 
 __all__ = ["LoRARegistry", "VLLMBackend", "decision_kwargs", "decision_reserve", "engine_args", "replica_devices",
            "replica_layout", "request_seed", "sampling_kwargs"]
@@ -96,8 +106,6 @@ def sampling_kwargs(sampling: SamplingConfig, request: GenerationRequest, stop_t
         "detokenize": False,
     }
     if constrain_act_only != "none" and request.act_only:
-        from aigp_train.llm.backends.action_constraint import action_regex, request_language
-
         kwargs["structured_outputs"] = {"regex": action_regex(request_language(constrain_act_only, request.state,
                                                                                 pricing))}
     return kwargs
@@ -105,7 +113,6 @@ def sampling_kwargs(sampling: SamplingConfig, request: GenerationRequest, stop_t
 
 def decision_reserve(sampling: SamplingConfig, separator_ids: list[int]) -> int:
     """Tokens of ``max_new_tokens`` kept for a forced decision: the separator and the longest action."""
-    from aigp_train.llm.backends.action_constraint import ACTION_TEXTS
 
     reserve = len(separator_ids) + max(len(t) for t in ACTION_TEXTS) + 1  # a token spells at least one character
     if sampling.max_new_tokens <= reserve:
@@ -118,9 +125,6 @@ def decision_kwargs(sampling: SamplingConfig, request: GenerationRequest, comple
                     force_decision: str, pricing: Any, max_tokens: int) -> dict:
     """``SamplingParams`` keywords of the forced-decision continuation of completion ``completion``:
     the request's own sampling, one sample of at most ``max_tokens``, seeded apart per completion."""
-    import dataclasses
-
-    from aigp_train.llm.backends.action_constraint import action_regex, request_language
 
     one = dataclasses.replace(sampling, n=1, max_new_tokens=max_tokens)
     return {**sampling_kwargs(one, request, stop_token_ids),
@@ -170,11 +174,10 @@ class VLLMBackend:
 
     def __init__(self, cfg: VLLMBackendConfig, model_recipe: Any, seed: int = 0, pricing: Any = None) -> None:
         try:
-            from vllm import LLM  # lazy: vllm is an optional extra, absent on CPU boxes
+            from vllm import LLM  # noqa: PLC0415 - lazy: vllm is an optional extra, absent on CPU boxes
         except ImportError as err:
             raise ImportError(f"backend.kind 'vllm' needs vllm ({err}). Install it on the GPU nodes "
                               f"(pip install 'aigp-train[vllm]'), or use backend.kind hf on a CPU box.") from err
-        from aigp_train.llm.tokenizer import EOS_TOKEN, load_tokenizer
 
         self.cfg, self.pricing = cfg, pricing
         tasks_per_node = int(os.environ.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0])
@@ -189,13 +192,10 @@ class VLLMBackend:
         self.engine = LLM(**engine_args(cfg, model_recipe, seed))
 
     def generate(self, requests: list[GenerationRequest], sampling: SamplingConfig) -> list[list[str]]:
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-        from vllm.lora.request import LoRARequest
-        from vllm.sampling_params import StructuredOutputsParams
-
-        from aigp_train.llm.backends.action_constraint import DECISION_SEPARATOR, decision_needed
-        from aigp_train.llm.backends.hf_backend import render_prompts
+        from vllm import SamplingParams  # noqa: PLC0415 - vllm, the optional extra
+        from vllm.inputs import TokensPrompt  # noqa: PLC0415 - vllm
+        from vllm.lora.request import LoRARequest  # noqa: PLC0415 - vllm
+        from vllm.sampling_params import StructuredOutputsParams  # noqa: PLC0415 - vllm
 
         texts = render_prompts(self.tokenizer, requests)
         prompts = [TokensPrompt(prompt_token_ids=self.tokenizer.encode(t, add_special_tokens=False)) for t in texts]
