@@ -81,10 +81,13 @@ def _flat(obj, prefix=""):
         yield prefix, obj
 
 
-def _compare_json(a: Path, b: Path) -> list[str]:
-    skip = ("seconds", "wall_s", "per_s", "elapsed", "_time", "timing", "path", "dir")
-    fa = dict(_flat(json.loads(a.read_text())))
-    fb = dict(_flat(json.loads(b.read_text())))
+def _compare_json(a: Path, b: Path, root_a: Path, root_b: Path) -> list[str]:
+    """Every value of two JSON files; timings skipped, each run's own folder written as {run}."""
+    skip = ("seconds", "wall_s", "per_s", "elapsed", "_time", "timing")
+    fa = {k: v.replace(str(root_a), "{run}") if isinstance(v, str) else v
+          for k, v in _flat(json.loads(a.read_text()))}
+    fb = {k: v.replace(str(root_b), "{run}") if isinstance(v, str) else v
+          for k, v in _flat(json.loads(b.read_text()))}
     diffs = [f"{k}: {fa.get(k)!r} vs {fb.get(k)!r}" for k in sorted(fa.keys() | fb.keys())
              if not any(s in k.lower() for s in skip) and fa.get(k) != fb.get(k)]
     print(f"  {a.parent.name}/{a.name}: {len(fa)} values compared", file=sys.stderr)
@@ -129,7 +132,7 @@ def _report(args, work: Path) -> dict[str, list[str]]:
         if proc.returncode != 0:
             sys.exit(f"the pipeline at {rev} failed:\n{proc.stderr[-3000:]}")
     files = ("evaluate/tables.json", "abtest/table4.json", "pairs/stats.json")
-    return {f: _compare_json(outs["before"] / f, outs["after"] / f) for f in files}
+    return {f: _compare_json(outs["before"] / f, outs["after"] / f, outs["before"], outs["after"]) for f in files}
 
 
 def main(argv: list[str] | None = None) -> int:
