@@ -183,3 +183,31 @@ def test_child_process_does_not_join_its_parents_world_of_one():
     assert out.returncode == 0, out.stderr[-2000:]
     world, child_port = out.stdout.split()
     assert world == "1" and int(child_port) != port
+
+
+def test_a_world_of_one_outlives_its_stage_and_gives_its_environment_back():
+    """Two DeepSpeed stages in one process (run_stage twice, a notebook) need the same process group:
+    DeepSpeed caches its groups for the life of the process. The environment the world exported goes
+    back at cleanup, so a program started afterwards does not bind the port the live store holds."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import os, torch.distributed as dist
+from aigp_train.distributed.dist import cleanup_distributed, init_distributed
+assert "RANK" not in os.environ and "MASTER_PORT" not in os.environ
+init_distributed(); first_port = os.environ["MASTER_PORT"]; group = dist.group.WORLD
+cleanup_distributed()
+assert dist.is_initialized() and "RANK" not in os.environ and "MASTER_PORT" not in os.environ
+info = init_distributed()
+assert info.world_size == 1 and dist.group.WORLD is group and os.environ["MASTER_PORT"] != first_port
+cleanup_distributed()
+print("ok")
+"""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_PORT", "MASTER_ADDR",
+                        "AIGP_WORLD_OF_ONE")}
+    out = subprocess.run([sys.executable, "-c", code], env=dict(env, DS_ACCELERATOR="cpu"), capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -36,6 +36,9 @@ class DistInfo:
 T = TypeVar("T")
 
 _WORLD_OF_ONE = "AIGP_WORLD_OF_ONE"  # "<pid>:<port>" of the process that made a world of one for itself
+_WORLD_OF_ONE_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_PORT", "MASTER_ADDR",
+                     _WORLD_OF_ONE)
+_ENV_BEFORE_WORLD_OF_ONE: dict[str, str | None] = {}  # what the world of one replaced, given back at cleanup
 
 
 def _free_port() -> int:
@@ -56,7 +59,8 @@ def init_distributed(backend: str = "auto") -> DistInfo:
     inherited = bool(own) and own != f"{os.getpid()}:{os.environ.get('MASTER_PORT')}" \
         and own.split(":")[-1] == os.environ.get("MASTER_PORT")
     if "RANK" not in os.environ or inherited:
-        # A world of one: what torchrun --nproc_per_node 1 would export.
+        # A world of one: what torchrun --nproc_per_node 1 would export (given back by cleanup_distributed).
+        _ENV_BEFORE_WORLD_OF_ONE.update({k: os.environ.get(k) for k in _WORLD_OF_ONE_ENV})
         port = str(_free_port()) if inherited or "MASTER_PORT" not in os.environ else os.environ["MASTER_PORT"]
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", MASTER_PORT=port)
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -79,8 +83,24 @@ def init_distributed(backend: str = "auto") -> DistInfo:
 
 
 def cleanup_distributed() -> None:
+    """End of a stage: destroy the process group, except a world of one this process made for itself.
+
+    That one lives as long as the process: DeepSpeed caches its groups (``deepspeed.utils.groups``)
+    for the life of the process, so a second DeepSpeed stage in the same process (``run_stage`` twice,
+    a notebook) must find the group the first one used; a new one fails in the engine's first
+    broadcast ("Group ... is not registered"). The environment it exported is given back, so that a
+    program started later (TRL, a torchrun) does not try to bind the port its store still holds."""
     import torch.distributed as dist  # noqa: PLC0415 - torch: commands without a process group (aigp simulate) stay fast
 
+    own = os.environ.get(_WORLD_OF_ONE) == f"{os.getpid()}:{os.environ.get('MASTER_PORT')}"
+    if own:
+        for key, value in _ENV_BEFORE_WORLD_OF_ONE.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        _ENV_BEFORE_WORLD_OF_ONE.clear()
+        return
     if dist.is_initialized():
         dist.destroy_process_group()
 
