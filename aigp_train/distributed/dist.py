@@ -106,12 +106,16 @@ def cleanup_distributed() -> None:
 
 
 def is_rank_zero() -> bool:
-    """True on global rank 0 (or when no process group exists). Never imports torch itself: a command
-    that has not imported it (``aigp simulate``) has no process group and stays fast."""
+    """True on global rank 0. ``RANK`` decides where it is set (torchrun and srun export it, and so does
+    the world of one while its stage runs); else a live process group (a world of one kept after its
+    stage); else there is one process. Never imports torch itself: ``aigp simulate`` stays fast."""
+    rank = os.environ.get("RANK")
+    if rank is not None:
+        return rank == "0"
     tdist = sys.modules.get("torch.distributed")
     if tdist is not None and tdist.is_available() and tdist.is_initialized():
         return tdist.get_rank() == 0
-    return os.environ.get("RANK", "0") == "0"
+    return True
 
 
 def print0(*args, **kwargs) -> None:
